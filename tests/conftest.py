@@ -1,0 +1,143 @@
+"""Shared fixtures: tiny randomly-initialized causal LMs built in the tests (no hub access)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORDS = (
+    "the a an you he she they we it is are was were be to of and or in on at for with that this "
+    "not no yes very so such idiot stupid fool moron hate love good bad nice kind rain sun cat "
+    "dog tree house car road city park food bread rice tea water cook eat walk run talk said "
+    "hello world today tomorrow morning night friend family work team day time what why how "
+    "i me my your our their , . ! ?"
+).split()
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over a small fixed vocabulary, with a simple chat template."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}"
+        "{% if add_generation_prompt %} <s>{% endif %}"
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _common(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def make_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """A 4-layer Llama with large init so greedy decoding has few near-ties."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        **_common(tokenizer),
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def make_phi3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Phi3ForCausalLM:
+    """A 3-layer Phi-3 with partial rotary embeddings, the layout of Phi-4-mini-instruct."""
+    torch.manual_seed(seed)
+    config = Phi3Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        partial_rotary_factor=0.75,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        **_common(tokenizer),
+    )
+    return Phi3ForCausalLM(config).eval()
+
+
+def make_gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+    """A 2-layer GPT-2 (the ``transformer.h`` layout)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **_common(tokenizer)
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def llama(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    return make_llama(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def phi3(tokenizer: PreTrainedTokenizerFast) -> Phi3ForCausalLM:
+    return make_phi3(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+    return make_gpt2(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def phi3_folder(tmp_path_factory: pytest.TempPathFactory, tokenizer, phi3) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-phi3")
+    phi3.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rtp_dir() -> Path:
+    """The RealToxicityPrompts sample named by $STEERLIB_RTP_DIR; skips when absent."""
+    value = os.environ.get("STEERLIB_RTP_DIR")
+    if not value or not (Path(value) / "challenging_sample.jsonl").is_file():
+        pytest.skip("STEERLIB_RTP_DIR is not set to the RTP sample folder (../shared/data/rtp)")
+    return Path(value)
