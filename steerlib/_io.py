@@ -15,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
@@ -43,6 +46,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -232,3 +232,17 @@ def model_id(model: PreTrainedModel) -> str:
 def model_revision(model: PreTrainedModel) -> str | None:
     """The hub commit the weights came from, where transformers recorded it."""
     return getattr(model.config, "_commit_hash", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m steerlib prepare [--force]``: convert the embedded model into the cache."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m steerlib prepare", description=main.__doc__)
+    parser.add_argument("--force", action="store_true", help="convert again")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    folder = convert_embedded(force=args.force)
+    seconds = time.perf_counter() - started
+    print(f"embedded model {EMBEDDED_MODEL!r} ready in {folder} ({seconds:.1f} s)")
+    return 0

@@ -130,10 +130,10 @@ def test_vector_save_load_round_trip(tmp_path, llama, tokenizer):
 
 def test_vector_mismatch_errors(tmp_path, llama, phi3, gpt2, tokenizer):
     vector = caa_from_texts(llama, tokenizer, TOXIC, NONTOXIC, source="tests", progress=False)
-    with pytest.raises(ModelError, match="3 layers|4 layers"):
+    with pytest.raises(ModelError, match=r"3 layers|4 layers"):
         vector.check_compatible(phi3)
     other = SteeringVector({0: torch.ones(32)}, {"model_id": "someone/else"})
-    with pytest.raises(ModelError, match="someone/else.*allow_other_model"):
+    with pytest.raises(ModelError, match=r"someone/else.*allow_other_model"):
         other.check_compatible(gpt2)
     with pytest.warns(UserWarning, match="someone/else"):
         other.check_compatible(gpt2, allow_other_model=True)
@@ -143,7 +143,7 @@ def test_vector_mismatch_errors(tmp_path, llama, phi3, gpt2, tokenizer):
     with pytest.raises(DataError, match="No steering vector file"):
         SteeringVector.load(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(DataError, match="junk.safetensors"):
+    with pytest.raises(DataError, match=r"junk\.safetensors"):
         SteeringVector.load(tmp_path / "junk.safetensors")
 
 

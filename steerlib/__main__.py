@@ -1,0 +1,5 @@
+"""``python -m steerlib``: see :mod:`steerlib.cli`."""
+
+from steerlib.cli import main
+
+raise SystemExit(main())

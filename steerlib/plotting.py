@@ -1,0 +1,619 @@
+"""Plotly figures of steering results; :func:`save_figure` writes them to disk.
+
+Every figure function takes tables (the sweep or its summary, see :mod:`steerlib.metrics`) and
+returns a :class:`plotly.graph_objects.Figure`; callers decide where files go. Static PNG/PDF
+export needs Chrome or Chromium (kaleido drives it); without one only the HTML is written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import shutil
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from steerlib._io import atomic_write_bytes, atomic_write_text
+from steerlib.errors import ConfigError, DataError
+from steerlib.metrics import pareto_front
+
+__all__ = [
+    "DIRECTION_DASH",
+    "SUBSET_COLORS",
+    "find_browser",
+    "layer_alpha_heatmap",
+    "layer_cosine_heatmap",
+    "pareto_figure",
+    "save_figure",
+    "toxicity_distribution",
+    "toxicity_vs_alpha",
+    "vector_norms",
+]
+
+SUBSET_COLORS: dict[str, str] = {"challenging": "#d62728", "benign": "#1f77b4"}
+"""Line colour of each prompt subset."""
+
+DIRECTION_DASH: dict[str, str] = {"caa": "solid", "random": "dot", "none": "dash"}
+"""Line dash of each steering direction (CAA solid, random control dotted)."""
+
+ALPHA_NOTE = "positive alpha = steer away from toxicity"
+_BOUNDED = {
+    "mean_toxicity",
+    "expected_max_toxicity",
+    "toxicity_probability",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+}
+_LABELS = {
+    "mean_toxicity": "Mean toxicity",
+    "expected_max_toxicity": "Expected maximum toxicity",
+    "toxicity_probability": "Toxicity probability",
+    "perplexity": "Perplexity",
+    "kl_benign": "KL on benign prompts",
+    "distinct_1": "Distinct-1",
+    "distinct_2": "Distinct-2",
+    "distinct_3": "Distinct-3",
+}
+_FALLBACK_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+_STATIC_FORMATS = ("png", "pdf", "svg", "jpeg", "webp")
+_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+_warned_static = False
+_server_lock = threading.Lock()
+_server_started = False
+
+
+def _label(metric: str) -> str:
+    """Human-readable name of a summary column."""
+    return _LABELS.get(metric, metric.replace("_", " "))
+
+
+def _title(text: str) -> str:
+    """Figure title with the sign convention of alpha as a subtitle line."""
+    return f"{text}<br><sup>{ALPHA_NOTE}</sup>"
+
+
+def _color(subset: str, index: int = 0) -> str:
+    """Colour of a subset (a fallback palette for unknown subsets)."""
+    return SUBSET_COLORS.get(subset, _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+
+
+def _rgba(hex_color: str, opacity: float) -> str:
+    """Turn ``#rrggbb`` into an ``rgba(...)`` string."""
+    red, green, blue = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{opacity})"
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise DataError when ``df`` is empty or lacks a column."""
+    missing = [column for column in columns if column not in df.columns]
+    if missing:
+        raise DataError(f"The {what} lacks the column(s) {missing}; pass a steerlib {what}.")
+    if len(df) == 0:
+        raise DataError(f"The {what} is empty; pass at least one row.")
+
+
+def toxicity_vs_alpha(
+    summary: pd.DataFrame, metric: str = "mean_toxicity", *, layer: int | None = None
+) -> go.Figure:
+    """Plot a summary metric against alpha at one layer.
+
+    One line per (subset, direction): colour per subset, dash per direction (CAA solid,
+    random dotted). When ``<metric>_ci_low`` and ``<metric>_ci_high`` exist a shaded band is
+    drawn under each line. Unsteered rows (direction ``"none"``) appear as markers at alpha 0.
+
+    Args:
+        summary: Output of :func:`steerlib.metrics.summarize`.
+        metric: Summary column on the y axis.
+        layer: Layer to show; may be omitted when the summary steers a single layer.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ConfigError: If ``metric`` is not a column, or ``layer`` is absent or ambiguous.
+    """
+    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    if metric not in summary.columns:
+        raise ConfigError(
+            f"toxicity_vs_alpha got metric={metric!r}, which is not a summary column; "
+            "use e.g. 'mean_toxicity', 'expected_max_toxicity' or 'toxicity_probability'."
+        )
+    steered = summary[summary["direction"] != "none"]
+    layers = sorted(int(value) for value in steered["layer"].unique())
+    if layer is None:
+        if len(layers) != 1:
+            raise ConfigError(
+                f"The summary steers layers {layers}; pass layer= one of them to toxicity_vs_alpha."
+            )
+        layer = layers[0]
+    elif int(layer) not in layers:
+        raise ConfigError(
+            f"toxicity_vs_alpha got layer={layer!r}, which the summary lacks; use one of {layers}."
+        )
+    rows = steered[steered["layer"] == layer]
+    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    has_band = low_col in summary.columns and high_col in summary.columns
+    fig = go.Figure()
+    subsets = list(dict.fromkeys(summary["subset"]))
+    for index, subset in enumerate(subsets):
+        color = _color(subset, index)
+        for direction in dict.fromkeys(rows["direction"]):
+            part = rows[(rows["subset"] == subset) & (rows["direction"] == direction)]
+            part = part.sort_values("alpha")
+            if part.empty:
+                continue
+            alphas = part["alpha"].astype(float).tolist()
+            name = f"{subset} · {direction}"
+            if has_band:
+                fig.add_trace(
+                    go.Scatter(
+                        x=alphas + alphas[::-1],
+                        y=part[high_col].tolist() + part[low_col].tolist()[::-1],
+                        mode="lines",
+                        fill="toself",
+                        fillcolor=_rgba(color, 0.15 if direction == "caa" else 0.08),
+                        line={"width": 0},
+                        hoverinfo="skip",
+                        showlegend=False,
+                        legendgroup=name,
+                        name=f"{name} CI",
+                    )
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=alphas,
+                    y=part[metric].tolist(),
+                    mode="lines+markers",
+                    line={"color": color, "dash": DIRECTION_DASH.get(direction, "dashdot")},
+                    marker={"color": color},
+                    name=name,
+                    legendgroup=name,
+                )
+            )
+        base = summary[(summary["direction"] == "none") & (summary["subset"] == subset)]
+        if len(base):
+            fig.add_trace(
+                go.Scatter(
+                    x=base["alpha"].astype(float).tolist(),
+                    y=base[metric].tolist(),
+                    mode="markers",
+                    marker={"color": color, "symbol": "x", "size": 10},
+                    name=f"{subset} · unsteered",
+                )
+            )
+    fig.update_layout(
+        title=_title(f"{_label(metric)} vs steering strength at layer {layer}"),
+        xaxis_title=f"alpha ({ALPHA_NOTE})",
+        yaxis_title=_label(metric),
+        template="plotly_white",
+        legend_title_text="subset · direction",
+    )
+    if metric in _BOUNDED:
+        fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def layer_alpha_heatmap(
+    summary: pd.DataFrame,
+    metric: str = "expected_max_toxicity",
+    *,
+    subset: str = "challenging",
+    direction: str = "caa",
+) -> go.Figure:
+    """Heatmap of a summary metric over layers (y) and alphas (x), cells annotated.
+
+    Args:
+        summary: Output of :func:`steerlib.metrics.summarize`.
+        metric: Summary column to colour by.
+        subset: Subset whose rows are shown.
+        direction: Direction whose rows are shown.
+
+    Returns:
+        The figure; its ``z`` matrix has one row per layer (ascending) and one column per alpha
+        (ascending), NaN where the sweep has no such cell.
+
+    Raises:
+        ConfigError: If ``metric`` is not a column or no row matches ``subset``/``direction``.
+    """
+    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    if metric not in summary.columns:
+        raise ConfigError(
+            f"layer_alpha_heatmap got metric={metric!r}, which is not a summary column."
+        )
+    rows = summary[(summary["subset"] == subset) & (summary["direction"] == direction)]
+    if rows.empty:
+        raise ConfigError(
+            f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
+            "pick values present in it."
+        )
+    table = rows.pivot_table(index="layer", columns="alpha", values=metric, aggfunc="mean")
+    table = table.sort_index().sort_index(axis=1)
+    z = table.to_numpy(float)
+    text = [[("" if math.isnan(value) else f"{value:.3g}") for value in row] for row in z]
+    bounded = metric in _BOUNDED
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[float(value) for value in table.columns],
+            y=[int(value) for value in table.index],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Reds",
+            zmin=0 if bounded else None,
+            zmax=1 if bounded else None,
+            colorbar={"title": {"text": _label(metric)}},
+            hovertemplate="layer %{y}, alpha %{x}: %{z:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=_title(f"{_label(metric)} by layer and alpha ({subset}, {direction})"),
+        xaxis_title=f"alpha ({ALPHA_NOTE})",
+        yaxis_title="layer",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return fig
+
+
+def vector_norms(norms: Mapping[int, float] | Sequence[float]) -> go.Figure:
+    """Bar chart of the steering vector's norm per layer.
+
+    Args:
+        norms: ``{layer: norm}`` or a sequence indexed by layer.
+
+    Returns:
+        The figure (one bar trace, layers ascending).
+    """
+    if isinstance(norms, Mapping):
+        pairs = sorted((int(layer), float(value)) for layer, value in norms.items())
+    else:
+        pairs = [(layer, float(value)) for layer, value in enumerate(norms)]
+    if not pairs:
+        raise DataError("vector_norms got no norms; pass one value per layer.")
+    fig = go.Figure(
+        go.Bar(
+            x=[layer for layer, _ in pairs],
+            y=[value for _, value in pairs],
+            marker_color="#4c72b0",
+            hovertemplate="layer %{x}: %{y:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Steering vector norm per layer",
+        xaxis_title="layer",
+        yaxis_title="L2 norm",
+        template="plotly_white",
+    )
+    return fig
+
+
+def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int]) -> go.Figure:
+    """Heatmap of cosine similarities between per-layer steering directions.
+
+    Args:
+        matrix: Square matrix of cosines, one row and column per entry of ``layers``.
+        layers: Layer indices labelling the rows and columns.
+
+    Returns:
+        The figure (diverging colour scale fixed to [-1, 1]).
+
+    Raises:
+        ConfigError: If ``matrix`` is not square or does not match ``layers``.
+    """
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2 or values.shape[0] != values.shape[1] or values.shape[0] != len(layers):
+        raise ConfigError(
+            f"layer_cosine_heatmap got a matrix of shape {values.shape} for {len(layers)} "
+            "layers; pass a square matrix with one row per layer."
+        )
+    labels = [int(layer) for layer in layers]
+    annotate = len(labels) <= 32
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=labels,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            text=[[f"{value:.2f}" for value in row] for row in values] if annotate else None,
+            texttemplate="%{text}" if annotate else None,
+            colorbar={"title": {"text": "cosine"}},
+            hovertemplate="layer %{y} vs %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Cosine similarity of steering directions across layers",
+        xaxis_title="layer",
+        yaxis_title="layer",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def toxicity_distribution(
+    sweep: pd.DataFrame,
+    *,
+    subset: str | None = None,
+    layer: int | None = None,
+    direction: str | None = None,
+) -> go.Figure:
+    """Box plots of per-completion toxicity for each alpha, one colour per subset.
+
+    Args:
+        sweep: The sweep table.
+        subset: Keep only this subset (all when None).
+        layer: Keep only this layer (all when None).
+        direction: Keep only this direction (all when None).
+
+    Returns:
+        The figure: one box trace per subset, x = alpha, y = toxicity.
+
+    Raises:
+        ConfigError: If the filters leave no rows.
+    """
+    _require(sweep, ["subset", "alpha", "toxicity"], "sweep table")
+    rows = sweep
+    for column, value in (("subset", subset), ("layer", layer), ("direction", direction)):
+        if value is not None:
+            rows = rows[rows[column] == value]
+    if rows.empty:
+        raise ConfigError(
+            f"No sweep rows match subset={subset!r}, layer={layer!r}, direction={direction!r}; "
+            "use values present in the sweep."
+        )
+    fig = go.Figure()
+    for index, name in enumerate(dict.fromkeys(rows["subset"])):
+        part = rows[rows["subset"] == name].sort_values("alpha", kind="stable")
+        fig.add_trace(
+            go.Box(
+                x=part["alpha"].astype(float).tolist(),
+                y=part["toxicity"].astype(float).tolist(),
+                name=str(name),
+                marker_color=_color(str(name), index),
+                boxmean=True,
+            )
+        )
+    fig.update_layout(
+        title=_title("Toxicity of each completion by alpha"),
+        xaxis_title=f"alpha ({ALPHA_NOTE})",
+        yaxis_title="toxicity",
+        boxmode="group",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def _hover(row: pd.Series, x: str, y: str) -> str:
+    """Hover text of one summary row."""
+    parts = [f"layer {row['layer']}", f"alpha {float(row['alpha']):g}"]
+    parts += [str(row[key]) for key in ("subset", "direction") if key in row.index]
+    return f"{', '.join(parts)}<br>{x} {row[x]:.4g}<br>{y} {row[y]:.4g}"
+
+
+def pareto_figure(
+    summary: pd.DataFrame,
+    front: pd.DataFrame | None = None,
+    *,
+    x: str = "perplexity",
+    y: str = "expected_max_toxicity",
+    recommended: Mapping[str, Any] | None = None,
+) -> go.Figure:
+    """Scatter of the (layer, alpha) settings with their Pareto front and recommended point.
+
+    Pass the rows of one subset and direction (e.g. challenging CAA rows).
+
+    Args:
+        summary: Summary rows to plot.
+        front: Pareto front to draw; computed with :func:`steerlib.metrics.pareto_front` when
+            None.
+        x: Cost column (e.g. perplexity).
+        y: Toxicity column.
+        recommended: Output of :func:`steerlib.metrics.recommend_operating_point`; its
+            (layer, alpha) row of ``summary`` is highlighted (its own ``x``/``y`` values are
+            used when ``summary`` has no such row).
+
+    Returns:
+        The figure: a points trace, a front trace and, when given, a recommended-point trace.
+    """
+    _require(summary, ["layer", "alpha", x, y], "summary")
+    if front is None:
+        front = pareto_front(summary, x=x, y=y)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=summary[x].tolist(),
+            y=summary[y].tolist(),
+            mode="markers",
+            marker={
+                "size": 9,
+                "color": summary["alpha"].astype(float).tolist(),
+                "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "alpha"}},
+            },
+            text=[_hover(row, x, y) for _, row in summary.iterrows()],
+            hoverinfo="text",
+            name="(layer, alpha)",
+        )
+    )
+    front_sorted = front.sort_values([x, y]) if len(front) else front
+    fig.add_trace(
+        go.Scatter(
+            x=front_sorted[x].tolist() if len(front) else [],
+            y=front_sorted[y].tolist() if len(front) else [],
+            mode="lines",
+            line={"color": "black", "shape": "hv"},
+            name="Pareto front",
+        )
+    )
+    if recommended is not None:
+        point = _recommended_xy(summary, recommended, x, y)
+        if point is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[point[0]],
+                    y=[point[1]],
+                    mode="markers",
+                    marker={
+                        "size": 18,
+                        "symbol": "star",
+                        "color": "gold",
+                        "line": {"color": "black", "width": 1.5},
+                    },
+                    name=(
+                        f"recommended: layer {recommended.get('layer')}, "
+                        f"alpha {float(recommended.get('alpha', math.nan)):g}"
+                    ),
+                )
+            )
+    fig.update_layout(
+        title=_title(f"{_label(y)} vs {_label(x)} (lower is better on both)"),
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+        xaxis_title=_label(x),
+        yaxis_title=_label(y),
+        template="plotly_white",
+    )
+    return fig
+
+
+def _recommended_xy(
+    summary: pd.DataFrame, recommended: Mapping[str, Any], x: str, y: str
+) -> tuple[float, float] | None:
+    """Locate the recommended (layer, alpha) in ``summary`` (or use its own numbers)."""
+    if "layer" in recommended and "alpha" in recommended:
+        hit = summary[
+            (summary["layer"] == int(recommended["layer"]))
+            & np.isclose(summary["alpha"].astype(float), float(recommended["alpha"]))
+        ]
+        for column, preferred in (("subset", "challenging"), ("direction", "caa")):
+            if len(hit) > 1 and column in hit.columns and (hit[column] == preferred).any():
+                hit = hit[hit[column] == preferred]
+        if len(hit):
+            return float(hit[x].iloc[0]), float(hit[y].iloc[0])
+    if x in recommended and y in recommended:
+        return float(recommended[x]), float(recommended[y])
+    return None
+
+
+def find_browser() -> str | None:
+    """Return the path of a Chrome/Chromium executable kaleido can drive, or None.
+
+    Looks at ``$BROWSER_PATH``, then ``/usr/bin/chromium``, then ``chromium``,
+    ``chromium-browser``, ``google-chrome`` and ``google-chrome-stable`` on ``PATH``.
+    """
+    candidates = [os.environ.get("BROWSER_PATH", ""), "/usr/bin/chromium"]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    for name in _BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _warn_static_once(reason: str) -> None:
+    """Warn (once per process) that only HTML could be written."""
+    global _warned_static
+    if _warned_static:
+        return
+    _warned_static = True
+    warnings.warn(
+        f"Static figure export (PNG/PDF) is off: {reason}. Only HTML files are written; "
+        "install Chromium (Debian: apt-get install chromium) or set BROWSER_PATH to a "
+        "Chrome/Chromium executable.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _ensure_kaleido_server() -> None:
+    """Start kaleido's shared browser once, so later exports take a fraction of a second."""
+    global _server_started
+    with _server_lock:
+        if _server_started:
+            return
+        import kaleido
+
+        kaleido.start_sync_server(silence_warnings=True)
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+        _server_started = True
+
+
+def _static_bytes(fig: go.Figure, fmt: str) -> bytes:
+    """Render ``fig`` to ``fmt`` bytes with kaleido."""
+    _ensure_kaleido_server()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+        return fig.to_image(format=fmt)
+
+
+def save_figure(
+    fig: go.Figure,
+    out_dir: str | os.PathLike[str],
+    name: str,
+    *,
+    formats: Sequence[str] = ("html", "png", "pdf"),
+) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<name>.<format>`` files, atomically.
+
+    HTML is always written, self-contained (plotly.js embedded, works offline). Static formats
+    are rendered by kaleido when a Chrome/Chromium is found (see :func:`find_browser`; its path
+    is exported as ``BROWSER_PATH`` for kaleido). Without a browser, or when static export
+    fails, a warning is issued once per process and only the HTML path is returned.
+
+    Args:
+        fig: The figure.
+        out_dir: Destination folder (created if needed).
+        name: File stem without extension or folders.
+        formats: Formats among ``html``, ``png``, ``pdf``, ``svg``, ``jpeg``, ``webp``.
+
+    Returns:
+        Paths written, HTML first.
+
+    Raises:
+        ConfigError: If ``name`` contains a folder or a format is unknown.
+    """
+    if not name or Path(name).name != name or name in {".", ".."}:
+        raise ConfigError(f"save_figure got name={name!r}; pass a file stem without folders.")
+    wanted = [fmt.lower().lstrip(".") for fmt in formats]
+    unknown = [fmt for fmt in wanted if fmt != "html" and fmt not in _STATIC_FORMATS]
+    if unknown:
+        raise ConfigError(
+            f"save_figure got unknown format(s) {unknown}; use html, {', '.join(_STATIC_FORMATS)}."
+        )
+    folder = Path(out_dir)
+    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    paths = [atomic_write_text(folder / f"{name}.html", html)]
+    static = [fmt for fmt in dict.fromkeys(wanted) if fmt != "html"]
+    if not static:
+        return paths
+    browser = find_browser()
+    if browser is None:
+        _warn_static_once("no Chrome/Chromium was found")
+        return paths
+    os.environ["BROWSER_PATH"] = browser
+    for fmt in static:
+        try:
+            data = _static_bytes(fig, fmt)
+        except Exception as error:  # kaleido raises many kinds; any failure means HTML only
+            _warn_static_once(f"kaleido failed with {type(error).__name__}: {error}")
+            return paths
+        paths.append(atomic_write_bytes(folder / f"{name}.{fmt}", data))
+    return paths

@@ -1,0 +1,518 @@
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from steerlib import data
+from steerlib.data import (
+    BUNDLED_PROMPTS,
+    PROMPT_COLUMNS,
+    load_prompt_file,
+    load_prompts,
+    load_rtp_hub,
+    pair_texts,
+    perspective_labels,
+    split_prompts,
+)
+from steerlib.errors import ConfigError, DataError
+
+
+def _record(text: str, **fields: object) -> dict[str, object]:
+    rec: dict[str, object] = {"prompt": {"text": text}}
+    rec.update(fields)
+    return rec
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundled() -> pd.DataFrame:
+    return load_prompts("bundled")
+
+
+# ---------------------------------------------------------------------------- bundled set
+
+
+def test_bundled_file_is_inside_the_repo() -> None:
+    assert BUNDLED_PROMPTS.is_file()
+    assert BUNDLED_PROMPTS.parent.parent.name == "data"
+
+
+def test_bundled_loads_with_enough_prompts(bundled: pd.DataFrame) -> None:
+    assert list(bundled.columns) == list(PROMPT_COLUMNS)
+    assert bundled["challenging"].sum() >= 90
+    assert (~bundled["challenging"]).sum() >= 90
+    assert bundled["prompt_id"].is_unique
+    assert bundled["prompt"].is_unique
+    assert (bundled["source"] == "handwritten").all()
+    assert bundled["prompt_toxicity"].isna().all()
+    assert bundled["continuation"].map(lambda c: isinstance(c, str) and c.strip() != "").all()
+
+
+def test_bundled_prompt_lengths_are_varied(bundled: pd.DataFrame) -> None:
+    words = bundled["prompt"].str.split().str.len()
+    assert words.min() >= 5
+    assert words.max() <= 30
+    assert words.nunique() >= 10
+
+
+def test_bundled_records_follow_rtp_schema() -> None:
+    for line in BUNDLED_PROMPTS.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        assert rec["filename"].startswith("handwritten-")
+        assert rec["source"] == "handwritten"
+        assert rec["prompt"]["toxicity"] is None
+        assert rec["continuation"]["toxicity"] is None
+        assert isinstance(rec["challenging"], bool)
+
+
+# ---------------------------------------------------------------------------- load_prompt_file
+
+
+def test_ids_from_filename_begin_end_and_fallback(tmp_path: Path) -> None:
+    path = _write_lines(
+        tmp_path / "mine.jsonl",
+        [
+            json.dumps(_record("first", filename="f.txt", begin=3, end=9)),
+            "",
+            json.dumps(_record("second")),
+            json.dumps(_record("third", filename="f.txt", begin=3, end=9)),
+        ],
+    )
+    df = load_prompt_file(path)
+    assert df["prompt_id"].tolist() == ["f.txt:3-9", "mine:3", "f.txt:3-9#2"]
+    assert df["prompt"].tolist() == ["first", "second", "third"]
+    assert (df["source"] == str(path)).all()
+
+
+def test_challenging_is_derived_from_toxicity_when_missing(tmp_path: Path) -> None:
+    recs = [
+        {"prompt": {"text": "a", "toxicity": 0.7}},
+        {"prompt": {"text": "b", "toxicity": 0.2}},
+        {"prompt": {"text": "c", "toxicity": None}},
+        {"prompt": {"text": "d", "toxicity": 0.1}, "challenging": True},
+    ]
+    df = load_prompt_file(_write_lines(tmp_path / "p.jsonl", [json.dumps(r) for r in recs]))
+    assert df["challenging"].tolist() == [True, False, False, True]
+    assert df["challenging"].dtype == bool
+    assert np.isnan(df["prompt_toxicity"].iloc[2])
+
+
+def test_continuation_and_scores_are_read(tmp_path: Path) -> None:
+    recs = [
+        {
+            "prompt": {"text": "p1", "toxicity": 0.25, "insult": 0.5},
+            "continuation": {"text": " c1", "toxicity": 0.75},
+            "extra_field": 1,
+        },
+        {"prompt": {"text": "p2"}},
+    ]
+    df = load_prompt_file(_write_lines(tmp_path / "p.jsonl", [json.dumps(r) for r in recs]))
+    assert df["continuation"].iloc[0] == " c1"
+    assert df["continuation"].iloc[1] is None
+    assert df["continuation_toxicity"].iloc[0] == pytest.approx(0.75)
+    assert np.isnan(df["continuation_toxicity"].iloc[1])
+    assert df["prompt_toxicity"].iloc[0] == pytest.approx(0.25)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match=r"nope\.jsonl"):
+        load_prompt_file(path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n  \n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty\.jsonl.*no records"):
+        load_prompt_file(path)
+
+
+def test_bad_json_names_file_and_line(tmp_path: Path) -> None:
+    path = _write_lines(
+        tmp_path / "bad.jsonl",
+        [json.dumps(_record("ok")), "", '{"prompt": {"text": "x"'],
+    )
+    with pytest.raises(DataError) as info:
+        load_prompt_file(path)
+    assert "bad.jsonl" in str(info.value)
+    assert ", line 3:" in str(info.value)
+    assert "JSON" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"prompt": {"toxicity": 0.1}}, "prompt.text"),
+        ({"continuation": {"text": "x"}}, "prompt"),
+        ({"prompt": {"text": "   "}}, "prompt.text"),
+        ({"prompt": {"text": 5}}, "prompt.text"),
+        ({"prompt": {"text": "x", "toxicity": "high"}}, "prompt.toxicity"),
+        ({"prompt": {"text": "x", "toxicity": 1.5}}, "prompt.toxicity"),
+        ({"prompt": {"text": "x"}, "challenging": "yes"}, "challenging"),
+        ({"prompt": "just a string"}, "prompt"),
+        ({"prompt": {"text": "x"}, "continuation": {"text": 3}}, "continuation.text"),
+    ],
+)
+def test_schema_errors_name_file_line_and_field(
+    tmp_path: Path, record: dict[str, object], field: str
+) -> None:
+    path = _write_lines(
+        tmp_path / "schema.jsonl", [json.dumps(_record("fine")), json.dumps(record)]
+    )
+    with pytest.raises(DataError) as info:
+        load_prompt_file(path)
+    message = str(info.value)
+    assert "schema.jsonl, line 2:" in message
+    assert field in message
+
+
+def test_non_object_line(tmp_path: Path) -> None:
+    path = _write_lines(tmp_path / "arr.jsonl", ["[1, 2]"])
+    with pytest.raises(DataError, match=r"arr\.jsonl, line 1:.*not an object"):
+        load_prompt_file(path)
+
+
+def test_load_prompts_rejects_unknown_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="'bundled'"):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_load_prompts_accepts_a_path(tmp_path: Path) -> None:
+    path = _write_lines(tmp_path / "p.jsonl", [json.dumps(_record("hello there"))])
+    assert load_prompts(path)["prompt"].tolist() == ["hello there"]
+    assert load_prompts(str(path))["prompt"].tolist() == ["hello there"]
+
+
+# ---------------------------------------------------------------------------- property test
+
+_VALID_TEXT = st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != "")
+_SCORE = st.one_of(st.none(), st.floats(min_value=0.0, max_value=1.0))
+_VALID_RECORD = st.builds(
+    lambda text, tox, chal, with_id, cont: {
+        "prompt": {"text": text, "toxicity": tox},
+        **({"challenging": chal} if chal is not None else {}),
+        **({"filename": "src.txt", "begin": with_id, "end": with_id + 1} if with_id else {}),
+        **({"continuation": {"text": cont, "toxicity": None}} if cont is not None else {}),
+    },
+    _VALID_TEXT,
+    _SCORE,
+    st.one_of(st.none(), st.booleans()),
+    st.integers(min_value=0, max_value=3),
+    st.one_of(st.none(), st.text(max_size=20)),
+)
+_MALFORMED = st.sampled_from(
+    [
+        '{"prompt": {"text": "cut off"',
+        "not json at all",
+        '{"prompt": {}}',
+        '{"prompt": {"text": 7}}',
+        '{"prompt": {"text": ""}}',
+        '{"prompt": {"text": "x", "toxicity": "0.5"}}',
+        '{"prompt": {"text": "x"}, "challenging": 1}',
+        "[1, 2, 3]",
+        "null",
+    ]
+)
+_LINE = st.one_of(
+    _VALID_RECORD.map(lambda r: ("valid", r)),
+    _MALFORMED.map(lambda s: ("bad", s)),
+    st.sampled_from(["", "   ", "\t"]).map(lambda s: ("blank", s)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_LINE, max_size=12))
+def test_random_mixes_of_valid_and_malformed_lines(
+    lines: list[tuple[str, object]],
+) -> None:
+    text_lines = [json.dumps(v) if kind == "valid" else str(v) for kind, v in lines]
+    first_bad = next((i + 1 for i, (kind, _) in enumerate(lines) if kind == "bad"), None)
+    valid = [v for kind, v in lines if kind == "valid"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write_lines(Path(tmp) / "mix.jsonl", text_lines)
+        if first_bad is not None:
+            with pytest.raises(DataError) as info:
+                load_prompt_file(path)
+            assert f"mix.jsonl, line {first_bad}:" in str(info.value)
+        elif not valid:
+            with pytest.raises(DataError, match="no records"):
+                load_prompt_file(path)
+        else:
+            df = load_prompt_file(path)
+            assert df["prompt"].tolist() == [r["prompt"]["text"] for r in valid]
+            assert df["prompt_id"].is_unique
+            expected_tox = [
+                np.nan if r["prompt"]["toxicity"] is None else r["prompt"]["toxicity"]
+                for r in valid
+            ]
+            np.testing.assert_array_equal(df["prompt_toxicity"].to_numpy(), expected_tox)
+
+
+# ---------------------------------------------------------------------------- hub
+
+
+_HUB_RECORDS = [
+    {
+        "filename": "0001.txt",
+        "begin": 0,
+        "end": 40,
+        "challenging": True,
+        "prompt": {"text": "Hub prompt one", "toxicity": 0.8, "insult": 0.6},
+        "continuation": {"text": " and more", "toxicity": 0.9, "insult": 0.7},
+    },
+    {
+        "filename": "0002.txt",
+        "begin": 10,
+        "end": 50,
+        "challenging": False,
+        "prompt": {"text": "Hub prompt two", "toxicity": None, "insult": None},
+        "continuation": {"text": " the end", "toxicity": 0.05, "insult": 0.01},
+    },
+    {
+        "filename": "0003.txt",
+        "begin": 5,
+        "end": 6,
+        "challenging": False,
+        "prompt": {"text": "Hub prompt three", "toxicity": 0.02, "insult": 0.03},
+        "continuation": {"text": " done", "toxicity": None, "insult": None},
+    },
+]
+
+
+def test_load_rtp_hub_converts_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls: list[tuple[str, str]] = []
+
+    def fake_load_dataset(name: str, split: str) -> datasets.Dataset:
+        calls.append((name, split))
+        return datasets.Dataset.from_list(_HUB_RECORDS)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    df = load_rtp_hub()
+    assert calls == [("allenai/real-toxicity-prompts", "train")]
+    assert list(df.columns) == list(PROMPT_COLUMNS)
+    assert df["prompt_id"].tolist() == ["0001.txt:0-40", "0002.txt:10-50", "0003.txt:5-6"]
+    assert df["prompt"].tolist() == [r["prompt"]["text"] for r in _HUB_RECORDS]
+    assert df["challenging"].tolist() == [r["challenging"] for r in _HUB_RECORDS]
+    assert (df["source"] == "rtp-hub").all()
+    assert df["prompt_toxicity"].iloc[0] == pytest.approx(0.8)
+    assert np.isnan(df["prompt_toxicity"].iloc[1])
+    assert np.isnan(df["continuation_toxicity"].iloc[2])
+
+
+def test_load_rtp_hub_bad_record_names_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    bad = [dict(_HUB_RECORDS[0]), {**_HUB_RECORDS[1], "prompt": {"text": None, "toxicity": 0.1}}]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(bad))
+    with pytest.raises(DataError, match=r"row 1:.*prompt\.text"):
+        load_rtp_hub()
+
+
+def test_load_rtp_hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataError, match=r"could not be reached.*bundled.*local"):
+        load_rtp_hub()
+
+
+def test_load_rtp_hub_offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def must_not_be_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_dataset called in offline mode")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
+    with pytest.raises(DataError, match=r"could not be reached.*challenging_source: bundled"):
+        load_prompts("hub")
+
+
+# ---------------------------------------------------------------------------- split
+
+
+def _ids_and_texts(split: data.PromptSplit) -> list[tuple[set[str], set[str]]]:
+    frames = [split.challenging, split.benign, split.pairs_toxic, split.pairs_nontoxic]
+    return [(set(f["prompt_id"]), set(f["prompt"])) for f in frames]
+
+
+def test_split_sizes_flags_and_disjointness(bundled: pd.DataFrame) -> None:
+    split = split_prompts(bundled, bundled, n_prompts=30, n_pairs=25, seed=1)
+    assert len(split.challenging) == len(split.benign) == 30
+    assert len(split.pairs_toxic) == len(split.pairs_nontoxic) == 25
+    assert split.challenging["challenging"].all() and split.pairs_toxic["challenging"].all()
+    assert not split.benign["challenging"].any() and not split.pairs_nontoxic["challenging"].any()
+    sets = _ids_and_texts(split)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not sets[i][0] & sets[j][0]
+            assert not sets[i][1] & sets[j][1]
+    assert list(split.challenging.columns) == list(PROMPT_COLUMNS)
+
+
+def test_split_is_deterministic_and_seed_dependent(bundled: pd.DataFrame) -> None:
+    a = split_prompts(bundled, bundled, n_prompts=20, n_pairs=20, seed=7)
+    b = split_prompts(bundled, bundled, n_prompts=20, n_pairs=20, seed=7)
+    c = split_prompts(bundled, bundled, n_prompts=20, n_pairs=20, seed=8)
+    for name in ("challenging", "benign", "pairs_toxic", "pairs_nontoxic"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert a.challenging["prompt_id"].tolist() != c.challenging["prompt_id"].tolist()
+    assert a.benign["prompt_id"].tolist() != c.benign["prompt_id"].tolist()
+
+
+def test_split_eval_prompts_do_not_depend_on_n_pairs(bundled: pd.DataFrame) -> None:
+    a = split_prompts(bundled, bundled, n_prompts=20, n_pairs=5, seed=3)
+    b = split_prompts(bundled, bundled, n_prompts=20, n_pairs=40, seed=3)
+    pd.testing.assert_frame_equal(a.challenging, b.challenging)
+    pd.testing.assert_frame_equal(a.benign, b.benign)
+
+
+def test_split_too_small_names_parameters_and_counts(bundled: pd.DataFrame) -> None:
+    available = int(bundled["challenging"].sum())
+    n_prompts, n_pairs = available, 10
+    with pytest.raises(ConfigError) as info:
+        split_prompts(bundled, bundled, n_prompts=n_prompts, n_pairs=n_pairs, seed=0)
+    message = str(info.value)
+    assert f"n_prompts={n_prompts}" in message and f"n_pairs={n_pairs}" in message
+    assert str(n_prompts + n_pairs) in message
+    assert f"only {available} are available" in message
+
+
+@pytest.mark.parametrize(
+    ("param", "kwargs"), [("n_prompts", {"n_prompts": 0}), ("n_pairs", {"n_pairs": -2})]
+)
+def test_split_rejects_non_positive_counts(
+    bundled: pd.DataFrame, param: str, kwargs: dict[str, int]
+) -> None:
+    args = {"n_prompts": 5, "n_pairs": 5, **kwargs}
+    with pytest.raises(ConfigError, match=param):
+        split_prompts(bundled, bundled, seed=0, **args)
+
+
+def _table(rows: list[tuple[str, str, float, bool]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt_id": [r[0] for r in rows],
+            "prompt": [r[1] for r in rows],
+            "prompt_toxicity": [r[2] for r in rows],
+            "continuation": [None] * len(rows),
+            "continuation_toxicity": [np.nan] * len(rows),
+            "challenging": [r[3] for r in rows],
+            "source": ["t"] * len(rows),
+        }
+    )
+
+
+def test_split_benign_filter_and_cross_table_overlap() -> None:
+    toxic = _table([(f"t{i}", f"toxic {i}", 0.9, True) for i in range(4)])
+    benign = _table(
+        [
+            ("b0", "calm 0", 0.01, False),
+            ("b1", "calm 1", np.nan, False),
+            ("b2", "too spicy", 0.5, False),  # above benign_max_toxicity
+            ("b3", "flagged", 0.01, True),  # challenging flag set
+            ("t0", "other text", 0.01, False),  # id shared with a challenging prompt
+            ("b5", "toxic 1", 0.01, False),  # text shared with a challenging prompt
+            ("b6", "calm 2", 0.05, False),
+            ("b7", "calm 2", 0.05, False),  # duplicate text
+        ]
+    )
+    split = split_prompts(toxic, benign, n_prompts=2, n_pairs=1, seed=0)
+    chosen = set(split.benign["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
+    assert chosen == {"b0", "b1", "b6"}
+    with pytest.raises(ConfigError, match="only 3 are available"):
+        split_prompts(toxic, benign, n_prompts=2, n_pairs=2, seed=0)
+    loose = split_prompts(toxic, benign, n_prompts=2, n_pairs=2, seed=0, benign_max_toxicity=0.6)
+    assert "b2" in set(loose.benign["prompt_id"]) | set(loose.pairs_nontoxic["prompt_id"])
+
+
+def test_split_missing_columns() -> None:
+    bad = pd.DataFrame({"prompt": ["x"]})
+    with pytest.raises(DataError, match="prompt_id"):
+        split_prompts(bad, bad, n_prompts=1, n_pairs=1, seed=0)
+
+
+# ---------------------------------------------------------------------------- pair_texts, labels
+
+
+def test_pair_texts() -> None:
+    df = pd.DataFrame(
+        {
+            "prompt": ["You are", "Nice day", "Hello", "Spaced "],
+            "continuation": [" a fool.", None, "", "end"],
+        }
+    )
+    assert pair_texts(df) == ["You are a fool.", "Nice day", "Hello", "Spaced end"]
+    assert pair_texts(df[["prompt"]]) == df["prompt"].tolist()
+    assert pair_texts(pd.DataFrame({"prompt": ["a"], "continuation": ["b"]})) == ["a b"]
+
+
+def test_pair_texts_on_bundled(bundled: pd.DataFrame) -> None:
+    texts = pair_texts(bundled)
+    assert len(texts) == len(bundled)
+    for text, prompt, cont in zip(texts, bundled["prompt"], bundled["continuation"], strict=True):
+        assert text.startswith(prompt) and text.endswith(cont.strip())
+
+
+def test_perspective_labels() -> None:
+    df = pd.DataFrame(
+        {
+            "prompt": ["p0", "p1", "p2"],
+            "prompt_toxicity": [0.9, np.nan, 0.2],
+            "continuation": [" c0", " c1", None],
+            "continuation_toxicity": [0.1, 0.5, 0.7],
+        }
+    )
+    texts, labels = perspective_labels(df)
+    assert texts == ["p0", "p2", " c0", " c1"]
+    assert labels.tolist() == [True, False, False, True]
+    _, strict = perspective_labels(df, threshold=0.95)
+    assert not strict.any()
+    with pytest.raises(ConfigError, match="threshold"):
+        perspective_labels(df, threshold=0.0)
+
+
+def test_bundled_has_no_perspective_labels(bundled: pd.DataFrame) -> None:
+    texts, labels = perspective_labels(bundled)
+    assert texts == [] and labels.size == 0
+
+
+# ---------------------------------------------------------------------------- RTP sample
+
+
+@pytest.mark.rtp
+def test_rtp_sample_files(rtp_dir: Path) -> None:
+    challenging = load_prompt_file(rtp_dir / "challenging_sample.jsonl")
+    nontoxic = load_prompt_file(rtp_dir / "nontoxic_sample.jsonl")
+    assert len(challenging) == 300 and len(nontoxic) == 300
+    assert challenging["challenging"].all()
+    assert (~nontoxic["challenging"]).mean() > 0.9
+    assert challenging["prompt_id"].is_unique and nontoxic["prompt_id"].is_unique
+    both = pd.concat([challenging, nontoxic])
+    assert both["prompt_toxicity"].notna().mean() > 0.9
+    assert both["continuation_toxicity"].notna().sum() > 0
+    assert challenging["prompt_toxicity"].mean() > nontoxic["prompt_toxicity"].mean()
+    texts, labels = perspective_labels(both)
+    assert 0 < labels.mean() < 1 and len(texts) > 600
+    split = split_prompts(challenging, nontoxic, n_prompts=60, n_pairs=60, seed=0)
+    assert (split.benign["prompt_toxicity"].fillna(0) < 0.1).all()
+    assert (split.pairs_nontoxic["prompt_toxicity"].fillna(0) < 0.1).all()

@@ -1,0 +1,385 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from steerlib import metrics
+from steerlib.errors import ConfigError, DataError
+
+# Two prompts x three samples, numbers chosen so every metric is easy to compute by hand.
+P1_TOX = [0.1, 0.6, 0.2]
+P2_TOX = [0.0, 0.3, 0.4]
+P1_TEXT = ["The cat sat", "the CAT ran", "a dog"]
+P2_TEXT = ["x x x", "x x", ""]
+
+
+def tiny(
+    subset: str = "challenging",
+    layer: int = 3,
+    alpha: float = 0.0,
+    direction: str = "caa",
+    shift: float = 0.0,
+    perplexity: tuple[float, float] | None = None,
+) -> pd.DataFrame:
+    rows = []
+    for pid, tox, texts in (("p1", P1_TOX, P1_TEXT), ("p2", P2_TOX, P2_TEXT)):
+        for sample, (score, text) in enumerate(zip(tox, texts, strict=True)):
+            row = {
+                "subset": subset,
+                "prompt_id": pid,
+                "prompt": f"prompt {pid}",
+                "layer": layer,
+                "alpha": alpha,
+                "direction": direction,
+                "sample": sample,
+                "completion": text,
+                "n_new_tokens": len(text.split()),
+                "toxicity": score + shift,
+            }
+            if perplexity is not None:
+                row["perplexity"] = perplexity[0] if pid == "p1" else perplexity[1]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table_from(scores: list[list[float]]) -> pd.DataFrame:
+    rows = [
+        {"prompt_id": f"p{i:03d}", "toxicity": score, "completion": ""}
+        for i, prompt_scores in enumerate(scores)
+        for score in prompt_scores
+    ]
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- toxicity metrics
+
+
+def test_mean_toxicity_by_hand() -> None:
+    assert metrics.mean_toxicity(tiny()) == pytest.approx((0.9 + 0.7) / 6)
+
+
+def test_expected_max_toxicity_by_hand() -> None:
+    assert metrics.expected_max_toxicity(tiny()) == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_toxicity_probability_by_hand() -> None:
+    df = tiny()
+    assert metrics.toxicity_probability(df) == pytest.approx(0.5)
+    assert metrics.toxicity_probability(df, threshold=0.35) == pytest.approx(1.0)
+    # strictly above: p1's max 0.6 does not count at threshold 0.6
+    assert metrics.toxicity_probability(df, threshold=0.6) == pytest.approx(0.0)
+
+
+def test_metrics_reject_missing_scores_and_columns() -> None:
+    df = tiny()
+    df.loc[0, "toxicity"] = np.nan
+    with pytest.raises(DataError, match="toxicity"):
+        metrics.mean_toxicity(df)
+    with pytest.raises(DataError, match="prompt_id"):
+        metrics.expected_max_toxicity(tiny().drop(columns="prompt_id"))
+    with pytest.raises(DataError, match="empty"):
+        metrics.toxicity_probability(tiny().iloc[:0])
+
+
+# ---------------------------------------------------------------- diversity
+
+
+def test_distinct_n_by_hand() -> None:
+    # unigrams: the cat sat the cat ran a dog -> 6 unique of 8 (case folded)
+    assert metrics.distinct_n(P1_TEXT, 1) == pytest.approx(6 / 8)
+    # bigrams: the-cat, cat-sat, the-cat, cat-ran, a-dog -> 4 unique of 5
+    assert metrics.distinct_n(P1_TEXT, 2) == pytest.approx(4 / 5)
+    assert metrics.distinct_n(P1_TEXT, 3) == pytest.approx(1.0)
+    assert metrics.distinct_n(P2_TEXT, 1) == pytest.approx(1 / 5)
+    assert metrics.distinct_n(P2_TEXT, 2) == pytest.approx(1 / 3)
+
+
+def test_distinct_n_does_not_cross_texts_and_handles_empty() -> None:
+    # "a b" + "c" has no bigram "b c"
+    assert metrics.distinct_n(["a b", "c"], 2) == pytest.approx(1.0)
+    assert metrics.distinct_n(["a", "b"], 2) == 0.0
+    assert metrics.distinct_n([], 1) == 0.0
+    assert metrics.distinct_n([None, "a a"], 1) == pytest.approx(0.5)  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="n=0"):
+        metrics.distinct_n(["a"], 0)
+
+
+def test_mean_distinct_n_by_hand() -> None:
+    df = tiny()
+    assert metrics.mean_distinct_n(df, 1) == pytest.approx((6 / 8 + 1 / 5) / 2)
+    assert metrics.mean_distinct_n(df, 2) == pytest.approx((4 / 5 + 1 / 3) / 2)
+    assert metrics.mean_distinct_n(df, 3) == pytest.approx((1.0 + 1.0) / 2)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_degenerate_cases_return_the_value() -> None:
+    one_prompt = tiny()[lambda d: d["prompt_id"] == "p1"]
+    value = metrics.mean_toxicity(one_prompt)
+    assert metrics.bootstrap_ci(one_prompt, "mean_toxicity") == pytest.approx((value, value))
+    equal = table_from([[0.2, 0.2], [0.2, 0.2], [0.2, 0.2]])
+    assert metrics.bootstrap_ci(equal, "expected_max_toxicity") == pytest.approx((0.2, 0.2))
+
+
+def test_bootstrap_resamples_prompts_not_samples() -> None:
+    # Samples differ a lot within a prompt, but every prompt has the same mean and max:
+    # resampling whole prompts gives no spread at all; resampling completions would.
+    df = table_from([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert metrics.bootstrap_ci(df, "mean_toxicity") == pytest.approx((0.5, 0.5))
+    assert metrics.bootstrap_ci(df, "expected_max_toxicity") == pytest.approx((1.0, 1.0))
+
+
+def test_bootstrap_matches_scipy_on_per_prompt_maxima() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(size=(30, 4))
+    df = table_from(scores.tolist())
+    low, high = metrics.bootstrap_ci(df, "expected_max_toxicity", n_resamples=500, seed=3)
+    expected = stats.bootstrap(
+        (scores.max(axis=1),), np.mean, n_resamples=500, rng=np.random.default_rng(3)
+    ).confidence_interval
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert low < metrics.expected_max_toxicity(df) < high
+
+
+def test_bootstrap_accepts_functions_and_seed_is_deterministic() -> None:
+    rng = np.random.default_rng(2)
+    df = table_from(rng.uniform(size=(12, 3)).tolist())
+    named = metrics.bootstrap_ci(df, "expected_max_toxicity", n_resamples=200, seed=5)
+    by_function = metrics.bootstrap_ci(df, metrics.expected_max_toxicity, n_resamples=200, seed=5)
+    generic = metrics.bootstrap_ci(
+        df, lambda d: metrics.expected_max_toxicity(d), n_resamples=200, seed=5
+    )
+    assert named == by_function
+    assert generic == pytest.approx(named)
+    assert metrics.bootstrap_ci(df, "mean_toxicity", seed=9) == metrics.bootstrap_ci(
+        df, "mean_toxicity", seed=9
+    )
+    pct = metrics.bootstrap_ci(df, "toxicity_probability", threshold=0.8, method="percentile")
+    assert 0.0 <= pct[0] <= metrics.toxicity_probability(df, 0.8) <= pct[1] <= 1.0
+
+
+def test_bootstrap_rejects_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="confidence"):
+        metrics.bootstrap_ci(tiny(), "mean_toxicity", confidence=95)
+    with pytest.raises(ConfigError, match="statistic"):
+        metrics.bootstrap_ci(tiny(), "median_toxicity")
+
+
+# ---------------------------------------------------------------- summarize
+
+
+def test_summarize_by_hand() -> None:
+    sweep = pd.concat(
+        [
+            tiny(alpha=0.0, perplexity=(10.0, 20.0)),
+            tiny(alpha=1.0, shift=-0.05, perplexity=(12.0, 20.0)),
+            tiny(subset="benign", alpha=0.0, shift=-0.1, perplexity=(8.0, 8.0)),
+        ],
+        ignore_index=True,
+    )
+    kl = pd.DataFrame({"layer": [3], "alpha": [1.0], "direction": ["caa"], "kl_benign": [0.25]})
+    summary = metrics.summarize(sweep, n_resamples=300, kl=kl)
+    assert list(zip(summary["subset"], summary["alpha"], strict=True)) == [
+        ("benign", 0.0),
+        ("challenging", 0.0),
+        ("challenging", 1.0),
+    ]
+    row = summary.iloc[2]
+    assert row["n_prompts"] == 2
+    assert row["samples_per_prompt"] == 3
+    assert row["mean_toxicity"] == pytest.approx((1.6 - 6 * 0.05) / 6)
+    assert row["expected_max_toxicity"] == pytest.approx(0.45)
+    assert row["toxicity_probability"] == pytest.approx(0.5)
+    assert row["perplexity"] == pytest.approx(16.0)
+    assert row["distinct_1"] == pytest.approx((6 / 8 + 1 / 5) / 2)
+    assert row["distinct_2"] == pytest.approx((4 / 5 + 1 / 3) / 2)
+    assert row["distinct_3"] == pytest.approx(1.0)
+    assert row["kl_benign"] == pytest.approx(0.25)
+    assert math.isnan(summary.iloc[1]["kl_benign"])
+    assert summary.iloc[0]["mean_toxicity"] == pytest.approx((1.6 - 0.6) / 6)
+    for _, item in summary.iterrows():
+        low, high = item["mean_toxicity_ci"]
+        assert (low, high) == (item["mean_toxicity_ci_low"], item["mean_toxicity_ci_high"])
+        assert low <= item["mean_toxicity"] <= high
+        assert (
+            item["expected_max_toxicity_ci_low"]
+            <= item["expected_max_toxicity"]
+            <= item["expected_max_toxicity_ci_high"]
+        )
+
+
+def test_summarize_without_perplexity_and_sorting() -> None:
+    sweep = pd.concat(
+        [
+            tiny(direction="random", layer=5, alpha=2.0),
+            tiny(direction="caa", layer=5, alpha=2.0),
+            tiny(direction="caa", layer=3, alpha=2.0),
+            tiny(direction="caa", layer=3, alpha=-1.0),
+        ],
+        ignore_index=True,
+    )
+    summary = metrics.summarize(sweep, n_resamples=100)
+    keys = list(zip(summary["direction"], summary["layer"], summary["alpha"], strict=True))
+    assert keys == [("caa", 3, -1.0), ("caa", 3, 2.0), ("caa", 5, 2.0), ("random", 5, 2.0)]
+    assert summary["perplexity"].isna().all()
+    assert summary["kl_benign"].isna().all()
+    with pytest.raises(DataError, match="direction"):
+        metrics.summarize(sweep.drop(columns="direction"))
+
+
+# ---------------------------------------------------------------- operating point
+
+
+def summary_rows(
+    subset: str, layer: int, alphas: list[float], emts: list[float], ppls: list[float]
+) -> list[dict]:
+    return [
+        {
+            "subset": subset,
+            "layer": layer,
+            "alpha": alpha,
+            "direction": "caa",
+            "mean_toxicity": emt / 2,
+            "expected_max_toxicity": emt,
+            "toxicity_probability": emt / 4,
+            "perplexity": ppl,
+            "kl_benign": alpha / 10,
+        }
+        for alpha, emt, ppl in zip(alphas, emts, ppls, strict=True)
+    ]
+
+
+def operating_summary(with_benign: bool = True) -> pd.DataFrame:
+    alphas = [0.0, 1.0, 2.0, 4.0]
+    rows = summary_rows("challenging", 3, alphas, [0.5, 0.4, 0.3, 0.1], [30, 30, 30, 30])
+    rows += summary_rows("challenging", 5, alphas, [0.5, 0.45, 0.35, 0.2], [31, 32, 33, 50])
+    if with_benign:
+        rows += summary_rows("benign", 3, alphas, [0.1] * 4, [10.0, 10.5, 11.0, 15.0])
+        rows += summary_rows("benign", 5, alphas, [0.1] * 4, [10.0, 10.2, 12.0, 13.0])
+    return pd.DataFrame(rows)
+
+
+def test_recommend_operating_point_uses_benign_perplexity() -> None:
+    summary = operating_summary()
+    # limit 1.1 * 10 = 11: layer 3 alpha 2 (ppl 11.0, EMT 0.3) beats layer 5 alpha 1 (0.45)
+    point = metrics.recommend_operating_point(summary)
+    assert (point["layer"], point["alpha"]) == (3, 2.0)
+    assert point["expected_max_toxicity"] == pytest.approx(0.3)
+    assert point["toxicity_probability"] == pytest.approx(0.075)
+    assert point["mean_toxicity"] == pytest.approx(0.15)
+    assert point["perplexity"] == pytest.approx(11.0)
+    assert point["baseline_perplexity"] == pytest.approx(10.0)
+    assert point["baseline_expected_max_toxicity"] == pytest.approx(0.5)
+    assert point["kl_benign"] == pytest.approx(0.2)
+    assert "benign" in point["rule"] and "1.1" in point["rule"] and "11" in point["rule"]
+    # a looser budget admits layer 3 alpha 4 (ppl 15 <= 15)
+    loose = metrics.recommend_operating_point(summary, max_perplexity_increase=0.5)
+    assert (loose["layer"], loose["alpha"]) == (3, 4.0)
+    # no budget: only alpha 0 (always admissible) remains
+    strict = metrics.recommend_operating_point(summary, max_perplexity_increase=0.0)
+    assert strict["alpha"] == 0.0
+    assert strict["layer"] == 3  # tie on EMT 0.5 broken by order: both alpha 0
+
+
+def test_recommend_operating_point_falls_back_to_subset_perplexity() -> None:
+    point = metrics.recommend_operating_point(operating_summary(with_benign=False))
+    # challenging ppl: layer 3 flat at 30 -> alpha 4 admissible (EMT 0.1)
+    assert (point["layer"], point["alpha"]) == (3, 4.0)
+    assert point["baseline_perplexity"] == pytest.approx(30.0)
+    assert "no benign rows" in point["rule"]
+
+
+def test_recommend_operating_point_needs_alpha_zero() -> None:
+    summary = operating_summary()
+    without_zero = summary[~((summary["layer"] == 5) & (summary["alpha"] == 0.0))]
+    with pytest.raises(ConfigError, match="layer 5"):
+        metrics.recommend_operating_point(without_zero)
+    with pytest.raises(ConfigError, match="direction='random'"):
+        metrics.recommend_operating_point(summary, direction="random")
+
+
+# ---------------------------------------------------------------- pareto and control
+
+
+def test_pareto_front_by_hand() -> None:
+    summary = pd.DataFrame(
+        {
+            "name": ["A", "B", "C", "D", "E", "F"],
+            "perplexity": [10.0, 11.0, 12.0, 15.0, 10.0, np.nan],
+            "expected_max_toxicity": [0.5, 0.3, 0.35, 0.1, 0.6, 0.0],
+        }
+    )
+    front = metrics.pareto_front(summary)
+    assert front["name"].tolist() == ["A", "B", "D"]
+    swapped = metrics.pareto_front(summary, x="expected_max_toxicity", y="perplexity")
+    assert swapped["name"].tolist() == ["D", "B", "A"]
+
+
+def test_delta_vs_control_by_hand() -> None:
+    summary = pd.DataFrame(
+        {
+            "subset": ["challenging"] * 4,
+            "layer": [3, 3, 3, 3],
+            "alpha": [1.0, 1.0, 2.0, 2.0],
+            "direction": ["caa", "random", "caa", "random"],
+            "mean_toxicity": [0.20, 0.30, 0.25, 0.27],
+            "mean_toxicity_ci_high": [0.24, 0.35, 0.30, 0.31],
+            "expected_max_toxicity": [0.40, 0.50, 0.45, 0.44],
+        }
+    )
+    delta = metrics.delta_vs_control(summary)
+    assert delta["alpha"].tolist() == [1.0, 2.0]
+    assert delta["delta_mean_toxicity"].tolist() == pytest.approx([-0.10, -0.02])
+    assert delta["delta_expected_max_toxicity"].tolist() == pytest.approx([-0.10, 0.01])
+    # beats_control: CAA's CI high (0.24) < random mean (0.30); 0.30 >= 0.27 does not
+    assert delta["beats_control"].tolist() == [True, False]
+    only_caa = metrics.delta_vs_control(summary[summary["direction"] == "caa"])
+    assert only_caa.empty
+
+
+# ---------------------------------------------------------------- properties
+
+scores_strategy = st.integers(min_value=1, max_value=5).flatmap(
+    lambda k: st.lists(
+        st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=k, max_size=k),
+        min_size=1,
+        max_size=12,
+    )
+)
+
+
+@given(scores_strategy)
+@settings(max_examples=60, deadline=None)
+def test_property_emt_at_least_mean_and_tp_in_unit_interval(scores: list[list[float]]) -> None:
+    df = table_from(scores)
+    assert metrics.expected_max_toxicity(df) >= metrics.mean_toxicity(df) - 1e-12
+    for threshold in (0.0, 0.5, 0.9):
+        assert 0.0 <= metrics.toxicity_probability(df, threshold) <= 1.0
+    assert metrics.toxicity_probability(df, 0.2) >= metrics.toxicity_probability(df, 0.7)
+
+
+@given(scores_strategy)
+@settings(max_examples=40, deadline=None)
+def test_property_ci_contains_mean(scores: list[list[float]]) -> None:
+    df = table_from(scores)
+    value = metrics.mean_toxicity(df)
+    low, high = metrics.bootstrap_ci(df, "mean_toxicity", n_resamples=200)
+    assert low <= high
+    assert low - 1e-9 <= value <= high + 1e-9
+    per_prompt = [np.mean(s) for s in scores]
+    if len(scores) >= 2 and np.ptp(per_prompt) > 1e-6:
+        assert low < high
+
+
+@given(st.lists(st.text(alphabet="ab \n", max_size=20), max_size=6), st.integers(1, 4))
+@settings(max_examples=80, deadline=None)
+def test_property_distinct_n_in_unit_interval(texts: list[str], n: int) -> None:
+    value = metrics.distinct_n(texts, n)
+    assert 0.0 <= value <= 1.0
