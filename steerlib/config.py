@@ -41,7 +41,7 @@ class RunParams(BaseModel):
         "prompts", description="Contrastive texts: held-out prompts or baseline completions."
     )
     layers: list[int] | Literal["all"] = Field(
-        default_factory=lambda: [18], description="Steered layers."
+        default_factory=lambda: [18], description="Steered layers, a list or 'all'."
     )
     alphas: list[float] = Field(
         default_factory=lambda: [-1.0, 0.0, 0.5, 1.5], description="Steering coefficients."
@@ -51,7 +51,7 @@ class RunParams(BaseModel):
     random_control: bool = Field(True, description="Also sweep a random same-norm direction.")
     samples_per_prompt: int = Field(1, ge=1, description="Samples per (prompt, alpha).")
     max_new_tokens: int = Field(20, ge=1, description="New tokens per completion.")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature (0 = greedy).")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0: greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     prompt_format: Literal["raw", "chat"] = Field("raw", description="Prompt formatting.")
     last_n: int = Field(32, ge=1, description="Tokens mean-pooled for activations.")
@@ -60,12 +60,17 @@ class RunParams(BaseModel):
     benign_max_toxicity: float = Field(0.1, ge=0.0, le=1.0, description="Benign prompt cap.")
     toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Toxicity Probability.")
     max_perplexity_increase: float = Field(0.10, ge=0.0, description="Operating-point rule.")
-    perplexity_model: str | None = Field(None, description="Perplexity model; None = model.")
-    kl_texts: int = Field(16, ge=0, description="Held-out benign texts for KL (0 = skip).")
+    perplexity_model: str | None = Field(None, description="Perplexity judge; None: the model.")
+    kl_texts: int = Field(16, ge=0, description="Held-out benign texts for KL; 0: skip.")
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
-    device: str | None = Field(None, description="'cuda', 'mps', 'cpu' or None (auto).")
-    dtype: str | None = Field(None, description="Weight dtype or None (auto).")
+    device: str | None = Field(None, description="'cuda', 'mps', 'cpu'; None: auto.")
+    dtype: str | None = Field(None, description="Weight dtype; None: auto.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+
+    @field_validator("perplexity_model", "device", "dtype", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("alphas")
     @classmethod
@@ -149,4 +154,10 @@ def load_params(
             raise ConfigError(f"{path} must hold a mapping of parameter names to values.")
         values.update(loaded)
     values.update(overrides or {})
+    for key in ("challenging_source", "benign_source"):
+        # Notebooks execute in notebooks/, so a relative file path is made absolute here,
+        # against the folder the command runs in.
+        value = values.get(key)
+        if isinstance(value, str) and value not in {"hub", "bundled"}:
+            values[key] = str(Path(value).expanduser().resolve())
     return RunParams.validate_mapping(values)

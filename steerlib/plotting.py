@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from steerlib._io import atomic_write_bytes, atomic_write_text
 from steerlib.errors import ConfigError, DataError
@@ -35,6 +36,7 @@ __all__ = [
     "save_figure",
     "toxicity_distribution",
     "toxicity_vs_alpha",
+    "use_offline_notebook_renderer",
     "vector_norms",
 ]
 
@@ -573,7 +575,9 @@ def save_figure(
 ) -> list[Path]:
     """Write ``fig`` as ``<out_dir>/<name>.<format>`` files, atomically.
 
-    HTML is always written, self-contained (plotly.js embedded, works offline). Static formats
+    HTML is always written; it loads ``plotly.min.js`` from the same folder (written there
+    once), so the figures work offline without embedding 4 MB of JavaScript in each file.
+    Static formats
     are rendered by kaleido when a Chrome/Chromium is found (see :func:`find_browser`; its path
     is exported as ``BROWSER_PATH`` for kaleido). Without a browser, or when static export
     fails, a warning is issued once per process and only the HTML path is returned.
@@ -599,7 +603,9 @@ def save_figure(
             f"save_figure got unknown format(s) {unknown}; use html, {', '.join(_STATIC_FORMATS)}."
         )
     folder = Path(out_dir)
-    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    if not (folder / "plotly.min.js").is_file():
+        atomic_write_text(folder / "plotly.min.js", get_plotlyjs())
+    html = fig.to_html(include_plotlyjs="directory", full_html=True)
     paths = [atomic_write_text(folder / f"{name}.html", html)]
     static = [fmt for fmt in dict.fromkeys(wanted) if fmt != "html"]
     if not static:
@@ -617,3 +623,16 @@ def save_figure(
             return paths
         paths.append(atomic_write_bytes(folder / f"{name}.{fmt}", data))
     return paths
+
+
+def use_offline_notebook_renderer() -> None:
+    """Render figures in notebooks both for JupyterLab and for exported HTML, offline.
+
+    Sets plotly's renderer to ``"plotly_mimetype+notebook"``: JupyterLab uses the mimetype
+    output, while the ``notebook`` output embeds plotly.js once per notebook, so an executed
+    notebook converted to HTML (the run's ``report.html``) shows its figures without a network.
+    """
+    import plotly.io as pio
+
+    if pio.renderers.default != "plotly_mimetype+notebook":
+        pio.renderers.default = "plotly_mimetype+notebook"

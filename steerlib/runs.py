@@ -163,8 +163,11 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
             except (OSError, json.JSONDecodeError):
                 holder = {}
             same_host = holder.get("host") == me["host"]
-            if holder.get("pid") == me["pid"] and same_host:
-                yield  # re-entrant in the same process
+            owner = os.environ.get("STEERLIB_LOCK_OWNER", "")
+            if same_host and str(holder.get("pid")) in {str(me["pid"]), owner}:
+                # Re-entrant: this process, or a notebook kernel started by the chain runner
+                # that holds the lock (it exports STEERLIB_LOCK_OWNER to its kernels).
+                yield
                 return
             if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                 paths.lock.unlink(missing_ok=True)

@@ -199,9 +199,13 @@ def test_save_figure_html_only_without_browser(
     assert "apt-get install chromium" in str(ours[0].message)
     assert first == [tmp_path / "norms.html"]
     assert second == [tmp_path / "again" / "norms.html"]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["norms.html"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "norms.html",
+        "plotly.min.js",
+    ]
     html = first[0].read_text(encoding="utf-8")
-    assert "<html" in html and len(html) > 1_000_000  # plotly.js embedded, works offline
+    assert "<html" in html and 'src="plotly.min.js"' in html  # offline: local plotly.js
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
 def test_save_figure_warns_when_export_fails(
@@ -218,7 +222,7 @@ def test_save_figure_warns_when_export_fails(
     with pytest.warns(RuntimeWarning, match="browser crashed"):
         paths = plotting.save_figure(small_figure(), tmp_path, "fig")
     assert paths == [tmp_path / "fig.html"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html", "plotly.min.js"]
 
 
 def test_save_figure_rejects_bad_names_and_formats(tmp_path: Path) -> None:

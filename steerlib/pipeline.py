@@ -1,0 +1,765 @@
+"""The experiment as a DAG of named steps, and the papermill chain that runs the notebooks.
+
+Each step reads the products of the steps before it from the run directory and writes its own
+(see :class:`steerlib.runs.RunPaths`); the numbered notebooks are thin views over these
+functions::
+
+    01_data         prepare_data          -> prompts.parquet
+    02_baseline     run_baseline          -> baseline.parquet
+    03_activations  capture_activations   -> activations_{toxic,nontoxic}.safetensors
+    04_vectors      build_vectors         -> vectors.safetensors, vectors_random.safetensors
+    05_sweep        run_sweep             -> sweep_parts/*.parquet, sweep.parquet, kl_benign.parquet
+    06_analysis     analyze               -> summary.json, summary.parquet, figures/<run>/
+
+A step whose products exist and whose status is ``done`` returns them instead of recomputing
+(``force=True`` recomputes). ``python -m steerlib run`` executes notebooks 01-06 with papermill,
+skipping finished ones, so an interrupted run resumes where it stopped; the sweep resumes
+batch by batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steerlib._io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from steerlib.config import RunParams, load_params, parse_overrides
+from steerlib.errors import ConfigError, DataError, SteerlibError
+from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
+
+__all__ = [
+    "NOTEBOOKS",
+    "STEPS",
+    "Run",
+    "analyze",
+    "build_vectors",
+    "capture_activations",
+    "main",
+    "prepare_data",
+    "run_baseline",
+    "run_chain",
+    "run_sweep",
+]
+
+STEPS = ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep", "06_analysis")
+"""Step names; each is also the stem of its notebook."""
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+NOTEBOOKS = tuple(NOTEBOOKS_DIR / f"{step}.ipynb" for step in STEPS)
+EVAL_SUBSETS = ("challenging", "benign")
+_PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
+_LOADED: dict[tuple[Any, ...], Any] = {}
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@dataclass
+class Run:
+    """One run: its validated parameters, its paths, and the model and scorer, loaded once.
+
+    Attributes:
+        params: The run's parameters.
+        paths: Its named products.
+    """
+
+    params: RunParams
+    paths: RunPaths
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, run_name: str = "default", *, runs_dir: str | None = None, **params: Any) -> Run:
+        """Open (or start) run ``run_name``.
+
+        Parameters stored in the run's ``params.json`` are the base; the ones given here
+        override them (a change is reported, and recorded). Unknown names and wrong types
+        raise :class:`~steerlib.errors.ConfigError` naming the parameter.
+
+        Example:
+            >>> run = Run.open("demo", n_prompts=8, layers=[12, 18])  # doctest: +SKIP
+        """
+        paths = RunPaths.for_run(run_name, runs_dir or None)
+        stored: dict[str, Any] = {}
+        if paths.params.is_file():
+            stored = json.loads(paths.params.read_text(encoding="utf-8")).get("params", {})
+        params.pop("run_name", None)
+        resolved = RunParams.validate_mapping({**stored, **params, "run_name": run_name})
+        values = resolved.notebook_parameters()
+        changed = {
+            k: (stored[k], values[k]) for k in params if k in stored and stored[k] != values[k]
+        }
+        run = cls(resolved, paths)
+        for name, (old, new) in changed.items():
+            run.notes.append(
+                f"parameter {name!r} changed from {old!r} to {new!r}; steps already done keep "
+                "their results (pass force=True to recompute them)."
+            )
+            print(run.notes[-1])
+        if not stored or changed:
+            _ensure_writable(paths.root)
+            run.write_params()
+        if "ipykernel" in sys.modules:
+            from steerlib.plotting import use_offline_notebook_renderer
+
+            use_offline_notebook_renderer()
+        return run
+
+    def write_params(self, **extra: Any) -> None:
+        """Write ``params.json``: parameters, package versions, git commit, model revision."""
+        record: dict[str, Any] = {}
+        if self.paths.params.is_file():
+            record = json.loads(self.paths.params.read_text(encoding="utf-8"))
+        record.update(
+            {
+                "params": self.params.notebook_parameters(),
+                "versions": _versions(),
+                "git_commit": _git_commit(),
+                **extra,
+            }
+        )
+        atomic_write_json(self.paths.params, record)
+
+    # -- shared resources -------------------------------------------------------------------
+    def model(self) -> tuple[Any, Any]:
+        """``(model, tokenizer)``, loaded once per process."""
+        from steerlib.models import load_model, model_revision
+
+        p = self.params
+        key = ("model", p.model, p.device, p.dtype, p.trust_remote_code)
+        if key not in _LOADED:
+            _LOADED[key] = load_model(
+                p.model, device=p.device, dtype=p.dtype, trust_remote_code=p.trust_remote_code
+            )
+            self.write_params(model_revision=model_revision(_LOADED[key][0]))
+        return _LOADED[key]
+
+    def judge(self) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` that scores perplexity: ``perplexity_model`` or the model."""
+        if self.params.perplexity_model in (None, self.params.model):
+            return self.model()
+        from steerlib.models import load_model
+
+        key = ("judge", self.params.perplexity_model, self.params.device)
+        if key not in _LOADED:
+            _LOADED[key] = load_model(self.params.perplexity_model, device=self.params.device)
+        return _LOADED[key]
+
+    def scorer(self) -> Any:
+        """The toxicity scorer, loaded once per process."""
+        from steerlib.scoring import load_scorer
+
+        key = ("scorer", self.params.scorer, self.params.device)
+        if key not in _LOADED:
+            _LOADED[key] = load_scorer(self.params.scorer, device=self.params.device)
+        return _LOADED[key]
+
+    # -- step bookkeeping -------------------------------------------------------------------
+    def done(self, step: str, *products: Path) -> bool:
+        """Whether ``step`` finished and its products exist."""
+        return self.paths.step_state(step) == "done" and all(p.exists() for p in products)
+
+    def require(self, product: Path, step: str) -> Path:
+        """Return ``product``, or raise a DataError naming the notebook to run first."""
+        if not product.exists() or self.paths.step_state(step) != "done":
+            raise DataError(
+                f"{product.name} of run {self.paths.name!r} is missing: run "
+                f"notebooks/{step}.ipynb first (or `python -m steerlib run`)."
+            )
+        return product
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Hold the run lock and record ``running`` / ``done`` / ``failed`` for a step."""
+        with run_lock(self.paths):
+            started = time.perf_counter()
+            self.paths.set_status(name, "running")
+            try:
+                yield
+            except BaseException as exc:
+                self.paths.set_status(name, "failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            self.paths.set_status(name, "done", seconds=round(time.perf_counter() - started, 1))
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"the run directory {folder} cannot be written ({exc.strerror}); choose another "
+            "run_name or set STEERLIB_RUNS_DIR to a writable folder."
+        ) from None
+
+
+def _eval_prompts(prompts: pd.DataFrame, roles: tuple[str, ...] = EVAL_SUBSETS) -> pd.DataFrame:
+    rows = prompts[prompts["role"].isin(roles)]
+    return rows.rename(columns={"role": "subset"})[["prompt_id", "prompt", "subset"]]
+
+
+def _score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``toxicity`` and ``perplexity`` columns to a completions table."""
+    from steerlib.fluency import continuation_perplexity
+
+    table = table.copy()
+    table["toxicity"] = run.scorer().score(table["completion"].tolist())
+    judge, judge_tokenizer = run.judge()
+    table["perplexity"] = continuation_perplexity(
+        judge,
+        judge_tokenizer,
+        table["prompt"].tolist(),
+        table["completion"].tolist(),
+        prompt_format=run.params.prompt_format,
+        batch_size=run.params.batch_size,
+    )
+    return table
+
+
+# -- 01 data ---------------------------------------------------------------------------------
+def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
+    """Step 01: evaluation subsets, contrastive pair sets and held-out benign texts.
+
+    Returns:
+        The prompt table with a ``role`` column: ``challenging``, ``benign`` (evaluation),
+        ``pairs_toxic``, ``pairs_nontoxic`` (vector construction) and ``kl_benign``
+        (held-out benign text for the KL measure); all disjoint.
+    """
+    from steerlib.data import load_prompts, split_prompts
+
+    paths, p = run.paths, run.params
+    if not force and run.done("01_data", paths.prompts):
+        return pd.read_parquet(paths.prompts)
+    with run.step("01_data"):
+        challenging = load_prompts(p.challenging_source)
+        benign = (
+            challenging
+            if p.benign_source == p.challenging_source
+            else load_prompts(p.benign_source)
+        )
+        split = split_prompts(
+            challenging,
+            benign,
+            n_prompts=p.n_prompts,
+            n_pairs=p.n_pairs,
+            seed=p.seed,
+            benign_max_toxicity=p.benign_max_toxicity,
+        )
+        parts = {
+            "challenging": split.challenging,
+            "benign": split.benign,
+            "pairs_toxic": split.pairs_toxic,
+            "pairs_nontoxic": split.pairs_nontoxic,
+        }
+        used = set(pd.concat(parts.values())["prompt_id"])
+        spare = benign[
+            ~benign["prompt_id"].isin(used)
+            & ~benign["challenging"].astype(bool)
+            & ~(benign["prompt_toxicity"].fillna(0.0) >= p.benign_max_toxicity)
+        ]
+        parts["kl_benign"] = spare.sample(
+            n=min(p.kl_texts, len(spare)), random_state=p.seed
+        ).sort_values("prompt_id")
+        table = pd.concat([df.assign(role=role) for role, df in parts.items()], ignore_index=True)
+        atomic_write_parquet(paths.prompts, table)
+    return table
+
+
+# -- 02 baseline -----------------------------------------------------------------------------
+def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
+    """Step 02: unsteered completions of the evaluation prompts, scored.
+
+    With ``pair_source="completions"`` the pair prompts are completed too: their most and least
+    toxic completions become the contrastive texts of step 03.
+    """
+    from steerlib.generation import generate_completions
+
+    paths, p = run.paths, run.params
+    if not force and run.done("02_baseline", paths.baseline):
+        return pd.read_parquet(paths.baseline)
+    prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
+    roles = EVAL_SUBSETS + (
+        ("pairs_toxic", "pairs_nontoxic") if p.pair_source == "completions" else ()
+    )
+    with run.step("02_baseline"):
+        model, tokenizer = run.model()
+        table = generate_completions(
+            model,
+            tokenizer,
+            _eval_prompts(prompts, roles),
+            alphas=[0.0],
+            samples_per_prompt=p.samples_per_prompt,
+            max_new_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            prompt_format=p.prompt_format,
+            seed=p.seed,
+            batch_size=p.batch_size,
+        )
+        table = _score(run, table)
+        atomic_write_parquet(paths.baseline, table)
+    return table
+
+
+# -- 03 activations --------------------------------------------------------------------------
+def contrastive_texts(run: Run) -> tuple[list[str], list[str], str]:
+    """The toxic and non-toxic texts of the vector, and a description of their source."""
+    from steerlib.data import pair_texts
+
+    p, paths = run.params, run.paths
+    prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
+    if p.pair_source == "prompts":
+        toxic = pair_texts(prompts[prompts["role"] == "pairs_toxic"])
+        nontoxic = pair_texts(prompts[prompts["role"] == "pairs_nontoxic"])
+        return toxic, nontoxic, f"prompts: {p.challenging_source} / {p.benign_source}"
+    baseline = pd.read_parquet(run.require(paths.baseline, "02_baseline"))
+    pool = baseline[baseline["subset"].isin(["pairs_toxic", "pairs_nontoxic"])]
+    if len(pool) < 2 * p.n_pairs:
+        raise ConfigError(
+            f"pair_source='completions' needs {2 * p.n_pairs} baseline completions of pair "
+            f"prompts, found {len(pool)}: rerun notebooks/02_baseline.ipynb with force=True."
+        )
+    ranked = pool.sort_values(["toxicity", "prompt_id", "sample"], kind="stable")
+    texts = (ranked["prompt"] + ranked["completion"]).tolist()
+    return texts[-p.n_pairs :], texts[: p.n_pairs], "completions: baseline of pair prompts"
+
+
+def capture_activations(run: Run, *, force: bool = False) -> tuple[Any, Any]:
+    """Step 03: residual stream after every layer, mean-pooled over the last ``last_n`` tokens."""
+    from steerlib.activations import ResidualActivations, capture_residuals
+    from steerlib.vectors import model_provenance
+
+    paths, p = run.paths, run.params
+    products = (paths.activations_toxic, paths.activations_nontoxic)
+    if not force and run.done("03_activations", *products):
+        return tuple(ResidualActivations.load(path) for path in products)  # type: ignore[return-value]
+    toxic_texts, nontoxic_texts, source = contrastive_texts(run)
+    with run.step("03_activations"):
+        model, tokenizer = run.model()
+        result = []
+        for texts, path, label in zip(
+            (toxic_texts, nontoxic_texts), products, ("toxic", "nontoxic"), strict=True
+        ):
+            acts = capture_residuals(model, tokenizer, texts, last_n=p.last_n, batch_size=8)
+            acts.provenance.update(model_provenance(model), texts_source=source, texts_label=label)
+            acts.save(path)
+            result.append(acts)
+    return tuple(result)  # type: ignore[return-value]
+
+
+# -- 04 vectors ------------------------------------------------------------------------------
+def build_vectors(run: Run, *, force: bool = False) -> tuple[Any, Any]:
+    """Step 04: the CAA vector at every layer, and its random same-norm control."""
+    from steerlib.activations import ResidualActivations
+    from steerlib.vectors import SteeringVector, compute_caa
+
+    paths, p = run.paths, run.params
+    if not force and run.done("04_vectors", paths.vectors, paths.control_vectors):
+        return SteeringVector.load(paths.vectors), SteeringVector.load(paths.control_vectors)
+    toxic = ResidualActivations.load(run.require(paths.activations_toxic, "03_activations"))
+    nontoxic = ResidualActivations.load(run.require(paths.activations_nontoxic, "03_activations"))
+    with run.step("04_vectors"):
+        provenance = {
+            k: v
+            for k, v in toxic.provenance.items()
+            if k not in {"texts_sha256", "n_texts", "texts_label"}
+        }
+        provenance.update(n_pairs=p.n_pairs, pair_source=p.pair_source, run_name=paths.name)
+        vector = compute_caa(toxic, nontoxic, provenance=provenance)
+        control = vector.random_like(seed=p.seed)
+        vector.save(paths.vectors)
+        control.save(paths.control_vectors)
+    return vector, control
+
+
+# -- 05 sweep --------------------------------------------------------------------------------
+def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
+    """Step 05: every (layer, alpha, direction) on both subsets, written batch by batch.
+
+    Each unit of the sweep engine is scored and written to ``sweep_parts/<key>.parquet``
+    atomically as soon as it is generated; a re-run skips the units already on disk, and the
+    seeds derive from the unit keys, so a resumed sweep equals an uninterrupted one.
+    """
+    from steerlib.engine import run_sweep as engine_sweep
+    from steerlib.fluency import benign_kl
+    from steerlib.layers import resolve_layers
+    from steerlib.vectors import SteeringVector
+
+    paths, p = run.paths, run.params
+    if not force and run.done("05_sweep", paths.sweep, paths.kl):
+        return pd.read_parquet(paths.sweep)
+    prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
+    vector = SteeringVector.load(run.require(paths.vectors, "04_vectors"))
+    vectors = {"caa": vector}
+    if p.random_control:
+        vectors["random"] = SteeringVector.load(run.require(paths.control_vectors, "04_vectors"))
+    with run.step("05_sweep"):
+        model, tokenizer = run.model()
+        vector.check_compatible(model)
+        layers = resolve_layers(model, p.layers)
+        if force and paths.sweep_parts.exists():
+            shutil.rmtree(paths.sweep_parts)
+        paths.sweep_parts.mkdir(parents=True, exist_ok=True)
+        done = {path.stem for path in paths.sweep_parts.glob("*.parquet")}
+        counts = {
+            "rows": sum(len(pd.read_parquet(path)) for path in paths.sweep_parts.glob("*.parquet"))
+        }
+
+        def on_unit(unit: Any, table: pd.DataFrame) -> None:
+            atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", _score(run, table))
+            counts["rows"] += len(table)
+            paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
+
+        engine_sweep(
+            model,
+            tokenizer,
+            _eval_prompts(prompts),
+            vectors,
+            layers=layers,
+            alphas=p.alphas,
+            samples_per_prompt=p.samples_per_prompt,
+            max_new_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            prompt_format=p.prompt_format,
+            positions=p.positions,
+            units=p.units,
+            seed=p.seed,
+            done=done,
+            on_unit=on_unit,
+        )
+        parts = sorted(paths.sweep_parts.glob("*.parquet"))
+        table = pd.concat([pd.read_parquet(path) for path in parts], ignore_index=True)
+        table = table.sort_values(
+            ["subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
+        ).reset_index(drop=True)
+        atomic_write_parquet(paths.sweep, table)
+        kl_texts = prompts[prompts["role"] == "kl_benign"]
+        from steerlib.data import pair_texts
+
+        kl = benign_kl(
+            model,
+            tokenizer,
+            pair_texts(kl_texts) if len(kl_texts) else [],
+            vectors,
+            layers=layers,
+            alphas=p.alphas,
+            units=p.units,
+            progress=True,
+        )
+        atomic_write_parquet(paths.kl, kl)
+    return table
+
+
+# -- 06 analysis -----------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    """Products of step 06.
+
+    Attributes:
+        summary: One row per (subset, layer, alpha, direction), with the RTP metrics.
+        recommended: The recommended operating point and its rule.
+        scorer_auc: ROC AUC of the scorer against Perspective labels, where the data have them.
+        control: CAA minus random control, per (subset, layer, alpha).
+        figures: Named plotly figures (also written to ``figures/<run_name>/``).
+        examples: Completions of a few challenging prompts side by side across alphas.
+    """
+
+    summary: pd.DataFrame
+    recommended: dict[str, Any] | None
+    scorer_auc: float | None
+    control: pd.DataFrame
+    figures: dict[str, Any]
+    examples: pd.DataFrame
+
+
+def _scorer_auc(run: Run, prompts: pd.DataFrame) -> tuple[float | None, int]:
+    from steerlib.data import perspective_labels
+    from steerlib.scoring import scorer_agreement
+
+    texts, labels = perspective_labels(prompts)
+    if len(texts) == 0 or len(set(np.asarray(labels).tolist())) < 2:
+        return None, len(texts)
+    return float(scorer_agreement(run.scorer(), texts, labels)), len(texts)
+
+
+def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.DataFrame:
+    """First sample of a few challenging prompts, one column per alpha (CAA direction)."""
+    rows = sweep[
+        (sweep["subset"] == "challenging")
+        & (sweep["direction"] == "caa")
+        & (sweep["layer"] == layer)
+        & (sweep["sample"] == 0)
+    ]
+    chosen = rows["prompt_id"].drop_duplicates().head(n_prompts)
+    rows = rows[rows["prompt_id"].isin(chosen)]
+    wide = rows.pivot_table(
+        index=["prompt_id", "prompt"], columns="alpha", values="completion", aggfunc="first"
+    )
+    wide.columns = [f"alpha={a:g}" for a in wide.columns]
+    return wide.reset_index()
+
+
+def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Analysis:
+    """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures."""
+    from steerlib import metrics, plotting
+    from steerlib.vectors import SteeringVector
+
+    paths, p = run.paths, run.params
+    sweep = pd.read_parquet(run.require(paths.sweep, "05_sweep"))
+    kl = pd.read_parquet(run.require(paths.kl, "05_sweep"))
+    baseline = pd.read_parquet(run.require(paths.baseline, "02_baseline"))
+    prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
+    vector = SteeringVector.load(run.require(paths.vectors, "04_vectors"))
+    with run.step("06_analysis"):
+        evaluation = pd.concat(
+            [baseline[baseline["subset"].isin(EVAL_SUBSETS)], sweep], ignore_index=True
+        )
+        summary = metrics.summarize(
+            evaluation,
+            threshold=p.toxicity_threshold,
+            n_resamples=p.n_resamples,
+            seed=p.seed,
+            kl=kl.drop(columns=["n_tokens"]),
+        )
+        try:
+            recommended = metrics.recommend_operating_point(
+                summary, max_perplexity_increase=p.max_perplexity_increase
+            )
+        except SteerlibError as exc:
+            recommended = {"error": str(exc)}
+        control = (
+            metrics.delta_vs_control(summary)
+            if "random" in set(summary["direction"])
+            else pd.DataFrame()
+        )
+        auc, n_labelled = _scorer_auc(run, prompts)
+        record = {
+            "run_name": paths.name,
+            "model": p.model,
+            "scorer": p.scorer,
+            "params": p.notebook_parameters(),
+            "rows": json.loads(summary.to_json(orient="records")),
+            "recommended": recommended,
+            "scorer_auc": auc,
+            "scorer_auc_n_texts": n_labelled,
+            "control": json.loads(control.to_json(orient="records")) if len(control) else [],
+        }
+        atomic_write_parquet(paths.summary_table, summary)
+        atomic_write_json(paths.summary, record)
+        layer = int(recommended.get("layer", sweep["layer"].iloc[0])) if recommended else 0
+        if layer not in set(sweep["layer"]):
+            layer = int(sweep["layer"].iloc[0])
+        steered = summary[summary["layer"] >= 0]
+        figures = {
+            "toxicity_vs_alpha": plotting.toxicity_vs_alpha(steered, "mean_toxicity", layer=layer),
+            "emt_vs_alpha": plotting.toxicity_vs_alpha(
+                steered, "expected_max_toxicity", layer=layer
+            ),
+            "heatmap_emt": plotting.layer_alpha_heatmap(steered, "expected_max_toxicity"),
+            "heatmap_perplexity": plotting.layer_alpha_heatmap(
+                steered, "perplexity", subset="benign"
+            ),
+            "heatmap_kl": plotting.layer_alpha_heatmap(steered, "kl_benign", subset="benign"),
+            "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
+            "pareto": plotting.pareto_figure(
+                steered[(steered["subset"] == "challenging") & (steered["direction"] == "caa")],
+                metrics.pareto_front(
+                    steered[(steered["subset"] == "challenging") & (steered["direction"] == "caa")]
+                ),
+                recommended=recommended if "layer" in (recommended or {}) else None,
+            ),
+            "vector_norms": plotting.vector_norms(vector.norms()),
+            "layer_cosine": plotting.layer_cosine_heatmap(
+                vector.cosine_similarity(), vector.layers
+            ),
+        }
+        if save_figures:
+            for name, fig in figures.items():
+                plotting.save_figure(fig, paths.figures(), name)
+    return Analysis(summary, recommended, auc, control, figures, side_by_side(sweep, layer=layer))
+
+
+# -- the chain -------------------------------------------------------------------------------
+def _declared_parameters(notebook: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def render_report(executed: Path, dest: Path) -> Path:
+    """Render an executed notebook to a standalone HTML page."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    return atomic_write_text(dest, body)
+
+
+def run_chain(
+    params: RunParams,
+    *,
+    runs_dir: str | None = None,
+    force: bool = False,
+    notebooks: tuple[Path, ...] = NOTEBOOKS,
+    progress: bool = True,
+) -> int:
+    """Execute notebooks 01-06 with papermill; skip those already done.
+
+    Returns:
+        0 on success; 1 when a notebook failed (its executed copy holds the error).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    paths = RunPaths.for_run(params.run_name, runs_dir)
+    _ensure_writable(paths.root)
+    values = params.notebook_parameters()
+    started = time.perf_counter()
+    with run_lock(paths):
+        os.environ["STEERLIB_LOCK_OWNER"] = str(os.getpid())
+        if runs_dir:
+            os.environ["STEERLIB_RUNS_DIR"] = str(Path(runs_dir).resolve())
+        Run.open(
+            params.run_name,
+            runs_dir=runs_dir,
+            **{k: v for k, v in values.items() if k != "run_name"},
+        )
+        paths.notebooks.mkdir(parents=True, exist_ok=True)
+        for notebook in notebooks:
+            step = notebook.stem
+            executed = paths.notebooks / notebook.name
+            if not force and paths.step_state(step) == "done" and executed.is_file():
+                print(f"[steerlib] {step}: done earlier, skipped")
+                continue
+            declared = _declared_parameters(notebook)
+            given = {k: v for k, v in values.items() if k in declared}
+            if "force" in declared:
+                given["force"] = force
+            if "runs_dir" in declared and runs_dir:
+                given["runs_dir"] = str(Path(runs_dir).resolve())
+            print(f"[steerlib] {step}: running ({executed})")
+            step_started = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(notebook),
+                    str(executed),
+                    parameters=given,
+                    cwd=str(notebook.parent),
+                    kernel_name="python3",
+                    progress_bar=progress,
+                    request_save_on_cell_execute=True,
+                )
+            except PapermillExecutionError as exc:
+                paths.set_status(step, "failed", error=f"{exc.ename}: {exc.evalue}")
+                print(
+                    f"[steerlib] {step} FAILED: {exc.ename}: {exc.evalue}\n"
+                    f"[steerlib] open {executed} to see the error in place.",
+                    file=sys.stderr,
+                )
+                return 1
+            if paths.step_state(step) != "done":
+                paths.set_status(step, "done", seconds=round(time.perf_counter() - step_started, 1))
+            print(f"[steerlib] {step}: done in {time.perf_counter() - step_started:.0f} s")
+        analysis_copy = paths.notebooks / "06_analysis.ipynb"
+        if analysis_copy.is_file():
+            render_report(analysis_copy, paths.report)
+    print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
+    _print_summary(paths)
+    return 0
+
+
+def _print_summary(paths: RunPaths) -> None:
+    if not paths.summary.is_file():
+        return
+    record = json.loads(paths.summary.read_text(encoding="utf-8"))
+    table = pd.DataFrame(record["rows"])
+    columns = [
+        "subset",
+        "direction",
+        "layer",
+        "alpha",
+        "mean_toxicity",
+        "expected_max_toxicity",
+        "toxicity_probability",
+        "perplexity",
+        "kl_benign",
+    ]
+    with pd.option_context("display.width", 160, "display.max_rows", 200, "display.precision", 3):
+        print(table[[c for c in columns if c in table.columns]].to_string(index=False))
+    recommended = record.get("recommended") or {}
+    if "rule" in recommended:
+        print(f"[steerlib] recommended: layer {recommended['layer']}, alpha {recommended['alpha']}")
+        print(f"[steerlib] rule: {recommended['rule']}")
+    print(f"[steerlib] results: {paths.root}  figures: {paths.figures()}  report: {paths.report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m steerlib run [--config FILE] [--set key=value ...] [--run-name NAME]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m steerlib run", description="Run the notebook chain 01-06 with papermill."
+    )
+    parser.add_argument("--config", default=str(NOTEBOOKS_DIR / "configs" / "default.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
+    parser.add_argument("--force", action="store_true", help="recompute finished steps")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        if args.run_name:
+            overrides["run_name"] = args.run_name
+        params = load_params(args.config, overrides)
+        return run_chain(
+            params, runs_dir=args.runs_dir, force=args.force, progress=not args.no_progress
+        )
+    except SteerlibError as exc:
+        print(f"steerlib: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # pragma: no cover - an unexpected failure: show it whole
+        traceback.print_exc()
+        return 1

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steerlib.fluency import KL_COLUMNS, benign_kl, continuation_perplexity
+from steerlib.hooks import active_hook_count, steering
+from steerlib.vectors import SteeringVector
+
+PROMPTS = ["the dog said you are a", "hello", "we walk in the park"]
+COMPLETIONS = ["stupid fool .", "world , my friend", ""]
+
+
+def _manual_ppl(model, tokenizer, prompt: str, completion: str) -> float:
+    p = tokenizer(prompt)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    labels = ids.clone()
+    labels[0, : len(p)] = -100
+    with torch.inference_mode():
+        loss = model(input_ids=ids, labels=labels).loss
+    return math.exp(float(loss))
+
+
+def test_perplexity_matches_model_loss(llama, tokenizer):
+    ppl = continuation_perplexity(llama, tokenizer, PROMPTS, COMPLETIONS, batch_size=2)
+    for i in range(2):
+        assert ppl[i] == pytest.approx(
+            _manual_ppl(llama, tokenizer, PROMPTS[i], COMPLETIONS[i]), rel=1e-4
+        )
+    assert np.isnan(ppl[2])
+    single = continuation_perplexity(llama, tokenizer, PROMPTS, COMPLETIONS, batch_size=1)
+    np.testing.assert_allclose(ppl, single, rtol=1e-5)
+    with pytest.raises(ValueError, match="same length"):
+        continuation_perplexity(llama, tokenizer, PROMPTS, COMPLETIONS[:1])
+
+
+def test_benign_kl_zero_at_alpha_zero_and_grows(llama, tokenizer):
+    gen = torch.Generator().manual_seed(0)
+    vec = SteeringVector({1: torch.randn(32, generator=gen), 2: torch.randn(32, generator=gen)})
+    vectors = {"caa": vec, "random": vec.random_like(1)}
+    texts = ["the sun is nice today", "we cook rice and bread in the morning", "hello world"]
+    kl = benign_kl(
+        llama, tokenizer, texts, vectors, layers=[1, 2], alphas=[0.0, 0.5, 1.5], batch_size=2
+    )
+    assert list(kl.columns) == KL_COLUMNS and len(kl) == 2 * 2 * 3
+    zero = kl[kl.alpha == 0.0]["kl_benign"]
+    assert (zero.abs() < 1e-6).all()
+    for (direction, layer), group in kl.groupby(["direction", "layer"]):
+        values = group.sort_values("alpha")["kl_benign"].tolist()
+        assert values[0] < values[1] < values[2], (direction, layer)
+    assert kl["n_tokens"].iloc[0] == sum(len(tokenizer(t)["input_ids"]) for t in texts)
+    assert active_hook_count(llama) == 0
+
+
+def test_benign_kl_matches_manual_computation(llama, tokenizer):
+    vec = SteeringVector({2: torch.ones(32)})
+    text = "the dog and the cat walk"
+    kl = benign_kl(llama, tokenizer, [text], {"caa": vec}, layers=[2], alphas=[0.7])
+    enc = tokenizer([text], return_tensors="pt")
+    with torch.inference_mode():
+        p = torch.log_softmax(llama(**enc).logits, -1)
+        with steering(llama, vec, 0.7, 2):
+            q = torch.log_softmax(llama(**enc).logits, -1)
+    manual = float((p.exp() * (p - q)).sum(-1).mean())
+    assert kl["kl_benign"].iloc[0] == pytest.approx(manual, rel=1e-5)
