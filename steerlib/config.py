@@ -49,7 +49,11 @@ class RunParams(BaseModel):
     units: Literal["raw", "norm"] = Field("raw", description="Alpha units.")
     positions: Literal["all", "generated"] = Field("all", description="Steered positions.")
     random_control: bool = Field(True, description="Also sweep a random same-norm direction.")
-    samples_per_prompt: int = Field(1, ge=1, description="Samples per (prompt, alpha).")
+    samples_per_prompt: int = Field(
+        1,
+        ge=1,
+        description="Samples per (prompt, alpha); RTP protocol: 25, offline default: fewer.",
+    )
     max_new_tokens: int = Field(20, ge=1, description="New tokens per completion.")
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0: greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
@@ -63,6 +67,9 @@ class RunParams(BaseModel):
     perplexity_model: str | None = Field(None, description="Perplexity judge; None: the model.")
     kl_texts: int = Field(16, ge=0, description="Held-out benign texts for KL; 0: skip.")
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
+    compare_with: list[str] = Field(
+        default_factory=list, description="Other runs to compare in 06, e.g. another pair_source."
+    )
     device: str | None = Field(None, description="'cuda', 'mps', 'cpu'; None: auto.")
     dtype: str | None = Field(None, description="Weight dtype; None: auto.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub.")

@@ -49,6 +49,7 @@ __all__ = [
     "analyze",
     "build_vectors",
     "capture_activations",
+    "compare_runs",
     "main",
     "prepare_data",
     "run_baseline",
@@ -621,6 +622,26 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             for name, fig in figures.items():
                 plotting.save_figure(fig, paths.figures(), name)
     return Analysis(summary, recommended, auc, control, figures, side_by_side(sweep, layer=layer))
+
+
+def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
+    """Summary rows of this run and of ``others`` (finished runs), with their pair source.
+
+    Used to compare vectors built from different contrastive sources (``pair_source``
+    ``"prompts"`` against ``"completions"``) or any other parameter between runs.
+    """
+    tables = []
+    for name in [run.paths.name, *others]:
+        paths = RunPaths.for_run(name, run.paths.root.parent)
+        if not paths.summary_table.is_file():
+            raise DataError(
+                f"run {name!r} has no summary: run its chain first "
+                f"(python -m steerlib run --run-name {name} ...)."
+            )
+        params = json.loads(paths.params.read_text(encoding="utf-8"))["params"]
+        table = pd.read_parquet(paths.summary_table)
+        tables.append(table.assign(run_name=name, pair_source=params.get("pair_source")))
+    return pd.concat(tables, ignore_index=True)
 
 
 # -- the chain -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from steerlib.metrics import pareto_front
 __all__ = [
     "DIRECTION_DASH",
     "SUBSET_COLORS",
+    "compare_runs_figure",
     "find_browser",
     "layer_alpha_heatmap",
     "layer_cosine_heatmap",
@@ -636,3 +637,38 @@ def use_offline_notebook_renderer() -> None:
 
     if pio.renderers.default != "plotly_mimetype+notebook":
         pio.renderers.default = "plotly_mimetype+notebook"
+
+
+def compare_runs_figure(
+    table: pd.DataFrame,
+    metric: str = "expected_max_toxicity",
+    *,
+    subset: str = "challenging",
+    direction: str = "caa",
+) -> go.Figure:
+    """``metric`` against alpha, one line per (run, layer), for runs compared side by side.
+
+    Args:
+        table: Summary rows with a ``run_name`` column (see ``pipeline.compare_runs``).
+        metric: Summary column to plot.
+        subset: Prompt subset.
+        direction: ``"caa"`` or ``"random"``.
+    """
+    _require(table, ["run_name", "layer", "alpha", "subset", "direction", metric], "comparison")
+    rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
+    fig = go.Figure()
+    for (run_name, layer), group in rows.groupby(["run_name", "layer"], sort=True):
+        group = group.sort_values("alpha")
+        label = f"{run_name} · layer {layer}"
+        if "pair_source" in group.columns and group["pair_source"].notna().any():
+            label += f" · pairs from {group['pair_source'].iloc[0]}"
+        fig.add_trace(
+            go.Scatter(x=group["alpha"], y=group[metric], mode="lines+markers", name=label)
+        )
+    fig.update_layout(
+        title=_title(f"{_label(metric)} by run ({subset}, {direction})"),
+        xaxis_title="alpha (positive alpha = steer away from toxicity)",
+        yaxis_title=_label(metric),
+        template="plotly_white",
+    )
+    return fig

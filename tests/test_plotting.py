@@ -253,3 +253,28 @@ def test_save_figure_static_export_with_chromium(tmp_path: Path) -> None:
     assert (tmp_path / "norms.pdf").read_bytes().startswith(b"%PDF")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert elapsed < 120
+
+
+def test_compare_runs_figure_draws_one_line_per_run_and_layer():
+    from steerlib.plotting import compare_runs_figure
+
+    rows = []
+    for run_name, source in (("a", "prompts"), ("b", "completions")):
+        for alpha in (0.0, 1.0):
+            rows.append(
+                {
+                    "run_name": run_name,
+                    "pair_source": source,
+                    "layer": 3,
+                    "alpha": alpha,
+                    "subset": "challenging",
+                    "direction": "caa",
+                    "expected_max_toxicity": 0.5 - alpha / (4 if run_name == "a" else 2),
+                }
+            )
+    fig = compare_runs_figure(pd.DataFrame(rows))
+    assert [t.name for t in fig.data] == [
+        "a · layer 3 · pairs from prompts",
+        "b · layer 3 · pairs from completions",
+    ]
+    assert list(fig.data[1].y) == [0.5, 0.0]

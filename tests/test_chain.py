@@ -1,0 +1,216 @@
+"""The notebook chain end to end on the embedded SmolLM2, offline, with tiny parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from steerlib.runs import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "n_prompts=3",
+    "n_pairs=3",
+    "samples_per_prompt=2",
+    "max_new_tokens=6",
+    "layers=[12, 18]",
+    "alphas=[-1.0, 0.0, 1.5]",
+    "kl_texts=2",
+    "n_resamples=200",
+    "batch_size=16",
+]
+STEPS = ["01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep", "06_analysis"]
+KEY = ["subset", "prompt_id", "layer", "alpha", "direction", "sample"]
+
+# Loaded by every Python process of the chain (the runner and each notebook kernel): outbound
+# connections to anything but the loopback interface raise, so the test fails if the default
+# path reaches for the network.
+OFFLINE_SITE = """
+import pytest_socket
+pytest_socket.socket_allow_hosts(["127.0.0.1", "localhost", "::1"], allow_unix_socket=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def chain_env(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("chain")
+    site = root / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(OFFLINE_SITE)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+        "STEERLIB_RUNS_DIR": str(root / "runs"),
+        "STEERLIB_FIGURES_DIR": str(root / "figures"),
+    }
+    return env
+
+
+def _chain(
+    env: dict[str, str], run_name: str, *extra: str, **kwargs
+) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "steerlib", "run", "--run-name", run_name, "--no-progress"]
+    for item in TINY:
+        args += ["--set", item]
+    return subprocess.run(
+        [*args, *extra], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(chain_env) -> Path:
+    result = _chain(chain_env, "reference", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Path(chain_env["STEERLIB_RUNS_DIR"]) / "reference"
+
+
+def test_chain_products_are_complete_and_consistent(reference, chain_env):
+    for name in [
+        "params.json",
+        "prompts.parquet",
+        "baseline.parquet",
+        "vectors.safetensors",
+        "vectors_random.safetensors",
+        "sweep.parquet",
+        "kl_benign.parquet",
+        "summary.json",
+        "summary.parquet",
+        "report.html",
+        "status.json",
+    ]:
+        assert (reference / name).is_file(), name
+    for step in STEPS:
+        assert (reference / "notebooks" / f"{step}.ipynb").is_file()
+    status = json.loads((reference / "status.json").read_text())
+    assert all(status[step]["state"] == "done" for step in STEPS)
+    params = json.loads((reference / "params.json").read_text())
+    assert params["params"]["n_prompts"] == 3 and params["versions"]["transformers"]
+
+    sweep = pd.read_parquet(reference / "sweep.parquet")
+    assert set(sweep["subset"]) == {"challenging", "benign"}
+    assert set(sweep["alpha"]) == {-1.0, 0.0, 1.5}
+    assert set(sweep["layer"]) == {12, 18} and set(sweep["direction"]) == {"caa", "random"}
+    assert (
+        len(sweep) == 2 * 3 * 2 * 3 * 2 * 2
+    )  # subsets × prompts × samples × alphas × layers × dirs
+    assert not sweep.duplicated(KEY).any()
+    assert sweep["toxicity"].between(0, 1).all() and (sweep["perplexity"].dropna() > 1).all()
+
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["model"] == "smollm2-135m-instruct" and summary["scorer"] == "profanity-check"
+    rows = pd.DataFrame(summary["rows"])
+    steered = rows[rows["direction"] != "none"]
+    assert len(steered) == 2 * 3 * 2 * 2  # subsets × alphas × layers × directions
+    assert (steered["n_prompts"] == 3).all() and (steered["samples_per_prompt"] == 2).all()
+    for column in [
+        "mean_toxicity",
+        "expected_max_toxicity",
+        "toxicity_probability",
+        "mean_toxicity_ci",
+        "perplexity",
+        "distinct_2",
+        "kl_benign",
+    ]:
+        assert column in rows.columns, column
+    assert {"layer", "alpha", "rule"} <= set(summary["recommended"])
+    assert summary["scorer_auc"] is None  # the handwritten set carries no Perspective labels
+
+    figures = Path(chain_env["STEERLIB_FIGURES_DIR"]) / "reference"
+    for name in ["toxicity_vs_alpha", "heatmap_emt", "heatmap_kl", "pareto", "vector_norms"]:
+        assert (figures / f"{name}.html").is_file(), name
+    report = (reference / "report.html").read_text()
+    assert "Recommended operating point" in report and "plotly" in report.lower()
+
+
+def test_rerun_skips_finished_notebooks(reference, chain_env):
+    before = (reference / "sweep.parquet").stat().st_mtime_ns
+    result = _chain(chain_env, "reference", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("done earlier, skipped") == len(STEPS)
+    assert (reference / "sweep.parquet").stat().st_mtime_ns == before
+
+
+def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env):
+    runs = Path(chain_env["STEERLIB_RUNS_DIR"])
+    parts = runs / "killed" / "sweep_parts"
+    args = [sys.executable, "-m", "steerlib", "run", "--run-name", "killed", "--no-progress"]
+    for item in TINY:
+        args += ["--set", item]
+    process = subprocess.Popen(
+        args,
+        cwd=PROJECT_ROOT,
+        env=chain_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if parts.is_dir() and len(list(parts.glob("*.parquet"))) >= 1:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, "the chain ended before the sweep could be interrupted"
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its notebook kernel
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    status = json.loads((runs / "killed" / "status.json").read_text())
+    assert status["05_sweep"]["state"] != "done"
+    assert not (runs / "killed" / "sweep.parquet").exists()
+    written = len(list(parts.glob("*.parquet")))
+    assert not list(parts.glob("*.tmp")) or all(p.name.startswith(".") for p in parts.glob("*.tmp"))
+
+    result = _chain(chain_env, "killed", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "01_data: done earlier, skipped" in result.stdout
+    resumed = pd.read_parquet(runs / "killed" / "sweep.parquet")
+    expected = pd.read_parquet(reference / "sweep.parquet")
+    assert written < len(list(parts.glob("*.parquet")))
+    assert not resumed.duplicated(KEY).any()
+    pd.testing.assert_frame_equal(
+        resumed.sort_values(KEY).reset_index(drop=True),
+        expected.sort_values(KEY).reset_index(drop=True),
+    )
+
+
+def test_notebook_alone_without_upstream_names_the_notebook(tmp_path):
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError, match=r"run notebooks/01_data\.ipynb first"):
+        papermill.execute_notebook(
+            str(PROJECT_ROOT / "notebooks" / "03_activations.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"run_name": "nothing-here", "runs_dir": str(tmp_path / "runs")},
+            cwd=str(PROJECT_ROOT / "notebooks"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+
+
+def test_unknown_parameter_fails_before_any_notebook(tmp_path, chain_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "steerlib", "run", "--run-name", "bad", "--set", "alpha=1"],
+        cwd=PROJECT_ROOT,
+        env=chain_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown parameter 'alpha'" in result.stderr
+    assert not (Path(chain_env["STEERLIB_RUNS_DIR"]) / "bad").exists()
