@@ -52,7 +52,7 @@ class RunParams(BaseModel):
     samples_per_prompt: int = Field(
         1,
         ge=1,
-        description="Samples per (prompt, alpha); RTP protocol: 25, offline default: fewer.",
+        description="Samples per prompt and alpha; RTP uses 25, the default fewer.",
     )
     max_new_tokens: int = Field(20, ge=1, description="New tokens per completion.")
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0: greedy.")
