@@ -24,6 +24,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_parquet",
     "atomic_write_text",
+    "load_tensors",
+    "save_tensors",
 ]
 
 
@@ -83,3 +85,46 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(value) for value in obj]
     return obj
+
+
+def save_tensors(
+    path: str | os.PathLike[str], tensors: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Write ``tensors`` as safetensors with ``meta`` as JSON provenance, atomically.
+
+    The provenance is stored twice: in the safetensors header (the copy that is read back) and in
+    a ``.json`` sidecar beside it, for people and tools that do not read safetensors.
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(path)
+    header = {"steerlib": json.dumps(_finite(meta))}
+    atomic_write(dest, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write_json(dest.with_suffix(".json"), meta)
+    return dest
+
+
+def load_tensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a file written by :func:`save_tensors`: ``(tensors, provenance)``.
+
+    Only safetensors are read; nothing is unpickled.
+
+    Raises:
+        DataError: The file is missing or not a readable safetensors file; the message names
+            ``what`` it should hold.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from steerlib.errors import DataError
+
+    source = Path(path)
+    if not source.is_file():
+        raise DataError(f"No {what} file at {source}.")
+    try:
+        with safe_open(str(source), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("steerlib", "{}"))
+        tensors = load_file(str(source))
+    except Exception as exc:
+        raise DataError(f"{source} is not a readable steerlib {what} file: {exc}") from exc
+    return tensors, meta

@@ -9,7 +9,6 @@ is the last ``last_n`` positions where the attention mask is 1.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerlib._io import atomic_write, atomic_write_json
+from steerlib._io import load_tensors, save_tensors
 from steerlib.errors import ConfigError, DataError
 from steerlib.layers import get_decoder_layers
 
@@ -94,24 +92,12 @@ class ResidualActivations:
         """Save as safetensors with the provenance in its metadata and a JSON sidecar."""
         meta = {**self.provenance, "layers": self.layers, "last_n": self.last_n}
         tensors = {"pooled": self.pooled.contiguous(), "token_norm": self.token_norm.contiguous()}
-        dest = Path(path)
-        atomic_write(
-            dest, lambda tmp: save_file(tensors, tmp, metadata={"steerlib": json.dumps(meta)})
-        )
-        atomic_write_json(dest.with_suffix(".json"), meta)
-        return dest
+        return save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ResidualActivations:
         """Load activations written by :meth:`save` (safetensors only; nothing is unpickled)."""
-        from safetensors import safe_open
-
-        source = Path(path)
-        if not source.is_file():
-            raise DataError(f"No activations file at {source}.")
-        with safe_open(str(source), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("steerlib", "{}"))
-        tensors = load_file(str(source))
+        tensors, meta = load_tensors(path, "activations")
         layers = [int(x) for x in meta.pop("layers")]
         last_n = int(meta.pop("last_n"))
         return cls(tensors["pooled"], tensors["token_norm"], layers, last_n, meta)

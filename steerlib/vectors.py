@@ -10,7 +10,6 @@ sidecar.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,11 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerlib._io import atomic_write, atomic_write_json
+from steerlib._io import load_tensors, save_tensors
 from steerlib.activations import ResidualActivations, capture_residuals
 from steerlib.errors import ConfigError, DataError, ModelError
 from steerlib.layers import LayerSpec, hidden_size, num_layers, resolve_layers
@@ -176,27 +173,15 @@ class SteeringVector:
         Returns:
             The safetensors path.
         """
-        dest = Path(path)
         meta = {**self.provenance, "layers": self.layers}
         meta["mean_norms"] = {str(k): v for k, v in self.mean_norms.items()}
         tensors = {f"layer.{k}": self.directions[k].contiguous().float() for k in self.layers}
-        header = {"steerlib": json.dumps(meta)}
-        atomic_write(dest, lambda tmp: save_file(tensors, tmp, metadata=header))
-        atomic_write_json(dest.with_suffix(".json"), meta)
-        return dest
+        return save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
         """Read a vector written by :meth:`save` (safetensors only; nothing is unpickled)."""
-        source = Path(path)
-        if not source.is_file():
-            raise DataError(f"No steering vector file at {source}: run the vectors step first.")
-        try:
-            with safe_open(str(source), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {}).get("steerlib", "{}"))
-            tensors = load_file(str(source))
-        except Exception as exc:
-            raise DataError(f"{source} is not a readable steerlib vector file: {exc}") from exc
+        tensors, meta = load_tensors(path, "steering vector")
         directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
         meta.pop("layers", None)
         mean_norms = {int(k): float(v) for k, v in (meta.pop("mean_norms", {}) or {}).items()}
