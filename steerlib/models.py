@@ -41,6 +41,7 @@ __all__ = [
     "embedded_gguf_path",
     "load_model",
     "model_id",
+    "model_num_layers",
     "model_revision",
     "resolve_device",
 ]
@@ -217,6 +218,39 @@ def load_model(
     model.requires_grad_(False)
     model._steerlib_model_id = name
     return model, _prepare_tokenizer(tokenizer)
+
+
+def model_num_layers(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> int:
+    """Number of decoder layers, read from the model's config without loading its weights.
+
+    Raises:
+        ModelError: The config cannot be read (the message names the offline default).
+    """
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    source: str | Path = convert_embedded() if name == EMBEDDED_MODEL else name
+    try:
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
+        raise ModelError(
+            f"Could not load model {name!r} from {where}: {str(exc).splitlines()[0]} "
+            f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
+        ) from exc
+    config = getattr(config, "text_config", None) or config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise ModelError(f"the config of {name!r} does not say how many layers the model has.")
 
 
 def _tokenizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "capture_activations",
     "compare_runs",
     "main",
+    "preflight",
     "prepare_data",
     "run_baseline",
     "run_chain",
@@ -644,6 +645,42 @@ def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def preflight(params: RunParams) -> None:
+    """Checks that need no model weights, run before any notebook starts.
+
+    They catch, with one sentence naming the culprit, what would otherwise fail minutes into a
+    run: an unknown scorer, a missing or malformed prompt file (file and line), subsets larger
+    than the data, a model whose config cannot be read, a layer out of range.
+
+    Raises:
+        SteerlibError: The first problem found.
+    """
+    from steerlib.data import load_prompts, split_prompts
+    from steerlib.layers import resolve_layers
+    from steerlib.models import model_num_layers
+    from steerlib.scoring import SCORERS
+
+    scorer = params.scorer
+    if scorer not in SCORERS and not Path(scorer).is_dir() and "/" not in scorer:
+        raise ConfigError(
+            f"parameter 'scorer': unknown scorer {scorer!r}; use one of {sorted(SCORERS)}, a "
+            "local classifier folder or a hub id."
+        )
+    sources = {params.challenging_source, params.benign_source}
+    if "hub" not in sources:
+        tables = {source: load_prompts(source) for source in sources}
+        split_prompts(
+            tables[params.challenging_source],
+            tables[params.benign_source],
+            n_prompts=params.n_prompts,
+            n_pairs=params.n_pairs,
+            seed=params.seed,
+            benign_max_toxicity=params.benign_max_toxicity,
+        )
+    n_layers = model_num_layers(params.model, trust_remote_code=params.trust_remote_code)
+    resolve_layers(n_layers, params.layers)
+
+
 # -- the chain -------------------------------------------------------------------------------
 def _declared_parameters(notebook: Path) -> set[str]:
     import papermill
@@ -677,6 +714,7 @@ def run_chain(
     from papermill.exceptions import PapermillExecutionError
 
     paths = RunPaths.for_run(params.run_name, runs_dir)
+    preflight(params)
     _ensure_writable(paths.root)
     values = params.notebook_parameters()
     started = time.perf_counter()
