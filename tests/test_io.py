@@ -43,5 +43,5 @@ def test_tensors_round_trip_with_provenance(tmp_path):
     assert torch.equal(tensors["w"], torch.arange(3.0)) and meta == {"model_id": "m"}
     assert json.loads((tmp_path / "t.json").read_text()) == {"model_id": "m"}
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 4)
-    with pytest.raises(DataError, match="bad.safetensors"):
+    with pytest.raises(DataError, match=r"bad\.safetensors"):
         load_tensors(tmp_path / "bad.safetensors", "test")
