@@ -77,15 +77,19 @@ def continuation_perplexity(
         rows = order[start : start + batch_size]
         sequences = [prompt_ids[i] + completion_ids[i] for i in rows]
         ids, mask = left_pad(sequences, pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        # Only the completion tokens are scored: with left padding they sit at the end, so the
+        # output head (a large share of a small model's work) runs on the last positions only.
+        keep = max(len(completion_ids[i]) for i in rows) + 1
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep
+        ).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(device)
+        targets = ids[:, -keep + 1 :].to(device)
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-        width = ids.shape[1]
         for row, i in enumerate(rows):
             n = len(completion_ids[i])
-            # Completion tokens occupy the last n positions; their predictions sit one earlier.
-            nll = -token_lp[row, width - 1 - n : width - 1].mean()
+            # Completion token j (of n) is predicted at kept position keep - 1 - n + j.
+            nll = -token_lp[row, keep - 1 - n :].mean()
             result[i] = float(torch.exp(nll))
     return result
 
