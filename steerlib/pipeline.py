@@ -317,7 +317,9 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     With ``pair_source="completions"`` the pair prompts are completed too: their most and least
     toxic completions become the contrastive texts of step 03.
     """
-    from steerlib.generation import generate_completions
+    from tqdm.auto import tqdm
+
+    from steerlib.engine import generate_unit, sweep_units
 
     paths, p = run.paths, run.params
     if not force and run.done("02_baseline", paths.baseline):
@@ -328,20 +330,32 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     )
     with run.step("02_baseline"):
         model, tokenizer = run.model()
-        table = generate_completions(
-            model,
-            tokenizer,
-            _eval_prompts(prompts, roles),
-            alphas=[0.0],
-            samples_per_prompt=p.samples_per_prompt,
-            max_new_tokens=p.max_new_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            prompt_format=p.prompt_format,
-            seed=p.seed,
-            batch_size=p.batch_size,
+        evaluation = _eval_prompts(prompts, roles)
+        settings = {
+            "alphas": [0.0],
+            "samples_per_prompt": p.samples_per_prompt,
+            "max_new_tokens": p.max_new_tokens,
+            "prompt_format": p.prompt_format,
+        }
+        # The sweep engine without a vector: prompts encoded once, samples share the cache.
+        units = sweep_units(
+            evaluation, layers=[-1], directions=["none"], tokenizer=tokenizer, **settings
         )
-        table = _score(run, table)
+        tables = [
+            generate_unit(
+                model,
+                tokenizer,
+                unit,
+                evaluation,
+                vector=None,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                seed=p.seed,
+                **settings,
+            )
+            for unit in tqdm(units, desc="baseline", unit="unit")
+        ]
+        table = _score(run, pd.concat(tables, ignore_index=True))
         atomic_write_parquet(paths.baseline, table)
     return table
 

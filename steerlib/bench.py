@@ -1,0 +1,622 @@
+"""``python -m steerlib bench``: the sweep engine against the straightforward loop, in one process.
+
+The straightforward loop is the reference experiment's: for each alpha, ``model.generate`` with
+``num_return_sequences`` over batches of prompts in their given order, inside a
+:func:`steerlib.hooks.steering` block. The engine is :func:`steerlib.engine.run_sweep`. Both run
+on the same prompts, vector, layer and alphas, alternating (A B A B ...) so that the noise of a
+shared machine hits both alike; the best round of each is reported. The report also measures
+the other costs a user waits for: cold (GGUF dequantize) against cached model load, the machine's
+matrix-multiply peak, activation capture for the contrastive sets, greedy parity of the engine,
+and each scorer's throughput. Its last line is ``speedup: X.XX`` (engine over straightforward,
+generated tokens per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from steerlib.data import BUNDLED_PROMPTS, load_prompts, pair_texts
+from steerlib.engine import DEFAULT_MAX_BATCH_ROWS, run_sweep
+from steerlib.errors import ConfigError, SteerlibError
+from steerlib.generation import (
+    PromptFormat,
+    _stop_ids,
+    decode_new_tokens,
+    derive_seed,
+    encode_prompts,
+    left_pad,
+)
+from steerlib.hooks import Positions, steering
+from steerlib.layers import num_layers
+from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model
+from steerlib.vectors import SteeringVector, compute_caa
+
+__all__ = [
+    "RunStats",
+    "flops_per_token",
+    "main",
+    "matmul_peak",
+    "straightforward_sweep",
+]
+
+DEFAULT_ALPHAS = (-1.0, 0.0, 0.5, 1.5)
+
+
+def _print(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Measurements
+
+
+class _PeakMemory:
+    """Peak memory inside a ``with`` block: CUDA allocator peak, else sampled process RSS."""
+
+    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def rss() -> int:
+        """Resident set size of this process in bytes (lifetime maximum where unreadable)."""
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            scale = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = self.rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak = max(self.peak, self.rss())
+
+    @property
+    def label(self) -> str:
+        """What the peak measures."""
+        return "GPU allocated" if self.device.type == "cuda" else "process RSS"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
+) -> float:
+    """Best measured FLOP/s of a square ``size`` matrix multiply (the machine's practical peak)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    _sync(device)
+    best = float("inf")
+    inner = 3
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - started) / inner)
+    return 2 * size**3 / best
+
+
+def flops_per_token(model: nn.Module) -> float:
+    """Matrix-multiply FLOPs of one token through the model: 2 x weights applied per token.
+
+    Every module with a 2-D weight except embedding lookups counts (tied output heads
+    included); attention scores over the cache are left out (small at these lengths).
+    """
+    total = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Embedding) or not isinstance(weight, torch.Tensor):
+            continue
+        if weight.dim() == 2:
+            total += weight.numel()
+    return 2.0 * total
+
+
+@dataclass
+class RunStats:
+    """One timed sweep.
+
+    Attributes:
+        method: ``"straightforward"`` or ``"engine"``.
+        tokens: Generated tokens (kept tokens plus the stop token where a row stopped early).
+        seconds: Wall time.
+        peak_bytes: Peak memory during the run (see :class:`_PeakMemory`).
+        completions: Number of completions.
+    """
+
+    method: str
+    tokens: int
+    seconds: float
+    peak_bytes: int
+    completions: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _generated_tokens(table: pd.DataFrame, max_new_tokens: int) -> int:
+    counts = table["n_new_tokens"].astype(int)
+    return int((counts + (counts < max_new_tokens).astype(int)).sum())
+
+
+# ------------------------------------------------------------------------------------------
+# The straightforward loop
+
+
+@torch.inference_mode()
+def straightforward_sweep(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    vector: SteeringVector,
+    *,
+    layer: int,
+    alphas: Sequence[float],
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    prompt_format: PromptFormat = "raw",
+    positions: Positions = "all",
+    batch_prompts: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The reference experiment's sweep: per alpha, ``generate`` with ``num_return_sequences``.
+
+    Prompts are batched in their given order (each batch pads to its longest prompt) and every
+    sample re-encodes its prompt, as ``generate`` expands the inputs before the prefill.
+
+    Returns:
+        One row per completion (``prompt_id``, ``alpha``, ``sample``, ``completion``,
+        ``n_new_tokens``).
+    """
+    encoded = encode_prompts(tokenizer, prompts["prompt"].tolist(), prompt_format)
+    ids = prompts["prompt_id"].tolist()
+    device = next(model.parameters()).device
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+    rows: list[dict[str, Any]] = []
+    for alpha in alphas:
+        for start in range(0, len(encoded), batch_prompts):
+            input_ids, mask = left_pad(encoded[start : start + batch_prompts], pad_id)
+            torch.manual_seed(derive_seed(seed, "straightforward", alpha, start))
+            with steering(model, vector, float(alpha), layer, positions=positions):
+                generated = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=top_p if temperature > 0 else None,
+                    top_k=None,
+                    num_return_sequences=samples_per_prompt,
+                    pad_token_id=pad_id,
+                )
+            texts, counts = decode_new_tokens(
+                tokenizer, generated[:, input_ids.shape[1] :].cpu(), stop_ids
+            )
+            for row, (text, count) in enumerate(zip(texts, counts, strict=True)):
+                index = start + row // samples_per_prompt
+                rows.append(
+                    {
+                        "prompt_id": ids[index],
+                        "alpha": float(alpha),
+                        "sample": row % samples_per_prompt,
+                        "completion": text,
+                        "n_new_tokens": count,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# Report sections
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
+def _load_section(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if args.model == EMBEDDED_MODEL and not args.skip_cold_load:
+        previous = os.environ.get("STEERLIB_CACHE")
+        with tempfile.TemporaryDirectory(prefix="steerlib-bench-") as tmp:
+            os.environ["STEERLIB_CACHE"] = tmp
+            try:
+                cold_model, cold = _timed(lambda: load_model(args.model, args.device))
+            finally:
+                if previous is None:
+                    os.environ.pop("STEERLIB_CACHE", None)
+                else:
+                    os.environ["STEERLIB_CACHE"] = previous
+            del cold_model
+        _print(f"[load] cold (GGUF dequantize + convert + load): {cold:.1f} s")
+    else:
+        cold = None
+        why = "--skip-cold-load" if args.skip_cold_load else "not the embedded GGUF model"
+        _print(f"[load] cold (GGUF dequantize): skipped ({why})")
+    if args.model == EMBEDDED_MODEL:
+        convert_embedded()
+    (model, tokenizer), cached = _timed(lambda: load_model(args.model, args.device))
+    ratio = f" ({cold / cached:.1f}x faster than cold)" if cold else ""
+    _print(f"[load] cached (safetensors): {cached:.1f} s{ratio}")
+    return model, tokenizer
+
+
+def _capture_section(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_texts: int
+) -> SteeringVector:
+    from steerlib.activations import capture_residuals
+
+    pairs = load_prompts("bundled")
+    toxic = pair_texts(pairs[pairs["challenging"]])[:n_texts]
+    nontoxic = pair_texts(pairs[~pairs["challenging"]])[:n_texts]
+    device = next(model.parameters()).device
+    _sync(device)
+    started = time.perf_counter()
+    toxic_acts = capture_residuals(model, tokenizer, toxic, progress=False)
+    nontoxic_acts = capture_residuals(model, tokenizer, nontoxic, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    n = len(toxic) + len(nontoxic)
+    _print(
+        f"[capture] contrastive sets ({len(toxic)} toxic + {len(nontoxic)} non-toxic texts from "
+        f"{BUNDLED_PROMPTS.name}), all {num_layers(model)} layers in one forward pass per batch: "
+        f"{seconds:.1f} s = {n / seconds:.1f} texts/s"
+    )
+    return compute_caa(toxic_acts, nontoxic_acts, provenance={"texts_source": "bench"})
+
+
+def _parity_section(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    vector: SteeringVector,
+    args: argparse.Namespace,
+) -> None:
+    if args.parity_prompts < 1:
+        return
+    subset = prompts.iloc[: args.parity_prompts]
+    checked = identical = 0
+    for positions in ("all", "generated"):
+        engine = run_sweep(
+            model,
+            tokenizer,
+            subset,
+            {"caa": vector},
+            layers=[args.layer],
+            alphas=args.alphas,
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.0,
+            prompt_format=args.prompt_format,
+            positions=positions,
+            progress=False,
+        )
+        reference = straightforward_sweep(
+            model,
+            tokenizer,
+            subset,
+            vector,
+            layer=args.layer,
+            alphas=args.alphas,
+            samples_per_prompt=1,
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.0,
+            top_p=1.0,
+            prompt_format=args.prompt_format,
+            positions=positions,
+            batch_prompts=1,
+        )
+        merged = engine.merge(reference, on=["prompt_id", "alpha"], suffixes=("", "_ref"))
+        checked += len(merged)
+        identical += int((merged["completion"] == merged["completion_ref"]).sum())
+    _print(
+        f"[parity] greedy engine vs per-alpha generate ({len(subset)} prompts x "
+        f"{len(args.alphas)} alphas x 2 position modes): {identical}/{checked} identical"
+    )
+
+
+def _score_section(texts: list[str], names: Sequence[str], device: str | None) -> None:
+    from steerlib.scoring import load_scorer
+
+    for name in names:
+        try:
+            scorer, load_seconds = _timed(lambda name=name: load_scorer(name, device))
+        except (SteerlibError, OSError, ImportError) as exc:
+            reason = " ".join(str(exc).split())[:160]
+            _print(f"[score] {name}: unavailable ({reason})")
+            continue
+        scorer.score(texts[:8])  # warm-up
+        _, seconds = _timed(lambda scorer=scorer: scorer.score(texts))
+        _print(
+            f"[score] {name}: {len(texts)} completions in {seconds:.2f} s = "
+            f"{len(texts) / seconds:.0f} texts/s (load {load_seconds:.1f} s)"
+        )
+
+
+def _sweep_section(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    vector: SteeringVector,
+    args: argparse.Namespace,
+) -> tuple[list[RunStats], list[RunStats], pd.DataFrame]:
+    device = next(model.parameters()).device
+    baseline_alphas = args.alphas[: args.baseline_alphas or None]
+    runs: dict[str, list[RunStats]] = {"straightforward": [], "engine": []}
+    last_table = pd.DataFrame()
+    dtype = next(model.parameters()).dtype
+    for round_index in range(args.repeats):
+        for method in ("straightforward", "engine"):
+            # The peak is measured next to every run: a shared machine's load changes.
+            args.peaks.append(matmul_peak(device, dtype, args.matmul_size, repeats=3))
+            torch.manual_seed(args.seed)
+            memory = _PeakMemory(device)
+            with memory:
+                started = time.perf_counter()
+                if method == "straightforward":
+                    table = straightforward_sweep(
+                        model,
+                        tokenizer,
+                        prompts,
+                        vector,
+                        layer=args.layer,
+                        alphas=baseline_alphas,
+                        samples_per_prompt=args.samples,
+                        max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature,
+                        top_p=args.top_p,
+                        prompt_format=args.prompt_format,
+                        positions=args.positions,
+                        batch_prompts=args.baseline_batch_prompts,
+                        seed=args.seed + round_index,
+                    )
+                else:
+                    table = run_sweep(
+                        model,
+                        tokenizer,
+                        prompts,
+                        {"caa": vector},
+                        layers=[args.layer],
+                        alphas=args.alphas,
+                        samples_per_prompt=args.samples,
+                        max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature,
+                        top_p=args.top_p,
+                        prompt_format=args.prompt_format,
+                        positions=args.positions,
+                        seed=args.seed + round_index,
+                        max_batch_rows=args.max_batch_rows,
+                        progress=args.progress,
+                    )
+                    last_table = table
+                _sync(device)
+                seconds = time.perf_counter() - started
+            stats = RunStats(
+                method,
+                _generated_tokens(table, args.max_new_tokens),
+                seconds,
+                memory.peak,
+                len(table),
+            )
+            runs[method].append(stats)
+            _print(
+                f"[sweep] round {round_index + 1} {method:<15} {stats.completions:>6} completions"
+                f" {stats.tokens:>8} tokens {seconds:>8.1f} s {stats.tokens_per_second:>8.1f} "
+                f"tok/s  peak {memory.label} {stats.peak_bytes / 2**20:,.0f} MiB"
+            )
+    return runs["straightforward"], runs["engine"], last_table
+
+
+def _best(runs: list[RunStats]) -> RunStats:
+    return max(runs, key=lambda r: r.tokens_per_second)
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m steerlib bench",
+        description="Benchmark the sweep engine against the straightforward per-alpha generate "
+        "loop (one process, alternating rounds). The last line is 'speedup: X.XX'.",
+    )
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="model alias, hub id or folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best)")
+    parser.add_argument(
+        "--prompts", default="bundled", help="'bundled' or an RTP-schema JSON-lines file"
+    )
+    parser.add_argument("--n-prompts", type=int, default=16, help="prompts (first N)")
+    parser.add_argument(
+        "--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS), help="coefficients"
+    )
+    parser.add_argument("--samples", type=int, default=10, help="samples per (prompt, alpha)")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="new tokens per sample")
+    parser.add_argument("--layer", type=int, default=None, help="steered layer (default 60%%)")
+    parser.add_argument("--positions", choices=["all", "generated"], default="all")
+    parser.add_argument("--prompt-format", choices=["raw", "chat"], default="raw")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (A B A B for 2)")
+    parser.add_argument(
+        "--baseline-batch-prompts",
+        type=int,
+        default=8,
+        help="prompts per generate call of the straightforward loop",
+    )
+    parser.add_argument(
+        "--baseline-alphas",
+        type=int,
+        default=0,
+        help="run the straightforward loop on the first N alphas only (0: all); each alpha is "
+        "a separate loop of the same cost, so its tokens/s does not depend on N",
+    )
+    parser.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS)
+    parser.add_argument("--capture-texts", type=int, default=32, help="texts per contrastive set")
+    parser.add_argument("--parity-prompts", type=int, default=4, help="0 skips the parity check")
+    parser.add_argument(
+        "--scorers",
+        default="profanity-check,unbiased-toxic-roberta",
+        help="comma-separated scorer names ('' skips scoring)",
+    )
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--skip-cold-load", action="store_true", help="skip the GGUF dequantize")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("n_prompts", "samples", "max_new_tokens", "repeats", "baseline_batch_prompts"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be at least 1, got {getattr(args, name)}.")
+    if args.baseline_alphas < 0:
+        raise ConfigError(f"--baseline-alphas must be 0 or more, got {args.baseline_alphas}.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its report; returns the exit code."""
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    _check_args(args)
+    _print("steerlib bench: sweep engine vs straightforward per-alpha generate loop")
+    _print(
+        f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    model, tokenizer = _load_section(args)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.layer is None:
+        args.layer = int(0.6 * num_layers(model))
+    prompts = load_prompts(args.prompts)
+    if len(prompts) < args.n_prompts:
+        raise ConfigError(
+            f"--n-prompts {args.n_prompts} but {args.prompts} holds {len(prompts)} prompts; "
+            "ask for fewer."
+        )
+    prompts = prompts.iloc[: args.n_prompts].reset_index(drop=True)
+    lengths = [len(x) for x in encode_prompts(tokenizer, prompts["prompt"], args.prompt_format)]
+    _print(
+        f"model: {args.model} ({type(model).__name__}, {num_layers(model)} layers, "
+        f"{n_params / 1e6:.1f} M parameters) on {device} in {str(dtype).replace('torch.', '')}"
+    )
+    completions = args.n_prompts * len(args.alphas) * args.samples
+    _print(
+        f"shape: {args.n_prompts} prompts ({args.prompts}; {min(lengths)}-{max(lengths)} tokens, "
+        f"mean {statistics.mean(lengths):.1f}) x {len(args.alphas)} alphas {args.alphas} x "
+        f"{args.samples} samples x {args.max_new_tokens} new tokens = {completions} completions;"
+        f" layer {args.layer}, positions {args.positions}, format {args.prompt_format}, "
+        f"temperature {args.temperature}, top_p {args.top_p}"
+    )
+    peak = matmul_peak(device, dtype, args.matmul_size)
+    args.peaks = [peak]
+    _print(
+        f"[matmul] peak {str(dtype).replace('torch.', '')} {args.matmul_size}x{args.matmul_size}"
+        f" matrix multiply: {peak / 1e9:.1f} GFLOP/s (best of 5)"
+    )
+    vector = _capture_section(model, tokenizer, args.capture_texts)
+    _parity_section(model, tokenizer, prompts, vector, args)
+    if args.baseline_alphas and args.baseline_alphas < len(args.alphas):
+        _print(
+            f"[sweep] the straightforward loop runs the first {args.baseline_alphas} of "
+            f"{len(args.alphas)} alphas (its tokens/s does not depend on the number of alphas)"
+        )
+    baseline, engine, table = _sweep_section(model, tokenizer, prompts, vector, args)
+    names = [n.strip() for n in args.scorers.split(",") if n.strip()]
+    _score_section(table["completion"].tolist(), names, args.device)
+
+    a, b = _best(baseline), _best(engine)
+    _print(f"summary (best of {args.repeats} alternating rounds each):")
+    header = ("method", "completions", "tokens", "wall s", "tok/s", "peak MiB")
+    _print(
+        "  "
+        + header[0].ljust(16)
+        + "".join(h.rjust(w) for h, w in zip(header[1:], (12, 9, 9, 9, 10), strict=True))
+    )
+    for stats in (a, b):
+        _print(
+            f"  {stats.method:<16}{stats.completions:>12}{stats.tokens:>9}{stats.seconds:>9.1f}"
+            f"{stats.tokens_per_second:>9.1f}{stats.peak_bytes / 2**20:>10,.0f}"
+        )
+    speedup = b.tokens_per_second / a.tokens_per_second
+    _print(
+        f"  ratio engine / straightforward: tok/s {speedup:.2f}, wall time per token "
+        f"{1 / speedup:.2f}, peak memory {b.peak_bytes / max(a.peak_bytes, 1):.2f}"
+    )
+    per_token = flops_per_token(model)
+    peak = max(args.peaks)
+    _print(
+        f"  matmul peak: best {peak / 1e9:.1f} GFLOP/s of {len(args.peaks)} measurements "
+        f"(one before each run; lowest {min(args.peaks) / 1e9:.1f})"
+    )
+    useful = b.tokens_per_second * per_token
+    _print(
+        f"  engine useful work: {b.tokens_per_second:.1f} generated tok/s x "
+        f"{per_token / 1e9:.3f} GFLOP/token = {useful / 1e9:.1f} GFLOP/s = "
+        f"{100 * useful / peak:.0f}% of the measured matmul peak ({peak / 1e9:.1f} GFLOP/s)"
+    )
+    scale = 1 if sys.platform == "darwin" else 1024
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    _print(f"  process peak RSS over the whole benchmark: {max_rss / 2**20:,.0f} MiB")
+    _print(f"speedup: {speedup:.2f}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

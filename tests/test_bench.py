@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from steerlib.bench import flops_per_token, main
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory, tokenizer, llama):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_bench_report_format(tiny_llama_folder, capsys):
+    code = main(
+        [
+            "--model",
+            str(tiny_llama_folder),
+            "--device",
+            "cpu",
+            "--n-prompts",
+            "5",
+            "--alphas",
+            "-1",
+            "0",
+            "1.5",
+            "--samples",
+            "3",
+            "--max-new-tokens",
+            "5",
+            "--repeats",
+            "2",
+            "--capture-texts",
+            "4",
+            "--parity-prompts",
+            "3",
+            "--scorers",
+            "profanity-check",
+            "--matmul-size",
+            "128",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    text = "\n".join(lines)
+    assert re.fullmatch(r"speedup: \d+\.\d\d", lines[-1])
+    for tag in ("[load] cold", "[load] cached", "[matmul] peak", "[capture]", "[score]"):
+        assert tag in text, tag
+    parity = re.search(r"\[parity\].*: (\d+)/(\d+) identical", text)
+    assert parity and parity.group(1) == parity.group(2) == str(3 * 3 * 2)
+    rounds = re.findall(r"\[sweep\] round (\d) (straightforward|engine)\s+(\d+) completions", text)
+    assert [(r, m) for r, m, _ in rounds] == [
+        ("1", "straightforward"),
+        ("1", "engine"),
+        ("2", "straightforward"),
+        ("2", "engine"),
+    ]
+    assert {int(n) for _, _, n in rounds} == {5 * 3 * 3}
+    assert re.search(r"ratio engine / straightforward: tok/s \d+\.\d\d", text)
+    assert re.search(r"engine useful work: .*% of the measured matmul peak", text)
+    assert re.search(r"\[score\] profanity-check: 45 completions in .* texts/s", text)
+
+
+def test_bench_rejects_bad_flags(tiny_llama_folder):
+    from steerlib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--samples"):
+        main(["--model", str(tiny_llama_folder), "--samples", "0"])
+
+
+def test_flops_per_token_counts_linear_weights(llama):
+    config = llama.config
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * hidden // config.num_attention_heads
+    per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter
+    expected = 2 * (layers * per_layer + config.vocab_size * hidden)
+    assert flops_per_token(llama) == expected
