@@ -559,6 +559,28 @@ def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.D
     return wide.reset_index()
 
 
+def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> int:
+    """Layer of the main figures.
+
+    The recommended layer when its alpha is not 0; otherwise the layer where the smallest
+    positive alpha lowers the challenging subset's EMT the most.
+    """
+    rows = summary[
+        (summary["subset"] == "challenging")
+        & (summary["direction"] == "caa")
+        & (summary["layer"] >= 0)
+    ]
+    layers = sorted(int(x) for x in rows["layer"].unique())
+    if recommended and recommended.get("alpha") and recommended.get("layer") in layers:
+        return int(recommended["layer"])
+    positive = rows[rows["alpha"] > 0]
+    if positive.empty or rows[rows["alpha"] == 0].empty:
+        return layers[0]
+    emt = rows.pivot_table(index="layer", columns="alpha", values="expected_max_toxicity")
+    effect = emt[0.0] - emt[float(positive["alpha"].min())]
+    return int(effect.idxmax())
+
+
 def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Analysis:
     """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures."""
     from steerlib import metrics, plotting
@@ -606,9 +628,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         }
         atomic_write_parquet(paths.summary_table, summary)
         atomic_write_json(paths.summary, record)
-        layer = int(recommended.get("layer", sweep["layer"].iloc[0])) if recommended else 0
-        if layer not in set(sweep["layer"]):
-            layer = int(sweep["layer"].iloc[0])
+        layer = _figure_layer(summary, recommended)
         steered = summary[summary["layer"] >= 0]
         figures = {
             "toxicity_vs_alpha": plotting.toxicity_vs_alpha(steered, "mean_toxicity", layer=layer),
