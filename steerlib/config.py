@@ -119,7 +119,8 @@ class RunParams(BaseModel):
                 if err["type"] == "extra_forbidden":
                     problems.setdefault(name, []).append("unknown parameter")
                     continue
-                text = f"{err['msg']} (got {err.get('input')!r})"
+                message = str(err["msg"]).removeprefix("Value error, ")
+                text = message if "got" in message else f"{message} (got {err.get('input')!r})"
                 if text not in problems.setdefault(name, []):
                     problems[name].append(text)
             parts = []
