@@ -41,6 +41,7 @@ from steerlib.generation import (
     derive_seed,
     encode_prompts,
     left_pad,
+    sampling_kwargs,
 )
 from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
@@ -234,12 +235,9 @@ def straightforward_sweep(
                     input_ids=input_ids.to(device),
                     attention_mask=mask.to(device),
                     max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None,
-                    top_p=top_p if temperature > 0 else None,
-                    top_k=None,
                     num_return_sequences=samples_per_prompt,
                     pad_token_id=pad_id,
+                    **sampling_kwargs(temperature, top_p),
                 )
             texts, counts = decode_new_tokens(
                 tokenizer, generated[:, input_ids.shape[1] :].cpu(), stop_ids

@@ -31,6 +31,7 @@ __all__ = [
     "encode_prompts",
     "format_prompts",
     "generate_completions",
+    "sampling_kwargs",
 ]
 
 PromptFormat: TypeAlias = Literal["raw", "chat"]
@@ -141,6 +142,22 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
+def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
+    """``generate`` arguments for nucleus sampling (greedy at temperature 0), top-k disabled.
+
+    Example:
+        >>> sampling_kwargs(0.0, 0.9)
+        {'do_sample': False, 'temperature': None, 'top_p': None, 'top_k': None}
+    """
+    sample = temperature > 0
+    return {
+        "do_sample": sample,
+        "temperature": temperature if sample else None,
+        "top_p": top_p if sample else None,
+        "top_k": None,
+    }
+
+
 def _check_sampling(temperature: float, top_p: float, max_new_tokens: int, samples: int) -> None:
     if not temperature >= 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}.")
@@ -239,11 +256,8 @@ def generate_completions(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None,
-                top_k=None,
                 pad_token_id=pad_id,
+                **sampling_kwargs(temperature, top_p),
             )
         texts, counts = decode_new_tokens(
             tokenizer, generated[:, input_ids.shape[1] :].cpu(), stop_ids

@@ -439,6 +439,7 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     atomically as soon as it is generated; a re-run skips the units already on disk, and the
     seeds derive from the unit keys, so a resumed sweep equals an uninterrupted one.
     """
+    from steerlib.data import pair_texts
     from steerlib.engine import run_sweep as engine_sweep
     from steerlib.fluency import benign_kl
     from steerlib.layers import resolve_layers
@@ -494,8 +495,6 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         ).reset_index(drop=True)
         atomic_write_parquet(paths.sweep, table)
         kl_texts = prompts[prompts["role"] == "kl_benign"]
-        from steerlib.data import pair_texts
-
         kl = benign_kl(
             model,
             tokenizer,
