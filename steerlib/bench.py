@@ -369,6 +369,14 @@ def _score_section(texts: list[str], names: Sequence[str], device: str | None) -
     from steerlib.scoring import load_scorer
 
     for name in names:
+        if name == "unbiased-toxic-roberta":
+            from steerlib.doctor import check_hub, check_toxic_roberta
+
+            cached, hub = check_toxic_roberta(), check_hub()
+            if cached.status != "OK" and hub.status != "OK":
+                # Without this, huggingface_hub retries for most of a minute before giving up.
+                _print(f"[score] {name}: unavailable ({cached.detail}; {hub.detail})")
+                continue
         try:
             scorer, load_seconds = _timed(lambda name=name: load_scorer(name, device))
         except (SteerlibError, OSError, ImportError) as exc:

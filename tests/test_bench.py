@@ -80,3 +80,24 @@ def test_flops_per_token_counts_linear_weights(llama):
     per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter
     expected = 2 * (layers * per_layer + config.vocab_size * hidden)
     assert flops_per_token(llama) == expected
+
+
+def test_bench_skips_roberta_without_cache_or_hub(monkeypatch, capsys):
+    import steerlib.doctor as doctor
+    import steerlib.scoring as scoring
+    from steerlib.bench import _score_section
+
+    monkeypatch.setattr(
+        doctor, "check_hub", lambda: doctor.Check("hub", "WARN", "hub unreachable", "")
+    )
+    monkeypatch.setattr(
+        doctor, "check_toxic_roberta", lambda: doctor.Check("r", "WARN", "not cached", "")
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_scorer must not be called")
+
+    monkeypatch.setattr(scoring, "load_scorer", refuse)
+    _score_section(["a text"], ["unbiased-toxic-roberta"], "cpu")
+    out = capsys.readouterr().out
+    assert "[score] unbiased-toxic-roberta: unavailable (not cached; hub unreachable)" in out

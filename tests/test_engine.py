@@ -4,13 +4,18 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_llama
+from scipy.stats import binomtest
 from transformers import TopPLogitsWarper
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from steerlib.engine import (
+    PreallocatedLayer,
     SweepUnit,
+    _model_cache,
     _nucleus,
     decode_batch,
     generate_unit,
+    preallocate_cache,
     run_sweep,
     sample_next,
     sweep_units,
@@ -250,6 +255,73 @@ def test_nucleus_matches_top_p_warper():
             [sample_next(logits, temperature=1.0, top_p=top_p, generator=gen) for _ in range(20)]
         )
         assert expected.gather(1, draws.T).all()
+
+
+@pytest.mark.parametrize("others", [400, 4000, 15000])
+def test_tiered_top_p_sampling_follows_the_nucleus_distribution(others):
+    # One token holds about 20% of the mass and `others` tokens share the rest nearly equally
+    # (no exact ties), so the nucleus (p = 0.9) has about 0.875 * others tokens: past the first
+    # top-k tier (400), the second (4000) or every tier (15000, a full sort). Renormalizing over
+    # a truncated candidate set would draw the top token far more often than the nucleus does.
+    vocab, rows = 20000, 300
+    logits = torch.full((vocab,), -40.0)
+    logits[1 : others + 1] = torch.linspace(-0.05, 0.05, others)
+    logits[0] = float(torch.log(torch.tensor(others / 4.0)))
+    warped = TopPLogitsWarper(top_p=0.9)(None, logits[None].clone())[0]
+    keep = torch.isfinite(warped)
+    probs = torch.softmax(logits, -1)
+    expected = float(probs[0] / probs[keep].sum())
+    gen = torch.Generator().manual_seed(11)
+    draws = sample_next(
+        logits.repeat(rows, 1), temperature=1.0, top_p=0.9, generator=gen, overwrite=True
+    )
+    assert keep[draws].all()
+    top = int((draws == 0).sum())
+    assert binomtest(top, rows, expected).pvalue > 1e-3, (top, rows, expected)
+    assert draws[draws != 0].unique().numel() > 0.3 * min(rows, others)
+
+
+def test_preallocated_layer_matches_dynamic_layer():
+    gen = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen)
+    dynamic = DynamicLayer()
+    dynamic.update(k0, v0)
+    dynamic.batch_repeat_interleave(2)
+    layer = PreallocatedLayer(k0, v0, capacity=6, repeats=2)
+    assert layer.get_seq_length() == 4 and layer.capacity == 6
+    for step in range(4):  # the last two steps outgrow the capacity
+        k, v = torch.randn(4, 3, 1, 5, generator=gen), torch.randn(4, 3, 1, 5, generator=gen)
+        expected = dynamic.update(k, v)
+        got = layer.update(k, v)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert layer.get_seq_length() == 5 + step
+    assert layer.capacity >= 8
+    keep = torch.tensor([3, 0])
+    dynamic.batch_select_indices(keep)
+    layer.batch_select_indices(keep)
+    assert torch.equal(layer.keys, dynamic.keys) and torch.equal(layer.values, dynamic.values)
+    layer.crop(-3)
+    assert layer.get_seq_length() == 5 and torch.equal(layer.keys, dynamic.keys[:, :, :5])
+    with pytest.raises(ValueError):
+        layer.crop(2)
+
+
+def test_preallocated_cache_decodes_like_a_dynamic_cache(llama):
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.inference_mode():
+        reference = _model_cache(llama(input_ids=ids, use_cache=True))
+        cache = _model_cache(llama(input_ids=ids, use_cache=True))
+        assert isinstance(cache, DynamicCache)
+        reference.batch_repeat_interleave(3)
+        preallocate_cache(cache, capacity=6, repeats=3)
+        assert all(isinstance(layer, PreallocatedLayer) for layer in cache.layers)
+        step = torch.tensor([[1], [2], [3], [4], [5], [6]])
+        for _ in range(3):  # the third step outgrows the capacity
+            a = llama(input_ids=step, cache=reference, use_cache=True)
+            b = llama(input_ids=step, cache=cache, use_cache=True)
+            assert torch.equal(a.logits, b.logits)
+            step = a.logits[:, -1].argmax(-1, keepdim=True)
+        assert cache.get_seq_length() == 7
 
 
 def test_sampled_runs_repeat_with_a_seed(llama, tokenizer):
