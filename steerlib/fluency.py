@@ -31,6 +31,11 @@ def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+def _model_cache(output: object) -> object:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 @torch.inference_mode()
 def continuation_perplexity(
     model: PreTrainedModel,
@@ -44,13 +49,18 @@ def continuation_perplexity(
 ) -> np.ndarray:
     """Perplexity of each completion's tokens given its prompt (NaN for an empty completion).
 
+    A sweep has many completions per prompt (alphas x samples), so each distinct prompt in a
+    batch is run once and its KV cache is shared by its completions; only the completion
+    tokens are run per row. The numbers equal those of one pass over prompt + completion up to
+    float rounding.
+
     Args:
         model: The judge, normally the unsteered model that generated the completions.
         tokenizer: Its tokenizer.
         prompts: Prompt texts (formatted with ``prompt_format`` as during generation).
         completions: Completion texts, one per prompt.
         prompt_format: ``"raw"`` or ``"chat"``.
-        batch_size: Sequences per forward pass.
+        batch_size: Completions per forward pass.
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -62,35 +72,73 @@ def continuation_perplexity(
     """
     if len(prompts) != len(completions):
         raise ConfigError("prompts and completions must have the same length.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     prompt_ids = encode_prompts(tokenizer, prompts, prompt_format)
     completion_ids = [
         tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         for text in completions
     ]
     result = np.full(len(prompts), np.nan)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(completion_ids[i]))
-    order = [i for i in order if completion_ids[i]]
+    # Rows grouped by prompt (then by completion length), so a batch holds few distinct prompts.
+    order = sorted(
+        (i for i in range(len(prompts)) if completion_ids[i]),
+        key=lambda i: (len(prompt_ids[i]), prompt_ids[i], len(completion_ids[i])),
+    )
+    empty_prompt = [i for i in order if not prompt_ids[i]]
+    if empty_prompt:
+        raise ConfigError(
+            f"prompt {prompts[empty_prompt[0]]!r} has no tokens; perplexity needs a prompt to "
+            "condition on (use prompt_format='chat' or a non-empty prompt)."
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _device(model)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
         rows = order[start : start + batch_size]
-        sequences = [prompt_ids[i] + completion_ids[i] for i in rows]
-        ids, mask = left_pad(sequences, pad_id)
-        # Only the completion tokens are scored: with left padding they sit at the end, so the
-        # output head (a large share of a small model's work) runs on the last positions only.
-        keep = max(len(completion_ids[i]) for i in rows) + 1
-        logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep
-        ).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, -keep + 1 :].to(device)
-        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(prompt_ids[i]), len(distinct)) for i in rows]
+        ids, mask = left_pad([list(p) for p in distinct], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        prefill = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        index = torch.tensor(owner, device=device)
+        cache = _model_cache(prefill)
+        cache.batch_select_indices(index)  # one copy of its prompt's cache per completion
+        first = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)[index]
+        del prefill
+        # Completions right-padded after their prompt's cache: a pad comes after every real
+        # token, so causal attention never lets a real token see one.
+        lengths = [len(completion_ids[i]) for i in rows]
+        width = max(lengths)
+        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
         for row, i in enumerate(rows):
-            n = len(completion_ids[i])
-            # Completion token j (of n) is predicted at kept position keep - 1 - n + j.
-            nll = -token_lp[row, keep - 1 - n :].mean()
-            result[i] = float(torch.exp(nll))
+            tokens[row, : lengths[row]] = torch.tensor(completion_ids[i])
+        tokens = tokens.to(device)
+        new_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).to(mask)
+        offset = mask.sum(-1)[index]
+        logits = model(
+            input_ids=tokens,
+            attention_mask=torch.cat([mask[index], new_mask], dim=1),
+            position_ids=offset[:, None] + torch.arange(width, device=device)[None, :],
+            cache=cache,
+            use_cache=True,
+        ).logits.float()
+        # Position j of the completion predicts its token j + 1; the prefill predicted token 0.
+        token_lp = first.gather(1, tokens[:, :1])
+        if width > 1:
+            rest = torch.log_softmax(logits[:, :-1], dim=-1)
+            token_lp = torch.cat(
+                [token_lp, rest.gather(-1, tokens[:, 1:, None]).squeeze(-1)], dim=1
+            )
+        token_lp = token_lp.cpu()
+        for row, i in enumerate(rows):
+            result[i] = float(torch.exp(-token_lp[row, : lengths[row]].mean()))
     return result
 
 

@@ -438,6 +438,11 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     Each unit of the sweep engine is scored and written to ``sweep_parts/<key>.parquet``
     atomically as soon as it is generated; a re-run skips the units already on disk, and the
     seeds derive from the unit keys, so a resumed sweep equals an uninterrupted one.
+
+    Alpha 0 is the unsteered model whatever the layer or direction, so it is not generated
+    again: its rows are step 02's completions, repeated under every (direction, layer). That
+    saves one alpha's share of the sweep, and every layer is compared against the same
+    unsteered samples.
     """
     from steerlib.data import pair_texts
     from steerlib.engine import run_sweep as engine_sweep
@@ -449,6 +454,7 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
         return pd.read_parquet(paths.sweep)
     prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
+    baseline = pd.read_parquet(run.require(paths.baseline, "02_baseline"))
     vector = SteeringVector.load(run.require(paths.vectors, "04_vectors"))
     vectors = {"caa": vector}
     if p.random_control:
@@ -470,26 +476,35 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
             counts["rows"] += len(table)
             paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
 
-        engine_sweep(
-            model,
-            tokenizer,
-            _eval_prompts(prompts),
-            vectors,
-            layers=layers,
-            alphas=p.alphas,
-            samples_per_prompt=p.samples_per_prompt,
-            max_new_tokens=p.max_new_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            prompt_format=p.prompt_format,
-            positions=p.positions,
-            units=p.units,
-            seed=p.seed,
-            done=done,
-            on_unit=on_unit,
-        )
-        parts = sorted(paths.sweep_parts.glob("*.parquet"))
-        table = pd.concat([pd.read_parquet(path) for path in parts], ignore_index=True)
+        steered_alphas = [alpha for alpha in p.alphas if alpha != 0]
+        if steered_alphas:
+            engine_sweep(
+                model,
+                tokenizer,
+                _eval_prompts(prompts),
+                vectors,
+                layers=layers,
+                alphas=steered_alphas,
+                samples_per_prompt=p.samples_per_prompt,
+                max_new_tokens=p.max_new_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                prompt_format=p.prompt_format,
+                positions=p.positions,
+                units=p.units,
+                seed=p.seed,
+                done=done,
+                on_unit=on_unit,
+            )
+        parts = [pd.read_parquet(path) for path in sorted(paths.sweep_parts.glob("*.parquet"))]
+        if 0 in p.alphas:
+            unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
+            parts += [
+                unsteered.assign(layer=int(layer), direction=direction, alpha=0.0)
+                for direction in vectors
+                for layer in layers
+            ]
+        table = pd.concat(parts, ignore_index=True)
         table = table.sort_values(
             ["subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
         ).reset_index(drop=True)

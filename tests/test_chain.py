@@ -107,6 +107,15 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     )  # subsets × prompts × samples × alphas × layers × dirs
     assert not sweep.duplicated(KEY).any()
     assert sweep["toxicity"].between(0, 1).all() and (sweep["perplexity"].dropna() > 1).all()
+    # Alpha 0 is not generated again: every (direction, layer) carries the baseline's rows.
+    baseline = pd.read_parquet(reference / "baseline.parquet").set_index(
+        ["subset", "prompt_id", "sample"]
+    )
+    columns = ["completion", "toxicity", "perplexity"]
+    for _, zero in sweep[sweep["alpha"] == 0].groupby(["direction", "layer"]):
+        zero = zero.set_index(["subset", "prompt_id", "sample"])
+        pd.testing.assert_frame_equal(zero[columns], baseline.loc[zero.index, columns])
+        assert len(zero) == len(baseline)
 
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["model"] == "smollm2-135m-instruct" and summary["scorer"] == "profanity-check"

@@ -38,6 +38,36 @@ def test_perplexity_matches_model_loss(llama, tokenizer):
         continuation_perplexity(llama, tokenizer, PROMPTS, COMPLETIONS[:1])
 
 
+@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2"])
+def test_perplexity_with_shared_prompts_matches_one_pass_per_row(request, tokenizer, name):
+    # A sweep's shape: several completions of different lengths per prompt, prompts of
+    # different lengths, batches that split a prompt's completions.
+    model = request.getfixturevalue(name)
+    prompts = ["hello"] * 3 + ["the dog said you are a"] * 4 + ["we walk in the park"] * 2
+    completions = [
+        "world",
+        "world , my friend",
+        "you idiot",
+        "stupid fool .",
+        "nice",
+        "",
+        "very nice day and the sun",
+        "and the cat",
+        "today",
+    ]
+    got = continuation_perplexity(model, tokenizer, prompts, completions, batch_size=4)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if not completion:
+            assert np.isnan(got[i])
+            continue
+        assert got[i] == pytest.approx(_manual_ppl(model, tokenizer, prompt, completion), rel=1e-4)
+
+
+def test_perplexity_needs_a_prompt(llama, tokenizer):
+    with pytest.raises(ValueError, match="no tokens"):
+        continuation_perplexity(llama, tokenizer, [""], ["hello"])
+
+
 def test_benign_kl_zero_at_alpha_zero_and_grows(llama, tokenizer):
     gen = torch.Generator().manual_seed(0)
     vec = SteeringVector({1: torch.randn(32, generator=gen), 2: torch.randn(32, generator=gen)})
