@@ -47,6 +47,7 @@ from steerlib.generation import (
     COMPLETION_COLUMNS,
     PromptFormat,
     _check_sampling,
+    _model_cache,
     _stop_ids,
     decode_new_tokens,
     derive_seed,
@@ -375,11 +376,6 @@ def preallocate_cache(cache: Any, capacity: int, repeats: int = 1) -> None:
 
 # ------------------------------------------------------------------------------------------
 # Decode loop
-
-
-def _model_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.errors import ConfigError
-from steerlib.generation import PromptFormat, encode_prompts, left_pad
+from steerlib.generation import PromptFormat, _model_cache, encode_prompts, left_pad
 from steerlib.hooks import Units, steering
 from steerlib.vectors import SteeringVector
 
@@ -29,11 +29,6 @@ KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "n_tokens"]
 
 def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
-
-
-def _model_cache(output: object) -> object:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 @torch.inference_mode()

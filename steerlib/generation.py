@@ -103,6 +103,12 @@ def encode_prompts(
     return [list(ids) for ids in encoded]
 
 
+def _model_cache(output: Any) -> Any:
+    """The KV cache of a forward pass's output (``cache``, else ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
