@@ -306,13 +306,11 @@ class PreallocatedLayer(DynamicLayer):
 
     def _grow(self, needed: int) -> None:
         capacity = max(needed, 2 * self.capacity)
-        batch, heads, _, dim = self._keys.shape
         for name in ("_keys", "_values"):
             old = getattr(self, name)
-            new = old.new_empty((batch, heads, capacity, old.shape[3]))
+            new = old.new_empty((old.shape[0], old.shape[1], capacity, old.shape[3]))
             new[:, :, : self._length] = old[:, :, : self._length]
             setattr(self, name, new)
-        del dim
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
