@@ -12,9 +12,12 @@ functions::
     06_analysis     analyze               -> summary.json, summary.parquet, figures/<run>/
 
 A step whose products exist and whose status is ``done`` returns them instead of recomputing
-(``force=True`` recomputes). ``python -m steerlib run`` executes notebooks 01-06 with papermill,
-skipping finished ones, so an interrupted run resumes where it stopped; the sweep resumes
-batch by batch.
+(``force=True`` recomputes). A step that finishes marks the finished steps after it ``stale``,
+so they run again on its new products. ``python -m steerlib run`` executes notebooks 01-06
+with papermill, skipping finished ones, so an interrupted run resumes where it stopped; the
+sweep resumes batch by batch. Changing ``layers`` or ``random_control`` of a finished run
+extends its sweep: only the (direction, layer) units it lacks are generated, and the analysis
+runs again.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ STEPS = ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep", "
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = tuple(NOTEBOOKS_DIR / f"{step}.ipynb" for step in STEPS)
 EVAL_SUBSETS = ("challenging", "benign")
+_SWEEP_EXTENDS = ("layers", "random_control")
+"""Parameters whose change keeps the sweep's finished units: the sweep resumes and extends."""
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
 
@@ -134,10 +139,19 @@ class Run:
         }
         run = cls(resolved, paths)
         for name, (old, new) in changed.items():
-            run.notes.append(
-                f"parameter {name!r} changed from {old!r} to {new!r}; steps already done keep "
-                "their results (pass force=True to recompute them)."
-            )
+            if name in _SWEEP_EXTENDS and paths.step_state("05_sweep") == "done":
+                reason = f"parameter {name!r} changed from {old!r} to {new!r}"
+                paths.set_status("05_sweep", "stale", reason=reason, resume=True)
+                _invalidate_after(paths, "05_sweep", reason)
+                run.notes.append(
+                    f"{reason}; the sweep (05) resumes and generates only the units it lacks, "
+                    "and the analysis (06) runs again."
+                )
+            else:
+                run.notes.append(
+                    f"parameter {name!r} changed from {old!r} to {new!r}; steps already done "
+                    "keep their results (pass force=True to recompute them)."
+                )
             print(run.notes[-1])
         if not stored or changed:
             _ensure_writable(paths.root)
@@ -223,6 +237,21 @@ class Run:
                 self.paths.set_status(name, "failed", error=f"{type(exc).__name__}: {exc}")
                 raise
             self.paths.set_status(name, "done", seconds=round(time.perf_counter() - started, 1))
+            if name in STEPS:
+                _invalidate_after(self.paths, name, f"{name} was recomputed")
+
+
+def _invalidate_after(paths: RunPaths, step: str, reason: str) -> None:
+    """Mark the finished (or partly finished) steps after ``step`` stale: they run again.
+
+    A stale sweep does not resume from its saved units (they came from the old inputs); the
+    one exception, recorded with ``resume=True``, is set by :meth:`Run.open` when only the
+    sweep's layers or directions changed.
+    """
+    status = paths.read_status()
+    for later in STEPS[STEPS.index(step) + 1 :]:
+        if status.get(later, {}).get("state") in ("done", "partial"):
+            paths.set_status(later, "stale", reason=reason, resume=False)
 
 
 def _ensure_writable(folder: Path) -> None:
@@ -453,6 +482,8 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     paths, p = run.paths, run.params
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
         return pd.read_parquet(paths.sweep)
+    record = paths.read_status().get("05_sweep", {})
+    fresh = force or (record.get("state") == "stale" and not record.get("resume", False))
     prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
     baseline = pd.read_parquet(run.require(paths.baseline, "02_baseline"))
     vector = SteeringVector.load(run.require(paths.vectors, "04_vectors"))
@@ -463,20 +494,18 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         model, tokenizer = run.model()
         vector.check_compatible(model)
         layers = resolve_layers(model, p.layers)
-        if force and paths.sweep_parts.exists():
+        if fresh and paths.sweep_parts.exists():
             shutil.rmtree(paths.sweep_parts)
         paths.sweep_parts.mkdir(parents=True, exist_ok=True)
-        done = {path.stem for path in paths.sweep_parts.glob("*.parquet")}
-        counts = {
-            "rows": sum(len(pd.read_parquet(path)) for path in paths.sweep_parts.glob("*.parquet"))
-        }
+        steered_alphas = [alpha for alpha in p.alphas if alpha != 0]
+        saved = _saved_units(paths.sweep_parts, steered_alphas)
+        counts = {"rows": sum(len(table) for table in saved.values())}
 
         def on_unit(unit: Any, table: pd.DataFrame) -> None:
             atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", _score(run, table))
             counts["rows"] += len(table)
             paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
 
-        steered_alphas = [alpha for alpha in p.alphas if alpha != 0]
         if steered_alphas:
             engine_sweep(
                 model,
@@ -493,10 +522,14 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
                 positions=p.positions,
                 units=p.units,
                 seed=p.seed,
-                done=done,
+                done=set(saved),
                 on_unit=on_unit,
             )
-        parts = [pd.read_parquet(path) for path in sorted(paths.sweep_parts.glob("*.parquet"))]
+        # Units of layers or directions the run no longer asks for stay on disk, unused.
+        parts = [
+            table[table["layer"].isin(layers) & table["direction"].isin(vectors)]
+            for table in _saved_units(paths.sweep_parts, steered_alphas).values()
+        ]
         if 0 in p.alphas:
             unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
             parts += [
@@ -522,6 +555,24 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         )
         atomic_write_parquet(paths.kl, kl)
     return table
+
+
+def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
+    """The sweep units already on disk, by key; refuse units generated with other alphas.
+
+    Unit keys name the direction, layer and prompt bucket, not the alphas, so a unit saved
+    under other alphas would otherwise be taken as done.
+    """
+    saved = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
+    for key, table in saved.items():
+        found = sorted(set(table["alpha"].astype(float)))
+        if found != sorted(float(a) for a in alphas):
+            raise ConfigError(
+                f"sweep unit {key} in {folder} was generated with alphas {found}, but the run "
+                f"asks for {sorted(alphas)} (alpha 0 aside): rerun the sweep with force=True "
+                "(`python -m steerlib run --force`) or use a new run_name."
+            )
+    return saved
 
 
 # -- 06 analysis -----------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 A run lives in ``<runs root>/<run_name>/`` (root: ``$STEERLIB_RUNS_DIR`` or ``data/runs`` in
 the project). Each step of the analysis DAG writes named products there (see :class:`RunPaths`)
-and records its state in ``status.json``: ``running``, ``done``, ``failed`` (with the error) or
-``partial`` (with row counts). A second process on the same run directory is refused by a lock
+and records its state in ``status.json``: ``running``, ``done``, ``failed`` (with the error),
+``partial`` (with row counts) or ``stale`` (done, but an input changed since: it runs again). A second process on the same run directory is refused by a lock
 file that names its holder; different run names run side by side.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout that holds ``steerlib/``, ``notebooks/``, ``data/`` and ``figures/``."""
 
-StepState = Literal["running", "done", "failed", "partial"]
+StepState = Literal["running", "done", "failed", "partial", "stale"]
 
 
 def runs_root() -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,50 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env
         resumed.sort_values(KEY).reset_index(drop=True),
         expected.sort_values(KEY).reset_index(drop=True),
     )
+
+
+def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_env):
+    runs = Path(chain_env["STEERLIB_RUNS_DIR"])
+    grown = runs / "grown"
+    shutil.copytree(reference, grown, ignore=shutil.ignore_patterns(".lock"))
+    parts = grown / "sweep_parts"
+    kept = {path.name: path.stat().st_mtime_ns for path in parts.glob("*.parquet")}
+
+    result = _chain(chain_env, "grown", "--set", "layers=[6, 12, 18]", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in STEPS[:4]:
+        assert f"{step}: done earlier, skipped" in result.stdout
+    assert "generates only the units it lacks" in result.stdout
+    assert all((parts / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    assert {path.name.split("-b")[0] for path in parts.glob("*-L6-*.parquet")} == {
+        "caa-L6",
+        "random-L6",
+    }
+    sweep = pd.read_parquet(grown / "sweep.parquet")
+    expected = pd.read_parquet(reference / "sweep.parquet")
+    assert set(sweep["layer"]) == {6, 12, 18} and not sweep.duplicated(KEY).any()
+    old = sweep[sweep["layer"].isin([12, 18])].sort_values(KEY).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, expected.sort_values(KEY).reset_index(drop=True))
+    assert len(sweep) == len(expected) * 3 // 2
+    rows = pd.DataFrame(json.loads((grown / "summary.json").read_text())["rows"])
+    assert 6 in set(rows["layer"])
+
+    # Fewer layers: the sweep table keeps only those, and the units of the others stay on disk.
+    result = _chain(chain_env, "grown", "--set", "layers=[18]", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = pd.read_parquet(grown / "sweep.parquet")
+    assert set(sweep["layer"]) == {18} and list(parts.glob("*-L6-*.parquet"))
+    pd.testing.assert_frame_equal(
+        sweep.sort_values(KEY).reset_index(drop=True),
+        expected[expected["layer"] == 18].sort_values(KEY).reset_index(drop=True),
+    )
+
+    # Other alphas cannot reuse the saved units: the sweep refuses and says how to recompute.
+    result = _chain(
+        chain_env, "grown", "--set", "layers=[6]", "--set", "alphas=[0.0, 0.5]", timeout=900
+    )
+    assert result.returncode == 1
+    assert "generated with alphas" in result.stderr and "--force" in result.stderr
 
 
 def test_notebook_alone_without_upstream_names_the_notebook(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from steerlib.config import RunParams, load_params, parse_overrides
 from steerlib.errors import ConfigError
-from steerlib.pipeline import NOTEBOOKS, Run
+from steerlib.pipeline import NOTEBOOKS, STEPS, Run
 from steerlib.runs import PROJECT_ROOT, RunLockedError, RunPaths, run_lock
 
 CONFIGS = sorted((PROJECT_ROOT / "notebooks" / "configs").glob("*.yaml"))
@@ -148,6 +148,41 @@ def test_run_open_records_params_and_changes(tmp_path, capsys):
     assert "n_prompts" in changed.notes[0] and "force=True" in changed.notes[0]
     with pytest.raises(ConfigError, match="unknown parameter 'prompts'"):
         Run.open("demo", runs_dir=str(tmp_path), prompts=3)
+
+
+def test_a_recomputed_step_makes_the_finished_steps_after_it_stale(tmp_path):
+    run = Run.open("dag", runs_dir=str(tmp_path))
+    for step in STEPS:
+        run.paths.set_status(step, "done")
+    run.paths.set_status("05_sweep", "partial", rows=3)
+    with run.step("04_vectors"):
+        pass
+    status = run.paths.read_status()
+    assert [status[s]["state"] for s in STEPS] == ["done"] * 4 + ["stale"] * 2
+    assert status["05_sweep"]["resume"] is False  # units of the old vectors are not reused
+    assert "04_vectors was recomputed" in status["06_analysis"]["reason"]
+    assert not run.done("05_sweep") and run.done("03_activations")
+
+
+@pytest.mark.parametrize(
+    ("change", "resumes"),
+    [({"layers": [3, 12]}, True), ({"random_control": False}, True), ({"n_prompts": 7}, None)],
+)
+def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, change, resumes):
+    Run.open("grow", runs_dir=str(tmp_path), layers=[12], random_control=True, n_prompts=5)
+    paths = RunPaths.for_run("grow", tmp_path)
+    for step in STEPS:
+        paths.set_status(step, "done")
+    changed = Run.open("grow", runs_dir=str(tmp_path), **change)
+    status = paths.read_status()
+    if resumes:
+        assert status["05_sweep"]["state"] == "stale" and status["05_sweep"]["resume"] is True
+        assert status["06_analysis"]["state"] == "stale"
+        assert "generates only the units it lacks" in changed.notes[0]
+    else:
+        assert all(status[s]["state"] == "done" for s in STEPS)
+        assert "force=True" in changed.notes[0]
+    assert status["04_vectors"]["state"] == "done"
 
 
 def test_run_directory_under_a_file_is_reported(tmp_path):
