@@ -150,7 +150,8 @@ def sweep_units(
         prompt_format: ``"raw"`` or ``"chat"`` (with a tokenizer).
 
     Returns:
-        Units in order direction, layer, bucket (shortest prompts first).
+        Units in order layer, direction, bucket (shortest prompts first): a sweep stopped
+        part way holds whole layers, each with its control direction.
 
     Example:
         >>> units = sweep_units(prompts, layers=[18], directions=["caa", "random"],
@@ -174,8 +175,8 @@ def sweep_units(
     buckets = [tuple(ids[i] for i in part) for part in np.array_split(order, n_buckets)]
     return [
         SweepUnit(f"{direction}-L{int(layer)}-b{b:03d}", str(direction), int(layer), b, bucket)
-        for direction in directions
         for layer in layers
+        for direction in directions
         for b, bucket in enumerate(buckets)
     ]
 

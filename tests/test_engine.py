@@ -224,6 +224,10 @@ def test_sweep_units_partition(tokenizer):
     keys = [u.key for u in units]
     assert len(set(keys)) == len(keys)
     assert keys[0] == "caa-L1-b000"
+    # layer-major: each layer's CAA units, then its control's, then the next layer
+    assert [(u.layer, u.direction) for u in units] == sorted(
+        ((u.layer, u.direction) for u in units), key=lambda k: (k[0], k[1] != "caa")
+    )
     pairs = zip(PROMPTS["prompt_id"], PROMPTS["prompt"], strict=True)
     lengths = {pid: len(tokenizer(text)["input_ids"]) for pid, text in pairs}
     for direction in ("caa", "random"):
