@@ -3,8 +3,9 @@
 A run lives in ``<runs root>/<run_name>/`` (root: ``$STEERLIB_RUNS_DIR`` or ``data/runs`` in
 the project). Each step of the analysis DAG writes named products there (see :class:`RunPaths`)
 and records its state in ``status.json``: ``running``, ``done``, ``failed`` (with the error),
-``partial`` (with row counts) or ``stale`` (done, but an input changed since: it runs again). A second process on the same run directory is refused by a lock
-file that names its holder; different run names run side by side.
+``partial`` (with row counts) or ``stale`` (done, but an input changed since: it runs
+again). A second process on the same run directory is refused by a lock file that names its
+holder; different run names run side by side.
 """
 
 from __future__ import annotations
