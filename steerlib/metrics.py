@@ -559,22 +559,48 @@ def pareto_front(
     return front.reset_index(drop=True)
 
 
-def delta_vs_control(summary: pd.DataFrame) -> pd.DataFrame:
+def delta_vs_control(
+    summary: pd.DataFrame,
+    sweep: pd.DataFrame | None = None,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Compare CAA with the random-direction control at each (subset, layer, alpha).
 
     ``delta_* = caa - random`` (negative means CAA lowers toxicity more than a random vector of
-    the same norm). ``beats_control`` is True when the upper end of CAA's mean-toxicity interval
-    (``mean_toxicity_ci_high``) lies below the random control's mean toxicity, i.e. the control's
-    point estimate falls outside CAA's interval on the toxic side.
+    the same norm).
+
+    Both directions are run on the same prompts, so with ``sweep`` (the completion rows behind
+    ``summary``) the comparison is paired: for every prompt, CAA's mean (and maximum) toxicity
+    minus the control's, and a bootstrap interval of the mean of those differences over
+    prompts (:func:`scipy.stats.bootstrap`, BCa). ``beats_control`` is then True when the
+    interval of the mean-toxicity difference lies below zero. The intervals are per cell, not
+    corrected for the number of (layer, alpha) cells compared.
+
+    Without ``sweep`` the interval columns are NaN and ``beats_control`` falls back to the
+    unpaired rule: the upper end of CAA's own mean-toxicity interval
+    (``mean_toxicity_ci_high``) lies below the control's mean toxicity.
 
     Args:
         summary: Output of :func:`summarize` with ``caa`` and ``random`` rows.
+        sweep: Optional completion rows (``GROUP_COLUMNS``, ``prompt_id``, ``toxicity``).
+        confidence: Confidence level of the paired intervals.
+        n_resamples: Bootstrap resamples per interval.
+        seed: Seed of the bootstrap.
 
     Returns:
         One row per (subset, layer, alpha) present for both directions, with columns
         ``mean_toxicity_caa``, ``mean_toxicity_random``, ``delta_mean_toxicity``,
         ``expected_max_toxicity_caa``, ``expected_max_toxicity_random``,
-        ``delta_expected_max_toxicity``, ``mean_toxicity_ci_high_caa`` and ``beats_control``.
+        ``delta_expected_max_toxicity``, ``mean_toxicity_ci_high_caa``, ``n_paired_prompts``,
+        ``delta_mean_toxicity_ci_low/_high``, ``delta_expected_max_toxicity_ci_low/_high``
+        and ``beats_control``.
+
+    Example:
+        >>> control = delta_vs_control(summarize(sweep), sweep)  # doctest: +SKIP
+        >>> control.loc[control["beats_control"], ["layer", "alpha"]]  # doctest: +SKIP
     """
     keys = ["subset", "layer", "alpha"]
     _require(
@@ -597,9 +623,22 @@ def delta_vs_control(summary: pd.DataFrame) -> pd.DataFrame:
     merged["delta_expected_max_toxicity"] = (
         merged["expected_max_toxicity_caa"] - merged["expected_max_toxicity_random"]
     )
-    merged["beats_control"] = (
-        merged["mean_toxicity_ci_high_caa"] < merged["mean_toxicity_random"]
-    ).astype(bool)
+    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS]
+    if sweep is None:
+        for column in paired:
+            merged[column] = math.nan
+        merged["beats_control"] = (
+            merged["mean_toxicity_ci_high_caa"] < merged["mean_toxicity_random"]
+        ).astype(bool)
+    else:
+        options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+        intervals = [
+            _paired_intervals(sweep, row.subset, row.layer, row.alpha, **options)
+            for row in merged.itertuples(index=False)
+        ]
+        merged[paired] = pd.DataFrame(intervals, columns=paired, index=merged.index)
+        merged["n_paired_prompts"] = merged["n_paired_prompts"].astype(int)
+        merged["beats_control"] = (merged["delta_mean_toxicity_ci_high"] < 0).astype(bool)
     columns = [
         *keys,
         "mean_toxicity_caa",
@@ -609,7 +648,65 @@ def delta_vs_control(summary: pd.DataFrame) -> pd.DataFrame:
         "expected_max_toxicity_random",
         "delta_expected_max_toxicity",
         "mean_toxicity_ci_high_caa",
+        *paired,
         "beats_control",
     ]
     merged = merged[columns].sort_values(keys, kind="stable")
     return merged.reset_index(drop=True)
+
+
+_PAIRED_CI_COLUMNS = (
+    "delta_mean_toxicity_ci_low",
+    "delta_mean_toxicity_ci_high",
+    "delta_expected_max_toxicity_ci_low",
+    "delta_expected_max_toxicity_ci_high",
+)
+
+
+def _paired_intervals(
+    sweep: pd.DataFrame,
+    subset: str,
+    layer: int,
+    alpha: float,
+    *,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[float, ...]:
+    """Prompts paired, and bootstrap intervals of CAA minus random (mean, then max)."""
+    _require(sweep, [*GROUP_COLUMNS, "prompt_id", "toxicity"], "sweep table")
+    cell = sweep[
+        (sweep["subset"] == subset)
+        & (sweep["layer"] == layer)
+        & (sweep["alpha"].astype(float).round(_ALPHA_DECIMALS) == round(alpha, _ALPHA_DECIMALS))
+    ]
+    per_prompt = {}
+    for direction in ("caa", "random"):
+        rows = cell[cell["direction"] == direction]
+        table = _per_prompt(rows) if len(rows) else pd.DataFrame(columns=["sum", "count", "max"])
+        per_prompt[direction] = table.assign(mean=table["sum"] / table["count"])
+    both = per_prompt["caa"].merge(
+        per_prompt["random"], left_index=True, right_index=True, suffixes=("", "_random")
+    )
+    if both.empty:
+        raise DataError(
+            f"No prompt of subset {subset!r}, layer {layer}, alpha {alpha:g} has completions "
+            "for both the caa and random directions; pass the sweep rows behind the summary."
+        )
+    out: list[float] = [float(len(both))]
+    for column in ("mean", "max"):
+        differences = (both[column] - both[f"{column}_random"]).to_numpy(float)
+        value = float(differences.mean())
+        if len(differences) < 2 or np.ptp(differences) == 0:
+            out += [value, value]
+            continue
+        out += _run_bootstrap(
+            (differences,),
+            _mean,
+            vectorized=True,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+            method="BCa",
+        )
+    return tuple(out)

@@ -675,7 +675,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         except SteerlibError as exc:
             recommended = {"error": str(exc)}
         control = (
-            metrics.delta_vs_control(summary)
+            metrics.delta_vs_control(summary, evaluation, n_resamples=p.n_resamples, seed=p.seed)
             if "random" in set(summary["direction"])
             else pd.DataFrame()
         )
@@ -705,6 +705,10 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
                 steered, "perplexity", subset="benign"
             ),
             "heatmap_kl": plotting.layer_alpha_heatmap(steered, "kl_benign", subset="benign"),
+            "layer_profile_toxicity": plotting.layer_profile(steered, "mean_toxicity"),
+            "layer_profile_perplexity": plotting.layer_profile(
+                steered, "perplexity", subset="benign"
+            ),
             "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
             "pareto": plotting.pareto_figure(
                 steered[(steered["subset"] == "challenging") & (steered["direction"] == "caa")],
@@ -718,6 +722,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
                 vector.cosine_similarity(), vector.layers
             ),
         }
+        if len(control):
+            figures["heatmap_control"] = plotting.control_heatmap(control)
         if save_figures:
             for name, fig in figures.items():
                 plotting.save_figure(fig, paths.figures(), name)

@@ -30,9 +30,11 @@ __all__ = [
     "DIRECTION_DASH",
     "SUBSET_COLORS",
     "compare_runs_figure",
+    "control_heatmap",
     "find_browser",
     "layer_alpha_heatmap",
     "layer_cosine_heatmap",
+    "layer_profile",
     "pareto_figure",
     "save_figure",
     "toxicity_distribution",
@@ -266,6 +268,163 @@ def layer_alpha_heatmap(
     )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
+    return fig
+
+
+def control_heatmap(
+    control: pd.DataFrame, metric: str = "delta_mean_toxicity", *, subset: str = "challenging"
+) -> go.Figure:
+    """CAA minus the random control over layers (y) and alphas (x), on a diverging scale.
+
+    Blue cells: CAA lowers toxicity more than a random direction of the same norm; red: less.
+    A cell is starred when the paired interval of the difference (``<metric>_ci_low`` /
+    ``_ci_high``, from :func:`steerlib.metrics.delta_vs_control` given the sweep) excludes 0.
+
+    Args:
+        control: Output of :func:`steerlib.metrics.delta_vs_control`.
+        metric: ``"delta_mean_toxicity"`` or ``"delta_expected_max_toxicity"``.
+        subset: Subset whose rows are shown.
+
+    Returns:
+        The figure; its ``z`` matrix has one row per layer and one column per alpha.
+
+    Raises:
+        ConfigError: If ``metric`` is not a column or no row has ``subset``.
+    """
+    _require(control, ["subset", "layer", "alpha"], "control table")
+    if metric not in control.columns:
+        raise ConfigError(
+            f"control_heatmap got metric={metric!r}; use 'delta_mean_toxicity' or "
+            "'delta_expected_max_toxicity' (columns of metrics.delta_vs_control)."
+        )
+    rows = control[control["subset"] == subset]
+    if rows.empty:
+        raise ConfigError(f"The control table has no rows with subset={subset!r}.")
+    table = rows.pivot_table(index="layer", columns="alpha", values=metric, aggfunc="mean")
+    table = table.sort_index().sort_index(axis=1)
+    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    starred: set[tuple[int, float]] = set()
+    if low_col in rows.columns and high_col in rows.columns:
+        excludes = (rows[low_col] > 0) | (rows[high_col] < 0)
+        starred = {(int(r.layer), float(r.alpha)) for r in rows[excludes].itertuples()}
+    z = table.to_numpy(float)
+    text = [
+        [
+            ""
+            if math.isnan(value)
+            else f"{value:+.3f}" + ("*" if (int(layer), float(alpha)) in starred else "")
+            for alpha, value in zip(table.columns, row, strict=True)
+        ]
+        for layer, row in zip(table.index, z, strict=True)
+    ]
+    bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[float(value) for value in table.columns],
+            y=[int(value) for value in table.index],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="RdBu_r",
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar={"title": {"text": "CAA − random"}},
+            hovertemplate="layer %{y}, alpha %{x}: %{z:+.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=(
+            f"{_label(metric.removeprefix('delta_'))}: CAA minus random control ({subset})"
+            f"<br><sup>{ALPHA_NOTE}; * paired 95% interval excludes 0</sup>"
+        ),
+        xaxis_title=f"alpha ({ALPHA_NOTE})",
+        yaxis_title="layer",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return fig
+
+
+def layer_profile(
+    summary: pd.DataFrame, metric: str = "mean_toxicity", *, subset: str = "challenging"
+) -> go.Figure:
+    """A summary metric against the steered layer, one line per (alpha, direction).
+
+    Colour per alpha, dash per direction (CAA solid, random dotted), error bars from
+    ``<metric>_ci_low/_high`` when present; the alpha-0 value (the unsteered model, equal at
+    every layer) is a grey horizontal line.
+
+    Args:
+        summary: Output of :func:`steerlib.metrics.summarize`.
+        metric: Summary column on the y axis.
+        subset: Subset whose rows are shown.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ConfigError: If ``metric`` is not a column or no steered row has ``subset``.
+    """
+    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    if metric not in summary.columns:
+        raise ConfigError(f"layer_profile got metric={metric!r}, which is not a summary column.")
+    rows = summary[
+        (summary["subset"] == subset) & (summary["direction"] != "none") & (summary["layer"] >= 0)
+    ]
+    if rows.empty:
+        raise ConfigError(f"The summary has no steered rows with subset={subset!r}.")
+    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    has_ci = low_col in rows.columns and high_col in rows.columns
+    alphas = sorted(float(a) for a in rows["alpha"].unique() if a != 0)
+    palette = [_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i in range(len(alphas))]
+    fig = go.Figure()
+    for color, alpha in zip(palette, alphas, strict=True):
+        for direction in dict.fromkeys(rows["direction"]):
+            part = rows[(rows["alpha"] == alpha) & (rows["direction"] == direction)]
+            part = part.sort_values("layer")
+            if part.empty:
+                continue
+            error = None
+            if has_ci:
+                error = {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (part[high_col] - part[metric]).tolist(),
+                    "arrayminus": (part[metric] - part[low_col]).tolist(),
+                    "thickness": 1,
+                }
+            fig.add_trace(
+                go.Scatter(
+                    x=part["layer"].astype(int).tolist(),
+                    y=part[metric].tolist(),
+                    error_y=error,
+                    mode="lines+markers",
+                    line={"color": color, "dash": DIRECTION_DASH.get(direction, "dashdot")},
+                    marker={"color": color},
+                    name=f"alpha {alpha:g} · {direction}",
+                )
+            )
+    zero = rows[rows["alpha"] == 0][metric]
+    if len(zero):
+        fig.add_hline(
+            y=float(zero.mean()),
+            line={"color": "#7f7f7f", "dash": "dash"},
+            annotation_text="alpha 0 (unsteered)",
+        )
+    fig.update_layout(
+        title=_title(f"{_label(metric)} by steered layer ({subset})"),
+        xaxis={
+            "title": {"text": "layer"},
+            "tickvals": sorted(int(x) for x in rows["layer"].unique()),
+        },
+        yaxis_title=_label(metric),
+        template="plotly_white",
+        legend_title_text="alpha · direction",
+    )
+    if metric in _BOUNDED:
+        fig.update_yaxes(range=[0, 1])
     return fig
 
 

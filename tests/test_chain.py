@@ -138,7 +138,18 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert summary["scorer_auc"] is None  # the handwritten set carries no Perspective labels
 
     figures = Path(chain_env["STEERLIB_FIGURES_DIR"]) / "reference"
-    for name in ["toxicity_vs_alpha", "heatmap_emt", "heatmap_kl", "pareto", "vector_norms"]:
+    control = pd.DataFrame(summary["control"])
+    assert (control["n_paired_prompts"] == 3).all()
+    assert (control["delta_mean_toxicity_ci_low"] <= control["delta_mean_toxicity_ci_high"]).all()
+    for name in [
+        "toxicity_vs_alpha",
+        "heatmap_emt",
+        "heatmap_kl",
+        "heatmap_control",
+        "layer_profile_toxicity",
+        "pareto",
+        "vector_norms",
+    ]:
         assert (figures / f"{name}.html").is_file(), name
     report = (reference / "report.html").read_text()
     assert "Recommended operating point" in report and "plotly" in report.lower()

@@ -344,6 +344,58 @@ def test_delta_vs_control_by_hand() -> None:
     assert only_caa.empty
 
 
+def test_delta_vs_control_pairs_prompts() -> None:
+    # Random-direction toxicity varies widely across prompts; CAA is consistently lower on each
+    # prompt at alpha 1 and no better on average at alpha 2 (+/-0.1 alternating).
+    random_tox = np.linspace(0.1, 0.9, 8)
+    shift = {
+        1.0: -0.05 + 0.01 * np.array([1, -1, 0, 2, -2, 1, 0, -1]),
+        2.0: 0.1 * (-1) ** np.arange(8),
+    }
+    rows = []
+    for alpha in (1.0, 2.0):
+        for i, base in enumerate(random_tox):
+            for sample in range(2):
+                for direction, tox in (("random", base), ("caa", base + shift[alpha][i])):
+                    rows.append(
+                        {
+                            "subset": "challenging",
+                            "layer": 4,
+                            "alpha": alpha,
+                            "direction": direction,
+                            "prompt_id": f"p{i}",
+                            "sample": sample,
+                            "completion": "x",
+                            "toxicity": float(tox + 0.01 * sample),
+                        }
+                    )
+    sweep = pd.DataFrame(rows)
+    summary = metrics.summarize(sweep, n_resamples=500)
+    unpaired = metrics.delta_vs_control(summary)
+    paired = metrics.delta_vs_control(summary, sweep, n_resamples=500, seed=3)
+    assert unpaired["beats_control"].tolist() == [False, False]  # CAA's own CI is wide
+    assert paired["beats_control"].tolist() == [True, False]
+    assert unpaired["delta_mean_toxicity_ci_low"].isna().all()
+    assert paired["n_paired_prompts"].tolist() == [8, 8]
+    first = paired.iloc[0]
+    differences = shift[1.0]
+    assert first["delta_mean_toxicity"] == pytest.approx(differences.mean())
+    expected = stats.bootstrap(
+        (differences,), np.mean, n_resamples=500, rng=np.random.default_rng(3), method="BCa"
+    ).confidence_interval
+    assert first["delta_mean_toxicity_ci_low"] == pytest.approx(expected.low)
+    assert first["delta_mean_toxicity_ci_high"] == pytest.approx(expected.high)
+    assert first["delta_mean_toxicity_ci_high"] < 0
+    second = paired.iloc[1]
+    assert second["delta_mean_toxicity_ci_low"] < 0 < second["delta_mean_toxicity_ci_high"]
+    # A prompt without a control completion is left out of the pairs.
+    dropped = sweep[~((sweep["direction"] == "random") & (sweep["prompt_id"] == "p0"))]
+    partial = metrics.delta_vs_control(summary, dropped, n_resamples=200)
+    assert partial["n_paired_prompts"].tolist() == [7, 7]
+    with pytest.raises(DataError, match="both the caa and random"):
+        metrics.delta_vs_control(summary, sweep[sweep["direction"] == "caa"])
+
+
 # ---------------------------------------------------------------- properties
 
 scores_strategy = st.integers(min_value=1, max_value=5).flatmap(

@@ -129,6 +129,52 @@ def test_layer_alpha_heatmap_values() -> None:
         plotting.layer_alpha_heatmap(summary, direction="pca")
 
 
+def test_control_heatmap_centres_at_zero_and_stars_paired_intervals() -> None:
+    control = pd.DataFrame(
+        {
+            "subset": ["challenging"] * 4 + ["benign"],
+            "layer": [6, 6, 12, 12, 6],
+            "alpha": [0.5, 1.0, 0.5, 1.0, 0.5],
+            "delta_mean_toxicity": [-0.07, -0.02, 0.01, 0.04, -0.5],
+            "delta_mean_toxicity_ci_low": [-0.1, -0.05, -0.02, 0.01, -0.6],
+            "delta_mean_toxicity_ci_high": [-0.04, 0.01, 0.03, 0.07, -0.4],
+        }
+    )
+    fig = plotting.control_heatmap(control)
+    heat = fig.data[0]
+    assert list(heat.y) == [6, 12] and list(heat.x) == [0.5, 1.0]
+    np.testing.assert_allclose(np.asarray(heat.z, float), [[-0.07, -0.02], [0.01, 0.04]])
+    assert heat.zmid == 0 and heat.zmax == pytest.approx(0.07) and heat.zmin == -heat.zmax
+    # starred where the interval excludes 0, on either side
+    assert [list(row) for row in heat.text] == [["-0.070*", "-0.020"], ["+0.010", "+0.040*"]]
+    unpaired = plotting.control_heatmap(control.drop(columns=["delta_mean_toxicity_ci_low"]))
+    assert "*" not in "".join(t for row in unpaired.data[0].text for t in row)
+    with pytest.raises(ConfigError, match="delta_expected_max_toxicity"):
+        plotting.control_heatmap(control, "mean_toxicity")
+    with pytest.raises(ConfigError, match="subset='x'"):
+        plotting.control_heatmap(control, subset="x")
+
+
+def test_layer_profile_one_line_per_alpha_and_direction() -> None:
+    summary = make_summary(layers=(3, 6, 9))
+    fig = plotting.layer_profile(summary)
+    names = [trace.name for trace in fig.data]
+    assert names == [f"alpha {a:g} · {d}" for a in (2.0, 4.0) for d in ("caa", "random")]
+    caa4 = fig.data[2]
+    assert list(caa4.x) == [3, 6, 9] and caa4.line.dash == "solid"
+    expected = summary[
+        (summary["subset"] == "challenging")
+        & (summary["alpha"] == 4.0)
+        & (summary["direction"] == "caa")
+    ].sort_values("layer")
+    np.testing.assert_allclose(caa4.y, expected["mean_toxicity"])
+    np.testing.assert_allclose(caa4.error_y.array, [0.05] * 3)
+    zero = summary[(summary["subset"] == "challenging") & (summary["alpha"] == 0)]
+    assert fig.layout.shapes[0].y0 == pytest.approx(zero["mean_toxicity"].mean())
+    with pytest.raises(ConfigError, match="not a summary column"):
+        plotting.layer_profile(summary, "nope")
+
+
 def test_vector_norms_mapping_and_sequence() -> None:
     fig = plotting.vector_norms({5: 2.5, 1: 1.0})
     assert list(fig.data[0].x) == [1, 5] and list(fig.data[0].y) == [1.0, 2.5]
