@@ -66,8 +66,12 @@ STEPS = ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep", "
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = tuple(NOTEBOOKS_DIR / f"{step}.ipynb" for step in STEPS)
 EVAL_SUBSETS = ("challenging", "benign")
-_SWEEP_EXTENDS = ("layers", "random_control")
+_SWEEP_EXTENDS = frozenset({"layers", "random_control"})
 """Parameters whose change keeps the sweep's finished units: the sweep resumes and extends."""
+_ANALYSIS_ONLY = frozenset(
+    {"toxicity_threshold", "max_perplexity_increase", "n_resamples", "compare_with"}
+)
+"""Parameters that only step 06 reads."""
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
 
@@ -138,8 +142,10 @@ class Run:
             k: (stored[k], values[k]) for k in params if k in stored and stored[k] != values[k]
         }
         run = cls(resolved, paths)
+        # The saved units stay valid only when nothing else that shapes them changed.
+        extends = not set(changed) - _SWEEP_EXTENDS - _ANALYSIS_ONLY
         for name, (old, new) in changed.items():
-            if name in _SWEEP_EXTENDS and paths.step_state("05_sweep") == "done":
+            if name in _SWEEP_EXTENDS and extends and paths.step_state("05_sweep") == "done":
                 reason = f"parameter {name!r} changed from {old!r} to {new!r}"
                 paths.set_status("05_sweep", "stale", reason=reason, resume=True)
                 _invalidate_after(paths, "05_sweep", reason)

@@ -166,7 +166,12 @@ def test_a_recomputed_step_makes_the_finished_steps_after_it_stale(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "resumes"),
-    [({"layers": [3, 12]}, True), ({"random_control": False}, True), ({"n_prompts": 7}, None)],
+    [
+        ({"layers": [3, 12]}, True),
+        ({"random_control": False, "n_resamples": 100}, True),
+        ({"n_prompts": 7}, False),
+        ({"layers": [3, 12], "samples_per_prompt": 4}, False),  # units would change too
+    ],
 )
 def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, change, resumes):
     Run.open("grow", runs_dir=str(tmp_path), layers=[12], random_control=True, n_prompts=5)
@@ -181,7 +186,7 @@ def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, ch
         assert "generates only the units it lacks" in changed.notes[0]
     else:
         assert all(status[s]["state"] == "done" for s in STEPS)
-        assert "force=True" in changed.notes[0]
+        assert all("force=True" in note for note in changed.notes)
     assert status["04_vectors"]["state"] == "done"
 
 
