@@ -1,4 +1,4 @@
-"""Command line: ``python -m steerlib {prepare,run,bench,doctor}``.
+"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor}``.
 
 Each sub-command forwards its remaining arguments to the ``main(argv)`` of its module, so that
 ``python -m steerlib run --help`` shows that command's own options.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "prepare": ("steerlib.models", "Install-time step: convert the embedded model once."),
     "run": ("steerlib.pipeline", "Run the notebook chain 01-06 with papermill."),
+    "status": ("steerlib.status", "Progress of runs: step states, sweep units, time left."),
     "bench": ("steerlib.bench", "Benchmark the sweep engine against the straightforward loop."),
     "doctor": ("steerlib.doctor", "Check the set-up: Python, torch, device, model, scorers."),
 }

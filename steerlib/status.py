@@ -1,0 +1,158 @@
+"""Progress of runs: step states, sweep units done and left, and an estimate of the time left.
+
+A sweep on real prompts can take hours on a CPU; ``python -m steerlib status [RUN ...]`` reads
+a run directory (never the model) and says how far it is, which layers are complete (each
+with its control direction) and, from the times its units were written, when it should end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from steerlib.config import RunParams
+from steerlib.engine import SweepUnit, sweep_units
+from steerlib.errors import SteerlibError
+from steerlib.runs import RunPaths, runs_root
+
+__all__ = ["SweepProgress", "main", "sweep_progress"]
+
+_RECENT = 10
+"""Intervals between unit writes that the time estimate looks at (the latest ones)."""
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """How far the sweep of one run is.
+
+    Attributes:
+        done: Units of the requested sweep on disk.
+        total: Units of the requested sweep.
+        complete_layers: Layers whose units are all on disk, for every direction.
+        seconds_per_unit: Median interval between the latest unit writes (NaN with < 2 units).
+        eta: Estimated end (UTC), or ``None`` when done or unknown.
+    """
+
+    done: int
+    total: int
+    complete_layers: list[int]
+    seconds_per_unit: float
+    eta: datetime | None
+
+    @property
+    def left(self) -> int:
+        """Units still to generate."""
+        return self.total - self.done
+
+
+def _units(paths: RunPaths, params: RunParams) -> list[SweepUnit]:
+    """The units the run's sweep asks for (the engine's own partition)."""
+    from steerlib.layers import resolve_layers
+
+    prompts = pd.read_parquet(paths.prompts)
+    prompts = prompts[prompts["role"].isin(("challenging", "benign"))]
+    provenance = json.loads(paths.vectors.with_suffix(".json").read_text(encoding="utf-8"))
+    layers = resolve_layers(int(provenance["num_layers"]), params.layers)
+    directions = ["caa", "random"] if params.random_control else ["caa"]
+    alphas = [alpha for alpha in params.alphas if alpha != 0]
+    units = sweep_units(
+        prompts,
+        layers=layers,
+        directions=directions,
+        alphas=alphas,
+        samples_per_prompt=params.samples_per_prompt,
+        max_new_tokens=params.max_new_tokens,
+    )
+    return units
+
+
+def sweep_progress(
+    paths: RunPaths, params: RunParams, *, now: datetime | None = None
+) -> SweepProgress:
+    """Units of ``params``' sweep on disk in ``paths``, complete layers and the time left.
+
+    The partition into units does not depend on prompt lengths for its keys, so no tokenizer
+    (and no model) is loaded. The time per unit is the median of the latest intervals between
+    unit files' modification times, which skips pauses and restarts.
+
+    Args:
+        paths: The run directory.
+        params: The run's parameters (``params.json``).
+        now: Current time (for tests); default the clock.
+
+    Returns:
+        A :class:`SweepProgress`.
+
+    Example:
+        >>> paths = RunPaths.for_run("rtp-sample")  # doctest: +SKIP
+        >>> sweep_progress(paths, RunParams.validate_mapping(stored)).left  # doctest: +SKIP
+        37
+    """
+    units = _units(paths, params)
+    files = {path.stem: path for path in paths.sweep_parts.glob("*.parquet")}
+    done = [unit.key for unit in units if unit.key in files]
+    by_layer: dict[int, list[str]] = {}
+    for unit in units:
+        by_layer.setdefault(unit.layer, []).append(unit.key)
+    complete = sorted(layer for layer, keys in by_layer.items() if all(k in files for k in keys))
+    times = np.sort([files[key].stat().st_mtime for key in done])
+    intervals = np.diff(times)[-_RECENT:]
+    per_unit = float(np.median(intervals)) if len(intervals) else math.nan
+    left = len(units) - len(done)
+    eta = None
+    if left and math.isfinite(per_unit):
+        eta = (now or datetime.now(UTC)) + timedelta(seconds=left * per_unit)
+    return SweepProgress(len(done), len(units), complete, per_unit, eta)
+
+
+def report(run_name: str, runs_dir: str | None = None) -> str:
+    """A few lines on run ``run_name``: each step's state and the sweep's progress."""
+    paths = RunPaths.for_run(run_name, runs_dir)
+    if not paths.params.is_file():
+        return f"{run_name}: no run at {paths.root}"
+    stored = json.loads(paths.params.read_text(encoding="utf-8"))["params"]
+    params = RunParams.validate_mapping(stored)
+    lines = [f"{run_name} ({paths.root})"]
+    for step, record in paths.read_status().items():
+        detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
+        lines.append(f"  {step:<15} {record.get('state', '?'):<8} {detail}".rstrip())
+    if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
+        progress = sweep_progress(paths, params)
+        line = f"  sweep units     {progress.done}/{progress.total}"
+        if math.isfinite(progress.seconds_per_unit):
+            line += f", {progress.seconds_per_unit:.0f} s per unit"
+        if progress.eta is not None:
+            line += f", about {progress.left * progress.seconds_per_unit / 3600:.1f} h left"
+            line += f" (ends near {progress.eta:%H:%M} UTC if it is running)"
+        lines.append(line)
+        lines.append(f"  complete layers {progress.complete_layers or 'none yet'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m steerlib status [RUN ...] [--runs-dir DIR]``: progress of runs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m steerlib status", description="Progress of runs (default: all of them)."
+    )
+    parser.add_argument("runs", nargs="*", help="run names (default: every run)")
+    parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
+    args = parser.parse_args(argv)
+    root = Path(args.runs_dir) if args.runs_dir else runs_root()
+    names = args.runs or sorted(p.name for p in root.glob("*") if (p / "params.json").is_file())
+    if not names:
+        print(f"no runs under {root}")
+        return 0
+    try:
+        print("\n".join(report(name, args.runs_dir) for name in names))
+    except SteerlibError as exc:
+        print(f"steerlib: {exc}", file=sys.stderr)
+        return 2
+    return 0

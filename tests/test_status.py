@@ -1,0 +1,76 @@
+"""``python -m steerlib status``: sweep progress read from a run directory alone."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from steerlib import status
+from steerlib.config import RunParams
+from steerlib.engine import sweep_units
+from steerlib.runs import RunPaths
+
+
+@pytest.fixture()
+def run(tmp_path):
+    paths = RunPaths.for_run("long", tmp_path)
+    paths.sweep_parts.mkdir(parents=True)
+    params = RunParams.validate_mapping(
+        {
+            "run_name": "long",
+            "layers": [3, 6],
+            "alphas": [0.0, 1.0],
+            "samples_per_prompt": 2,
+            "max_new_tokens": 4,
+            "random_control": True,
+        }
+    )
+    paths.params.write_text(json.dumps({"params": params.notebook_parameters()}))
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(6)],
+            "prompt": [f"prompt number {i}" for i in range(6)],
+            "role": ["challenging"] * 3 + ["benign"] * 2 + ["pair_toxic"],
+        }
+    )
+    prompts.to_parquet(paths.prompts)
+    paths.vectors.with_suffix(".json").write_text(json.dumps({"num_layers": 8}))
+    return paths, params
+
+
+def test_progress_counts_units_layers_and_time_left(run):
+    paths, params = run
+    prompts = pd.read_parquet(paths.prompts).iloc[:5]
+    # The run's own partition uses the default unit size: every prompt in one bucket.
+    expected = sweep_units(
+        prompts, layers=[3, 6], directions=["caa", "random"], alphas=[1.0], samples_per_prompt=2
+    )
+    keys = [unit.key for unit in expected]
+    assert keys == ["caa-L3-b000", "random-L3-b000", "caa-L6-b000", "random-L6-b000"]
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for i, key in enumerate(keys[:3]):  # written 60 s apart, after a 1-hour pause
+        path = paths.sweep_parts / f"{key}.parquet"
+        path.write_bytes(b"")
+        os.utime(path, (start + 60 * i + (3600 if i else 0),) * 2)
+    (paths.sweep_parts / "caa-L9-b000.parquet").write_bytes(b"")  # a layer not asked for
+    now = datetime(2026, 1, 1, 2, tzinfo=UTC)
+    progress = status.sweep_progress(paths, params, now=now)
+    assert (progress.done, progress.total, progress.left) == (3, 4, 1)
+    assert progress.complete_layers == [3]
+    assert progress.seconds_per_unit == pytest.approx((3660 + 60) / 2)  # median of 2 intervals
+    assert progress.eta == now + timedelta(seconds=1860)
+
+
+def test_status_command_prints_each_run(run, capsys):
+    paths, _ = run
+    paths.set_status("05_sweep", "partial", rows=10)
+    assert status.main(["--runs-dir", str(paths.root.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "long" in out and "05_sweep        partial" in out
+    assert "sweep units     0/4" in out and "complete layers none yet" in out
+    assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 0
+    assert "no run at" in capsys.readouterr().out
