@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from steerlib import status
+from steerlib.cli import main as cli_main
 from steerlib.config import RunParams
 from steerlib.engine import sweep_units
 from steerlib.runs import RunPaths
@@ -68,7 +69,7 @@ def test_progress_counts_units_layers_and_time_left(run):
 def test_status_command_prints_each_run(run, capsys):
     paths, _ = run
     paths.set_status("05_sweep", "partial", rows=10)
-    assert status.main(["--runs-dir", str(paths.root.parent)]) == 0
+    assert cli_main(["status", "--runs-dir", str(paths.root.parent)]) == 0
     out = capsys.readouterr().out
     assert "long" in out and "05_sweep        partial" in out
     assert "sweep units     0/4" in out and "complete layers none yet" in out
