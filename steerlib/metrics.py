@@ -577,7 +577,10 @@ def delta_vs_control(
     minus the control's, and a bootstrap interval of the mean of those differences over
     prompts (:func:`scipy.stats.bootstrap`, BCa). ``beats_control`` is then True when the
     interval of the mean-toxicity difference lies below zero. The intervals are per cell, not
-    corrected for the number of (layer, alpha) cells compared.
+    corrected for the number of (layer, alpha) cells compared; for that, ``p_value`` is the
+    two-sided Wilcoxon signed-rank test of the per-prompt mean-toxicity differences and
+    ``q_value`` its Benjamini-Hochberg adjustment over the cells of each subset
+    (:func:`scipy.stats.false_discovery_control`); both are NaN where every difference is 0.
 
     Without ``sweep`` the interval columns are NaN and ``beats_control`` falls back to the
     unpaired rule: the upper end of CAA's own mean-toxicity interval
@@ -595,8 +598,8 @@ def delta_vs_control(
         ``mean_toxicity_caa``, ``mean_toxicity_random``, ``delta_mean_toxicity``,
         ``expected_max_toxicity_caa``, ``expected_max_toxicity_random``,
         ``delta_expected_max_toxicity``, ``mean_toxicity_ci_high_caa``, ``n_paired_prompts``,
-        ``delta_mean_toxicity_ci_low/_high``, ``delta_expected_max_toxicity_ci_low/_high``
-        and ``beats_control``.
+        ``delta_mean_toxicity_ci_low/_high``, ``delta_expected_max_toxicity_ci_low/_high``,
+        ``p_value``, ``q_value`` and ``beats_control``.
 
     Example:
         >>> control = delta_vs_control(summarize(sweep), sweep)  # doctest: +SKIP
@@ -623,7 +626,7 @@ def delta_vs_control(
     merged["delta_expected_max_toxicity"] = (
         merged["expected_max_toxicity_caa"] - merged["expected_max_toxicity_random"]
     )
-    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS]
+    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value"]
     if sweep is None:
         for column in paired:
             merged[column] = math.nan
@@ -639,6 +642,11 @@ def delta_vs_control(
         merged[paired] = pd.DataFrame(intervals, columns=paired, index=merged.index)
         merged["n_paired_prompts"] = merged["n_paired_prompts"].astype(int)
         merged["beats_control"] = (merged["delta_mean_toxicity_ci_high"] < 0).astype(bool)
+    merged["q_value"] = math.nan
+    for _, cells in merged.groupby("subset"):
+        tested = cells["p_value"].dropna()
+        if len(tested):
+            merged.loc[tested.index, "q_value"] = stats.false_discovery_control(tested)
     columns = [
         *keys,
         "mean_toxicity_caa",
@@ -649,6 +657,7 @@ def delta_vs_control(
         "delta_expected_max_toxicity",
         "mean_toxicity_ci_high_caa",
         *paired,
+        "q_value",
         "beats_control",
     ]
     merged = merged[columns].sort_values(keys, kind="stable")
@@ -694,6 +703,12 @@ def _paired_intervals(
             "for both the caa and random directions; pass the sweep rows behind the summary."
         )
     out: list[float] = [float(len(both))]
+    differences = (both["mean"] - both["mean_random"]).to_numpy(float)
+    p_value = math.nan
+    if np.any(differences != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            p_value = float(stats.wilcoxon(differences, zero_method="wilcox").pvalue)
     for column in ("mean", "max"):
         differences = (both[column] - both[f"{column}_random"]).to_numpy(float)
         value = float(differences.mean())
@@ -709,4 +724,4 @@ def _paired_intervals(
             seed=seed,
             method="BCa",
         )
-    return tuple(out)
+    return (*out, p_value)

@@ -388,6 +388,12 @@ def test_delta_vs_control_pairs_prompts() -> None:
     assert first["delta_mean_toxicity_ci_high"] < 0
     second = paired.iloc[1]
     assert second["delta_mean_toxicity_ci_low"] < 0 < second["delta_mean_toxicity_ci_high"]
+    # Wilcoxon signed-rank on the per-prompt differences, then Benjamini-Hochberg per subset.
+    p_values = [stats.wilcoxon(shift[a]).pvalue for a in (1.0, 2.0)]
+    assert paired["p_value"].tolist() == pytest.approx(p_values)
+    assert p_values[0] == pytest.approx(2 / 2**8)  # all 8 differences negative (exact test)
+    assert paired["q_value"].tolist() == pytest.approx(stats.false_discovery_control(p_values))
+    assert unpaired["p_value"].isna().all() and unpaired["q_value"].isna().all()
     # A prompt without a control completion is left out of the pairs.
     dropped = sweep[~((sweep["direction"] == "random") & (sweep["prompt_id"] == "p0"))]
     partial = metrics.delta_vs_control(summary, dropped, n_resamples=200)
