@@ -208,6 +208,45 @@ def toxicity_vs_alpha(
     return fig
 
 
+def _layer_alpha_pivot(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``metric`` with one row per layer and one column per alpha, both ascending."""
+    table = rows.pivot_table(index="layer", columns="alpha", values=metric, aggfunc="mean")
+    return table.sort_index().sort_index(axis=1)
+
+
+def _layer_alpha_figure(
+    table: pd.DataFrame,
+    text: list[list[str]],
+    *,
+    title: str,
+    colorbar: str,
+    hover: str,
+    **scale: Any,
+) -> go.Figure:
+    """Annotated heatmap of a layer x alpha pivot, categorical axes; ``scale``: colour options."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.to_numpy(float),
+            x=[float(value) for value in table.columns],
+            y=[int(value) for value in table.index],
+            text=text,
+            texttemplate="%{text}",
+            colorbar={"title": {"text": colorbar}},
+            hovertemplate=f"layer %{{y}}, alpha %{{x}}: %{{z:{hover}}}<extra></extra>",
+            **scale,
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title=f"alpha ({ALPHA_NOTE})",
+        yaxis_title="layer",
+        template="plotly_white",
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return fig
+
+
 def layer_alpha_heatmap(
     summary: pd.DataFrame,
     metric: str = "expected_max_toxicity",
@@ -241,34 +280,19 @@ def layer_alpha_heatmap(
             f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
             "pick values present in it."
         )
-    table = rows.pivot_table(index="layer", columns="alpha", values=metric, aggfunc="mean")
-    table = table.sort_index().sort_index(axis=1)
-    z = table.to_numpy(float)
-    text = [[("" if math.isnan(value) else f"{value:.3g}") for value in row] for row in z]
+    table = _layer_alpha_pivot(rows, metric)
+    text = [[("" if math.isnan(v) else f"{v:.3g}") for v in row] for row in table.to_numpy(float)]
     bounded = metric in _BOUNDED
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[float(value) for value in table.columns],
-            y=[int(value) for value in table.index],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Reds",
-            zmin=0 if bounded else None,
-            zmax=1 if bounded else None,
-            colorbar={"title": {"text": _label(metric)}},
-            hovertemplate="layer %{y}, alpha %{x}: %{z:.4g}<extra></extra>",
-        )
-    )
-    fig.update_layout(
+    return _layer_alpha_figure(
+        table,
+        text,
         title=_title(f"{_label(metric)} by layer and alpha ({subset}, {direction})"),
-        xaxis_title=f"alpha ({ALPHA_NOTE})",
-        yaxis_title="layer",
-        template="plotly_white",
+        colorbar=_label(metric),
+        hover=".4g",
+        colorscale="Reds",
+        zmin=0 if bounded else None,
+        zmax=1 if bounded else None,
     )
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(type="category")
-    return fig
 
 
 def control_heatmap(
@@ -300,8 +324,7 @@ def control_heatmap(
     rows = control[control["subset"] == subset]
     if rows.empty:
         raise ConfigError(f"The control table has no rows with subset={subset!r}.")
-    table = rows.pivot_table(index="layer", columns="alpha", values=metric, aggfunc="mean")
-    table = table.sort_index().sort_index(axis=1)
+    table = _layer_alpha_pivot(rows, metric)
     low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
     starred: set[tuple[int, float]] = set()
     if low_col in rows.columns and high_col in rows.columns:
@@ -318,33 +341,20 @@ def control_heatmap(
         for layer, row in zip(table.index, z, strict=True)
     ]
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[float(value) for value in table.columns],
-            y=[int(value) for value in table.index],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="RdBu_r",
-            zmid=0,
-            zmin=-bound,
-            zmax=bound,
-            colorbar={"title": {"text": "CAA − random"}},
-            hovertemplate="layer %{y}, alpha %{x}: %{z:+.4f}<extra></extra>",
-        )
-    )
-    fig.update_layout(
+    return _layer_alpha_figure(
+        table,
+        text,
         title=(
             f"{_label(metric.removeprefix('delta_'))}: CAA minus random control ({subset})"
             f"<br><sup>{ALPHA_NOTE}; * paired 95% interval excludes 0</sup>"
         ),
-        xaxis_title=f"alpha ({ALPHA_NOTE})",
-        yaxis_title="layer",
-        template="plotly_white",
+        colorbar="CAA − random",
+        hover="+.4f",
+        colorscale="RdBu_r",
+        zmid=0,
+        zmin=-bound,
+        zmax=bound,
     )
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(type="category")
-    return fig
 
 
 def layer_profile(
