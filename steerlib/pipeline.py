@@ -613,6 +613,25 @@ def _scorer_auc(run: Run, prompts: pd.DataFrame) -> tuple[float | None, int]:
     return float(scorer_agreement(run.scorer(), texts, labels)), len(texts)
 
 
+def _control_at(control: pd.DataFrame, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The challenging-subset comparison with the random control at an operating point."""
+    hit = control[
+        (control["subset"] == "challenging")
+        & (control["layer"] == point["layer"])
+        & np.isclose(control["alpha"].astype(float), float(point["alpha"]))
+    ]
+    if hit.empty:
+        return None
+    columns = [
+        "delta_mean_toxicity",
+        "delta_mean_toxicity_ci_low",
+        "delta_mean_toxicity_ci_high",
+        "q_value",
+        "beats_control",
+    ]
+    return json.loads(hit[columns].iloc[[0]].to_json(orient="records"))[0]
+
+
 def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.DataFrame:
     """First sample of a few challenging prompts, one column per alpha (CAA direction)."""
     rows = sweep[
@@ -685,6 +704,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             if "random" in set(summary["direction"])
             else pd.DataFrame()
         )
+        if len(control) and "layer" in (recommended or {}):
+            recommended["control"] = _control_at(control, recommended)
         auc, n_labelled = _scorer_auc(run, prompts)
         record = {
             "run_name": paths.name,

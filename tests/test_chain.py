@@ -135,6 +135,7 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     ]:
         assert column in rows.columns, column
     assert {"layer", "alpha", "rule"} <= set(summary["recommended"])
+    assert isinstance(summary["recommended"]["control"]["beats_control"], bool)
     assert summary["scorer_auc"] is None  # the handwritten set carries no Perspective labels
 
     figures = Path(chain_env["STEERLIB_FIGURES_DIR"]) / "reference"
