@@ -245,10 +245,17 @@ def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_en
         expected[expected["layer"] == 18].sort_values(KEY).reset_index(drop=True),
     )
 
-    # Other alphas cannot reuse the saved units: the sweep refuses and says how to recompute.
-    result = _chain(
-        chain_env, "grown", "--set", "layers=[6]", "--set", "alphas=[0.0, 0.5]", timeout=900
-    )
+    # Other alphas: a finished sweep is not extended (the note says to force) ...
+    other_alphas = ("--set", "layers=[6]", "--set", "alphas=[0.0, 0.5]")
+    result = _chain(chain_env, "grown", *other_alphas, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "force=True" in result.stdout and "05_sweep: done earlier, skipped" in result.stdout
+    # ... and a sweep that resumes refuses units made with other alphas, saying how to recompute.
+    status_file = grown / "status.json"
+    status = json.loads(status_file.read_text())
+    status["05_sweep"]["state"] = "partial"
+    status_file.write_text(json.dumps(status))
+    result = _chain(chain_env, "grown", *other_alphas, timeout=900)
     assert result.returncode == 1
     assert "generated with alphas" in result.stderr and "--force" in result.stderr
 
