@@ -508,7 +508,8 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         counts = {"rows": sum(len(table) for table in saved.values())}
 
         def on_unit(unit: Any, table: pd.DataFrame) -> None:
-            atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", _score(run, table))
+            saved[unit.key] = _score(run, table)
+            atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", saved[unit.key])
             counts["rows"] += len(table)
             paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
 
@@ -528,13 +529,13 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
                 positions=p.positions,
                 units=p.units,
                 seed=p.seed,
-                done=set(saved),
+                done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
                 on_unit=on_unit,
             )
         # Units of layers or directions the run no longer asks for stay on disk, unused.
         parts = [
             table[table["layer"].isin(layers) & table["direction"].isin(vectors)]
-            for table in _saved_units(paths.sweep_parts, steered_alphas).values()
+            for _, table in sorted(saved.items())
         ]
         if 0 in p.alphas:
             unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]

@@ -21,6 +21,7 @@ import pandas as pd
 from steerlib.config import RunParams
 from steerlib.engine import SweepUnit, sweep_units
 from steerlib.errors import SteerlibError
+from steerlib.pipeline import EVAL_SUBSETS
 from steerlib.runs import RunPaths, runs_root
 
 __all__ = ["SweepProgress", "main", "sweep_progress"]
@@ -58,7 +59,7 @@ def _units(paths: RunPaths, params: RunParams) -> list[SweepUnit]:
     from steerlib.layers import resolve_layers
 
     prompts = pd.read_parquet(paths.prompts)
-    prompts = prompts[prompts["role"].isin(("challenging", "benign"))]
+    prompts = prompts[prompts["role"].isin(EVAL_SUBSETS)]
     provenance = json.loads(paths.vectors.with_suffix(".json").read_text(encoding="utf-8"))
     layers = resolve_layers(int(provenance["num_layers"]), params.layers)
     directions = ["caa", "random"] if params.random_control else ["caa"]
