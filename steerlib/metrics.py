@@ -664,6 +664,148 @@ def delta_vs_control(
     return merged.reset_index(drop=True)
 
 
+def fluency_matched_control(
+    summary: pd.DataFrame,
+    sweep: pd.DataFrame | None = None,
+    *,
+    subset: str = "challenging",
+    fluency_subset: str = "benign",
+    metric: str = "mean_toxicity",
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Compare CAA with the random control at equal fluency instead of equal alpha.
+
+    At equal alpha a random vector of the same norm can cost far more fluency than the
+    steering vector, and broken text scores as less toxic. This comparison gives the control
+    its best chance within CAA's fluency cost: for each CAA setting (layer, alpha != 0) of
+    ``subset``, the control is the random-direction setting of the same layer, at any alpha
+    of either sign, whose ``fluency_subset`` perplexity is at most CAA's, with the lowest
+    ``metric`` on ``subset``. Alpha 0 (the unsteered model) is always admissible, so every CAA
+    setting has a match. Picking the best of several noisy cells favours the control, so the
+    comparison leans against CAA.
+
+    With ``sweep`` (the completion rows behind ``summary``) the difference is paired by
+    prompt as in :func:`delta_vs_control`: a BCa bootstrap interval of the mean per-prompt
+    difference in mean toxicity, a Wilcoxon signed-rank ``p_value`` and its
+    Benjamini-Hochberg ``q_value`` over the rows; ``beats_control`` is True when the interval
+    lies below zero. Without ``sweep`` those columns are NaN and ``beats_control`` is False.
+
+    Args:
+        summary: Output of :func:`summarize` with ``caa`` and ``random`` rows and a
+            ``perplexity`` column.
+        sweep: Optional completion rows (``GROUP_COLUMNS``, ``prompt_id``, ``toxicity``).
+        subset: Subset whose toxicity is compared.
+        fluency_subset: Subset whose perplexity measures the fluency cost (``subset`` itself
+            when the summary has no rows of it).
+        metric: Summary column the control minimizes among admissible cells.
+        confidence: Confidence level of the paired intervals.
+        n_resamples: Bootstrap resamples per interval.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        One row per CAA (layer, alpha != 0) with a random direction at that layer; columns
+        ``subset``, ``layer``, ``alpha``, ``perplexity_caa``, ``control_alpha``,
+        ``perplexity_control``, then ``<m>_caa``, ``<m>_control`` and ``delta_<m>`` for ``m``
+        in ``mean_toxicity`` and ``expected_max_toxicity``, ``n_paired_prompts``, the four
+        ``delta_*_ci_low/_high`` columns of :func:`delta_vs_control` (mean, then maximum
+        toxicity), ``p_value``, ``q_value`` and ``beats_control``. Empty when there is no
+        random direction.
+
+    Raises:
+        DataError: If a column is missing, or a matched pair has no prompt in common.
+
+    Example:
+        >>> matched = fluency_matched_control(summarize(sweep), sweep)  # doctest: +SKIP
+        >>> matched[["layer", "alpha", "control_alpha", "delta_mean_toxicity"]]  # doctest: +SKIP
+    """
+    compared = ["mean_toxicity", "expected_max_toxicity"]
+    _require(summary, [*GROUP_COLUMNS, "perplexity", metric, *compared], what="summary")
+    if not (summary["subset"] == fluency_subset).any():
+        fluency_subset = subset
+    fluency = summary[summary["subset"] == fluency_subset].copy()
+    fluency["_alpha_key"] = fluency["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    ppl = fluency.set_index(["direction", "layer", "_alpha_key"])["perplexity"]
+    ppl = ppl[~ppl.index.duplicated()]
+    rows = summary[summary["subset"] == subset]
+    random = rows[rows["direction"] == "random"]
+    caa = rows[(rows["direction"] == "caa") & (rows["alpha"].astype(float) != 0.0)]
+
+    def perplexity(direction: str, layer: int, alpha: float) -> float:
+        return float(ppl.get((direction, layer, round(alpha, _ALPHA_DECIMALS)), math.nan))
+
+    records = []
+    for row in caa.itertuples(index=False):
+        layer, alpha = int(row.layer), float(row.alpha)
+        candidates = random[random["layer"] == layer]
+        if candidates.empty:
+            continue
+        own = perplexity("caa", layer, alpha)
+        admissible = []
+        for position, cand in enumerate(candidates.itertuples(index=False)):
+            cand_alpha = float(cand.alpha)
+            cand_ppl = perplexity("random", layer, cand_alpha)
+            if cand_alpha == 0.0 or (math.isfinite(own) and cand_ppl <= own):
+                key = (float(getattr(cand, metric)), abs(cand_alpha), cand_alpha)
+                admissible.append((key, position, cand_ppl))
+        if not admissible:
+            continue
+        (_, _, control_alpha), position, control_ppl = min(admissible)
+        control = candidates.iloc[position]
+        record = {
+            "subset": subset,
+            "layer": layer,
+            "alpha": alpha,
+            "perplexity_caa": own,
+            "control_alpha": control_alpha,
+            "perplexity_control": control_ppl,
+        }
+        for name in compared:
+            record[f"{name}_caa"] = float(getattr(row, name))
+            record[f"{name}_control"] = float(control[name])
+            record[f"delta_{name}"] = record[f"{name}_caa"] - record[f"{name}_control"]
+        records.append(record)
+    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value"]
+    columns = [
+        "subset",
+        "layer",
+        "alpha",
+        "perplexity_caa",
+        "control_alpha",
+        "perplexity_control",
+        *[f"{prefix}{name}{suffix}" for name in compared for prefix, suffix in _TRIPLE],
+        *paired,
+        "q_value",
+        "beats_control",
+    ]
+    matched = pd.DataFrame(records, columns=columns[: 6 + 3 * len(compared)])
+    if matched.empty:
+        return pd.DataFrame(columns=columns)
+    if sweep is None:
+        for column in paired:
+            matched[column] = math.nan
+        matched["beats_control"] = False
+    else:
+        boot = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+        intervals = [
+            _paired_intervals(
+                sweep, subset, r.layer, r.alpha, control_alpha=r.control_alpha, **boot
+            )
+            for r in matched.itertuples(index=False)
+        ]
+        matched[paired] = pd.DataFrame(intervals, columns=paired, index=matched.index)
+        matched["n_paired_prompts"] = matched["n_paired_prompts"].astype(int)
+        matched["beats_control"] = (matched["delta_mean_toxicity_ci_high"] < 0).astype(bool)
+    matched["q_value"] = math.nan
+    tested = matched["p_value"].dropna()
+    if len(tested):
+        matched.loc[tested.index, "q_value"] = stats.false_discovery_control(tested)
+    matched = matched[columns].sort_values(["layer", "alpha"], kind="stable")
+    return matched.reset_index(drop=True)
+
+
+_TRIPLE = (("", "_caa"), ("", "_control"), ("delta_", ""))
 _PAIRED_CI_COLUMNS = (
     "delta_mean_toxicity_ci_low",
     "delta_mean_toxicity_ci_high",
@@ -681,17 +823,23 @@ def _paired_intervals(
     confidence: float,
     n_resamples: int,
     seed: int,
+    control_alpha: float | None = None,
 ) -> tuple[float, ...]:
-    """Prompts paired, and bootstrap intervals of CAA minus random (mean, then max)."""
+    """Prompts paired, and bootstrap intervals of CAA minus random (mean, then max).
+
+    The random cell is taken at ``control_alpha`` (``alpha`` when None).
+    """
     _require(sweep, [*GROUP_COLUMNS, "prompt_id", "toxicity"], "sweep table")
-    cell = sweep[
-        (sweep["subset"] == subset)
-        & (sweep["layer"] == layer)
-        & (sweep["alpha"].astype(float).round(_ALPHA_DECIMALS) == round(alpha, _ALPHA_DECIMALS))
-    ]
+    alphas = sweep["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    control_alpha = alpha if control_alpha is None else control_alpha
+    at_layer = (sweep["subset"] == subset) & (sweep["layer"] == layer)
     per_prompt = {}
-    for direction in ("caa", "random"):
-        rows = cell[cell["direction"] == direction]
+    for direction, cell_alpha in (("caa", alpha), ("random", control_alpha)):
+        rows = sweep[
+            at_layer
+            & (alphas == round(cell_alpha, _ALPHA_DECIMALS))
+            & (sweep["direction"] == direction)
+        ]
         table = _per_prompt(rows) if len(rows) else pd.DataFrame(columns=["sum", "count", "max"])
         per_prompt[direction] = table.assign(mean=table["sum"] / table["count"])
     both = per_prompt["caa"].merge(
@@ -699,8 +847,9 @@ def _paired_intervals(
     )
     if both.empty:
         raise DataError(
-            f"No prompt of subset {subset!r}, layer {layer}, alpha {alpha:g} has completions "
-            "for both the caa and random directions; pass the sweep rows behind the summary."
+            f"No prompt of subset {subset!r}, layer {layer} has completions for both the caa "
+            f"direction at alpha {alpha:g} and the random direction at alpha {control_alpha:g}; "
+            "pass the sweep rows behind the summary."
         )
     out: list[float] = [float(len(both))]
     differences = (both["mean"] - both["mean_random"]).to_numpy(float)

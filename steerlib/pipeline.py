@@ -592,6 +592,8 @@ class Analysis:
         recommended: The recommended operating point and its rule.
         scorer_auc: ROC AUC of the scorer against Perspective labels, where the data have them.
         control: CAA minus random control, per (subset, layer, alpha).
+        control_matched: CAA against the least toxic random setting of the same layer that
+            is at least as fluent on benign text (:func:`metrics.fluency_matched_control`).
         figures: Named plotly figures (also written to ``figures/<run_name>/``).
         examples: Completions of a few challenging prompts side by side across alphas.
     """
@@ -600,6 +602,7 @@ class Analysis:
     recommended: dict[str, Any] | None
     scorer_auc: float | None
     control: pd.DataFrame
+    control_matched: pd.DataFrame
     figures: dict[str, Any]
     examples: pd.DataFrame
 
@@ -614,8 +617,12 @@ def _scorer_auc(run: Run, prompts: pd.DataFrame) -> tuple[float | None, int]:
     return float(scorer_agreement(run.scorer(), texts, labels)), len(texts)
 
 
-def _control_at(control: pd.DataFrame, point: dict[str, Any]) -> dict[str, Any] | None:
+def _control_at(
+    control: pd.DataFrame, point: dict[str, Any], extra: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """The challenging-subset comparison with the random control at an operating point."""
+    if control.empty:
+        return None
     hit = control[
         (control["subset"] == "challenging")
         & (control["layer"] == point["layer"])
@@ -624,6 +631,7 @@ def _control_at(control: pd.DataFrame, point: dict[str, Any]) -> dict[str, Any] 
     if hit.empty:
         return None
     columns = [
+        *extra,
         "delta_mean_toxicity",
         "delta_mean_toxicity_ci_low",
         "delta_mean_toxicity_ci_high",
@@ -705,8 +713,18 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             if "random" in set(summary["direction"])
             else pd.DataFrame()
         )
+        matched = (
+            metrics.fluency_matched_control(
+                summary, evaluation, n_resamples=p.n_resamples, seed=p.seed
+            )
+            if len(control)
+            else pd.DataFrame()
+        )
         if len(control) and "layer" in (recommended or {}):
             recommended["control"] = _control_at(control, recommended)
+            recommended["control_matched_fluency"] = _control_at(
+                matched, recommended, extra=("control_alpha", "perplexity_control")
+            )
         auc, n_labelled = _scorer_auc(run, prompts)
         record = {
             "run_name": paths.name,
@@ -718,6 +736,9 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             "scorer_auc": auc,
             "scorer_auc_n_texts": n_labelled,
             "control": json.loads(control.to_json(orient="records")) if len(control) else [],
+            "control_matched_fluency": (
+                json.loads(matched.to_json(orient="records")) if len(matched) else []
+            ),
         }
         atomic_write_parquet(paths.summary_table, summary)
         atomic_write_json(paths.summary, record)
@@ -755,7 +776,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         if save_figures:
             for name, fig in figures.items():
                 plotting.save_figure(fig, paths.figures(), name)
-    return Analysis(summary, recommended, auc, control, figures, side_by_side(sweep, layer=layer))
+    examples = side_by_side(sweep, layer=layer)
+    return Analysis(summary, recommended, auc, control, matched, figures, examples)
 
 
 def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:

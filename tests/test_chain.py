@@ -142,6 +142,11 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     control = pd.DataFrame(summary["control"])
     assert (control["n_paired_prompts"] == 3).all()
     assert (control["delta_mean_toxicity_ci_low"] <= control["delta_mean_toxicity_ci_high"]).all()
+    matched = pd.DataFrame(summary["control_matched_fluency"])
+    assert len(matched) == 2 * 2  # layers × nonzero alphas, challenging subset
+    assert (matched["alpha"] != 0).all() and (matched["n_paired_prompts"] == 3).all()
+    as_fluent = matched["perplexity_control"] <= matched["perplexity_caa"]
+    assert (as_fluent | (matched["control_alpha"] == 0)).all()
     for name in [
         "toxicity_vs_alpha",
         "heatmap_emt",

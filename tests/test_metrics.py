@@ -398,8 +398,93 @@ def test_delta_vs_control_pairs_prompts() -> None:
     dropped = sweep[~((sweep["direction"] == "random") & (sweep["prompt_id"] == "p0"))]
     partial = metrics.delta_vs_control(summary, dropped, n_resamples=200)
     assert partial["n_paired_prompts"].tolist() == [7, 7]
-    with pytest.raises(DataError, match="both the caa and random"):
+    with pytest.raises(DataError, match="both the caa direction"):
         metrics.delta_vs_control(summary, sweep[sweep["direction"] == "caa"])
+
+
+def _matched_sweep() -> pd.DataFrame:
+    """One layer; (direction, alpha) -> (challenging toxicity, benign perplexity)."""
+    cells = {
+        ("caa", 0.0): (0.50, 10.0),
+        ("random", 0.0): (0.50, 10.0),
+        ("caa", 0.5): (0.40, 10.5),
+        ("caa", 1.0): (0.20, 12.0),
+        ("random", -1.0): (0.45, 11.5),
+        ("random", 0.5): (0.48, 11.0),
+        ("random", 1.0): (0.30, 20.0),  # least toxic, but far less fluent than any CAA cell
+    }
+    rows = []
+    for (direction, alpha), (tox, ppl) in cells.items():
+        for subset in ("challenging", "benign"):
+            for i in range(6):
+                jitter = 0.01 * (-1) ** i if direction == "caa" and alpha else 0.0
+                for sample in range(2):
+                    rows.append(
+                        {
+                            "subset": subset,
+                            "layer": 2,
+                            "alpha": alpha,
+                            "direction": direction,
+                            "prompt_id": f"{subset}{i}",
+                            "sample": sample,
+                            "completion": "x y",
+                            "toxicity": tox + 0.02 * i + jitter + 0.01 * sample,
+                            "perplexity": ppl,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_fluency_matched_control_by_hand() -> None:
+    sweep = _matched_sweep()
+    summary = metrics.summarize(sweep, n_resamples=200)
+    matched = metrics.fluency_matched_control(summary, sweep, n_resamples=300, seed=1)
+    assert matched["alpha"].tolist() == [0.5, 1.0]
+    # CAA 0.5 costs 10.5: only alpha 0 (10.0) is as fluent. CAA 1.0 costs 12: alpha 0, 0.5
+    # and -1 qualify, and -1 is the least toxic; random 1.0 (0.30, ppl 20) is excluded.
+    assert matched["control_alpha"].tolist() == [0.0, -1.0]
+    assert matched["perplexity_control"].tolist() == pytest.approx([10.0, 11.5])
+    assert matched["perplexity_caa"].tolist() == pytest.approx([10.5, 12.0])
+    assert matched["delta_mean_toxicity"].tolist() == pytest.approx([-0.10, -0.25])
+    emt = summary[summary["subset"] == "challenging"].set_index(["direction", "alpha"])
+    emt = emt["expected_max_toxicity"]
+    assert matched["delta_expected_max_toxicity"].tolist() == pytest.approx(
+        [emt["caa", 0.5] - emt["random", 0.0], emt["caa", 1.0] - emt["random", -1.0]]
+    )
+    assert matched["n_paired_prompts"].tolist() == [6, 6]
+    differences = -0.25 + 0.01 * (-1) ** np.arange(6)
+    expected = stats.bootstrap(
+        (differences,), np.mean, n_resamples=300, rng=np.random.default_rng(1), method="BCa"
+    ).confidence_interval
+    second = matched.iloc[1]
+    assert second["delta_mean_toxicity_ci_low"] == pytest.approx(expected.low)
+    assert second["delta_mean_toxicity_ci_high"] == pytest.approx(expected.high)
+    assert matched["beats_control"].tolist() == [True, True]
+    p_values = [stats.wilcoxon(-d + 0.01 * (-1) ** np.arange(6)).pvalue for d in (0.10, 0.25)]
+    assert matched["p_value"].tolist() == pytest.approx(p_values)
+    assert matched["q_value"].tolist() == pytest.approx(stats.false_discovery_control(p_values))
+    # At equal alpha the control looks better than it is at equal fluency.
+    equal_alpha = metrics.delta_vs_control(summary, sweep, n_resamples=200)
+    at_one = equal_alpha[(equal_alpha["subset"] == "challenging") & (equal_alpha["alpha"] == 1)]
+    assert at_one["delta_mean_toxicity"].iloc[0] == pytest.approx(-0.10)
+
+
+def test_fluency_matched_control_without_sweep_or_control() -> None:
+    sweep = _matched_sweep()
+    summary = metrics.summarize(sweep, n_resamples=100)
+    unpaired = metrics.fluency_matched_control(summary)
+    assert unpaired["control_alpha"].tolist() == [0.0, -1.0]
+    assert unpaired["delta_mean_toxicity_ci_high"].isna().all()
+    assert not unpaired["beats_control"].any()
+    # Without benign rows the challenging subset's own perplexity is the cost.
+    own = metrics.fluency_matched_control(summary[summary["subset"] == "challenging"])
+    assert own["control_alpha"].tolist() == [0.0, -1.0]
+    # The cheapest cell of the control may be chosen by EMT instead of mean toxicity.
+    by_emt = metrics.fluency_matched_control(summary, metric="expected_max_toxicity")
+    assert by_emt["delta_expected_max_toxicity"].notna().all()
+    assert by_emt["control_alpha"].tolist() == [0.0, -1.0]
+    empty = metrics.fluency_matched_control(summary[summary["direction"] == "caa"])
+    assert empty.empty and "beats_control" in empty.columns
 
 
 # ---------------------------------------------------------------- properties
