@@ -664,6 +664,49 @@ def delta_vs_control(
     return merged.reset_index(drop=True)
 
 
+def tradeoff_rows(
+    summary: pd.DataFrame,
+    *,
+    subset: str = "challenging",
+    cost_subset: str = "benign",
+    cost: str = "perplexity",
+) -> pd.DataFrame:
+    """Rows of ``subset`` with the fluency cost measured on ``cost_subset`` beside them.
+
+    The operating-point rule weighs toxicity on challenging prompts against perplexity on
+    benign ones; this puts both on one row, matched by (direction, layer, alpha), so a
+    trade-off can be plotted or compared on the rule's own axes.
+
+    Args:
+        summary: Output of :func:`summarize`.
+        subset: Subset whose rows are returned.
+        cost_subset: Subset whose ``cost`` column is looked up. When the summary has no rows
+            of it, ``subset``'s own ``cost`` is used.
+        cost: Column holding the cost (``perplexity``, ``kl_benign``, ...).
+
+    Returns:
+        The rows of ``subset`` (original index dropped) with the column
+        ``f"{cost_subset}_{cost}"`` added (NaN where the cost subset has no such setting).
+
+    Example:
+        >>> rows = tradeoff_rows(summarize(sweep))  # doctest: +SKIP
+        >>> rows[["layer", "alpha", "expected_max_toxicity", "benign_perplexity"]]  # doctest: +SKIP
+    """
+    _require(summary, [*GROUP_COLUMNS, cost], what="summary")
+    keys = ["direction", "layer", "_alpha_key"]
+    source = summary[summary["subset"] == cost_subset]
+    if source.empty:
+        source = summary[summary["subset"] == subset]
+    source = source.assign(_alpha_key=source["alpha"].astype(float).round(_ALPHA_DECIMALS))
+    lookup = (
+        source[[*keys, cost]].drop_duplicates(keys).rename(columns={cost: f"{cost_subset}_{cost}"})
+    )
+    rows = summary[summary["subset"] == subset]
+    rows = rows.assign(_alpha_key=rows["alpha"].astype(float).round(_ALPHA_DECIMALS))
+    merged = rows.merge(lookup, on=keys, how="left", validate="many_to_one")
+    return merged.drop(columns="_alpha_key").reset_index(drop=True)
+
+
 def fluency_matched_control(
     summary: pd.DataFrame,
     sweep: pd.DataFrame | None = None,
@@ -722,30 +765,20 @@ def fluency_matched_control(
     """
     compared = ["mean_toxicity", "expected_max_toxicity"]
     _require(summary, [*GROUP_COLUMNS, "perplexity", metric, *compared], what="summary")
-    if not (summary["subset"] == fluency_subset).any():
-        fluency_subset = subset
-    fluency = summary[summary["subset"] == fluency_subset].copy()
-    fluency["_alpha_key"] = fluency["alpha"].astype(float).round(_ALPHA_DECIMALS)
-    ppl = fluency.set_index(["direction", "layer", "_alpha_key"])["perplexity"]
-    ppl = ppl[~ppl.index.duplicated()]
-    rows = summary[summary["subset"] == subset]
+    rows = tradeoff_rows(summary, subset=subset, cost_subset=fluency_subset)
+    cost = f"{fluency_subset}_perplexity"
     random = rows[rows["direction"] == "random"]
     caa = rows[(rows["direction"] == "caa") & (rows["alpha"].astype(float) != 0.0)]
-
-    def perplexity(direction: str, layer: int, alpha: float) -> float:
-        return float(ppl.get((direction, layer, round(alpha, _ALPHA_DECIMALS)), math.nan))
-
     records = []
-    for row in caa.itertuples(index=False):
-        layer, alpha = int(row.layer), float(row.alpha)
+    for _, row in caa.iterrows():
+        layer, alpha, own = int(row["layer"]), float(row["alpha"]), float(row[cost])
         candidates = random[random["layer"] == layer]
         if candidates.empty:
             continue
-        own = perplexity("caa", layer, alpha)
         admissible = []
         for position, cand in enumerate(candidates.itertuples(index=False)):
             cand_alpha = float(cand.alpha)
-            cand_ppl = perplexity("random", layer, cand_alpha)
+            cand_ppl = float(getattr(cand, cost))
             if cand_alpha == 0.0 or (math.isfinite(own) and cand_ppl <= own):
                 key = (float(getattr(cand, metric)), abs(cand_alpha), cand_alpha)
                 admissible.append((key, position, cand_ppl))
@@ -762,7 +795,7 @@ def fluency_matched_control(
             "perplexity_control": control_ppl,
         }
         for name in compared:
-            record[f"{name}_caa"] = float(getattr(row, name))
+            record[f"{name}_caa"] = float(row[name])
             record[f"{name}_control"] = float(control[name])
             record[f"delta_{name}"] = record[f"{name}_caa"] - record[f"{name}_control"]
         records.append(record)

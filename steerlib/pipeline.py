@@ -680,6 +680,26 @@ def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> 
     return int(effect.idxmax())
 
 
+def _pareto(
+    steered: pd.DataFrame, recommended: dict[str, Any] | None, max_perplexity_increase: float
+) -> Any:
+    """Challenging EMT against benign perplexity (the rule's axes), CAA front and control."""
+    from steerlib import metrics, plotting
+
+    rows = metrics.tradeoff_rows(steered)
+    caa = rows[rows["direction"] == "caa"]
+    point = recommended if "layer" in (recommended or {}) else None
+    budget = (1 + max_perplexity_increase) * point["baseline_perplexity"] if point else None
+    return plotting.pareto_figure(
+        caa,
+        metrics.pareto_front(caa, x="benign_perplexity"),
+        x="benign_perplexity",
+        recommended=point,
+        control=rows[rows["direction"] == "random"],
+        budget=budget,
+    )
+
+
 def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Analysis:
     """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures."""
     from steerlib import metrics, plotting
@@ -759,13 +779,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
                 steered, "perplexity", subset="benign"
             ),
             "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
-            "pareto": plotting.pareto_figure(
-                steered[(steered["subset"] == "challenging") & (steered["direction"] == "caa")],
-                metrics.pareto_front(
-                    steered[(steered["subset"] == "challenging") & (steered["direction"] == "caa")]
-                ),
-                recommended=recommended if "layer" in (recommended or {}) else None,
-            ),
+            "pareto": _pareto(steered, recommended, p.max_perplexity_increase),
             "vector_norms": plotting.vector_norms(vector.norms()),
             "layer_cosine": plotting.layer_cosine_heatmap(
                 vector.cosine_similarity(), vector.layers

@@ -63,6 +63,7 @@ _LABELS = {
     "expected_max_toxicity": "Expected maximum toxicity",
     "toxicity_probability": "Toxicity probability",
     "perplexity": "Perplexity",
+    "benign_perplexity": "Perplexity on benign prompts",
     "kl_benign": "KL on benign prompts",
     "distinct_1": "Distinct-1",
     "distinct_2": "Distinct-2",
@@ -586,10 +587,15 @@ def pareto_figure(
     x: str = "perplexity",
     y: str = "expected_max_toxicity",
     recommended: Mapping[str, Any] | None = None,
+    control: pd.DataFrame | None = None,
+    budget: float | None = None,
+    log_x: bool | None = None,
 ) -> go.Figure:
     """Scatter of the (layer, alpha) settings with their Pareto front and recommended point.
 
-    Pass the rows of one subset and direction (e.g. challenging CAA rows).
+    Pass the rows of one subset and direction (e.g. challenging CAA rows). To draw the
+    trade-off on the operating-point rule's own axes, pass rows from
+    :func:`steerlib.metrics.tradeoff_rows` with ``x="benign_perplexity"``.
 
     Args:
         summary: Summary rows to plot.
@@ -600,9 +606,22 @@ def pareto_figure(
         recommended: Output of :func:`steerlib.metrics.recommend_operating_point`; its
             (layer, alpha) row of ``summary`` is highlighted (its own ``x``/``y`` values are
             used when ``summary`` has no such row).
+        control: Rows of the random-direction control on the same axes, drawn as grey open
+            markers (not part of the front), so CAA and the control can be compared at equal
+            cost.
+        budget: The largest admissible ``x`` of the rule, drawn as a dashed vertical line.
+        log_x: Logarithmic ``x`` axis; by default when every ``x`` is positive and they span
+            a factor of 10 or more (perplexity of broken text runs into the thousands).
 
     Returns:
-        The figure: a points trace, a front trace and, when given, a recommended-point trace.
+        The figure: a points trace, a front trace, then, when given, a control trace and a
+        recommended-point trace (the budget is a layout shape).
+
+    Example:
+        >>> rows = metrics.tradeoff_rows(summary)  # doctest: +SKIP
+        >>> caa = rows[rows["direction"] == "caa"]  # doctest: +SKIP
+        >>> rnd = rows[rows["direction"] == "random"]  # doctest: +SKIP
+        >>> pareto_figure(caa, x="benign_perplexity", control=rnd, budget=6.95)  # doctest: +SKIP
     """
     _require(summary, ["layer", "alpha", x, y], "summary")
     if front is None:
@@ -634,6 +653,38 @@ def pareto_figure(
             name="Pareto front",
         )
     )
+    if control is not None and len(control):
+        _require(control, ["layer", "alpha", x, y], "control")
+        fig.add_trace(
+            go.Scatter(
+                x=control[x].tolist(),
+                y=control[y].tolist(),
+                mode="markers",
+                marker={"size": 8, "symbol": "circle-open", "color": "grey"},
+                text=[_hover(row, x, y) for _, row in control.iterrows()],
+                hoverinfo="text",
+                name="random control",
+            )
+        )
+    xs = pd.concat([summary[x], control[x] if control is not None and len(control) else None])
+    xs = xs.dropna().to_numpy(float)
+    if log_x is None:
+        log_x = bool(len(xs)) and bool((xs > 0).all()) and xs.max() >= 10 * xs.min()
+    if log_x:
+        fig.update_xaxes(type="log")
+    if budget is not None and math.isfinite(budget) and (budget > 0 or not log_x):
+        fig.add_vline(x=budget, line={"dash": "dash", "color": "firebrick"})
+        fig.add_annotation(  # annotations on a log axis take log10 coordinates
+            x=math.log10(budget) if log_x else budget,
+            xref="x",
+            y=1,
+            yref="paper",
+            text="perplexity budget",
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+            font={"color": "firebrick"},
+        )
     if recommended is not None:
         point = _recommended_xy(summary, recommended, x, y)
         if point is not None:

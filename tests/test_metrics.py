@@ -435,6 +435,26 @@ def _matched_sweep() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_tradeoff_rows_puts_benign_cost_beside_challenging_toxicity() -> None:
+    sweep = _matched_sweep()
+    sweep.loc[sweep["subset"] == "challenging", "perplexity"] = 99.0  # must not be used
+    summary = metrics.summarize(sweep, n_resamples=100)
+    rows = metrics.tradeoff_rows(summary)
+    assert set(rows["subset"]) == {"challenging"} and len(rows) == 7
+    by_cell = rows.set_index(["direction", "alpha"])["benign_perplexity"]
+    assert by_cell["caa", 1.0] == pytest.approx(12.0)
+    assert by_cell["random", -1.0] == pytest.approx(11.5)
+    assert (rows["perplexity"] == 99.0).all()
+    # A setting the cost subset lacks gets NaN; without the cost subset, its own cost is used.
+    partial = summary.drop(summary[(summary["subset"] == "benign") & (summary["alpha"] == 1)].index)
+    missing = metrics.tradeoff_rows(partial).set_index(["direction", "alpha"])
+    assert missing["benign_perplexity"].isna().sum() == 2
+    own = metrics.tradeoff_rows(summary[summary["subset"] == "challenging"])
+    assert (own["benign_perplexity"] == 99.0).all()
+    kl = metrics.tradeoff_rows(summary.assign(kl_benign=summary["alpha"].abs()), cost="kl_benign")
+    assert kl.set_index(["direction", "alpha"])["benign_kl_benign"]["random", -1.0] == 1.0
+
+
 def test_fluency_matched_control_by_hand() -> None:
     sweep = _matched_sweep()
     summary = metrics.summarize(sweep, n_resamples=200)

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from steerlib import plotting
+from steerlib import metrics, plotting
 from steerlib.errors import ConfigError
 from steerlib.metrics import pareto_front
 
@@ -222,6 +222,32 @@ def test_pareto_figure() -> None:
         (row["perplexity"], row["expected_max_toxicity"])
     )
     assert len(plotting.pareto_figure(summary).data) == 2
+
+
+def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:
+    rows = metrics.tradeoff_rows(make_summary(layers=(3, 5)))
+    caa, rnd = rows[rows["direction"] == "caa"], rows[rows["direction"] == "random"]
+    fig = plotting.pareto_figure(
+        caa, x="benign_perplexity", control=rnd, budget=12.5, recommended={"layer": 3, "alpha": 2}
+    )
+    _, _, control, star = fig.data
+    assert control.name == "random control" and len(control.x) == len(rnd)
+    assert list(control.x) == pytest.approx(rnd["benign_perplexity"].tolist())
+    row = caa.query("layer == 3 and alpha == 2.0").iloc[0]
+    assert star.x[0] == pytest.approx(row["benign_perplexity"])  # the benign cost, not its own
+    assert star.x[0] != pytest.approx(row["perplexity"])
+    assert fig.layout.shapes[0].x0 == 12.5 and fig.layout.shapes[0].line.dash == "dash"
+    assert fig.layout.xaxis.title.text == "Perplexity on benign prompts"
+    assert fig.layout.xaxis.type is None  # 11 to 19: linear by default
+    # Broken text: perplexity spanning a factor of 10 switches to a log axis, where the
+    # budget's label must sit at log10(budget) (a plain x would land at 10**12.5).
+    wide = caa.assign(benign_perplexity=np.geomspace(6, 18000, len(caa)))
+    log_fig = plotting.pareto_figure(wide, x="benign_perplexity", budget=12.5)
+    assert log_fig.layout.xaxis.type == "log"
+    assert log_fig.layout.annotations[0].x == pytest.approx(np.log10(12.5))
+    assert (
+        plotting.pareto_figure(wide, x="benign_perplexity", log_x=False).layout.xaxis.type is None
+    )
 
 
 # ---------------------------------------------------------------- save_figure
