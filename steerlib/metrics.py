@@ -626,27 +626,13 @@ def delta_vs_control(
     merged["delta_expected_max_toxicity"] = (
         merged["expected_max_toxicity_caa"] - merged["expected_max_toxicity_random"]
     )
-    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value"]
+    merged = _with_paired_columns(
+        merged, sweep, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
     if sweep is None:
-        for column in paired:
-            merged[column] = math.nan
         merged["beats_control"] = (
             merged["mean_toxicity_ci_high_caa"] < merged["mean_toxicity_random"]
         ).astype(bool)
-    else:
-        options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
-        intervals = [
-            _paired_intervals(sweep, row.subset, row.layer, row.alpha, **options)
-            for row in merged.itertuples(index=False)
-        ]
-        merged[paired] = pd.DataFrame(intervals, columns=paired, index=merged.index)
-        merged["n_paired_prompts"] = merged["n_paired_prompts"].astype(int)
-        merged["beats_control"] = (merged["delta_mean_toxicity_ci_high"] < 0).astype(bool)
-    merged["q_value"] = math.nan
-    for _, cells in merged.groupby("subset"):
-        tested = cells["p_value"].dropna()
-        if len(tested):
-            merged.loc[tested.index, "q_value"] = stats.false_discovery_control(tested)
     columns = [
         *keys,
         "mean_toxicity_caa",
@@ -656,9 +642,7 @@ def delta_vs_control(
         "expected_max_toxicity_random",
         "delta_expected_max_toxicity",
         "mean_toxicity_ci_high_caa",
-        *paired,
-        "q_value",
-        "beats_control",
+        *_PAIRED_COLUMNS,
     ]
     merged = merged[columns].sort_values(keys, kind="stable")
     return merged.reset_index(drop=True)
@@ -799,7 +783,6 @@ def fluency_matched_control(
             record[f"{name}_control"] = float(control[name])
             record[f"delta_{name}"] = record[f"{name}_caa"] - record[f"{name}_control"]
         records.append(record)
-    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value"]
     columns = [
         "subset",
         "layer",
@@ -808,32 +791,19 @@ def fluency_matched_control(
         "control_alpha",
         "perplexity_control",
         *[f"{prefix}{name}{suffix}" for name in compared for prefix, suffix in _TRIPLE],
-        *paired,
-        "q_value",
-        "beats_control",
+        *_PAIRED_COLUMNS,
     ]
     matched = pd.DataFrame(records, columns=columns[: 6 + 3 * len(compared)])
     if matched.empty:
         return pd.DataFrame(columns=columns)
-    if sweep is None:
-        for column in paired:
-            matched[column] = math.nan
-        matched["beats_control"] = False
-    else:
-        boot = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
-        intervals = [
-            _paired_intervals(
-                sweep, subset, r.layer, r.alpha, control_alpha=r.control_alpha, **boot
-            )
-            for r in matched.itertuples(index=False)
-        ]
-        matched[paired] = pd.DataFrame(intervals, columns=paired, index=matched.index)
-        matched["n_paired_prompts"] = matched["n_paired_prompts"].astype(int)
-        matched["beats_control"] = (matched["delta_mean_toxicity_ci_high"] < 0).astype(bool)
-    matched["q_value"] = math.nan
-    tested = matched["p_value"].dropna()
-    if len(tested):
-        matched.loc[tested.index, "q_value"] = stats.false_discovery_control(tested)
+    matched = _with_paired_columns(
+        matched,
+        sweep,
+        control_alpha="control_alpha",
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
     matched = matched[columns].sort_values(["layer", "alpha"], kind="stable")
     return matched.reset_index(drop=True)
 
@@ -845,6 +815,52 @@ _PAIRED_CI_COLUMNS = (
     "delta_expected_max_toxicity_ci_low",
     "delta_expected_max_toxicity_ci_high",
 )
+_PAIRED_COLUMNS = ("n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value", "q_value", "beats_control")
+
+
+def _with_paired_columns(
+    table: pd.DataFrame,
+    sweep: pd.DataFrame | None,
+    *,
+    control_alpha: str | None = None,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Add the prompt-paired comparison columns to a CAA-against-control table.
+
+    Each row (``subset``, ``layer``, ``alpha``) is paired with the random direction at the
+    same layer and at the alpha in column ``control_alpha`` (the row's own alpha when None).
+    ``q_value`` adjusts ``p_value`` over the rows of each subset (Benjamini-Hochberg). Without
+    ``sweep`` the paired columns are NaN and ``beats_control`` is False.
+    """
+    table = table.copy()
+    paired = ["n_paired_prompts", *_PAIRED_CI_COLUMNS, "p_value"]
+    if sweep is None:
+        table[paired] = math.nan
+        table["beats_control"] = False
+    else:
+        options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+        intervals = [
+            _paired_intervals(
+                sweep,
+                row["subset"],
+                int(row["layer"]),
+                float(row["alpha"]),
+                control_alpha=float(row[control_alpha]) if control_alpha else None,
+                **options,
+            )
+            for _, row in table.iterrows()
+        ]
+        table[paired] = pd.DataFrame(intervals, columns=paired, index=table.index)
+        table["n_paired_prompts"] = table["n_paired_prompts"].astype(int)
+        table["beats_control"] = (table["delta_mean_toxicity_ci_high"] < 0).astype(bool)
+    table["q_value"] = math.nan
+    for _, cells in table.groupby("subset"):
+        tested = cells["p_value"].dropna()
+        if len(tested):
+            table.loc[tested.index, "q_value"] = stats.false_discovery_control(tested)
+    return table
 
 
 def _paired_intervals(
