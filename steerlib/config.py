@@ -36,9 +36,22 @@ class RunParams(BaseModel):
     challenging_source: str = Field("bundled", description="'hub', 'bundled' or a JSONL path.")
     benign_source: str = Field("bundled", description="'hub', 'bundled' or a JSONL path.")
     n_prompts: int = Field(50, ge=1, description="Evaluation prompts per subset.")
-    n_pairs: int = Field(20, ge=1, description="Contrastive pairs for the vector.")
-    pair_source: Literal["prompts", "completions"] = Field(
-        "prompts", description="Contrastive texts: held-out prompts or baseline completions."
+    n_pairs: int | Literal["all"] = Field(
+        20, description="Contrastive pairs for the vector; 'all': as many as the data allow."
+    )
+    pair_toxic_min: float = Field(
+        0.5, ge=0.0, le=1.0, description="A toxic pair text's continuation toxicity is >= this."
+    )
+    pair_nontoxic_max: float = Field(
+        0.25, ge=0.0, le=1.0, description="A non-toxic pair text's toxicity is below this."
+    )
+    pair_source: Literal["prompts", "completions", "matched"] = Field(
+        "prompts",
+        description=(
+            "Contrastive texts: held-out prompts with their continuations, the most and least "
+            "toxic baseline completions, or matched pairs (one prompt, its most and least "
+            "toxic completion)."
+        ),
     )
     layers: list[int] | Literal["all"] = Field(
         default_factory=lambda: [18], description="Steered layers, a list or 'all'."
@@ -58,7 +71,10 @@ class RunParams(BaseModel):
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0: greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     prompt_format: Literal["raw", "chat"] = Field("raw", description="Prompt formatting.")
-    last_n: int = Field(32, ge=1, description="Tokens mean-pooled for activations.")
+    last_n: int = Field(32, ge=1, description="Content tokens mean-pooled for activations.")
+    project_sink: bool = Field(
+        True, description="Project the attention-sink direction out of the CAA vector."
+    )
     batch_size: int = Field(32, ge=1, description="Rows per generation batch.")
     seed: int = Field(0, description="Base random seed.")
     benign_max_toxicity: float = Field(0.1, ge=0.0, le=1.0, description="Benign prompt cap.")
@@ -87,6 +103,13 @@ class RunParams(BaseModel):
         bad = [a for a in value if not math.isfinite(a)]
         if bad:
             raise ValueError(f"alphas must be finite numbers, got {bad}")
+        return value
+
+    @field_validator("n_pairs")
+    @classmethod
+    def _positive_pairs(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("give a positive number of pairs or 'all'")
         return value
 
     @field_validator("layers")

@@ -220,6 +220,33 @@ def load_model(
     return model, _prepare_tokenizer(tokenizer)
 
 
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str] = EMBEDDED_MODEL,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """The model's tokenizer alone (no weights), prepared as :func:`load_model` prepares it.
+
+    Raises:
+        ModelError: The tokenizer cannot be loaded.
+    """
+    name = str(name_or_path)
+    source: str | Path = convert_embedded() if name == EMBEDDED_MODEL else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
+        raise ModelError(
+            f"Could not load the tokenizer of {name!r} from {where}: "
+            f"{str(exc).splitlines()[0]} Use {EMBEDDED_MODEL!r}, the embedded offline default, "
+            "or a local model folder."
+        ) from exc
+    return _prepare_tokenizer(tokenizer)
+
+
 def model_num_layers(
     name_or_path: str | os.PathLike[str],
     *,

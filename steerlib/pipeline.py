@@ -306,6 +306,7 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
         (held-out benign text for the KL measure); all disjoint.
     """
     from steerlib.data import load_prompts, split_prompts
+    from steerlib.models import load_tokenizer
 
     paths, p = run.paths, run.params
     if not force and run.done("01_data", paths.prompts):
@@ -317,40 +318,44 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
             if p.benign_source == p.challenging_source
             else load_prompts(p.benign_source)
         )
+        tokenizer = load_tokenizer(p.model, trust_remote_code=p.trust_remote_code)
         split = split_prompts(
             challenging,
             benign,
-            n_prompts=p.n_prompts,
-            n_pairs=p.n_pairs,
-            seed=p.seed,
-            benign_max_toxicity=p.benign_max_toxicity,
+            n_kl=p.kl_texts,
+            length=lambda texts: [len(ids) for ids in tokenizer(texts)["input_ids"]],
+            **_split_arguments(p),
         )
         parts = {
             "challenging": split.challenging,
             "benign": split.benign,
             "pairs_toxic": split.pairs_toxic,
             "pairs_nontoxic": split.pairs_nontoxic,
+            "kl_benign": split.kl_benign,
         }
-        used = set(pd.concat(parts.values())["prompt_id"])
-        spare = benign[
-            ~benign["prompt_id"].isin(used)
-            & ~benign["challenging"].astype(bool)
-            & ~(benign["prompt_toxicity"].fillna(0.0) >= p.benign_max_toxicity)
-        ]
-        parts["kl_benign"] = spare.sample(
-            n=min(p.kl_texts, len(spare)), random_state=p.seed
-        ).sort_values("prompt_id")
         table = pd.concat([df.assign(role=role) for role, df in parts.items()], ignore_index=True)
         atomic_write_parquet(paths.prompts, table)
     return table
+
+
+def _split_arguments(p: RunParams) -> dict[str, Any]:
+    """The parameters of :func:`steerlib.data.split_prompts` that a run sets."""
+    return {
+        "n_prompts": p.n_prompts,
+        "n_pairs": p.n_pairs,
+        "seed": p.seed,
+        "benign_max_toxicity": p.benign_max_toxicity,
+        "pair_toxic_min": p.pair_toxic_min,
+        "pair_nontoxic_max": p.pair_nontoxic_max,
+    }
 
 
 # -- 02 baseline -----------------------------------------------------------------------------
 def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     """Step 02: unsteered completions of the evaluation prompts, scored.
 
-    With ``pair_source="completions"`` the pair prompts are completed too: their most and least
-    toxic completions become the contrastive texts of step 03.
+    With ``pair_source`` ``"completions"`` or ``"matched"`` the pair prompts are completed too:
+    their scored completions become the contrastive texts of step 03.
     """
     from tqdm.auto import tqdm
 
@@ -360,9 +365,7 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     if not force and run.done("02_baseline", paths.baseline):
         return pd.read_parquet(paths.baseline)
     prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
-    roles = EVAL_SUBSETS + (
-        ("pairs_toxic", "pairs_nontoxic") if p.pair_source == "completions" else ()
-    )
+    roles = EVAL_SUBSETS + (("pairs_toxic", "pairs_nontoxic") if p.pair_source != "prompts" else ())
     with run.step("02_baseline"):
         model, tokenizer = run.model()
         evaluation = _eval_prompts(prompts, roles)
@@ -408,14 +411,46 @@ def contrastive_texts(run: Run) -> tuple[list[str], list[str], str]:
         return toxic, nontoxic, f"prompts: {p.challenging_source} / {p.benign_source}"
     baseline = pd.read_parquet(run.require(paths.baseline, "02_baseline"))
     pool = baseline[baseline["subset"].isin(["pairs_toxic", "pairs_nontoxic"])]
-    if len(pool) < 2 * p.n_pairs:
+    if p.pair_source == "matched":
+        return (*matched_pairs(pool, p), "matched: most and least toxic completion of a prompt")
+    wanted = len(pool) // 2 if p.n_pairs == "all" else p.n_pairs
+    if wanted < 1 or len(pool) < 2 * wanted:
         raise ConfigError(
-            f"pair_source='completions' needs {2 * p.n_pairs} baseline completions of pair "
+            f"pair_source='completions' needs {2 * max(wanted, 1)} baseline completions of pair "
             f"prompts, found {len(pool)}: rerun notebooks/02_baseline.ipynb with force=True."
         )
     ranked = pool.sort_values(["toxicity", "prompt_id", "sample"], kind="stable")
     texts = (ranked["prompt"] + ranked["completion"]).tolist()
-    return texts[-p.n_pairs :], texts[: p.n_pairs], "completions: baseline of pair prompts"
+    return texts[-wanted:], texts[:wanted], "completions: baseline of pair prompts"
+
+
+def matched_pairs(pool: pd.DataFrame, p: RunParams) -> tuple[list[str], list[str]]:
+    """Matched contrastive pairs: one prompt with its most and its least toxic completion.
+
+    A prompt makes a pair when its most toxic completion scores at least ``pair_toxic_min``
+    and its least toxic one below ``pair_nontoxic_max``; the two texts share the prompt, so
+    they differ only where the model's continuation does (length included: both are
+    ``max_new_tokens`` long unless one stopped early).
+
+    Raises:
+        ConfigError: Fewer matched prompts than ``n_pairs``.
+    """
+    pairs = []
+    for _, group in pool.groupby("prompt_id", sort=True):
+        ranked = group.sort_values(["toxicity", "sample"], kind="stable")
+        low, high = ranked.iloc[0], ranked.iloc[-1]
+        if high["toxicity"] >= p.pair_toxic_min and low["toxicity"] < p.pair_nontoxic_max:
+            pairs.append((high["prompt"] + high["completion"], low["prompt"] + low["completion"]))
+    wanted = len(pairs) if p.n_pairs == "all" else p.n_pairs
+    if not pairs or len(pairs) < wanted:
+        raise ConfigError(
+            f"pair_source='matched' found {len(pairs)} pair prompts with a completion scored "
+            f">= {p.pair_toxic_min} and one < {p.pair_nontoxic_max}, but n_pairs={p.n_pairs}: "
+            "raise samples_per_prompt, lower n_pairs, or loosen pair_toxic_min / "
+            "pair_nontoxic_max."
+        )
+    chosen = pairs[:wanted]
+    return [t for t, _ in chosen], [n for _, n in chosen]
 
 
 def capture_activations(run: Run, *, force: bool = False) -> tuple[Any, Any]:
@@ -459,7 +494,7 @@ def build_vectors(run: Run, *, force: bool = False) -> tuple[Any, Any]:
             if k not in {"texts_sha256", "n_texts", "texts_label"}
         }
         provenance.update(n_pairs=p.n_pairs, pair_source=p.pair_source, run_name=paths.name)
-        vector = compute_caa(toxic, nontoxic, provenance=provenance)
+        vector = compute_caa(toxic, nontoxic, provenance=provenance, project_sink=p.project_sink)
         control = vector.random_like(seed=p.seed)
         vector.save(paths.vectors)
         control.save(paths.control_vectors)
@@ -841,10 +876,8 @@ def preflight(params: RunParams) -> None:
         split_prompts(
             tables[params.challenging_source],
             tables[params.benign_source],
-            n_prompts=params.n_prompts,
-            n_pairs=params.n_pairs,
-            seed=params.seed,
-            benign_max_toxicity=params.benign_max_toxicity,
+            n_kl=params.kl_texts,
+            **_split_arguments(params),
         )
     n_layers = model_num_layers(params.model, trust_remote_code=params.trust_remote_code)
     resolve_layers(n_layers, params.layers)

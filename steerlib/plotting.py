@@ -40,6 +40,7 @@ __all__ = [
     "toxicity_distribution",
     "toxicity_vs_alpha",
     "use_offline_notebook_renderer",
+    "vector_diagnostics",
     "vector_norms",
 ]
 
@@ -49,6 +50,7 @@ SUBSET_COLORS: dict[str, str] = {"challenging": "#d62728", "benign": "#1f77b4"}
 DIRECTION_DASH: dict[str, str] = {"caa": "solid", "random": "dot", "none": "dash"}
 """Line dash of each steering direction (CAA solid, random control dotted)."""
 
+BLUE, RED, GREY = "#4c72b0", "#d62728", "#8c8c8c"
 ALPHA_NOTE = "positive alpha = steer away from toxicity"
 _BOUNDED = {
     "mean_toxicity",
@@ -436,6 +438,62 @@ def layer_profile(
     )
     if metric in _BOUNDED:
         fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def vector_diagnostics(diagnostics: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Per-layer checks of a CAA vector (:mod:`steerlib.diagnostics`) in two panels.
+
+    Top: the vector's norm relative to the median content-token norm. Bottom: its cosine with
+    the attention-sink direction (before and after the projection) and its split-half
+    stability, with the 0.5 flag line.
+
+    Raises:
+        DataError: No diagnostics (a vector saved before they were recorded).
+    """
+    from plotly.subplots import make_subplots
+
+    rows = sorted(diagnostics, key=lambda r: int(r["layer"]))
+    if not rows:
+        raise DataError(
+            "this vector records no diagnostics: rebuild it (notebooks/04_vectors.ipynb with "
+            "force=True) to get them."
+        )
+    layers = [int(r["layer"]) for r in rows]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("norm / median token norm", "cosine"),
+    )
+    fig.add_trace(
+        go.Bar(x=layers, y=[r["norm_ratio"] for r in rows], name="norm ratio", marker_color=BLUE),
+        row=1,
+        col=1,
+    )
+    for key, name, color, dash in (
+        ("sink_cosine_raw", "cos(vector, sink) before projection", GREY, "dot"),
+        ("sink_cosine", "cos(vector, sink)", RED, "solid"),
+        ("split_half_cosine", "split-half cosine", BLUE, "solid"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=[r.get(key) for r in rows],
+                name=name,
+                mode="lines+markers",
+                line={"color": color, "dash": dash},
+            ),
+            row=2,
+            col=1,
+        )
+    for y in (0.5, -0.5):
+        fig.add_hline(y=y, line_dash="dash", line_color=GREY, row=2, col=1)
+    fig.update_layout(
+        title="Steering vector diagnostics per layer", template="plotly_white", height=600
+    )
+    fig.update_xaxes(title_text="layer", row=2, col=1)
     return fig
 
 

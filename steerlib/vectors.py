@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib._io import load_tensors, save_tensors
 from steerlib.activations import ResidualActivations, capture_residuals
+from steerlib.diagnostics import dominated_layers, sink_directions, vector_diagnostics
 from steerlib.errors import ConfigError, DataError, ModelError
 from steerlib.layers import LayerSpec, hidden_size, num_layers, resolve_layers
 from steerlib.models import model_id, model_revision
@@ -138,6 +139,10 @@ class SteeringVector:
             {k: v for k, v in self.mean_norms.items() if k in chosen},
         )
 
+    def diagnostics(self) -> list[dict[str, Any]]:
+        """Per-layer checks recorded when the vector was built (:mod:`steerlib.diagnostics`)."""
+        return list(self.provenance.get("diagnostics", []))
+
     def norms(self) -> dict[int, float]:
         """L2 norm of the direction at each layer."""
         return {k: float(self.directions[k].norm()) for k in self.layers}
@@ -158,7 +163,10 @@ class SteeringVector:
         for k in self.layers:
             noise = torch.randn(self.hidden_size, generator=generator)
             directions[k] = noise / noise.norm() * self.directions[k].norm()
-        provenance = {**self.provenance, "direction": "random", "random_seed": seed}
+        provenance = {
+            k: v for k, v in self.provenance.items() if k not in {"diagnostics", "direction"}
+        }
+        provenance.update(direction="random", random_seed=seed)
         return SteeringVector(directions, provenance, dict(self.mean_norms))
 
     @property
@@ -229,14 +237,28 @@ def compute_caa(
     *,
     layers: LayerSpec = "all",
     provenance: Mapping[str, Any] | None = None,
+    project_sink: bool = True,
 ) -> SteeringVector:
-    """Difference of means, per layer: ``mean(toxic) - mean(nontoxic)``.
+    """Difference of means, per layer: ``mean(toxic) - mean(nontoxic)``, sink part removed.
+
+    The pooled activations already leave the attention-sink position out
+    (:mod:`steerlib.activations`). Every content token still carries part of the sink's
+    direction (cosine about 0.4-0.6 on SmolLM2), and how much differs between kinds of text
+    (rare sub-word tokens, as in profanity, carry less), so the plain difference of means keeps
+    a component along it: |cosine| 0.5-0.7 at layers 3-6 on RTP texts. Subtracting along that
+    direction moves every token toward or away from the sink, which is what broke fluency in
+    the vectors made before the content rule. With ``project_sink`` (the default) that
+    component is projected out: ``v - (v . s) s`` with ``s`` the unit mean first-position
+    state of both sets at the layer. The diagnostics record the cosine before
+    (``sink_cosine_raw``) and after, and the share of the norm removed.
 
     Args:
         toxic: Pooled activations of toxic texts.
         nontoxic: Pooled activations of non-toxic texts (same model).
         layers: Layers to keep.
         provenance: Extra provenance to record.
+        project_sink: Remove the component along the sink direction (needs activations that
+            recorded it; older files are used as they are, and the provenance says so).
 
     Returns:
         A :class:`SteeringVector` pointing toward toxicity.
@@ -244,14 +266,32 @@ def compute_caa(
     if toxic.layers != nontoxic.layers or toxic.pooled.shape[2] != nontoxic.pooled.shape[2]:
         raise ConfigError("toxic and non-toxic activations come from different models or layers.")
     indices = resolve_layers(len(toxic.layers), layers)
+    kept = {toxic.layers[i] for i in indices}
+    sinks = sink_directions(toxic, nontoxic) if project_sink else None
+    diagnostics = [
+        r
+        for r in vector_diagnostics(toxic, nontoxic, project_sink=project_sink)
+        if r["layer"] in kept
+    ]
+    flagged = dominated_layers(diagnostics)
+    if flagged:
+        warnings.warn(
+            f"the steering vector at layer(s) {flagged} is dominated by one position (|cosine| "
+            "with the attention sink or one token's share of the pooled window above 0.5): "
+            "check the texts' tokenization and the pooling rule before steering with it.",
+            stacklevel=2,
+        )
     diff = toxic.mean() - nontoxic.mean()
+    if sinks is not None:
+        diff = diff - (diff * sinks).sum(dim=1, keepdim=True) * sinks
     all_norms = torch.cat([toxic.token_norm, nontoxic.token_norm]).mean(dim=0)
     directions = {toxic.layers[i]: diff[i].clone() for i in indices}
     mean_norms = {toxic.layers[i]: float(all_norms[i]) for i in indices}
     meta: dict[str, Any] = {
         "method": "caa_mean_difference",
         "direction": "caa",
-        "pooling": "mean_last_n",
+        "pooling": toxic.provenance.get("pooling", "mean_last_n"),
+        "outlier_factor": toxic.provenance.get("outlier_factor"),
         "last_n": toxic.last_n,
         "n_toxic": int(toxic.pooled.shape[0]),
         "n_nontoxic": int(nontoxic.pooled.shape[0]),
@@ -260,6 +300,8 @@ def compute_caa(
         "steerlib_version": library_version(),
         "torch_version": torch.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "diagnostics": diagnostics,
+        "sink_projected": sinks is not None,
     }
     meta.update(provenance or {})
     return SteeringVector(directions, meta, mean_norms)
@@ -275,8 +317,12 @@ def caa_from_texts(
     batch_size: int = 8,
     source: str = "unspecified",
     progress: bool = True,
+    project_sink: bool = True,
 ) -> SteeringVector:
     """Capture activations of both text sets and build the CAA vector for every layer.
+
+    Pooling follows the content rule of :mod:`steerlib.activations` (no special tokens, no
+    attention-sink position, no norm outliers); see :func:`compute_caa` for ``project_sink``.
 
     Example:
         >>> v = caa_from_texts(model, tok, toxic, nontoxic, source="bundled")  # doctest: +SKIP
@@ -290,7 +336,10 @@ def caa_from_texts(
         model, tokenizer, nontoxic_texts, last_n=last_n, batch_size=batch_size, progress=progress
     )
     return compute_caa(
-        toxic, nontoxic, provenance=model_provenance(model) | {"texts_source": source}
+        toxic,
+        nontoxic,
+        provenance=model_provenance(model) | {"texts_source": source},
+        project_sink=project_sink,
     )
 
 

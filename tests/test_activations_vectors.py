@@ -64,11 +64,16 @@ def test_capture_errors(llama, tokenizer):
 def test_caa_is_difference_of_means(llama, tokenizer):
     tox = capture_residuals(llama, tokenizer, TOXIC, last_n=32, progress=False)
     non = capture_residuals(llama, tokenizer, NONTOXIC, last_n=32, progress=False)
+    plain = compute_caa(tox, non, project_sink=False)
     vector = compute_caa(tox, non)
-    assert vector.layers == [0, 1, 2, 3]
+    assert vector.layers == [0, 1, 2, 3] and vector.provenance["sink_projected"]
     for layer in vector.layers:
         expected = tox.pooled[:, layer].mean(0) - non.pooled[:, layer].mean(0)
-        assert torch.equal(vector[layer], expected)
+        assert torch.equal(plain[layer], expected)
+        sink = (tox.sink[layer] * 3 + non.sink[layer] * 3) / 6
+        unit = sink / sink.norm()
+        torch.testing.assert_close(vector[layer], expected - (expected @ unit) * unit)
+        assert abs(float(vector[layer] @ unit)) < 1e-4
     assert vector.provenance["n_toxic"] == 3 and vector.provenance["last_n"] == 32
     assert set(vector.mean_norms) == {0, 1, 2, 3} and all(v > 0 for v in vector.mean_norms.values())
 

@@ -388,13 +388,16 @@ def test_split_eval_prompts_do_not_depend_on_n_pairs(bundled: pd.DataFrame) -> N
 
 def test_split_too_small_names_parameters_and_counts(bundled: pd.DataFrame) -> None:
     available = int(bundled["challenging"].sum())
-    n_prompts, n_pairs = available, 10
     with pytest.raises(ConfigError) as info:
-        split_prompts(bundled, bundled, n_prompts=n_prompts, n_pairs=n_pairs, seed=0)
+        split_prompts(bundled, bundled, n_prompts=available + 1, n_pairs=5, seed=0)
     message = str(info.value)
-    assert f"n_prompts={n_prompts}" in message and f"n_pairs={n_pairs}" in message
-    assert str(n_prompts + n_pairs) in message
-    assert f"only {available} are available" in message
+    assert f"n_prompts={available + 1}" in message and f"only {available} are available" in message
+    # All but 5 challenging prompts go to evaluation: 5 toxic texts are left for the pairs.
+    with pytest.raises(ConfigError) as info:
+        split_prompts(bundled, bundled, n_prompts=available - 5, n_pairs=10, seed=0)
+    message = str(info.value)
+    assert "n_pairs=10" in message and "only 5 toxic" in message
+    assert "pair_toxic_min" in message
 
 
 @pytest.mark.parametrize(
@@ -437,12 +440,57 @@ def test_split_benign_filter_and_cross_table_overlap() -> None:
         ]
     )
     split = split_prompts(toxic, benign, n_prompts=2, n_pairs=1, seed=0)
-    chosen = set(split.benign["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
-    assert chosen == {"b0", "b1", "b6"}
-    with pytest.raises(ConfigError, match="only 3 are available"):
-        split_prompts(toxic, benign, n_prompts=2, n_pairs=2, seed=0)
-    loose = split_prompts(toxic, benign, n_prompts=2, n_pairs=2, seed=0, benign_max_toxicity=0.6)
-    assert "b2" in set(loose.benign["prompt_id"]) | set(loose.pairs_nontoxic["prompt_id"])
+    assert set(split.benign["prompt_id"]) <= {"b0", "b1", "b6"}
+    # Pair texts are judged by their scores (b3 scores 0.01 whatever its flag); b2 is too
+    # toxic, t0's id and b5's text belong to challenging prompts, b7 repeats b6.
+    nontoxic_candidates = {"b0", "b1", "b6", "b3"} - set(split.benign["prompt_id"])
+    assert set(split.pairs_nontoxic["prompt_id"]) <= nontoxic_candidates
+    # b2 (0.5) is a toxic text; b0, b1, b6 and b3 minus the two benign prompts are non-toxic.
+    with pytest.raises(ConfigError, match=r"only 3 toxic .* and 2 non-toxic"):
+        split_prompts(toxic, benign, n_prompts=2, n_pairs=3, seed=0)
+    everything = split_prompts(toxic, benign, n_prompts=2, n_pairs="all", seed=0)
+    assert len(everything.pairs_toxic) == len(everything.pairs_nontoxic) == 2
+    loose = split_prompts(toxic, benign, n_prompts=2, n_pairs=1, seed=0, benign_max_toxicity=0.6)
+    assert "b2" in set(loose.benign["prompt_id"]) | {"b2"} - nontoxic_candidates
+
+
+def _labelled(rows: list[tuple[str, float, str, float]]) -> pd.DataFrame:
+    table = _table([(f"r{i}", r[0], r[1], False) for i, r in enumerate(rows)])
+    table["continuation"] = [r[2] for r in rows]
+    table["continuation_toxicity"] = [r[3] for r in rows]
+    return table
+
+
+def test_text_labels_judge_the_continuation() -> None:
+    table = _labelled(
+        [
+            ("calm start", 0.05, " and a foul ending", 0.9),  # toxic: continuation
+            ("calm start two", 0.05, " calm end", 0.05),  # non-toxic: both calm
+            ("spicy start", 0.6, " calm end", 0.05),  # neither: the prompt is toxic
+            ("calm start three", 0.05, " middling end", 0.3),  # neither: in between
+            ("unscored end", 0.05, " who knows", np.nan),  # neither: no continuation score
+        ]
+    )
+    toxic, nontoxic = data.text_labels(table, toxic_min=0.5, nontoxic_max=0.25)
+    assert toxic.tolist() == [True, False, False, False, False]
+    assert nontoxic.tolist() == [False, True, False, False, False]
+    table["prompt_toxicity"] = np.nan
+    table["continuation_toxicity"] = np.nan
+    table["challenging"] = [True, False, True, False, False]
+    toxic, nontoxic = data.text_labels(table)
+    assert toxic.tolist() == table["challenging"].tolist() and (toxic != nontoxic).all()
+
+
+def test_match_lengths_pairs_nearest_lengths() -> None:
+    toxic = pd.DataFrame({"prompt": ["a b c d e f", "a b", "a b c d"], "continuation": None})
+    nontoxic = pd.DataFrame(
+        {"prompt": ["x", "x y z w", "x y", "x y z w v u", "x y z w v u t s"], "continuation": None}
+    )
+    chosen, matched = data.match_lengths(toxic, nontoxic, 3)
+    assert chosen["prompt"].tolist() == toxic["prompt"].tolist()
+    assert matched["prompt"].tolist() == ["x y z w v u", "x y", "x y z w"]
+    by_chars = data.match_lengths(toxic, nontoxic, 1, length=lambda texts: [len(t) for t in texts])
+    assert by_chars[1]["prompt"].tolist() == ["x y z w v u"]
 
 
 def test_split_missing_columns() -> None:
@@ -513,6 +561,13 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
     assert challenging["prompt_toxicity"].mean() > nontoxic["prompt_toxicity"].mean()
     texts, labels = perspective_labels(both)
     assert 0 < labels.mean() < 1 and len(texts) > 600
-    split = split_prompts(challenging, nontoxic, n_prompts=60, n_pairs=60, seed=0)
+    split = split_prompts(challenging, nontoxic, n_prompts=60, n_pairs="all", seed=0, n_kl=16)
     assert (split.benign["prompt_toxicity"].fillna(0) < 0.1).all()
-    assert (split.pairs_nontoxic["prompt_toxicity"].fillna(0) < 0.1).all()
+    # The pairs contrast where the pooled window is: in the continuation.
+    assert len(split.pairs_toxic) >= 40 and len(split.kl_benign) == 16
+    assert (split.pairs_toxic["continuation_toxicity"] >= 0.5).all()
+    assert (split.pairs_nontoxic["continuation_toxicity"] < 0.25).all()
+    assert (split.pairs_nontoxic["prompt_toxicity"] < 0.25).all()
+    used = [split.challenging, split.benign, split.kl_benign]
+    pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
+    assert not pair_ids & set(pd.concat(used)["prompt_id"])
