@@ -60,6 +60,13 @@ class RunParams(BaseModel):
         default_factory=lambda: [-1.0, 0.0, 0.5, 1.5], description="Steering coefficients."
     )
     units: Literal["raw", "norm"] = Field("raw", description="Alpha units.")
+    alpha_search: bool = Field(
+        True,
+        description=(
+            "Per layer, also sweep the largest alpha whose benign human-text perplexity stays "
+            "within max_perplexity_increase (bracketing search)."
+        ),
+    )
     positions: Literal["all", "generated"] = Field("all", description="Steered positions.")
     random_control: bool = Field(True, description="Also sweep a random same-norm direction.")
     samples_per_prompt: int = Field(

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from steerlib.vectors import SteeringVector
 
 __all__ = ["KL_COLUMNS", "benign_kl", "continuation_perplexity"]
 
-KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "n_tokens"]
+KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "human_perplexity", "n_tokens"]
 
 
 def _device(model: PreTrainedModel) -> torch.device:
@@ -151,8 +152,12 @@ def benign_kl(
     max_length: int = 256,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Mean per-token ``KL(P_unsteered || P_steered)`` over benign text.
+    """Mean per-token KL(unsteered || steered) and the steered perplexity on benign text.
 
+    ``human_perplexity`` is the perplexity the steered model assigns to the same fixed,
+    human-written benign texts for every setting (the fluency cost judged on text the model
+    did not write, as AurA reports it on Wikipedia): ``exp`` of the mean negative
+    log-likelihood of each next token. At alpha 0 it is the unsteered model's perplexity.
     All alphas of one (direction, layer) run in one batch per group of texts (per-row alphas).
 
     Args:
@@ -176,7 +181,8 @@ def benign_kl(
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sums = {(d, layer, a): 0.0 for d in vectors for layer in layers for a in alphas}
-    total_tokens = 0
+    nll = dict.fromkeys(sums, 0.0)
+    total_tokens = predicted = 0
     jobs = [(d, layer) for d in vectors for layer in layers]
     starts = list(range(0, len(encoded), batch_size))
     bar = tqdm(total=len(starts) * (len(jobs) + 1), desc="benign KL", disable=not progress)
@@ -187,6 +193,10 @@ def benign_kl(
         bar.update()
         real = mask.bool()
         total_tokens += int(real.sum())
+        # Position t predicts token t + 1; both must be real tokens.
+        scored = real[:, :-1] & real[:, 1:]
+        predicted += int(scored.sum())
+        targets = ids[:, 1:].unsqueeze(-1)
         n_alpha = len(alphas)
         rep_ids, rep_mask = ids.repeat(n_alpha, 1), mask.repeat(n_alpha, 1)
         row_alphas = torch.tensor(alphas, dtype=torch.float32).repeat_interleave(ids.shape[0])
@@ -195,8 +205,10 @@ def benign_kl(
                 logits = model(input_ids=rep_ids, attention_mask=rep_mask).logits.float()
             steered = torch.log_softmax(logits, -1).view(n_alpha, *base.shape)
             kl = (base.exp() * (base - steered)).sum(-1)  # (alpha, batch, seq)
+            token_logp = steered[:, :, :-1].gather(-1, targets.expand(n_alpha, -1, -1, -1))
             for k, alpha in enumerate(alphas):
                 sums[(direction, layer, alpha)] += float(kl[k][real].sum())
+                nll[(direction, layer, alpha)] -= float(token_logp[k].squeeze(-1)[scored].sum())
             bar.update()
     bar.close()
     rows = [
@@ -205,6 +217,7 @@ def benign_kl(
             "layer": int(layer),
             "alpha": float(a),
             "kl_benign": s / total_tokens,
+            "human_perplexity": math.exp(nll[(d, layer, a)] / max(predicted, 1)),
             "n_tokens": total_tokens,
         }
         for (d, layer, a), s in sums.items()

@@ -567,11 +567,19 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
                 done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
                 on_unit=on_unit,
             )
+        kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
+        searched = (
+            _searched_alphas(run, model, tokenizer, prompts, vectors, layers, kl_texts)
+            if p.alpha_search and steered_alphas
+            else pd.DataFrame()
+        )
         # Units of layers or directions the run no longer asks for stay on disk, unused.
         parts = [
             table[table["layer"].isin(layers) & table["direction"].isin(vectors)]
             for _, table in sorted(saved.items())
         ]
+        if len(searched):
+            parts.append(searched)
         if 0 in p.alphas:
             unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
             parts += [
@@ -584,19 +592,104 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
             ["subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
         ).reset_index(drop=True)
         atomic_write_parquet(paths.sweep, table)
-        kl_texts = prompts[prompts["role"] == "kl_benign"]
         kl = benign_kl(
-            model,
-            tokenizer,
-            pair_texts(kl_texts) if len(kl_texts) else [],
-            vectors,
-            layers=layers,
-            alphas=p.alphas,
-            units=p.units,
-            progress=True,
+            model, tokenizer, kl_texts, vectors, layers=layers, alphas=p.alphas, units=p.units
         )
+        extra = searched.groupby("layer")["alpha"].first() if len(searched) else {}
+        for layer, alpha in dict(extra).items():
+            kl = pd.concat(
+                [
+                    kl,
+                    benign_kl(
+                        model,
+                        tokenizer,
+                        kl_texts,
+                        vectors,
+                        layers=[layer],
+                        alphas=[alpha],
+                        units=p.units,
+                    ),
+                ],
+                ignore_index=True,
+            )
         atomic_write_parquet(paths.kl, kl)
     return table
+
+
+def _searched_alphas(
+    run: Run,
+    model: Any,
+    tokenizer: Any,
+    prompts: pd.DataFrame,
+    vectors: dict[str, Any],
+    layers: list[int],
+    kl_texts: list[str],
+) -> pd.DataFrame:
+    """Search each layer's budget edge, then generate every direction at that alpha.
+
+    The edge is found on the CAA vector with the steered model's perplexity on the held-out
+    benign texts (:func:`steerlib.search.search_alpha`); the random control is generated at
+    the same alpha, so every searched CAA setting has its equal-alpha control. Units go to
+    ``sweep_parts/search/`` under keys that name the alpha (a changed budget makes new keys;
+    finished ones are kept and resumed), and the trace to ``alpha_search.parquet``.
+
+    Returns:
+        The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
+        coincides with a grid alpha).
+    """
+    from steerlib.engine import run_sweep as engine_sweep
+    from steerlib.search import search_alpha
+
+    paths, p = run.paths, run.params
+    traces, tables = [], []
+    paths.search_parts.mkdir(parents=True, exist_ok=True)
+    for layer in layers:
+        found = search_alpha(
+            model,
+            tokenizer,
+            kl_texts,
+            vectors["caa"],
+            layer,
+            max_increase=p.max_perplexity_increase,
+            start=max(p.alphas),
+            units=p.units,
+        )
+        traces.append(found.trace.assign(layer=layer, chosen=found.alpha, budget=found.budget))
+        alpha = round(found.alpha, 4)
+        if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in p.alphas):
+            continue
+        prefix = f"search-a{alpha:g}-"
+        saved = {
+            path.stem: pd.read_parquet(path)
+            for path in sorted(paths.search_parts.glob(f"{prefix}*-L{layer}-*.parquet"))
+        }
+
+        def on_unit(unit: Any, table: pd.DataFrame, saved: dict = saved) -> None:
+            saved[unit.key] = _score(run, table)
+            atomic_write_parquet(paths.search_parts / f"{unit.key}.parquet", saved[unit.key])
+
+        engine_sweep(
+            model,
+            tokenizer,
+            _eval_prompts(prompts),
+            vectors,
+            layers=[layer],
+            alphas=[alpha],
+            samples_per_prompt=p.samples_per_prompt,
+            max_new_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            prompt_format=p.prompt_format,
+            positions=p.positions,
+            units=p.units,
+            seed=p.seed,
+            done=set(saved),
+            on_unit=on_unit,
+            key_prefix=prefix,
+        )
+        tables += list(saved.values())
+    atomic_write_parquet(paths.alpha_search, pd.concat(traces, ignore_index=True))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:

@@ -93,6 +93,14 @@ class RunPaths:
         lambda self: self.root / "vectors_random.safetensors", doc="Step 04: random control."
     )
     sweep_parts = property(lambda self: self.root / "sweep_parts", doc="Step 05: batches.")
+    search_parts = property(
+        lambda self: self.root / "sweep_parts" / "search",
+        doc="Step 05: batches at the searched alphas (one per layer).",
+    )
+    alpha_search = property(
+        lambda self: self.root / "alpha_search.parquet",
+        doc="Step 05: the alpha search's trace, one row per (layer, alpha) measured.",
+    )
     sweep = property(lambda self: self.root / "sweep.parquet", doc="Step 05: all completions.")
     kl = property(lambda self: self.root / "kl_benign.parquet", doc="Step 05: benign KL.")
     summary = property(lambda self: self.root / "summary.json", doc="Step 06: summary.")

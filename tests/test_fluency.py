@@ -97,3 +97,20 @@ def test_benign_kl_matches_manual_computation(llama, tokenizer):
             q = torch.log_softmax(llama(**enc).logits, -1)
     manual = float((p.exp() * (p - q)).sum(-1).mean())
     assert kl["kl_benign"].iloc[0] == pytest.approx(manual, rel=1e-5)
+
+
+def test_benign_kl_reports_the_steered_perplexity_of_the_human_text(llama, tokenizer):
+    vec = SteeringVector({2: torch.ones(32)})
+    texts = ["the dog and the cat walk", "hello world today"]
+    kl = benign_kl(llama, tokenizer, texts, {"caa": vec}, layers=[2], alphas=[0.0, 0.7])
+    nll, count = {0.0: 0.0, 0.7: 0.0}, 0
+    for text in texts:
+        ids = tokenizer([text], return_tensors="pt")["input_ids"]
+        count += ids.shape[1] - 1
+        for alpha in nll:
+            with torch.inference_mode(), steering(llama, vec, alpha, 2):
+                logp = torch.log_softmax(llama(input_ids=ids).logits, -1)
+            nll[alpha] -= float(logp[0, :-1].gather(-1, ids[0, 1:, None]).sum())
+    for alpha, total in nll.items():
+        got = kl.loc[kl.alpha == alpha, "human_perplexity"].iloc[0]
+        assert got == pytest.approx(math.exp(total / count), rel=1e-4)
