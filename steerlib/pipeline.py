@@ -66,11 +66,10 @@ STEPS = ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep", "
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = tuple(NOTEBOOKS_DIR / f"{step}.ipynb" for step in STEPS)
 EVAL_SUBSETS = ("challenging", "benign")
-_SWEEP_EXTENDS = frozenset({"layers", "random_control"})
-"""Parameters whose change keeps the sweep's finished units: the sweep resumes and extends."""
-_ANALYSIS_ONLY = frozenset(
-    {"toxicity_threshold", "max_perplexity_increase", "n_resamples", "compare_with"}
-)
+_SWEEP_EXTENDS = frozenset({"layers", "random_control", "alpha_search", "max_perplexity_increase"})
+"""Parameters whose change keeps the sweep's finished units: the sweep resumes and extends
+(new layers or directions; the searched alphas of a new budget)."""
+_ANALYSIS_ONLY = frozenset({"toxicity_threshold", "n_resamples", "compare_with"})
 """Parameters that only step 06 reads."""
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
@@ -690,6 +689,15 @@ def _searched_alphas(
         tables += list(saved.values())
     atomic_write_parquet(paths.alpha_search, pd.concat(traces, ignore_index=True))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def alpha_search_table(run: Run) -> pd.DataFrame:
+    """The alpha search of step 05 per layer: alphas measured, perplexity, budget, edge."""
+    path = run.paths.alpha_search
+    if not path.is_file():
+        return pd.DataFrame(columns=["layer", "alpha", "human_perplexity", "budget", "chosen"])
+    table = pd.read_parquet(path)
+    return table[["layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
 
 
 def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:

@@ -99,13 +99,27 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     params = json.loads((reference / "params.json").read_text())
     assert params["params"]["n_prompts"] == 3 and params["versions"]["transformers"]
 
+    vectors = json.loads((reference / "vectors.json").read_text())
+    assert vectors["sink_projected"] and len(vectors["diagnostics"]) == 30
+    assert all(abs(r["sink_cosine"]) < 1e-3 for r in vectors["diagnostics"])
+    assert {"split_half_cosine", "norm_ratio", "toxic_tokens"} <= set(vectors["diagnostics"][0])
+
     sweep = pd.read_parquet(reference / "sweep.parquet")
     assert set(sweep["subset"]) == {"challenging", "benign"}
-    assert set(sweep["alpha"]) == {-1.0, 0.0, 1.5}
     assert set(sweep["layer"]) == {12, 18} and set(sweep["direction"]) == {"caa", "random"}
+    grid = sweep[sweep["alpha"].isin([-1.0, 0.0, 1.5])]
     assert (
-        len(sweep) == 2 * 3 * 2 * 3 * 2 * 2
+        len(grid) == 2 * 3 * 2 * 3 * 2 * 2
     )  # subsets × prompts × samples × alphas × layers × dirs
+    # The alpha search adds, per layer, its budget edge (both directions), unless that is 0.
+    search = pd.read_parquet(reference / "alpha_search.parquet")
+    chosen = search.groupby("layer")["chosen"].first().round(4)
+    searched = sweep[~sweep["alpha"].isin([-1.0, 0.0, 1.5])]
+    expected_alphas = {(layer, a) for layer, a in chosen.items() if a > 0}
+    assert set(zip(searched["layer"], searched["alpha"], strict=True)) == expected_alphas
+    assert len(searched) == 2 * 3 * 2 * 2 * len(expected_alphas)
+    at_edge = search[search["alpha"] <= search["chosen"] + 1e-9]
+    assert (at_edge["human_perplexity"] <= at_edge["budget"] + 1e-9).all()
     assert not sweep.duplicated(KEY).any()
     assert sweep["toxicity"].between(0, 1).all() and (sweep["perplexity"].dropna() > 1).all()
     # Alpha 0 is not generated again: every (direction, layer) carries the baseline's rows.
@@ -122,7 +136,8 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert summary["model"] == "smollm2-135m-instruct" and summary["scorer"] == "profanity-check"
     rows = pd.DataFrame(summary["rows"])
     steered = rows[rows["direction"] != "none"]
-    assert len(steered) == 2 * 3 * 2 * 2  # subsets × alphas × layers × directions
+    grid_rows = steered[steered["alpha"].isin([-1.0, 0.0, 1.5])]
+    assert len(grid_rows) == 2 * 3 * 2 * 2  # subsets × alphas × layers × directions
     assert (steered["n_prompts"] == 3).all() and (steered["samples_per_prompt"] == 2).all()
     for column in [
         "mean_toxicity",
@@ -132,6 +147,7 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
         "perplexity",
         "distinct_2",
         "kl_benign",
+        "human_perplexity",
     ]:
         assert column in rows.columns, column
     assert {"layer", "alpha", "rule"} <= set(summary["recommended"])
@@ -143,7 +159,7 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert (control["n_paired_prompts"] == 3).all()
     assert (control["delta_mean_toxicity_ci_low"] <= control["delta_mean_toxicity_ci_high"]).all()
     matched = pd.DataFrame(summary["control_matched_fluency"])
-    assert len(matched) == 2 * 2  # layers × nonzero alphas, challenging subset
+    assert len(matched) == 2 * 2 + len(expected_alphas)  # layers × nonzero alphas, challenging
     assert (matched["alpha"] != 0).all() and (matched["n_paired_prompts"] == 3).all()
     as_fluent = matched["perplexity_control"] <= matched["perplexity_caa"]
     assert (as_fluent | (matched["control_alpha"] == 0)).all()
@@ -236,7 +252,7 @@ def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_en
     assert set(sweep["layer"]) == {6, 12, 18} and not sweep.duplicated(KEY).any()
     old = sweep[sweep["layer"].isin([12, 18])].sort_values(KEY).reset_index(drop=True)
     pd.testing.assert_frame_equal(old, expected.sort_values(KEY).reset_index(drop=True))
-    assert len(sweep) == len(expected) * 3 // 2
+    assert len(sweep[sweep["layer"] == 6]) >= len(expected[expected["layer"] == 18]) * 2 // 3
     rows = pd.DataFrame(json.loads((grown / "summary.json").read_text())["rows"])
     assert 6 in set(rows["layer"])
 
