@@ -98,6 +98,26 @@ def test_notebook_parameters_match_run_params(path):
         assert value == expected, name
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_finds_every_name_of_the_parameters_cell(path):
+    """A line papermill cannot parse is silently not injected: the notebook default wins."""
+    import ast
+
+    import nbformat
+
+    cell = next(
+        c
+        for c in nbformat.read(path, as_version=4).cells
+        if "parameters" in c.metadata.get("tags", [])
+    )
+    assigned = {
+        node.target.id if isinstance(node, ast.AnnAssign) else node.targets[0].id
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.AnnAssign | ast.Assign)
+    }
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+
+
 def test_run_paths_and_status(tmp_path):
     paths = RunPaths.for_run("r1", tmp_path)
     assert paths.root == tmp_path / "r1" and paths.sweep.name == "sweep.parquet"
