@@ -530,6 +530,12 @@ def recommend_operating_point(
     best = winners.sort_values(["expected_max_toxicity", "_abs", "_cost"], kind="stable").iloc[0]
     layer, alpha = int(best["layer"]), float(best["alpha"])
     figures = _figures(table, report_on, subset, direction, layer, alpha)
+    if _row_at(table, report_on, subset, direction, layer, alpha) is None:
+        common["split_note"] = (
+            f"The {report_on} half has no {subset} rows of {direction} at layer {layer}, alpha "
+            f"{_fmt(alpha)}, so its figures are missing: generate that setting (and the random "
+            f"control's) on the {report_on} prompts to confirm it."
+        )
     baseline = _figures(table, report_on, subset, direction, layer, 0.0)
     from_report = [name for name in _FIGURES if not (measure in _HELD_OUT and name == "fluency")]
     from_report += [f"baseline_{name}" for name in _BASELINE if name not in _HELD_OUT]

@@ -169,6 +169,13 @@ def test_operating_point_is_chosen_on_selection_and_reported_on_confirmation() -
     assert point["relative_change"]["expected_max_toxicity"] == pytest.approx(
         emt("confirmation", 1.0) / emt("confirmation", 0.0) - 1
     )
+    # A setting chosen without confirmation rows (say, found by a search on the selection
+    # half alone) is named, with its figures missing and a note saying what to generate.
+    unconfirmed = sweep[~((sweep["alpha"] == 1.0) & (sweep["split"] == "confirmation"))]
+    alone = op.recommend_operating_point(metrics.summarize(unconfirmed, n_resamples=100))
+    assert alone["alpha"] == 1.0 and np.isnan(alone["expected_max_toxicity"])
+    assert "generate that setting" in alone["split_note"]
+    assert point["split_note"] is None
     # Choosing on all prompts would have taken alpha 2, thanks to the confirmation half.
     whole = op.recommend_operating_point(metrics.summarize(sweep.drop(columns="split")))
     assert (whole["layer"], whole["alpha"]) == (3, 2.0) and whole["figures_from"] == "all"
