@@ -203,106 +203,36 @@ def admissibility(
         out["split"] = "all"
     out["_alpha"] = out["alpha"].astype(float).round(_ALPHA_DECIMALS)
     measure, _ = resolve_fluency_measure(out, fluency_measure)
-    zero = out[out["_alpha"] == 0]
-
-    # Fluency: one value per setting and half.
-    if measure == "human_perplexity":
-        source, cost_keys = out, ["direction", "layer", "_alpha"]
-        values = _lookup(source[source[measure].notna()], cost_keys, measure)
-        own_zero = _lookup(zero[zero[measure].notna()], ["direction", "layer"], measure)
-        any_zero = zero[measure].dropna()
-        fallback = {(): float(any_zero.iloc[0])} if len(any_zero) else {}
-        fluency = [values.get((d, la, a), math.nan) for d, la, a in out[cost_keys].to_numpy()]
-        base = [
-            own_zero.get((d, la), fallback.get((), math.nan))
-            for d, la in out[["direction", "layer"]].to_numpy()
-        ]
-    else:
-        benign = out[out["subset"] == "benign"]
-        cost_keys = ["split", "direction", "layer", "_alpha"]
-        keyed = [tuple(k) for k in out[cost_keys].to_numpy()]
-        if benign.empty:  # no benign rows: each subset pays its own perplexity
-            cost_keys = ["split", "subset", "direction", "layer", "_alpha"]
-            benign = out
-            keyed = [tuple(k) for k in out[cost_keys].to_numpy()]
-        values = _lookup(benign, cost_keys, measure)
-        bzero = benign[benign["_alpha"] == 0]
-        own_zero = _lookup(bzero, cost_keys[:-1], measure)
-        none_keys = cost_keys[:-3]
-        unsteered = _lookup(bzero[_unsteered(bzero)], none_keys, measure)
-        fluency = [values.get(key, math.nan) for key in keyed]
-        base = [
-            own_zero.get(key[:-1], unsteered.get(key[: len(none_keys)], math.nan)) for key in keyed
-        ]
+    value, base = _fluency(out, measure)
     out["fluency_measure"] = measure
-    out["fluency"] = np.asarray(fluency, dtype=float)
-    out["fluency_limit"] = (1.0 + max_perplexity_increase) * np.asarray(base, dtype=float)
-
-    # Diversity and the scorer's floor: per row, against alpha 0 of the same subset and half.
-    row_keys = ["split", "subset", "direction", "layer"]
-    checks: dict[str, np.ndarray] = {}
-    for column in ("distinct_2", "floor_share"):
-        if column not in out.columns or not out[column].notna().any():
-            out[column + ("_ratio" if column == "distinct_2" else "_increase")] = math.nan
-            continue
-        own = _lookup(zero, row_keys, column)
-        unsteered = _lookup(zero[_unsteered(zero)], ["split", "subset"], column)
-        checks[column] = np.asarray(
-            [
-                own.get(tuple(k), unsteered.get(tuple(k[:2]), math.nan))
-                for k in out[row_keys].to_numpy()
-            ],
-            dtype=float,
-        )
-    steered = (out["_alpha"] != 0) & ~_unsteered(out)
-    reasons: list[list[str]] = [[] for _ in range(len(out))]
-    shortfall = np.zeros(len(out))
-    value, limit = out["fluency"].to_numpy(float), out["fluency_limit"].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fluency_over = np.where(np.isfinite(value / limit), value / limit - 1.0, np.inf)
-    if "distinct_2" in checks:
-        d2, d2_base = out["distinct_2"].to_numpy(float), checks["distinct_2"]
+    out["fluency"] = value
+    out["fluency_limit"] = (1.0 + max_perplexity_increase) * base
+    zero_d2 = _alpha_zero(out, "distinct_2")
+    zero_floor = _alpha_zero(out, "floor_share")
+    out["distinct_2_ratio"] = math.nan
+    if zero_d2 is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["distinct_2_ratio"] = np.where(d2_base > 0, d2 / d2_base, math.nan)
-        distinct_short = np.where(
-            d2 >= min_distinct_ratio * d2_base,
-            0.0,
-            1.0 - out["distinct_2_ratio"].to_numpy(float) / max(min_distinct_ratio, 1e-12),
+            ratio = out["distinct_2"].to_numpy(float) / zero_d2
+        out["distinct_2_ratio"] = np.where(zero_d2 > 0, ratio, math.nan)
+    out["floor_share_increase"] = math.nan
+    if zero_floor is not None:
+        out["floor_share_increase"] = out["floor_share"].to_numpy(float) - zero_floor
+    steered = ((out["_alpha"] != 0) & ~_unsteered(out)).to_numpy()
+    limits = {"min_distinct_ratio": min_distinct_ratio, "max_floor": max_floor_share_increase}
+    found = [
+        _check(
+            row,
+            measure,
+            d2_zero=None if zero_d2 is None else zero_d2[i],
+            check_floor=zero_floor is not None,
+            **limits,
         )
-    if "floor_share" in checks:
-        out["floor_share_increase"] = out["floor_share"].to_numpy(float) - checks["floor_share"]
-    for i, (is_steered, row) in enumerate(zip(steered, out.itertuples(index=False), strict=True)):
-        if not is_steered:
-            continue
-        total = 0.0
-        if not fluency_over[i] <= 0:
-            total += fluency_over[i]
-            reasons[i].append(
-                f"{measure} {_fmt(value[i])} above the limit {_fmt(limit[i])}"
-                if math.isfinite(value[i]) and math.isfinite(limit[i])
-                else f"no {measure} value for this setting or its alpha 0"
-            )
-        if "distinct_2" in checks and distinct_short[i] != 0:
-            finite = math.isfinite(distinct_short[i])
-            total += float(distinct_short[i]) if finite else math.inf
-            reasons[i].append(
-                f"{row.subset} distinct-2 {_fmt(row.distinct_2)} below {min_distinct_ratio:g} × "
-                f"alpha 0's {_fmt(checks['distinct_2'][i])}"
-                if finite
-                else f"{row.subset} distinct-2 has no alpha-0 value to compare with"
-            )
-        increase = float(row.floor_share_increase)
-        if "floor_share" in checks and not increase <= max_floor_share_increase + 1e-12:
-            total += increase - max_floor_share_increase if math.isfinite(increase) else math.inf
-            reasons[i].append(
-                f"{row.subset} share at the scorer's floor {_fmt(row.floor_share)} is "
-                f"{_fmt(increase)} above alpha 0's (margin {max_floor_share_increase:g})"
-                if math.isfinite(increase)
-                else f"{row.subset} floor share has no alpha-0 value to compare with"
-            )
-        shortfall[i] = total
-    out["_reasons"] = reasons
-    out["_shortfall"] = shortfall
+        if steered[i]
+        else (0.0, [])
+        for i, row in enumerate(out.itertuples(index=False))
+    ]
+    out["_shortfall"] = [total for total, _ in found]
+    out["_reasons"] = [reasons for _, reasons in found]
     grouped = out.groupby(_SETTING, sort=False, dropna=False)
     out["shortfall"] = grouped["_shortfall"].transform("max")
     joined = grouped["_reasons"].agg(lambda items: list(dict.fromkeys(r for x in items for r in x)))
@@ -310,6 +240,98 @@ def admissibility(
     out["inadmissible_because"] = ["; ".join(joined.loc[key]) for key in keys]
     out["admissible"] = out["inadmissible_because"] == ""
     return out.drop(columns=["_alpha", "_reasons", "_shortfall"])
+
+
+def _fluency(out: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's setting's value of the fluency measure, and that measure at alpha 0."""
+    zero = out[out["_alpha"] == 0]
+    if measure == "human_perplexity":  # a property of the setting: no subset, no half
+        keys = ["direction", "layer", "_alpha"]
+        values = _lookup(out[out[measure].notna()], keys, measure)
+        own_zero = _lookup(zero[zero[measure].notna()], keys[:2], measure)
+        any_zero = zero[measure].dropna()  # alpha 0 is the unsteered model at any layer
+        fallback = float(any_zero.iloc[0]) if len(any_zero) else math.nan
+        rows = [tuple(k) for k in out[keys].to_numpy()]
+        value = [values.get(key, math.nan) for key in rows]
+        base = [own_zero.get(key[:2], fallback) for key in rows]
+        return np.asarray(value, dtype=float), np.asarray(base, dtype=float)
+    # Continuation perplexity of the benign subset in the same half; without benign rows,
+    # each subset pays its own.
+    source = out[out["subset"] == "benign"]
+    keys = ["split", "direction", "layer", "_alpha"]
+    if source.empty:
+        source, keys = out, ["split", "subset", "direction", "layer", "_alpha"]
+    source_zero = source[source["_alpha"] == 0]
+    values = _lookup(source, keys, measure)
+    own_zero = _lookup(source_zero, keys[:-1], measure)
+    outer = keys[:-3]  # split (and subset): where the unsteered row is looked up
+    unsteered = _lookup(source_zero[_unsteered(source_zero)], outer, measure)
+    rows = [tuple(k) for k in out[keys].to_numpy()]
+    value = [values.get(key, math.nan) for key in rows]
+    base = [own_zero.get(key[:-1], unsteered.get(key[: len(outer)], math.nan)) for key in rows]
+    return np.asarray(value, dtype=float), np.asarray(base, dtype=float)
+
+
+def _alpha_zero(out: pd.DataFrame, column: str) -> np.ndarray | None:
+    """``column`` at alpha 0 of each row's split, subset, direction and layer (None: no data).
+
+    The unsteered row (``direction == "none"``) of the same split and subset stands in when
+    the layer has no alpha-0 row.
+    """
+    if column not in out.columns or not out[column].notna().any():
+        return None
+    zero = out[out["_alpha"] == 0]
+    keys = ["split", "subset", "direction", "layer"]
+    own = _lookup(zero, keys, column)
+    unsteered = _lookup(zero[_unsteered(zero)], keys[:2], column)
+    rows = [tuple(k) for k in out[keys].to_numpy()]
+    return np.asarray([own.get(key, unsteered.get(key[:2], math.nan)) for key in rows], dtype=float)
+
+
+def _check(
+    row: Any,
+    measure: str,
+    *,
+    d2_zero: float | None,
+    check_floor: bool,
+    min_distinct_ratio: float,
+    max_floor: float,
+) -> tuple[float, list[str]]:
+    """The shortfall of one steered row and the checks it fails (none when admissible).
+
+    ``d2_zero`` is distinct-2 at alpha 0 (None: the check is not applied).
+    """
+    total, reasons = 0.0, []
+    value, limit = float(row.fluency), float(row.fluency_limit)
+    if not (math.isfinite(value) and math.isfinite(limit)):
+        total = math.inf
+        reasons.append(f"no {measure} value for this setting or its alpha 0")
+    elif value > limit:
+        total += value / limit - 1.0 if limit > 0 else math.inf
+        reasons.append(f"{measure} {_fmt(value)} above the limit {_fmt(limit)}")
+    if d2_zero is not None:
+        d2 = float(row.distinct_2)
+        if not math.isfinite(d2_zero):
+            total = math.inf
+            reasons.append(f"{row.subset} distinct-2 has no alpha-0 value to compare with")
+        elif not d2 >= min_distinct_ratio * d2_zero:
+            total += 1.0 - d2 / (min_distinct_ratio * d2_zero)
+            reasons.append(
+                f"{row.subset} distinct-2 {_fmt(d2)} below {min_distinct_ratio:g} × alpha 0's "
+                f"{_fmt(d2_zero)}"
+            )
+    increase = float(row.floor_share_increase)
+    if check_floor and not increase <= max_floor + 1e-12:
+        if math.isfinite(increase):
+            total += increase - max_floor
+            reasons.append(
+                f"{row.subset} share at the scorer's floor {_fmt(row.floor_share)} is "
+                f"{_fmt(increase)} above alpha 0's (margin {max_floor:g})"
+            )
+        else:
+            total = math.inf
+            reasons.append(f"{row.subset} floor share has no alpha-0 value to compare with")
+    return total, reasons
 
 
 def _fmt(value: float) -> str:
