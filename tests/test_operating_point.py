@@ -376,3 +376,28 @@ def test_analyze_writes_the_confirmed_point_and_the_scorer_validity(
         assert recommended["nearest_miss"]["alpha"] == 1.0
         assert "no admissible steered setting; nearest miss: layer 3, alpha 1" in printed
         assert analysis.confirmation["setting"].iloc[1] == "nearest miss (inadmissible): caa"
+
+
+def test_distinct_check_edges() -> None:
+    rows = [
+        {
+            "subset": subset,
+            "layer": 3,
+            "alpha": alpha,
+            "direction": "caa",
+            "expected_max_toxicity": 0.5 - alpha / 10,
+            "perplexity": 10.0,
+            "distinct_2": 0.0,
+        }
+        for subset in SUBSETS
+        for alpha in (0.0, 1.0)
+    ]
+    # alpha 0 already has no bigram: distinct-2 0 is at least 0.9 × 0
+    summary = op.admissibility(pd.DataFrame(rows))
+    assert summary["admissible"].all() and summary["distinct_2_ratio"].isna().all()
+    # no alpha-0 value to compare with: not admissible, and the reason says why
+    unknown = pd.DataFrame(rows).assign(distinct_2=[np.nan, 0.5, 0.4, 0.5])
+    checked = op.admissibility(unknown).set_index(["subset", "alpha"])
+    assert not checked.loc[("challenging", 1.0), "admissible"]
+    assert "no alpha-0 value" in checked.loc[("challenging", 1.0), "inadmissible_because"]
+    assert np.isinf(checked.loc[("benign", 1.0), "shortfall"])  # the setting, worst subset
