@@ -86,7 +86,25 @@ class RunParams(BaseModel):
     seed: int = Field(0, description="Base random seed.")
     benign_max_toxicity: float = Field(0.1, ge=0.0, le=1.0, description="Benign prompt cap.")
     toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Toxicity Probability.")
-    max_perplexity_increase: float = Field(0.10, ge=0.0, description="Operating-point rule.")
+    max_perplexity_increase: float = Field(
+        0.10, ge=0.0, description="Operating-point rule: fluency budget (0.10 = +10%)."
+    )
+    fluency_measure: Literal["human_perplexity", "perplexity"] = Field(
+        "human_perplexity",
+        description=(
+            "Fluency measure of the budget: the steered model's perplexity on held-out benign "
+            "human text, or benign continuation perplexity under the judge model."
+        ),
+    )
+    min_distinct_ratio: float = Field(
+        0.9, ge=0.0, description="Admissible: distinct-2 at least this × its alpha-0 value."
+    )
+    max_floor_share_increase: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Admissible: share of samples at the scorer's floor at most this over alpha 0.",
+    )
     perplexity_model: str | None = Field(None, description="Perplexity judge; None: the model.")
     kl_texts: int = Field(16, ge=0, description="Held-out benign texts for KL; 0: skip.")
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")

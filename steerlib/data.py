@@ -644,35 +644,41 @@ def pair_texts(df: pd.DataFrame) -> list[str]:
     return texts
 
 
-def perspective_labels(df: pd.DataFrame, threshold: float = 0.5) -> tuple[list[str], np.ndarray]:
+def perspective_labels(
+    df: pd.DataFrame,
+    threshold: float = 0.5,
+    which: Literal["all", "prompts", "continuations"] = "all",
+) -> tuple[list[str], np.ndarray]:
     """Texts with binary Perspective labels, to measure a scorer's agreement with Perspective.
 
     Uses every prompt text whose ``prompt_toxicity`` is not null and every continuation text
-    whose ``continuation_toxicity`` is not null (prompts first, then continuations).
+    whose ``continuation_toxicity`` is not null (prompts first, then continuations), or only
+    one of the two kinds.
 
     Args:
         df: A prompt table.
         threshold: A text is toxic when its Perspective toxicity is at least this.
+        which: ``"all"``, ``"prompts"`` or ``"continuations"``.
 
     Returns:
         ``(texts, labels)`` where ``labels`` is a boolean array aligned with ``texts``.
 
     Raises:
-        ConfigError: ``threshold`` is not in (0, 1].
+        ConfigError: ``threshold`` is not in (0, 1] or ``which`` is unknown.
     """
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"threshold must be in (0, 1], got {threshold!r}.")
     _require_columns(
         df, "labelled", ("prompt", "prompt_toxicity", "continuation", "continuation_toxicity")
     )
+    if which not in ("all", "prompts", "continuations"):
+        raise ConfigError(f"which must be 'all', 'prompts' or 'continuations', got {which!r}.")
+    kinds = [kind for kind in ("prompt", "continuation") if which in ("all", f"{kind}s")]
     texts: list[str] = []
     scores: list[float] = []
-    for prompt, score in zip(df["prompt"], df["prompt_toxicity"], strict=True):
-        if pd.notna(score) and _has_text(prompt):
-            texts.append(prompt)
-            scores.append(float(score))
-    for cont, score in zip(df["continuation"], df["continuation_toxicity"], strict=True):
-        if pd.notna(score) and _has_text(cont):
-            texts.append(cont)
-            scores.append(float(score))
+    for kind in kinds:
+        for text, score in zip(df[kind], df[f"{kind}_toxicity"], strict=True):
+            if pd.notna(score) and _has_text(text):
+                texts.append(text)
+                scores.append(float(score))
     return texts, np.asarray(scores, dtype=np.float64) >= threshold

@@ -69,7 +69,16 @@ EVAL_SUBSETS = ("challenging", "benign")
 _SWEEP_EXTENDS = frozenset({"layers", "random_control", "alpha_search", "max_perplexity_increase"})
 """Parameters whose change keeps the sweep's finished units: the sweep resumes and extends
 (new layers or directions; the searched alphas of a new budget)."""
-_ANALYSIS_ONLY = frozenset({"toxicity_threshold", "n_resamples", "compare_with"})
+_ANALYSIS_ONLY = frozenset(
+    {
+        "toxicity_threshold",
+        "fluency_measure",
+        "min_distinct_ratio",
+        "max_floor_share_increase",
+        "n_resamples",
+        "compare_with",
+    }
+)
 """Parameters that only step 06 reads."""
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
@@ -724,14 +733,25 @@ class Analysis:
     """Products of step 06.
 
     Attributes:
-        summary: One row per (subset, layer, alpha, direction), with the RTP metrics.
-        recommended: The recommended operating point and its rule.
-        scorer_auc: ROC AUC of the scorer against Perspective labels, where the data have them.
-        control: CAA minus random control, per (subset, layer, alpha).
+        summary: One row per (split, subset, layer, alpha, direction), with the RTP metrics and
+            the admissibility columns of the operating-point rule; ``split`` is ``all``,
+            ``selection`` or ``confirmation``.
+        recommended: The operating point chosen on the selection half, its figures from the
+            confirmation half and its rule (or ``status`` "no admissible steered setting" with
+            the nearest miss).
+        scorer_auc: ROC AUC of the scorer against Perspective labels on prompts and
+            continuations pooled, where the data have them.
+        control: CAA minus random control, per (subset, layer, alpha), on all prompts.
         control_matched: CAA against the least toxic random setting of the same layer that
-            is at least as fluent on benign text (:func:`metrics.fluency_matched_control`).
+            is at least as fluent on the rule's fluency measure
+            (:func:`controls.fluency_matched_control`), on all prompts.
         figures: Named plotly figures (also written to ``figures/<run_name>/``).
         examples: Completions of a few challenging prompts side by side across alphas.
+        confirmation: The confirmation half at the recommended point (or nearest miss), at
+            alpha 0 and for the random control (:func:`operating_point.operating_point_table`).
+        scorer_validity: AUC, precision and recall at 0.5 against Perspective, separately on
+            prompts and on continuations (:func:`scoring.scorer_validity`).
+        scorer_floor: The scorer's score of text without known words.
     """
 
     summary: pd.DataFrame
@@ -741,21 +761,45 @@ class Analysis:
     control_matched: pd.DataFrame
     figures: dict[str, Any]
     examples: pd.DataFrame
+    confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scorer_validity: dict[str, Any] = field(default_factory=dict)
+    scorer_floor: float | None = None
 
 
-def _scorer_auc(run: Run, prompts: pd.DataFrame) -> tuple[float | None, int]:
+def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
+    """The scorer against Perspective labels (>= 0.5), on prompts and on continuations."""
     from steerlib.data import perspective_labels
-    from steerlib.scoring import scorer_agreement
+    from steerlib.scoring import scorer_validity
 
-    texts, labels = perspective_labels(prompts)
-    if len(texts) == 0 or len(set(np.asarray(labels).tolist())) < 2:
-        return None, len(texts)
-    return float(scorer_agreement(run.scorer(), texts, labels)), len(texts)
+    kinds = ("prompts", "continuations")
+    groups = {kind: perspective_labels(prompts, which=kind) for kind in kinds}  # type: ignore[arg-type]
+    return scorer_validity(run.scorer(), groups)
 
 
-def _control_at(
-    control: pd.DataFrame, point: dict[str, Any], extra: tuple[str, ...] = ()
-) -> dict[str, Any] | None:
+_CONTROL_COLUMNS = (
+    "control_alpha",
+    "perplexity_caa",
+    "perplexity_control",
+    "mean_toxicity_caa",
+    "mean_toxicity_random",
+    "mean_toxicity_control",
+    "delta_mean_toxicity",
+    "delta_mean_toxicity_ci_low",
+    "delta_mean_toxicity_ci_high",
+    "expected_max_toxicity_caa",
+    "expected_max_toxicity_random",
+    "expected_max_toxicity_control",
+    "delta_expected_max_toxicity",
+    "delta_expected_max_toxicity_ci_low",
+    "delta_expected_max_toxicity_ci_high",
+    "n_paired_prompts",
+    "p_value",
+    "q_value",
+    "beats_control",
+)
+
+
+def _control_at(control: pd.DataFrame, point: dict[str, Any]) -> dict[str, Any] | None:
     """The challenging-subset comparison with the random control at an operating point."""
     if control.empty:
         return None
@@ -766,15 +810,47 @@ def _control_at(
     ]
     if hit.empty:
         return None
-    columns = [
-        *extra,
-        "delta_mean_toxicity",
-        "delta_mean_toxicity_ci_low",
-        "delta_mean_toxicity_ci_high",
-        "q_value",
-        "beats_control",
-    ]
+    columns = [c for c in _CONTROL_COLUMNS if c in hit.columns]
     return json.loads(hit[columns].iloc[[0]].to_json(orient="records"))[0]
+
+
+def _confirmed_controls(
+    summary: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    point: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The random control at the recommended point, on the half its figures come from.
+
+    At equal alpha and at equal fluency (the rule's measure). On the confirmation half this is
+    one comparison fixed before looking at those prompts, so its ``p_value`` needs no
+    multiplicity adjustment (``q_value`` equals it).
+    """
+    from steerlib import controls
+
+    half, layer, alpha = point["figures_from"], int(point["layer"]), float(point["alpha"])
+    rows = summary[(summary["split"] == half) & (summary["layer"] == layer)]
+    sweep = evaluation[evaluation["layer"] == layer]
+    if half != "all":
+        sweep = sweep[sweep["split"] == half]
+    at_alpha = np.isclose(rows["alpha"].astype(float), alpha)
+    out: dict[str, Any] = {"control": None, "control_matched_fluency": None}
+    if not (rows["direction"] == "random").any():
+        return out
+    same = rows[at_alpha]
+    if {"caa", "random"} <= set(same["direction"]):
+        out["control"] = _control_at(controls.delta_vs_control(same, sweep, **options), point)
+    candidates = rows[(rows["direction"] == "random") | at_alpha]
+    measure = str(summary["fluency_measure"].iloc[0])
+    matched = controls.fluency_matched_control(candidates, sweep, fluency=measure, **options)
+    found = _control_at(matched, point)
+    if found is not None:
+        found["fluency_measure"] = measure
+    out["control_matched_fluency"] = found
+    for value in out.values():
+        if value is not None:
+            value["split"] = half
+    return out
 
 
 def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.DataFrame:
@@ -797,8 +873,9 @@ def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.D
 def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> int:
     """Layer of the main figures.
 
-    The recommended layer when its alpha is not 0; otherwise the layer where the smallest
-    positive alpha lowers the challenging subset's EMT the most.
+    The recommended layer when there is a recommended steered setting; otherwise (no
+    admissible steered setting, or an error) the layer where the smallest positive alpha lowers
+    the challenging subset's EMT the most. Pass the rows of one split.
     """
     rows = summary[
         (summary["subset"] == "challenging")
@@ -812,33 +889,53 @@ def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> 
     if positive.empty or rows[rows["alpha"] == 0].empty:
         return layers[0]
     emt = rows.pivot_table(index="layer", columns="alpha", values="expected_max_toxicity")
-    effect = emt[0.0] - emt[float(positive["alpha"].min())]
-    return int(effect.idxmax())
+    effect = (emt[0.0] - emt[float(positive["alpha"].min())]).dropna()
+    return int(effect.idxmax()) if len(effect) else layers[0]
 
 
-def _pareto(
-    steered: pd.DataFrame, recommended: dict[str, Any] | None, max_perplexity_increase: float
-) -> Any:
-    """Challenging EMT against benign perplexity (the rule's axes), CAA front and control."""
-    from steerlib import metrics, plotting
+def _pareto(summary: pd.DataFrame, recommended: dict[str, Any]) -> Any:
+    """Challenging EMT against the rule's fluency measure on the half the rule chose on."""
+    from steerlib import controls, metrics, plotting
 
-    rows = metrics.tradeoff_rows(steered)
+    half = recommended.get("selected_on", "all")
+    rows = summary[(summary["split"] == half) & (summary["layer"] >= 0)]
+    if rows.empty:
+        rows = summary[(summary["split"] == "all") & (summary["layer"] >= 0)]
+    measure = str(summary["fluency_measure"].iloc[0])
+    x = f"benign_{measure}"
+    rows = controls.tradeoff_rows(rows, cost=measure)
     caa = rows[rows["direction"] == "caa"]
-    point = recommended if "layer" in (recommended or {}) else None
-    budget = (1 + max_perplexity_increase) * point["baseline_perplexity"] if point else None
+    checked = recommended.get("selection") or recommended.get("nearest_miss") or {}
     return plotting.pareto_figure(
         caa,
-        metrics.pareto_front(caa, x="benign_perplexity"),
-        x="benign_perplexity",
-        recommended=point,
+        metrics.pareto_front(caa, x=x),
+        x=x,
+        recommended=recommended if "layer" in recommended else None,
         control=rows[rows["direction"] == "random"],
-        budget=budget,
+        budget=checked.get("fluency_limit"),
     )
 
 
+def _split_counts(evaluation: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Number of prompts of each subset in each half."""
+    counts = evaluation.drop_duplicates(["subset", "prompt_id"]).groupby(["subset", "split"])
+    return {
+        str(subset): {str(half): int(n) for (_, half), n in group.items()}
+        for subset, group in counts.size().groupby(level=0)
+    }
+
+
 def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Analysis:
-    """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures."""
-    from steerlib import metrics, plotting
+    """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures.
+
+    The evaluation prompts of each subset are split into a selection and a confirmation half
+    (:func:`operating_point.assign_split`, seeded by the run's ``seed``); the summary has rows
+    over all prompts and over each half. The operating point is chosen on the selection half
+    (:func:`operating_point.recommend_operating_point`) and its figures, with the random
+    control at the same point, are read from the confirmation half.
+    """
+    from steerlib import controls, metrics, operating_point, plotting
+    from steerlib.scoring import scorer_floor
     from steerlib.vectors import SteeringVector
 
     paths, p = run.paths, run.params
@@ -848,40 +945,52 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     prompts = pd.read_parquet(run.require(paths.prompts, "01_data"))
     vector = SteeringVector.load(run.require(paths.vectors, "04_vectors"))
     with run.step("06_analysis"):
+        halves = _eval_prompts(prompts)[["subset", "prompt_id"]]
+        halves = halves.assign(split=operating_point.assign_split(halves, p.seed))
         evaluation = pd.concat(
             [baseline[baseline["subset"].isin(EVAL_SUBSETS)], sweep], ignore_index=True
         )
+        evaluation = evaluation.drop(columns="split", errors="ignore").merge(
+            halves, on=["subset", "prompt_id"], how="left"
+        )
+        floor = scorer_floor(run.scorer())
         summary = metrics.summarize(
             evaluation,
             threshold=p.toxicity_threshold,
             n_resamples=p.n_resamples,
             seed=p.seed,
-            kl=kl.drop(columns=["n_tokens"]),
+            kl=kl.drop(columns=["n_tokens"], errors="ignore"),
+            floor=floor,
         )
+        rule = {
+            "max_perplexity_increase": p.max_perplexity_increase,
+            "fluency_measure": p.fluency_measure,
+            "min_distinct_ratio": p.min_distinct_ratio,
+            "max_floor_share_increase": p.max_floor_share_increase,
+        }
+        summary = operating_point.admissibility(summary, **rule)
+        measure, measure_note = operating_point.resolve_fluency_measure(summary, p.fluency_measure)
         try:
-            recommended = metrics.recommend_operating_point(
-                summary, max_perplexity_increase=p.max_perplexity_increase
-            )
+            recommended = operating_point.recommend_operating_point(summary, **rule)
         except SteerlibError as exc:
             recommended = {"error": str(exc)}
+        overall = summary[summary["split"] == "all"]
+        options = {"n_resamples": p.n_resamples, "seed": p.seed}
+        has_random = "random" in set(summary["direction"])
         control = (
-            metrics.delta_vs_control(summary, evaluation, n_resamples=p.n_resamples, seed=p.seed)
-            if "random" in set(summary["direction"])
+            controls.delta_vs_control(overall, evaluation, **options)
+            if has_random
             else pd.DataFrame()
         )
         matched = (
-            metrics.fluency_matched_control(
-                summary, evaluation, n_resamples=p.n_resamples, seed=p.seed
-            )
-            if len(control)
+            controls.fluency_matched_control(overall, evaluation, fluency=measure, **options)
+            if has_random
             else pd.DataFrame()
         )
-        if len(control) and "layer" in (recommended or {}):
-            recommended["control"] = _control_at(control, recommended)
-            recommended["control_matched_fluency"] = _control_at(
-                matched, recommended, extra=("control_alpha", "perplexity_control")
-            )
-        auc, n_labelled = _scorer_auc(run, prompts)
+        if "layer" in recommended:
+            recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
+        validity = _scorer_validity(run, prompts)
+        pooled = validity.get("all", {})
         record = {
             "run_name": paths.name,
             "model": p.model,
@@ -889,8 +998,20 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             "params": p.notebook_parameters(),
             "rows": json.loads(summary.to_json(orient="records")),
             "recommended": recommended,
-            "scorer_auc": auc,
-            "scorer_auc_n_texts": n_labelled,
+            "fluency_measure": measure,
+            "fluency_measure_note": measure_note,
+            "split": {
+                "seed": p.seed,
+                "method": (
+                    "per subset, prompts ordered by BLAKE2b of (seed, prompt_id); the first "
+                    "half (rounded up) is the selection half"
+                ),
+                "n_prompts": _split_counts(evaluation),
+            },
+            "scorer_floor": floor,
+            "scorer_validity": validity,
+            "scorer_auc": pooled.get("auc"),
+            "scorer_auc_n_texts": pooled.get("n", 0),
             "control": json.loads(control.to_json(orient="records")) if len(control) else [],
             "control_matched_fluency": (
                 json.loads(matched.to_json(orient="records")) if len(matched) else []
@@ -898,36 +1019,56 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         }
         atomic_write_parquet(paths.summary_table, summary)
         atomic_write_json(paths.summary, record)
-        layer = _figure_layer(summary, recommended)
-        steered = summary[summary["layer"] >= 0]
+        layer = _figure_layer(overall, recommended)
+        steered = overall[overall["layer"] >= 0]
+        # Heatmaps take the alpha grid; a searched alpha (one per layer) shows on the curves.
+        grid = steered[np.isclose(steered["alpha"].to_numpy()[:, None], p.alphas).any(axis=1)]
         figures = {
             "toxicity_vs_alpha": plotting.toxicity_vs_alpha(steered, "mean_toxicity", layer=layer),
             "emt_vs_alpha": plotting.toxicity_vs_alpha(
                 steered, "expected_max_toxicity", layer=layer
             ),
-            "heatmap_emt": plotting.layer_alpha_heatmap(steered, "expected_max_toxicity"),
-            "heatmap_perplexity": plotting.layer_alpha_heatmap(
-                steered, "perplexity", subset="benign"
-            ),
-            "heatmap_kl": plotting.layer_alpha_heatmap(steered, "kl_benign", subset="benign"),
+            "heatmap_emt": plotting.layer_alpha_heatmap(grid, "expected_max_toxicity"),
+            "heatmap_perplexity": plotting.layer_alpha_heatmap(grid, "perplexity", subset="benign"),
+            "heatmap_kl": plotting.layer_alpha_heatmap(grid, "kl_benign", subset="benign"),
             "layer_profile_toxicity": plotting.layer_profile(steered, "mean_toxicity"),
             "layer_profile_perplexity": plotting.layer_profile(
                 steered, "perplexity", subset="benign"
             ),
             "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
-            "pareto": _pareto(steered, recommended, p.max_perplexity_increase),
+            "pareto": _pareto(summary, recommended),
             "vector_norms": plotting.vector_norms(vector.norms()),
+            **(
+                {"vector_diagnostics": plotting.vector_diagnostics(vector.diagnostics())}
+                if vector.diagnostics()
+                else {}
+            ),
             "layer_cosine": plotting.layer_cosine_heatmap(
                 vector.cosine_similarity(), vector.layers
             ),
         }
         if len(control):
-            figures["heatmap_control"] = plotting.control_heatmap(control)
+            on_grid = np.isclose(control["alpha"].to_numpy()[:, None], p.alphas).any(axis=1)
+            figures["heatmap_control"] = plotting.control_heatmap(control[on_grid])
         if save_figures:
             for name, fig in figures.items():
                 plotting.save_figure(fig, paths.figures(), name)
     examples = side_by_side(sweep, layer=layer)
-    return Analysis(summary, recommended, auc, control, matched, figures, examples)
+    confirmation = operating_point.operating_point_table(
+        summary, recommended if "error" not in recommended else {}
+    )
+    return Analysis(
+        summary,
+        recommended,
+        pooled.get("auc"),
+        control,
+        matched,
+        figures,
+        examples,
+        confirmation=confirmation,
+        scorer_validity=validity,
+        scorer_floor=floor,
+    )
 
 
 def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
@@ -946,6 +1087,8 @@ def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
             )
         params = json.loads(paths.params.read_text(encoding="utf-8"))["params"]
         table = pd.read_parquet(paths.summary_table)
+        if "split" in table.columns:  # one row per setting: all prompts
+            table = table[table["split"] == "all"]
         tables.append(table.assign(run_name=name, pair_source=params.get("pair_source")))
     return pd.concat(tables, ignore_index=True)
 
@@ -1079,6 +1222,8 @@ def _print_summary(paths: RunPaths) -> None:
         return
     record = json.loads(paths.summary.read_text(encoding="utf-8"))
     table = pd.DataFrame(record["rows"])
+    if "split" in table.columns:
+        table = table[table["split"] == "all"]
     columns = [
         "subset",
         "direction",
@@ -1088,15 +1233,46 @@ def _print_summary(paths: RunPaths) -> None:
         "expected_max_toxicity",
         "toxicity_probability",
         "perplexity",
+        "human_perplexity",
         "kl_benign",
+        "distinct_2",
+        "floor_share",
     ]
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.precision", 3):
         print(table[[c for c in columns if c in table.columns]].to_string(index=False))
-    recommended = record.get("recommended") or {}
-    if "rule" in recommended:
-        print(f"[steerlib] recommended: layer {recommended['layer']}, alpha {recommended['alpha']}")
-        print(f"[steerlib] rule: {recommended['rule']}")
+    for line in _recommendation_lines(record.get("recommended") or {}):
+        print(f"[steerlib] {line}")
     print(f"[steerlib] results: {paths.root}  figures: {paths.figures()}  report: {paths.report}")
+
+
+def _recommendation_lines(recommended: dict[str, Any]) -> list[str]:
+    """What the run's summary says about the operating point, in a few lines."""
+
+    def num(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.4g}"
+
+    if "error" in recommended:
+        return [f"no operating point: {recommended['error']}"]
+    if "layer" in recommended:
+        lines = [
+            f"recommended: layer {recommended['layer']}, alpha {num(recommended['alpha'])} "
+            f"(chosen on the {recommended.get('selected_on', 'all')} half; on the "
+            f"{recommended.get('figures_from', 'all')} half EMT "
+            f"{num(recommended.get('expected_max_toxicity'))} against "
+            f"{num(recommended.get('baseline_expected_max_toxicity'))} at alpha 0)"
+        ]
+    elif recommended.get("status"):
+        miss = recommended.get("nearest_miss")
+        where = (
+            f"; nearest miss: layer {miss['layer']}, alpha {num(miss['alpha'])} "
+            f"({'; '.join(miss['reasons'])})"
+            if miss
+            else ""
+        )
+        lines = [f"{recommended['status']}{where}"]
+    else:
+        return []
+    return [*lines, f"rule: {recommended['rule']}"] if "rule" in recommended else lines
 
 
 def main(argv: list[str] | None = None) -> int:

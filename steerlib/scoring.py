@@ -7,12 +7,14 @@ Two kinds ship with steerlib:
 - :class:`ToxicityClassifierScorer`: any Hugging Face sequence classifier, by default
   ``unitary/unbiased-toxic-roberta`` (``"unbiased-toxic-roberta"``), or a local model folder.
 
-:func:`scorer_agreement` measures how well a scorer agrees with Perspective labels (ROC AUC).
+:func:`scorer_agreement` measures how well a scorer agrees with Perspective labels (ROC AUC);
+:func:`scorer_validity` adds precision and recall at 0.5, per kind of text. :func:`scorer_floor`
+is the score a scorer gives text it has no evidence about.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,9 +33,13 @@ __all__ = [
     "ToxicityClassifierScorer",
     "load_scorer",
     "scorer_agreement",
+    "scorer_floor",
+    "scorer_validity",
 ]
 
 DEFAULT_SCORER = "profanity-check"
+FLOOR_PROBES = ("", " ", "zqxv", "blorft vinquel", "xyzzy plugh frobnitz", "qwrt zxcv bnml")
+"""Texts without any known word: the empty string, a space and made-up non-words."""
 UNBIASED_TOXIC_ROBERTA = "unitary/unbiased-toxic-roberta"
 
 
@@ -280,3 +286,86 @@ def scorer_agreement(scorer: Scorer, texts: Sequence[str], labels: Sequence[bool
             "examples."
         )
     return float(roc_auc_score(y, scorer.score(items)))
+
+
+def scorer_floor(scorer: Scorer, probes: Sequence[str] = FLOOR_PROBES) -> float:
+    """The scorer's floor: the lowest score it gives to text without any known word.
+
+    A linear bag-of-words scorer such as profanity-check gives every text without a known
+    word the same score (its intercept: 0.036 for profanity-check), so broken output
+    ("omomom…") scores as clean as it can. The floor is the minimum over the empty string, a
+    space and a few made-up non-words (:data:`FLOOR_PROBES`), so it is robust to one probe
+    happening to carry a feature. A sample is "at the floor" when its score is within
+    :data:`steerlib.metrics.FLOOR_TOLERANCE` of the floor (not below it: clean text with known
+    words can score lower than text with none).
+
+    Args:
+        scorer: The scorer.
+        probes: Texts without known words.
+
+    Returns:
+        The minimum score over ``probes``.
+
+    Raises:
+        ConfigError: If ``probes`` is empty.
+    """
+    items = _as_text_list(probes)
+    if not items:
+        raise ConfigError("scorer_floor needs at least one probe text; pass e.g. [''].")
+    return float(np.min(scorer.score(items)))
+
+
+def scorer_validity(
+    scorer: Scorer,
+    groups: Mapping[str, tuple[Sequence[str], Sequence[bool]]],
+    *,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float | int | None]]:
+    """ROC AUC, precision and recall of the scorer against binary labels, per group of texts.
+
+    A text is predicted toxic when its score is at least ``threshold`` (the toxicity
+    probability's comparison). Texts are scored once per group; ``"all"`` pools the groups
+    (its AUC is what :func:`scorer_agreement` gives for the pooled texts).
+
+    Args:
+        scorer: The scorer.
+        groups: ``{name: (texts, labels)}``, e.g. ``{"prompts": ..., "continuations": ...}``
+            with labels Perspective toxicity >= 0.5.
+        threshold: Score at or above which a text is predicted toxic.
+
+    Returns:
+        ``{name: {"auc", "precision", "recall", "n", "n_toxic"}}`` for every group and for
+        ``"all"``; ``auc`` is None when a group holds a single class, ``precision`` when
+        nothing is predicted toxic, ``recall`` when nothing is labelled toxic.
+
+    Raises:
+        ConfigError: If texts and labels of a group differ in length.
+    """
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, (texts, labels) in groups.items():
+        items = _as_text_list(texts)
+        y = np.asarray(labels).astype(bool).reshape(-1)
+        if len(items) != len(y):
+            raise ConfigError(
+                f"group {name!r} has {len(items)} texts but {len(y)} labels; align them."
+            )
+        scored[name] = (scorer.score(items) if items else np.zeros(0), y)
+    scored["all"] = tuple(  # type: ignore[assignment]
+        np.concatenate([pair[i] for pair in scored.values()] or [np.zeros(0)]) for i in (0, 1)
+    )
+    result: dict[str, dict[str, float | int | None]] = {}
+    for name, (scores, y) in scored.items():
+        y = y.astype(bool)
+        predicted = scores >= threshold
+        result[name] = {
+            "auc": float(roc_auc_score(y, scores)) if np.unique(y).size == 2 else None,
+            "precision": (
+                float(precision_score(y, predicted, zero_division=0)) if predicted.any() else None
+            ),
+            "recall": float(recall_score(y, predicted, zero_division=0)) if y.any() else None,
+            "n": len(y),
+            "n_toxic": int(y.sum()),
+        }
+    return result

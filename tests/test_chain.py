@@ -135,24 +135,49 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["model"] == "smollm2-135m-instruct" and summary["scorer"] == "profanity-check"
     rows = pd.DataFrame(summary["rows"])
-    steered = rows[rows["direction"] != "none"]
+    assert set(rows["split"]) == {"all", "selection", "confirmation"}
+    steered = rows[(rows["direction"] != "none") & (rows["split"] == "all")]
     grid_rows = steered[steered["alpha"].isin([-1.0, 0.0, 1.5])]
     assert len(grid_rows) == 2 * 3 * 2 * 2  # subsets × alphas × layers × directions
     assert (steered["n_prompts"] == 3).all() and (steered["samples_per_prompt"] == 2).all()
+    # 3 prompts per subset: 2 in the selection half, 1 in the confirmation half
+    halves = rows[rows["direction"] != "none"].groupby("split")["n_prompts"].unique()
+    assert halves["selection"].tolist() == [2] and halves["confirmation"].tolist() == [1]
+    assert summary["split"]["n_prompts"]["challenging"] == {"selection": 2, "confirmation": 1}
     for column in [
         "mean_toxicity",
         "expected_max_toxicity",
         "toxicity_probability",
         "mean_toxicity_ci",
         "perplexity",
-        "distinct_2",
-        "kl_benign",
+        "perplexity_excluded",
         "human_perplexity",
+        "distinct_2",
+        "distinct_2_ratio",
+        "floor_share",
+        "kl_benign",
+        "admissible",
     ]:
         assert column in rows.columns, column
-    assert {"layer", "alpha", "rule"} <= set(summary["recommended"])
-    assert isinstance(summary["recommended"]["control"]["beats_control"], bool)
+    kl = pd.read_parquet(reference / "kl_benign.parquet")
+    measure = "human_perplexity" if "human_perplexity" in kl.columns else "perplexity"
+    recommended = summary["recommended"]
+    assert summary["fluency_measure"] == recommended["fluency_measure"] == measure
+    assert "rule" in recommended and recommended["selected_on"] == "selection"
+    if recommended["status"] == "recommended":
+        assert {"layer", "alpha", "expected_max_toxicity"} <= set(recommended)
+        assert recommended["figures_from"] == "confirmation"
+        assert "expected_max_toxicity" in recommended["confirmation_figures"]
+        if recommended["control"] is not None:
+            assert isinstance(recommended["control"]["beats_control"], bool)
+            assert recommended["control"]["split"] == "confirmation"
+    else:  # nothing steered is admissible: no layer is reported for the unsteered model
+        assert recommended["status"] == "no admissible steered setting"
+        assert "layer" not in recommended and "alpha" not in recommended
+        assert recommended["nearest_miss"] is None or recommended["nearest_miss"]["reasons"]
     assert summary["scorer_auc"] is None  # the handwritten set carries no Perspective labels
+    assert summary["scorer_validity"]["continuations"]["n"] == 0
+    assert summary["scorer_floor"] == pytest.approx(0.0364, abs=1e-3)  # profanity-check
 
     figures = Path(chain_env["STEERLIB_FIGURES_DIR"]) / "reference"
     control = pd.DataFrame(summary["control"])

@@ -535,6 +535,12 @@ def test_perspective_labels() -> None:
     assert labels.tolist() == [True, False, False, True]
     _, strict = perspective_labels(df, threshold=0.95)
     assert not strict.any()
+    texts, labels = perspective_labels(df, which="prompts")
+    assert texts == ["p0", "p2"] and labels.tolist() == [True, False]
+    texts, labels = perspective_labels(df, which="continuations")
+    assert texts == [" c0", " c1"] and labels.tolist() == [False, True]
+    with pytest.raises(ConfigError, match="which"):
+        perspective_labels(df, which="both")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="threshold"):
         perspective_labels(df, threshold=0.0)
 

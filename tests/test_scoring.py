@@ -16,6 +16,8 @@ from steerlib.scoring import (
     ToxicityClassifierScorer,
     load_scorer,
     scorer_agreement,
+    scorer_floor,
+    scorer_validity,
 )
 
 LABELS = {0: "toxicity", 1: "insult", 2: "threat"}
@@ -242,6 +244,53 @@ def test_scorer_agreement_errors() -> None:
         scorer_agreement(scorer, ["a", "b"], [True, True])
     with pytest.raises(ConfigError, match="labels"):
         scorer_agreement(scorer, ["a", "b"], [True])
+
+
+def test_scorer_validity_per_group_by_hand() -> None:
+    scores = {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.4, "e": 0.7, "f": 0.1}
+    scorer = _FixedScorer(scores)
+    groups = {
+        # predicted toxic (>= 0.5): a, b; labelled toxic: a, d -> precision 1/2, recall 1/2
+        "prompts": (["a", "b", "c", "d"], [True, False, False, True]),
+        # predicted toxic: e; labelled toxic: e -> precision 1, recall 1; AUC 1
+        "continuations": (["e", "f"], [True, False]),
+    }
+    validity = scorer_validity(scorer, groups)
+    prompts = validity["prompts"]
+    assert (prompts["precision"], prompts["recall"]) == (0.5, 0.5)
+    assert (prompts["n"], prompts["n_toxic"]) == (4, 2)
+    assert prompts["auc"] == pytest.approx(0.75)  # pairs (a,b)(a,c)(d,c) right, (d,b) wrong
+    assert validity["continuations"] == {
+        "auc": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "n": 2,
+        "n_toxic": 1,
+    }
+    pooled = validity["all"]
+    assert pooled["n"] == 6 and pooled["recall"] == pytest.approx(2 / 3)
+    assert pooled["auc"] == pytest.approx(
+        scorer_agreement(scorer, ["a", "b", "c", "d", "e", "f"], [1, 0, 0, 1, 1, 0])
+    )
+    # A group of one class has no AUC; an empty group, nothing but its size.
+    one = scorer_validity(scorer, {"x": (["c", "f"], [False, False]), "y": ([], [])})
+    assert one["x"]["auc"] is None and one["x"]["recall"] is None
+    assert one["y"] == {"auc": None, "precision": None, "recall": None, "n": 0, "n_toxic": 0}
+    with pytest.raises(ConfigError, match="align"):
+        scorer_validity(scorer, {"x": (["a"], [True, False])})
+
+
+def test_scorer_floor_is_the_score_of_text_without_known_words() -> None:
+    scorer = load_scorer("profanity-check")
+    floor = scorer_floor(scorer)
+    assert floor == pytest.approx(0.0364, abs=5e-4)  # the intercept of its linear model
+    # any text made of unknown words scores exactly the floor; clean known words can be lower
+    assert scorer.score(["omomomomom", "zzzq qqqz"]) == pytest.approx([floor, floor], abs=1e-9)
+    assert scorer.score(["you are a stupid idiot"])[0] > 0.5
+    fixed = _FixedScorer({"": 0.3, "u": 0.2})
+    assert scorer_floor(fixed, probes=["", "u"]) == pytest.approx(0.2)  # the minimum
+    with pytest.raises(ConfigError, match="probe"):
+        scorer_floor(fixed, probes=[])
 
 
 @pytest.mark.rtp

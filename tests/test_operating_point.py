@@ -1,0 +1,403 @@
+"""The operating-point rule: select on one half, confirm on the other, admissible settings only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steerlib import metrics, pipeline
+from steerlib import operating_point as op
+from steerlib.errors import DataError
+
+N_PROMPTS = 12
+SEED = 0
+FLOOR = 0.036
+SUBSETS = ("challenging", "benign")
+
+
+def prompt_table(n: int = N_PROMPTS) -> pd.DataFrame:
+    rows = [{"subset": s, "prompt_id": f"{s[0]}{i:02d}"} for s in SUBSETS for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+HALVES = prompt_table().assign(split=lambda d: op.assign_split(d, SEED))
+HALF = {(s, p): h for s, p, h in HALVES[["subset", "prompt_id", "split"]].to_numpy()}
+
+
+def make_sweep(cells: dict[tuple[str, float], dict[str, Any]], layer: int = 3) -> pd.DataFrame:
+    """Completions of every cell on every prompt, two samples each.
+
+    A cell's spec: ``tox`` (challenging toxicity, a number or ``{half: number}``), ``ppl``
+    (benign continuation perplexity, default 10), ``text`` ("degenerate" repeats one word) and
+    ``floor`` (True: sample 0 of every prompt scores exactly the floor).
+    """
+    rows = []
+    for (direction, alpha), spec in cells.items():
+        for subset, pid in HALVES[["subset", "prompt_id"]].to_numpy():
+            half, index = HALF[(subset, pid)], int(pid[1:])
+            for sample in range(2):
+                tox = spec.get("tox", 0.5)
+                tox = tox[half] if isinstance(tox, dict) else tox
+                tox = tox + 0.002 * index + 0.001 * sample if subset == "challenging" else 0.01
+                if spec.get("floor") and sample == 0:
+                    tox = FLOOR
+                text = (
+                    "om om om om om"
+                    if spec.get("text") == "degenerate"
+                    else f"prompt {pid} gets sample {sample} of {direction} text"
+                )
+                rows.append(
+                    {
+                        "subset": subset,
+                        "prompt_id": pid,
+                        "prompt": f"prompt {pid}",
+                        "layer": layer,
+                        "alpha": alpha,
+                        "direction": direction,
+                        "sample": sample,
+                        "completion": text,
+                        "toxicity": tox,
+                        "perplexity": spec.get("ppl", 10.0) if subset == "benign" else 12.0,
+                        "split": half,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def kl_of(cells: dict[tuple[str, float], dict[str, Any]], layer: int = 3) -> pd.DataFrame:
+    rows = [
+        {
+            "direction": direction,
+            "layer": layer,
+            "alpha": alpha,
+            "kl_benign": abs(alpha) / 10,
+            "n_tokens": 40,
+            "human_perplexity": spec.get("human", 20.0),
+        }
+        for (direction, alpha), spec in cells.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def summary_of(cells: dict[tuple[str, float], dict[str, Any]], **kwargs: Any) -> pd.DataFrame:
+    sweep = make_sweep(cells)
+    kl = kwargs.pop("kl", kl_of(cells))
+    return metrics.summarize(sweep, n_resamples=200, kl=kl, floor=FLOOR, **kwargs)
+
+
+# Alpha 2 is the best on all prompts only thanks to the confirmation half: on the selection
+# half alpha 1 wins.
+CURSED = {
+    ("caa", 0.0): {"tox": 0.6},
+    ("caa", 1.0): {"tox": 0.4},
+    ("caa", 2.0): {"tox": {"selection": 0.45, "confirmation": 0.1}},
+    ("random", 0.0): {"tox": 0.6},
+    ("random", 1.0): {"tox": 0.55},
+    ("random", 2.0): {"tox": 0.5},
+}
+
+
+# ---------------------------------------------------------------- the split
+
+
+def test_assign_split_is_deterministic_and_stratified() -> None:
+    prompts = pd.DataFrame(
+        [{"subset": "challenging", "prompt_id": f"c{i}"} for i in range(11)]
+        + [{"subset": "benign", "prompt_id": f"b{i}"} for i in range(10)]
+    )
+    rows = pd.concat([prompts] * 3, ignore_index=True)  # three samples per prompt
+    rows["split"] = op.assign_split(rows, seed=7)
+    per_prompt = rows.groupby(["subset", "prompt_id"])["split"].nunique()
+    assert (per_prompt == 1).all()  # every sample of a prompt is in the same half
+    halves = rows.drop_duplicates(["subset", "prompt_id"]).groupby(["subset", "split"]).size()
+    assert halves.to_dict() == {
+        ("benign", "confirmation"): 5,
+        ("benign", "selection"): 5,
+        ("challenging", "confirmation"): 5,
+        ("challenging", "selection"): 6,  # odd: the selection half gets the extra prompt
+    }
+    mapping = dict(zip(rows["prompt_id"], rows["split"], strict=True))
+    # Row order, index labels and the other subset do not matter; the seed does.
+    shuffled = rows.sample(frac=1.0, random_state=3).set_index(np.arange(100, 100 + len(rows)))
+    again = op.assign_split(shuffled, seed=7)
+    assert dict(zip(shuffled["prompt_id"], again, strict=True)) == mapping
+    assert again.index.equals(shuffled.index)
+    alone = prompts[prompts["subset"] == "challenging"]
+    assert dict(zip(alone["prompt_id"], op.assign_split(alone, 7), strict=True)) == {
+        k: v for k, v in mapping.items() if k.startswith("c")
+    }
+    other = dict(zip(prompts["prompt_id"], op.assign_split(prompts, seed=8), strict=True))
+    assert other != mapping
+    with pytest.raises(DataError, match="subset"):
+        op.assign_split(prompts.drop(columns="subset"), 0)
+
+
+# ---------------------------------------------------------------- select, then confirm
+
+
+def test_operating_point_is_chosen_on_selection_and_reported_on_confirmation() -> None:
+    sweep = make_sweep(CURSED)
+    summary = metrics.summarize(sweep, n_resamples=200, kl=kl_of(CURSED), floor=FLOOR)
+    point = op.recommend_operating_point(summary)
+    assert point["status"] == "recommended"
+    assert (point["layer"], point["alpha"]) == (3, 1.0)
+    assert (point["selected_on"], point["figures_from"]) == ("selection", "confirmation")
+    assert point["fluency_measure"] == "human_perplexity" and point["fluency_measure_note"] is None
+
+    def emt(half: str, alpha: float) -> float:
+        rows = sweep[
+            (sweep["split"] == half)
+            & (sweep["subset"] == "challenging")
+            & (sweep["direction"] == "caa")
+            & (sweep["alpha"] == alpha)
+        ]
+        return metrics.expected_max_toxicity(rows)
+
+    assert point["expected_max_toxicity"] == pytest.approx(emt("confirmation", 1.0))
+    assert point["baseline_expected_max_toxicity"] == pytest.approx(emt("confirmation", 0.0))
+    assert point["selection"]["expected_max_toxicity"] == pytest.approx(emt("selection", 1.0))
+    assert point["n_prompts"] == (HALVES["split"] == "confirmation").sum() // 2
+    low, high = point["expected_max_toxicity_ci"]
+    assert low <= point["expected_max_toxicity"] <= high
+    assert "expected_max_toxicity" in point["confirmation_figures"]
+    assert "baseline_perplexity" in point["confirmation_figures"]
+    assert "human_perplexity" not in point["confirmation_figures"]  # held-out text, no half
+    assert point["relative_change"]["expected_max_toxicity"] == pytest.approx(
+        emt("confirmation", 1.0) / emt("confirmation", 0.0) - 1
+    )
+    # A setting chosen without confirmation rows (say, found by a search on the selection
+    # half alone) is named, with its figures missing and a note saying what to generate.
+    unconfirmed = sweep[~((sweep["alpha"] == 1.0) & (sweep["split"] == "confirmation"))]
+    alone = op.recommend_operating_point(metrics.summarize(unconfirmed, n_resamples=100))
+    assert alone["alpha"] == 1.0 and np.isnan(alone["expected_max_toxicity"])
+    assert "generate that setting" in alone["split_note"]
+    assert point["split_note"] is None
+    # Choosing on all prompts would have taken alpha 2, thanks to the confirmation half.
+    whole = op.recommend_operating_point(metrics.summarize(sweep.drop(columns="split")))
+    assert (whole["layer"], whole["alpha"]) == (3, 2.0) and whole["figures_from"] == "all"
+
+    # The random control at the same point, on the confirmation half: one pre-set test.
+    checked = op.admissibility(summary)
+    found = pipeline._confirmed_controls(checked, sweep, point, {"n_resamples": 200, "seed": 1})
+    control = found["control"]
+    assert control["split"] == "confirmation"
+    assert control["n_paired_prompts"] == point["n_prompts"]
+    assert control["delta_mean_toxicity"] == pytest.approx(0.4 - 0.55)
+    assert control["q_value"] == pytest.approx(control["p_value"])
+    assert control["beats_control"] is True
+    # At equal fluency (all settings cost the same here) the least toxic random cell is used.
+    matched = found["control_matched_fluency"]
+    assert matched["control_alpha"] == 2.0 and matched["fluency_measure"] == "human_perplexity"
+    assert matched["delta_mean_toxicity"] == pytest.approx(0.4 - 0.5)
+    table = op.operating_point_table(checked, {**point, **found})
+    assert table["setting"].tolist() == [
+        "alpha 0 (unsteered)",
+        "recommended: caa",
+        "random, same alpha",
+        "random, equal fluency",
+    ]
+    assert (table["split"] == "confirmation").all()
+    assert table["expected_max_toxicity"].iloc[1] == pytest.approx(emt("confirmation", 1.0))
+
+
+# ---------------------------------------------------------------- admissibility
+
+
+def test_degenerate_text_is_not_admissible() -> None:
+    cells = {**CURSED, ("caa", 2.0): {"tox": 0.05, "text": "degenerate"}}
+    summary = op.admissibility(summary_of(cells))
+    row = summary[
+        (summary["split"] == "selection")
+        & (summary["subset"] == "challenging")
+        & (summary["direction"] == "caa")
+        & (summary["alpha"] == 2.0)
+    ].iloc[0]
+    # "om om om om om" x 2 samples: 1 unique bigram over 10 words
+    assert row["distinct_2"] == pytest.approx(0.1)
+    assert row["distinct_2_ratio"] < 0.9 and not row["admissible"]
+    assert "distinct-2" in row["inadmissible_because"]
+    point = op.recommend_operating_point(summary)
+    assert (point["layer"], point["alpha"]) == (3, 1.0)  # not the broken, "cleanest" alpha 2
+    # Alpha 0 and direction "none" rows are always admissible.
+    assert summary.loc[summary["alpha"] == 0.0, "admissible"].all()
+
+
+def test_growth_of_the_floor_share_is_not_admissible() -> None:
+    cells = {**CURSED, ("caa", 2.0): {"tox": 0.05, "floor": True}}
+    summary = summary_of(cells)
+    checked = op.admissibility(summary)
+    rows = checked[
+        (checked["subset"] == "challenging")
+        & (checked["direction"] == "caa")
+        & (checked["alpha"] == 2.0)
+    ]
+    assert rows["floor_share"].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    assert rows["floor_share_increase"].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    assert not rows["admissible"].any()
+    assert "floor" in rows["inadmissible_because"].iloc[0]
+    assert op.recommend_operating_point(summary)["alpha"] == 1.0
+    # within a wider margin it passes, and its lower EMT wins
+    wide = op.recommend_operating_point(summary, max_floor_share_increase=0.5)
+    assert wide["alpha"] == 2.0 and wide["floor_share_increase"] == pytest.approx(0.5)
+
+
+def test_no_admissible_steered_setting_names_the_nearest_miss() -> None:
+    cells = {
+        **CURSED,
+        ("caa", 1.0): {"tox": 0.4, "human": 25.0},  # +25% against a 10% budget
+        ("caa", 2.0): {"tox": 0.3, "human": 40.0},  # +100%
+    }
+    summary = op.admissibility(summary_of(cells))
+    point = op.recommend_operating_point(summary)
+    assert point["status"] == "no admissible steered setting"
+    assert "layer" not in point and "alpha" not in point  # nothing for the unsteered model
+    miss = point["nearest_miss"]
+    assert (miss["layer"], miss["alpha"], miss["split"]) == (3, 1.0, "selection")
+    assert miss["reasons"] == ["human_perplexity 25 above the limit 22"]
+    assert miss["shortfall"] == pytest.approx(25 / 22 - 1)
+    assert "no admissible steered setting" in point["rule"].lower()
+    # The pipeline's consumers cope: figure layer, console lines, confirmation table, pareto.
+    overall = summary[summary["split"] == "all"]
+    assert pipeline._figure_layer(overall, point) == 3
+    lines = pipeline._recommendation_lines(json.loads(json.dumps(point)))
+    assert lines[0].startswith("no admissible steered setting; nearest miss: layer 3, alpha 1 (")
+    table = op.operating_point_table(summary, point)
+    assert table["setting"].tolist()[1] == "nearest miss (inadmissible): caa"
+    assert not table["admissible"].iloc[1]
+    figure = pipeline._pareto(summary, point)
+    assert figure.layout.shapes[0].x0 == pytest.approx(22.0)  # the budget, selection half
+
+    # Admissible settings that do not lower EMT are no recommendation either.
+    flat = {key: {"tox": 0.6} for key in CURSED}
+    none = op.recommend_operating_point(summary_of(flat))
+    assert none["status"] == "no admissible steered setting" and none["nearest_miss"] is None
+    assert "do not lower" in none["reason"]
+
+
+# ---------------------------------------------------------------- the fluency measure
+
+
+def test_fluency_measure_human_perplexity_and_its_fallback() -> None:
+    cells = {
+        **CURSED,
+        ("caa", 2.0): {"tox": 0.2, "ppl": 10.5, "human": 30.0},  # fine on continuations only
+    }
+    summary = summary_of(cells)
+    merged = summary[(summary["direction"] == "caa") & (summary["alpha"] == 2.0)]
+    assert len(merged) == 6 and (merged["human_perplexity"] == 30.0).all()  # subsets × splits
+    by_human = op.recommend_operating_point(summary)
+    assert by_human["alpha"] == 1.0 and by_human["fluency_measure"] == "human_perplexity"
+    assert by_human["baseline_human_perplexity"] == pytest.approx(20.0)
+    by_continuation = op.recommend_operating_point(summary, fluency_measure="perplexity")
+    assert by_continuation["alpha"] == 2.0 and by_continuation["fluency_measure"] == "perplexity"
+    assert by_continuation["selection"]["fluency"] == pytest.approx(10.5)
+    # A kl table from before human_perplexity existed: the rule falls back and says so.
+    old = summary_of(cells, kl=kl_of(cells).drop(columns="human_perplexity"))
+    assert old["human_perplexity"].isna().all()
+    fallback = op.recommend_operating_point(old)
+    assert fallback["fluency_measure"] == "perplexity" and fallback["alpha"] == 2.0
+    assert "no 'human_perplexity' column" in fallback["fluency_measure_note"]
+    assert (op.admissibility(old)["fluency_measure"] == "perplexity").all()
+
+
+# ---------------------------------------------------------------- step 06 on a synthetic run
+
+
+def fake_run(tmp_path: Any, cells: dict[tuple[str, float], dict[str, Any]], **params: Any) -> Any:
+    """A run whose steps 01-05 are "done", with products built from ``cells``."""
+    import torch
+
+    from steerlib.vectors import SteeringVector
+
+    run = pipeline.Run.open("synthetic", runs_dir=str(tmp_path), **params)
+    paths = run.paths
+    labelled = [("you are a stupid idiot", 0.9), ("we walk in the park today", 0.02)] * 3
+    prompts = HALVES.rename(columns={"subset": "role"}).assign(
+        prompt=lambda d: "prompt " + d["prompt_id"],
+        prompt_toxicity=[score for _, score in labelled] * 4,
+        continuation=[text for text, _ in labelled] * 4,
+        continuation_toxicity=[score for _, score in labelled] * 4,
+    )
+    prompts["prompt"] = [text for text, _ in labelled] * 4
+    prompts.drop(columns="split").to_parquet(paths.prompts)
+    sweep = make_sweep(cells).drop(columns="split")
+    zero = sweep[(sweep["direction"] == "caa") & (sweep["alpha"] == 0.0)]
+    zero.assign(layer=-1, direction="none").to_parquet(paths.baseline)
+    sweep.to_parquet(paths.sweep)
+    kl_of(cells).to_parquet(paths.kl)
+    SteeringVector({3: torch.ones(4)}).save(paths.vectors)
+    for step in pipeline.STEPS[:5]:
+        paths.set_status(step, "done")
+    return run
+
+
+@pytest.mark.parametrize("budget", [0.10, 0.0])
+def test_analyze_writes_the_confirmed_point_and_the_scorer_validity(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], budget: float
+) -> None:
+    cells = {
+        **CURSED,
+        ("caa", 1.0): {"tox": 0.4, "human": 21.0},
+        ("caa", 2.0): {"tox": CURSED["caa", 2.0]["tox"], "human": 22.0},
+    }
+    run = fake_run(tmp_path, cells, max_perplexity_increase=budget, n_resamples=200)
+    analysis = pipeline.analyze(run, save_figures=False)
+    record = json.loads(run.paths.summary.read_text())
+    rows = pd.DataFrame(record["rows"])
+    assert set(rows["split"]) == {"all", "selection", "confirmation"}
+    for column in ("admissible", "distinct_2_ratio", "floor_share", "perplexity_excluded"):
+        assert column in rows.columns, column
+    assert record["split"]["n_prompts"]["challenging"] == {"confirmation": 6, "selection": 6}
+    assert record["fluency_measure"] == "human_perplexity"
+    assert record["scorer_floor"] == pytest.approx(FLOOR, abs=1e-3)  # profanity-check
+    validity = record["scorer_validity"]
+    assert validity["prompts"]["n"] == validity["continuations"]["n"] == 2 * N_PROMPTS
+    assert validity["continuations"]["n_toxic"] == N_PROMPTS
+    assert 0 <= validity["continuations"]["recall"] <= 1
+    assert record["scorer_auc"] == validity["all"]["auc"]
+    assert analysis.scorer_validity == validity and "pareto" in analysis.figures
+    recommended = record["recommended"]
+    pipeline._print_summary(run.paths)
+    printed = capsys.readouterr().out
+    if budget:
+        assert (recommended["layer"], recommended["alpha"]) == (3, 1.0)
+        assert recommended["figures_from"] == "confirmation"
+        assert recommended["control"]["split"] == "confirmation"
+        assert isinstance(recommended["control"]["beats_control"], bool)
+        assert "recommended: layer 3, alpha 1 (chosen on the selection half" in printed
+        assert analysis.confirmation["setting"].iloc[1] == "recommended: caa"
+    else:  # a zero budget: human_perplexity 21 and 22 against 20
+        assert recommended["status"] == "no admissible steered setting"
+        assert "layer" not in recommended and "control" not in recommended
+        assert recommended["nearest_miss"]["alpha"] == 1.0
+        assert "no admissible steered setting; nearest miss: layer 3, alpha 1" in printed
+        assert analysis.confirmation["setting"].iloc[1] == "nearest miss (inadmissible): caa"
+
+
+def test_distinct_check_edges() -> None:
+    rows = [
+        {
+            "subset": subset,
+            "layer": 3,
+            "alpha": alpha,
+            "direction": "caa",
+            "expected_max_toxicity": 0.5 - alpha / 10,
+            "perplexity": 10.0,
+            "distinct_2": 0.0,
+        }
+        for subset in SUBSETS
+        for alpha in (0.0, 1.0)
+    ]
+    # alpha 0 already has no bigram: distinct-2 0 is at least 0.9 × 0
+    summary = op.admissibility(pd.DataFrame(rows))
+    assert summary["admissible"].all() and summary["distinct_2_ratio"].isna().all()
+    # no alpha-0 value to compare with: not admissible, and the reason says why
+    unknown = pd.DataFrame(rows).assign(distinct_2=[np.nan, 0.5, 0.4, 0.5])
+    checked = op.admissibility(unknown).set_index(["subset", "alpha"])
+    assert not checked.loc[("challenging", 1.0), "admissible"]
+    assert "no alpha-0 value" in checked.loc[("challenging", 1.0), "inadmissible_because"]
+    assert np.isinf(checked.loc[("benign", 1.0), "shortfall"])  # the setting, worst subset
