@@ -384,7 +384,15 @@ class _ParamLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.1 reads 1e39 and 1e-40 (no dot) as text; a parameter file means the number.
+# Plain values are read as YAML 1.2 reads them: only true/false are booleans (YAML 1.1 also
+# turns yes, no, on, off, y and n into booleans), and 1e39 is a number (YAML 1.1: text).
+_ParamLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ParamLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _ParamLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -431,6 +439,8 @@ def _parse_yaml(text: str, where: str) -> Any:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings; values are YAML (``alphas=[0,1]``, ``seed=3``).
 
+    A key given twice takes its last value, as command-line options do.
+
     Raises:
         ConfigError: An item has no ``=``, names no key, or its value is not valid YAML.
     """
@@ -442,8 +452,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"--set {short_repr(item)} names no parameter; write key=value.")
-        if key in result:
-            raise ConfigError(f"--set {key}=... is given twice; keep one.")
         result[key] = _parse_yaml(raw, f"--set {key}") if raw.strip() else None
     return result
 
@@ -485,17 +493,26 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path} must hold a mapping of parameter names to values, not {short_repr(loaded)}."
         )
+    names = [key for key in loaded if not isinstance(key, str)]
+    if names:
+        raise ConfigError(
+            f"{path}: parameter names are text, got {short_repr(names[0])}; write name: value."
+        )
     return loaded
 
 
 def _absolute_source(name: str, value: str) -> str:
     """A prompt file path made absolute against the current folder.
 
+    Symbolic links are kept, so that a broken one is reported by the prompt loader.
+
     Raises:
-        ConfigError: The path cannot be resolved (a NUL, a symlink loop, an unknown ``~user``).
+        ConfigError: The path cannot be made absolute (a NUL, an unknown ``~user``).
     """
     try:
-        return str(Path(value).expanduser().resolve())
+        if "\x00" in value:
+            raise ValueError("it holds a NUL character")
+        return os.path.abspath(Path(value).expanduser())
     except (OSError, RuntimeError, ValueError) as exc:
         raise ConfigError(
             f"parameter {name!r}: the path {short_repr(value)} cannot be resolved ({exc}); pass "
