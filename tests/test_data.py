@@ -579,3 +579,32 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
     used = [split.challenging, split.benign, split.kl_benign]
     pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
     assert not pair_ids & set(pd.concat(used)["prompt_id"])
+
+
+def test_same_file_name_in_two_folders_keeps_every_prompt(tmp_path: Path) -> None:
+    """Records without filename/begin/end in toxic/p.jsonl and benign/p.jsonl: no id clash."""
+    toxic = [json.dumps({"challenging": True, **_record(f"rude {i}")}) for i in range(8)]
+    calm = [json.dumps({"challenging": False, **_record(f"calm {i}")}) for i in range(8)]
+    (tmp_path / "toxic").mkdir()
+    (tmp_path / "benign").mkdir()
+    challenging = load_prompt_file(_write_lines(tmp_path / "toxic" / "p.jsonl", toxic))
+    benign = load_prompt_file(_write_lines(tmp_path / "benign" / "p.jsonl", calm))
+    assert not set(challenging["prompt_id"]) & set(benign["prompt_id"])
+    assert challenging["prompt_id"][0] == f"p:1:{text_digest('rude 0')}"
+    split = split_prompts(challenging, benign, n_prompts=6, n_pairs=2, seed=0)
+    used = pd.concat([split.benign, split.pairs_nontoxic])["prompt"]
+    assert sorted(used) == sorted(f"calm {i}" for i in range(8))  # none dropped
+    # The same text on the same line of a same-named file is the same prompt: one id.
+    again = load_prompt_file(_write_lines(tmp_path / "p.jsonl", toxic[:1]))
+    assert again["prompt_id"][0] == challenging["prompt_id"][0]
+
+
+def test_lone_surrogate_and_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    bad = _write_lines(tmp_path / "s.jsonl", ['{"prompt": {"text": "a \\udc80 b"}}'])
+    with pytest.raises(DataError, match=r"s\.jsonl, line 1: the escape \\udc80 is a lone"):
+        load_prompt_file(bad)
+    fine = _write_lines(tmp_path / "pair.jsonl", ['{"prompt": {"text": "\\ud83d\\ude00 ok"}}'])
+    assert load_prompt_file(fine)["prompt"][0] == "\N{GRINNING FACE} ok"
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(DataError, match="symbolic link"):
+        load_prompts(str(tmp_path / "loop"))
