@@ -110,13 +110,14 @@ def load_tensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any
     Only safetensors are read; nothing is unpickled.
 
     Raises:
-        DataError: The file is missing or not a readable safetensors file; the message names
-            ``what`` it should hold.
+        DataError: The file is missing.
+        DamagedRunError: The file is not a readable safetensors file (truncated or corrupt);
+            the message names ``what`` it should hold and says to delete it.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from steerlib.errors import DataError
+    from steerlib.errors import DamagedRunError, DataError
 
     source = Path(path)
     if not source.is_file():
@@ -125,6 +126,10 @@ def load_tensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any
         with safe_open(str(source), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {}).get("steerlib", "{}"))
         tensors = load_file(str(source))
-    except Exception as exc:
-        raise DataError(f"{source} is not a readable steerlib {what} file: {exc}") from exc
+    except Exception as exc:  # safetensors and json raise their own error types
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+        raise DamagedRunError(
+            f"{source} is not a readable steerlib {what} file ({reason}); delete it and run "
+            "the step that writes it again (python -m steerlib run ... --force)."
+        ) from None
     return tensors, meta

@@ -2,9 +2,10 @@
 
 Every loader returns the *prompt table* of the contract, one row per record:
 
-``prompt_id`` (str, unique, stable), ``prompt`` (str), ``prompt_toxicity`` (float or NaN),
-``continuation`` (str or None), ``continuation_toxicity`` (float or NaN), ``challenging`` (bool),
-``source`` (str: ``"handwritten"``, ``"rtp-hub"`` or the file path).
+``prompt_id`` (str, unique, stable; see :func:`load_prompt_file`), ``prompt`` (str),
+``prompt_toxicity`` (float or NaN), ``continuation`` (str or None), ``continuation_toxicity``
+(float or NaN), ``challenging`` (bool), ``source`` (str: ``"handwritten"``, ``"rtp-hub"`` or
+the file path).
 
 Records follow the RealToxicityPrompts (RTP) JSON-lines schema::
 
@@ -16,6 +17,7 @@ The scores are Perspective API attributes; they are optional and may be null.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,6 +47,7 @@ __all__ = [
     "pair_texts",
     "perspective_labels",
     "split_prompts",
+    "text_digest",
     "text_labels",
 ]
 
@@ -211,11 +214,17 @@ def _records_to_frame(
                 f"{where}, {unit} {number}: {_describe_validation_error(err)}; each record needs "
                 "a non-empty prompt.text string and scores that are numbers in [0, 1] or null."
             ) from None
-        row = _to_row(record, fallback_id=f"{stem}:{number}", source=source)
+        fallback = f"{stem}:{number}:{text_digest(record.prompt.text)}"
+        row = _to_row(record, fallback_id=fallback, source=source)
         row["prompt_id"] = _unique(row["prompt_id"], seen)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(PROMPT_COLUMNS))
     return _typed(frame)
+
+
+def text_digest(text: str) -> str:
+    """First 8 hex digits of the SHA-256 of ``text`` (UTF-8): the text part of a prompt id."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 def _unique(prompt_id: str, seen: set[str]) -> str:
@@ -245,7 +254,12 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, parsed JSON)`` for each non-blank line; raise DataError on bad JSON."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"Prompt file {path} cannot be read ({exc.strerror or exc}); check its permissions."
+        ) from None
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             line = raw.decode("utf-8")
@@ -256,21 +270,45 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            reason = f"{err.msg} at column {err.colno}" if hasattr(err, "colno") else "too deep"
             raise DataError(
-                f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno}); each "
-                "line must hold one JSON object."
+                f"{path}, line {number}: malformed JSON ({reason}); each line must hold one JSON "
+                "object."
             ) from None
+        if "\\u" in line:
+            _check_unicode(record, f"{path}, line {number}")
+        yield number, record
+
+
+def _check_unicode(record: Any, where: str) -> None:
+    """Refuse a lone surrogate (an unpaired ``ud800``-style escape): it is not text.
+
+    Raises:
+        DataError: Naming ``where`` and the escape.
+    """
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start : err.end]
+        escape = "".join(f"\\u{ord(c):04x}" for c in bad)
+        raise DataError(
+            f"{where}: the escape {escape} is a lone surrogate, not a character; fix or remove "
+            "it (a character outside the basic plane is written as a pair of escapes)."
+        ) from None
 
 
 def load_prompt_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read an RTP-schema JSON-lines file into the prompt table.
 
     Blank lines are skipped. ``prompt_id`` is ``"<filename>:<begin>-<end>"`` when the record has
-    those fields, else ``"<file stem>:<line number>"``; a repeated id gets a ``#2``, ``#3``...
-    suffix. A record without ``challenging`` is challenging when its prompt toxicity is at
-    least 0.5. ``source`` is the record's ``source`` field, else the file path.
+    those fields (RTP's own identity of a prompt), else ``"<file stem>:<line>:<digest>"`` where
+    ``<digest>`` is :func:`text_digest` of the prompt text: two files with the same name in
+    different folders give the same id only for the same text on the same line. A repeated id
+    within the file gets a ``#2``, ``#3``... suffix. A record without ``challenging`` is
+    challenging when its prompt toxicity is at least 0.5. ``source`` is the record's ``source``
+    field, else the file path.
 
     Args:
         path: The JSON-lines file.
@@ -284,8 +322,13 @@ def load_prompt_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     file = Path(path)
     if not file.is_file():
+        what = (
+            "is a symbolic link that leads nowhere (or in a loop)"
+            if file.is_symlink()
+            else ("is not a file" if file.exists() else "does not exist")
+        )
         raise DataError(
-            f"Prompt file {file} does not exist; pass an existing RTP JSON-lines file, or "
+            f"Prompt file {file} {what}; pass an existing RTP JSON-lines file, or "
             "'bundled' for the handwritten prompt set."
         )
     frame = _records_to_frame(
@@ -370,9 +413,10 @@ def load_prompts(source: str | os.PathLike[str]) -> pd.DataFrame:
         return load_prompt_file(BUNDLED_PROMPTS)
     path = Path(source)
     if not path.is_file():
+        loop = " (a symbolic link that leads nowhere or in a loop)" if path.is_symlink() else ""
         raise DataError(
-            f"Prompt source {str(source)!r} is neither 'hub', 'bundled' nor an existing file; "
-            "pass one of those."
+            f"Prompt source {str(source)!r} is neither 'hub', 'bundled' nor an existing file"
+            f"{loop}; pass one of those."
         )
     return load_prompt_file(path)
 
@@ -395,6 +439,29 @@ def _require_columns(df: pd.DataFrame, name: str, columns: Iterable[str]) -> Non
             f"The {name} prompt table lacks column(s) {missing}; build it with "
             "steerlib.data.load_prompts."
         )
+
+
+def _distinct_ids(challenging: pd.DataFrame, benign: pd.DataFrame) -> pd.DataFrame:
+    """``benign`` with each id that ``challenging`` gives another text made distinct.
+
+    Ids come from the records (``filename``/``begin``/``end``), so two files can give one id
+    to different texts; such a benign row gets the suffix ``#<text digest>`` instead of being
+    dropped as a duplicate. A row with the same id and text stays a duplicate.
+    """
+    texts = dict(zip(challenging["prompt_id"], challenging["prompt"], strict=True))
+    clash = [
+        prompt_id in texts and texts[prompt_id] != prompt
+        for prompt_id, prompt in zip(benign["prompt_id"], benign["prompt"], strict=True)
+    ]
+    if not any(clash):
+        return benign
+    benign = benign.copy()
+    renamed = [
+        f"{prompt_id}#{text_digest(prompt)}"
+        for prompt_id, prompt in zip(benign["prompt_id"], benign["prompt"], strict=True)
+    ]
+    benign["prompt_id"] = benign["prompt_id"].where(~pd.Series(clash, index=benign.index), renamed)
+    return benign
 
 
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
@@ -518,8 +585,9 @@ def split_prompts(
     and its first ``n_pairs`` rows taken, and each gets the non-toxic text closest in length
     (:func:`match_lengths`). ``n_pairs="all"`` takes as many pairs as the smaller side has.
 
-    Repeated ids or texts are dropped, so the subsets are disjoint by ``prompt_id`` and by
-    prompt text.
+    A prompt is dropped only as a repeat of an earlier text: a benign id that the challenging
+    table gives another text is made distinct (``#<text digest>``), so the subsets are
+    disjoint by ``prompt_id`` and by prompt text.
 
     Args:
         challenging: Prompt table holding the challenging prompts.
@@ -553,6 +621,7 @@ def split_prompts(
     _require_columns(challenging, "challenging", needed_cols)
     _require_columns(benign, "benign", needed_cols)
     challenging, benign = (_with_text_columns(t) for t in (challenging, benign))
+    benign = _distinct_ids(challenging, benign)
 
     toxic_pool = _dedupe(challenging[challenging["challenging"].astype(bool)])
     tox = pd.to_numeric(benign["prompt_toxicity"], errors="coerce")

@@ -191,6 +191,15 @@ def check_embedded_cache() -> Check:
     from steerlib import models
 
     root = models.cache_dir()
+    problem = models.cache_dir_problem()
+    if problem:
+        return Check(
+            "embedded model cache",
+            "MISSING",
+            problem,
+            "set STEERLIB_CACHE to a writable folder",
+            required=True,
+        )
     copies = _converted_copies(root, models.EMBEDDED_MODEL)
     try:
         gguf = models.embedded_gguf_path()

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,18 @@ __all__ = [
     "EMBEDDED_GGUF_FILE",
     "EMBEDDED_MODEL",
     "EMBEDDED_PACKAGE",
+    "ModelShape",
     "cache_dir",
+    "cache_dir_problem",
     "convert_embedded",
     "default_dtype",
     "embedded_gguf_path",
     "load_model",
+    "model_folder_problems",
     "model_id",
     "model_num_layers",
     "model_revision",
+    "model_shape",
     "resolve_device",
 ]
 
@@ -57,6 +62,25 @@ def cache_dir() -> Path:
     """Folder for converted models: ``$STEERLIB_CACHE`` or ``~/.cache/steerlib``."""
     root = os.environ.get("STEERLIB_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "steerlib"
+
+
+def cache_dir_problem() -> str | None:
+    """Why the cache folder cannot hold the converted model, or ``None`` when it can."""
+    root = cache_dir()
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return (
+                    f"the cache folder {root} lies under the file {folder}; set STEERLIB_CACHE "
+                    "to a folder (or unset it for ~/.cache/steerlib)"
+                )
+            if not os.access(folder, os.W_OK | os.X_OK) and folder != root:
+                return (
+                    f"the cache folder {root} cannot be created in {folder} (not writable); "
+                    "set STEERLIB_CACHE to a writable folder"
+                )
+            return None
+    return None  # pragma: no cover - the file system root exists
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -117,7 +141,16 @@ def convert_embedded(*, force: bool = False) -> Path:
     marker = dest / "steerlib_conversion.json"
     if marker.is_file() and not force:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    problem = cache_dir_problem()
+    if problem:
+        raise ModelError(f"Cannot convert the embedded model: {problem}.")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"Cannot convert the embedded model: the cache folder {dest.parent} cannot be "
+            f"created ({exc.strerror or exc}); set STEERLIB_CACHE to a writable folder."
+        ) from None
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(
@@ -247,13 +280,38 @@ def load_tokenizer(
     return _prepare_tokenizer(tokenizer)
 
 
-def model_num_layers(
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says about its size, read without its weights.
+
+    Attributes:
+        num_layers: Decoder layers.
+        context: Longest sequence (prompt + new tokens) in positions, or ``None`` when the
+            config does not say (``max_position_embeddings``, ``n_positions``...).
+        kv_values_per_token: Numbers the KV cache holds per token of one row (keys and
+            values of every layer); times the dtype's bytes gives its memory.
+    """
+
+    num_layers: int
+    context: int | None
+    kv_values_per_token: int | None
+
+
+def _first_int(config: Any, *keys: str) -> int | None:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def model_shape(
     name_or_path: str | os.PathLike[str],
     *,
     revision: str | None = None,
     trust_remote_code: bool = False,
-) -> int:
-    """Number of decoder layers, read from the model's config without loading its weights.
+) -> ModelShape:
+    """Layers, context length and KV-cache size per token, from the config alone.
 
     Raises:
         ModelError: The config cannot be read (the message names the offline default).
@@ -266,18 +324,77 @@ def model_num_layers(
         config = AutoConfig.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
         raise ModelError(
             f"Could not load model {name!r} from {where}: {str(exc).splitlines()[0]} "
             f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
         ) from exc
     config = getattr(config, "text_config", None) or config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    raise ModelError(f"the config of {name!r} does not say how many layers the model has.")
+    layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
+    if layers is None:
+        raise ModelError(f"the config of {name!r} does not say how many layers the model has.")
+    context = _first_int(config, "max_position_embeddings", "n_positions", "seq_length")
+    heads = _first_int(config, "num_attention_heads", "n_head")
+    kv_heads = _first_int(config, "num_key_value_heads") or heads
+    hidden = _first_int(config, "hidden_size", "n_embd")
+    head_dim = _first_int(config, "head_dim") or (hidden // heads if hidden and heads else None)
+    per_token = 2 * layers * kv_heads * head_dim if kv_heads and head_dim else None
+    return ModelShape(layers, context, per_token)
+
+
+def model_num_layers(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> int:
+    """Number of decoder layers, read from the model's config without loading its weights.
+
+    Raises:
+        ModelError: The config cannot be read (the message names the offline default).
+    """
+    return model_shape(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    ).num_layers
+
+
+def model_folder_problems(folder: str | os.PathLike[str], what: str = "model") -> list[str]:
+    """What keeps a local model folder from loading, one line each ([] when nothing does).
+
+    A folder needs ``config.json`` and safetensors weights (``*.safetensors``, or the shards
+    an index names) whose headers read; nothing is unpickled to check them.
+    """
+    from safetensors import safe_open
+
+    root = Path(folder)
+    problems = []
+    if not (root / "config.json").is_file():
+        problems.append(
+            f"the {what} folder {root} has no config.json; save the model there with "
+            "save_pretrained (or name a hub id)"
+        )
+    weights = sorted(root.glob("*.safetensors"))
+    if not weights:
+        others = sorted(p.name for p in root.glob("*.bin")) + sorted(
+            p.name for p in root.glob("*.pt")
+        )
+        found = f" (it holds {', '.join(others)}; steerlib unpickles nothing)" if others else ""
+        problems.append(
+            f"the {what} folder {root} has no *.safetensors weights{found}; save them with "
+            "save_pretrained(folder, safe_serialization=True)"
+        )
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own error types
+            problems.append(
+                f"{path} is not a readable safetensors file ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:120]}); save the weights again with "
+                "save_pretrained"
+            )
+    return problems
 
 
 def _tokenizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -42,8 +42,17 @@ import pandas as pd
 
 from steerlib._io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from steerlib.config import RunParams, load_params, parse_overrides
-from steerlib.errors import ConfigError, DataError, SteerlibError
-from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
+from steerlib.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_STEP_FAILED,
+    ConfigError,
+    DamagedRunError,
+    DataError,
+    SteerlibError,
+    exit_code,
+)
+from steerlib.preflight import check_run_files, preflight, split_arguments
+from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, run_lock
 
 __all__ = [
     "NOTEBOOKS",
@@ -140,11 +149,17 @@ class Run:
             >>> run = Run.open("demo", n_prompts=8, layers=[12, 18])  # doctest: +SKIP
         """
         paths = RunPaths.for_run(run_name, runs_dir or None)
-        stored: dict[str, Any] = {}
-        if paths.params.is_file():
-            stored = json.loads(paths.params.read_text(encoding="utf-8")).get("params", {})
+        stored: dict[str, Any] = paths.read_params().get("params", {})
         params.pop("run_name", None)
-        resolved = RunParams.validate_mapping({**stored, **params, "run_name": run_name})
+        try:
+            resolved = RunParams.validate_mapping({**stored, **params, "run_name": run_name})
+        except ConfigError as exc:
+            if not any(f"'{name}'" in str(exc) for name in set(stored) - set(params)):
+                raise
+            raise ConfigError(
+                f"{exc} (a value stored in {paths.params}: pass the parameter again to replace "
+                "it, or delete that file)"
+            ) from None
         values = resolved.notebook_parameters()
         changed = {
             k: (stored[k], values[k]) for k in params if k in stored and stored[k] != values[k]
@@ -178,9 +193,7 @@ class Run:
 
     def write_params(self, **extra: Any) -> None:
         """Write ``params.json``: parameters, package versions, git commit, model revision."""
-        record: dict[str, Any] = {}
-        if self.paths.params.is_file():
-            record = json.loads(self.paths.params.read_text(encoding="utf-8"))
+        record = self.paths.read_params()
         record.update(
             {
                 "params": self.params.notebook_parameters(),
@@ -332,7 +345,7 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
             benign,
             n_kl=p.kl_texts,
             length=lambda texts: [len(ids) for ids in tokenizer(texts)["input_ids"]],
-            **_split_arguments(p),
+            **split_arguments(p),
         )
         parts = {
             "challenging": split.challenging,
@@ -344,18 +357,6 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
         table = pd.concat([df.assign(role=role) for role, df in parts.items()], ignore_index=True)
         atomic_write_parquet(paths.prompts, table)
     return table
-
-
-def _split_arguments(p: RunParams) -> dict[str, Any]:
-    """The parameters of :func:`steerlib.data.split_prompts` that a run sets."""
-    return {
-        "n_prompts": p.n_prompts,
-        "n_pairs": p.n_pairs,
-        "seed": p.seed,
-        "benign_max_toxicity": p.benign_max_toxicity,
-        "pair_toxic_min": p.pair_toxic_min,
-        "pair_nontoxic_max": p.pair_nontoxic_max,
-    }
 
 
 # -- 02 baseline -----------------------------------------------------------------------------
@@ -715,7 +716,15 @@ def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
     Unit keys name the direction, layer and prompt bucket, not the alphas, so a unit saved
     under other alphas would otherwise be taken as done.
     """
-    saved = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
+    saved = {}
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            saved[path.stem] = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several error types for a damaged file
+            raise DamagedRunError(
+                f"sweep unit {path} is damaged ({type(exc).__name__}); delete it and run the "
+                "same command again (only that unit is generated again)."
+            ) from None
     for key, table in saved.items():
         found = sorted(set(table["alpha"].astype(float)))
         if found != sorted(float(a) for a in alphas):
@@ -1085,46 +1094,12 @@ def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
                 f"run {name!r} has no summary: run its chain first "
                 f"(python -m steerlib run --run-name {name} ...)."
             )
-        params = json.loads(paths.params.read_text(encoding="utf-8"))["params"]
+        params = paths.read_params().get("params", {})
         table = pd.read_parquet(paths.summary_table)
         if "split" in table.columns:  # one row per setting: all prompts
             table = table[table["split"] == "all"]
         tables.append(table.assign(run_name=name, pair_source=params.get("pair_source")))
     return pd.concat(tables, ignore_index=True)
-
-
-def preflight(params: RunParams) -> None:
-    """Checks that need no model weights, run before any notebook starts.
-
-    They catch, with one sentence naming the culprit, what would otherwise fail minutes into a
-    run: an unknown scorer, a missing or malformed prompt file (file and line), subsets larger
-    than the data, a model whose config cannot be read, a layer out of range.
-
-    Raises:
-        SteerlibError: The first problem found.
-    """
-    from steerlib.data import load_prompts, split_prompts
-    from steerlib.layers import resolve_layers
-    from steerlib.models import model_num_layers
-    from steerlib.scoring import SCORERS
-
-    scorer = params.scorer
-    if scorer not in SCORERS and not Path(scorer).is_dir() and "/" not in scorer:
-        raise ConfigError(
-            f"parameter 'scorer': unknown scorer {scorer!r}; use one of {sorted(SCORERS)}, a "
-            "local classifier folder or a hub id."
-        )
-    sources = {params.challenging_source, params.benign_source}
-    if "hub" not in sources:
-        tables = {source: load_prompts(source) for source in sources}
-        split_prompts(
-            tables[params.challenging_source],
-            tables[params.benign_source],
-            n_kl=params.kl_texts,
-            **_split_arguments(params),
-        )
-    n_layers = model_num_layers(params.model, trust_remote_code=params.trust_remote_code)
-    resolve_layers(n_layers, params.layers)
 
 
 # -- the chain -------------------------------------------------------------------------------
@@ -1153,14 +1128,23 @@ def run_chain(
 ) -> int:
     """Execute notebooks 01-06 with papermill; skip those already done.
 
+    Every input is checked first (:func:`~steerlib.preflight.preflight`, then the run's own
+    files, :func:`~steerlib.preflight.check_run_files`), so a bad input stops the command
+    before anything is written or loaded.
+
     Returns:
         0 on success; 1 when a notebook failed (its executed copy holds the error).
+
+    Raises:
+        PreflightError: Bad input, one line per problem.
+        DamagedRunError: A file of the existing run is damaged (each named, with the fix).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     paths = RunPaths.for_run(params.run_name, runs_dir)
-    preflight(params)
+    preflight(params, runs_dir=runs_dir)
+    check_run_files(paths, force=force)
     _ensure_writable(paths.root)
     values = params.notebook_parameters()
     started = time.perf_counter()
@@ -1177,7 +1161,9 @@ def run_chain(
         for notebook in notebooks:
             step = notebook.stem
             executed = paths.notebooks / notebook.name
-            if not force and paths.step_state(step) == "done" and executed.is_file():
+            products = STEP_PRODUCTS[step](paths) if step in STEP_PRODUCTS else ()
+            finished = all(product.is_file() for product in products)
+            if not force and paths.step_state(step) == "done" and executed.is_file() and finished:
                 print(f"[steerlib] {step}: done earlier, skipped")
                 continue
             declared = _declared_parameters(notebook)
@@ -1205,7 +1191,7 @@ def run_chain(
                     f"[steerlib] open {executed} to see the error in place.",
                     file=sys.stderr,
                 )
-                return 1
+                return EXIT_STEP_FAILED
             if paths.step_state(step) != "done":
                 paths.set_status(step, "done", seconds=round(time.perf_counter() - step_started, 1))
             print(f"[steerlib] {step}: done in {time.perf_counter() - step_started:.0f} s")
@@ -1282,22 +1268,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", default=str(NOTEBOOKS_DIR / "configs" / "default.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--run-name", default=None, help="run folder name (default: the config's)")
     parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
     parser.add_argument("--force", action="store_true", help="recompute finished steps")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
-        if args.run_name:
+        if args.run_name is not None:
             overrides["run_name"] = args.run_name
         params = load_params(args.config, overrides)
         return run_chain(
             params, runs_dir=args.runs_dir, force=args.force, progress=not args.no_progress
         )
     except SteerlibError as exc:
-        print(f"steerlib: {exc}", file=sys.stderr)
-        return 2
+        report_error(exc)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("steerlib: interrupted; resume with the same command.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:  # pragma: no cover - an unexpected failure: show it whole
         traceback.print_exc()
-        return 1
+        return EXIT_STEP_FAILED
+
+
+def report_error(exc: SteerlibError) -> None:
+    """Print ``exc`` to stderr, one ``steerlib: `` line per problem."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"steerlib: {line}", file=sys.stderr)

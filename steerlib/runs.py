@@ -6,6 +6,11 @@ and records its state in ``status.json``: ``running``, ``done``, ``failed`` (wit
 ``partial`` (with row counts) or ``stale`` (done, but an input changed since: it runs
 again). A second process on the same run directory is refused by a lock file that names its
 holder; different run names run side by side.
+
+A damaged file of a run (a truncated ``params.json`` or ``status.json``) raises
+:class:`~steerlib.errors.DamagedRunError`, whose message names the file and what to delete. A
+lock left by a dead process, even an empty or unreadable one, is taken over, and temporary
+files left by writes that were killed (``.<name>.*.tmp``) are removed when the lock is taken.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,13 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from steerlib._io import atomic_write_json
-from steerlib.errors import ConfigError
+from steerlib.config import run_name_problem, short_repr
+from steerlib.errors import ConfigError, DamagedRunError
 
 __all__ = [
     "PROJECT_ROOT",
+    "STEP_PRODUCTS",
     "RunLockedError",
     "RunPaths",
     "StepState",
+    "clean_temporary_files",
     "figures_root",
     "run_lock",
     "runs_root",
@@ -37,6 +46,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout that holds ``steerlib/``, ``notebooks/``, ``data/`` and ``figures/``."""
 
 StepState = Literal["running", "done", "failed", "partial", "stale"]
+LOCK_GRACE_S = 5.0
+"""An empty or unreadable lock older than this is a crash's leftover (a holder writes at once)."""
+TMP_GRACE_S = 60.0
+"""A temporary file older than this, found when the lock is taken, was left by a killed write."""
 
 
 def runs_root() -> Path:
@@ -68,8 +81,9 @@ class RunPaths:
     @classmethod
     def for_run(cls, run_name: str, root: str | os.PathLike[str] | None = None) -> RunPaths:
         """Paths of run ``run_name`` under ``root`` (default :func:`runs_root`)."""
-        if not run_name or "/" in run_name or run_name in {".", ".."}:
-            raise ConfigError(f"run_name must be a plain folder name, not {run_name!r}.")
+        problem = run_name_problem(run_name)
+        if problem:
+            raise ConfigError(f"run_name {short_repr(run_name)}: {problem}.")
         return cls(Path(root) / run_name if root else runs_root() / run_name)
 
     @property
@@ -112,12 +126,53 @@ class RunPaths:
         """``figures/<run_name>/``."""
         return figures_root() / self.name
 
-    # -- status -----------------------------------------------------------------------------
+    # -- records ----------------------------------------------------------------------------
+    def _read_json(self, path: Path, fix: str) -> dict[str, Any]:
+        """A JSON object file of the run; a damaged one raises DamagedRunError saying ``fix``."""
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        except OSError as exc:
+            reason = f"cannot be read: {exc.strerror or exc}"
+        else:
+            if isinstance(record, dict):
+                return record
+            reason = f"it holds a JSON {type(record).__name__}, not an object"
+        raise DamagedRunError(f"run {self.name!r}: {path} is damaged ({reason}); {fix}.")
+
+    def read_params(self) -> dict[str, Any]:
+        """``params.json`` as a dict ({} when absent).
+
+        Raises:
+            DamagedRunError: The file is truncated or not a JSON object.
+        """
+        if not self.params.is_file():
+            return {}
+        record = self._read_json(
+            self.params,
+            "delete it and run the same command again (the parameters are recorded anew; "
+            f"finished steps keep their products), or delete {self.root} to start over",
+        )
+        if not isinstance(record.get("params", {}), dict):
+            raise DamagedRunError(
+                f"run {self.name!r}: {self.params} is damaged (its 'params' is not an object); "
+                "delete it and run the same command again."
+            )
+        return record
+
     def read_status(self) -> dict[str, Any]:
-        """``status.json`` as a dict of step name to state record ({} when absent)."""
+        """``status.json`` as a dict of step name to state record ({} when absent).
+
+        Raises:
+            DamagedRunError: The file is truncated or not a JSON object.
+        """
         if not self.status.is_file():
             return {}
-        return json.loads(self.status.read_text(encoding="utf-8"))
+        return self._read_json(
+            self.status,
+            "delete it and run the same command with --force (every step is recomputed)",
+        )
 
     def set_status(self, step: str, state: StepState, **details: Any) -> None:
         """Record ``step``'s state (atomically), with details such as ``error`` or row counts."""
@@ -132,6 +187,17 @@ class RunPaths:
     def step_state(self, step: str) -> str | None:
         """The recorded state of ``step``, or ``None``."""
         return self.read_status().get(step, {}).get("state")
+
+
+STEP_PRODUCTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
+    "01_data": lambda p: (p.prompts,),
+    "02_baseline": lambda p: (p.baseline,),
+    "03_activations": lambda p: (p.activations_toxic, p.activations_nontoxic),
+    "04_vectors": lambda p: (p.vectors, p.control_vectors),
+    "05_sweep": lambda p: (p.sweep, p.kl),
+    "06_analysis": lambda p: (p.summary, p.summary_table),
+}
+"""The files each step writes (a product that is absent is not an error: the step reruns)."""
 
 
 def _holder() -> dict[str, Any]:
@@ -152,44 +218,103 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _create_lock(lock: Path, holder: dict[str, Any]) -> bool:
+    """Create ``lock`` holding ``holder``, complete or not at all; False when it exists.
+
+    The holder is written to a temporary file that is then hard-linked to the lock's name
+    (atomic, and refused when the name exists), so no reader ever sees an empty lock.
+    """
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(holder))
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        return False
+    except OSError:  # pragma: no cover - a file system without hard links
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(holder))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _read_holder(lock: Path) -> dict[str, Any] | None:
+    """The holder recorded in ``lock``; None when it is empty or unreadable."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def clean_temporary_files(paths: RunPaths, older_than: float = TMP_GRACE_S) -> list[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) that killed writes left in the run.
+
+    Only files older than ``older_than`` seconds go: a write in progress is never touched.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in paths.root.rglob(".*.tmp"):
+        if path.is_file() and _age(path) > older_than:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def run_lock(paths: RunPaths) -> Iterator[None]:
     """Hold the run directory for this process; refuse when a live process holds it.
 
-    A lock left by a process that died (same host, pid gone) is taken over.
+    A lock left by a process that died (same host, pid gone) is taken over, and so is an
+    empty or unreadable lock older than :data:`LOCK_GRACE_S` (a crash, or a full disk, between
+    creating it and writing it). Taking the lock removes the temporary files that killed
+    writes left behind (:func:`clean_temporary_files`).
 
     Raises:
         RunLockedError: Another live process holds the run; the message names it.
     """
     paths.root.mkdir(parents=True, exist_ok=True)
     me = _holder()
-    while True:
-        try:
-            fd = os.open(paths.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(paths.lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            same_host = holder.get("host") == me["host"]
-            owner = os.environ.get("STEERLIB_LOCK_OWNER", "")
-            if same_host and str(holder.get("pid")) in {str(me["pid"]), owner}:
-                # Re-entrant: this process, or a notebook kernel started by the chain runner
-                # that holds the lock (it exports STEERLIB_LOCK_OWNER to its kernels).
-                yield
-                return
-            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                paths.lock.unlink(missing_ok=True)
+    while not _create_lock(paths.lock, me):
+        holder = _read_holder(paths.lock)
+        if holder is None:
+            if _age(paths.lock) > LOCK_GRACE_S:
+                paths.lock.unlink(missing_ok=True)  # a crash left it empty or garbled
                 continue
             raise RunLockedError(
-                f"run {paths.name!r} is in use by process {holder.get('pid')} on "
-                f"{holder.get('host')} since {holder.get('started')}; wait for it, or use "
-                f"another run_name (remove {paths.lock} only if that process is gone)."
-            ) from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(me))
-        break
+                f"run {paths.name!r} is being locked by another process right now; wait a "
+                f"moment and try again (remove {paths.lock} if no steerlib process is running)."
+            )
+        same_host = holder.get("host") == me["host"]
+        owner = os.environ.get("STEERLIB_LOCK_OWNER", "")
+        if same_host and str(holder["pid"]) in {str(me["pid"]), owner}:
+            # Re-entrant: this process, or a notebook kernel started by the chain runner
+            # that holds the lock (it exports STEERLIB_LOCK_OWNER to its kernels).
+            yield
+            return
+        if same_host and not _alive(holder["pid"]):
+            paths.lock.unlink(missing_ok=True)
+            continue
+        raise RunLockedError(
+            f"run {paths.name!r} is in use by process {holder['pid']} on "
+            f"{holder.get('host')} since {holder.get('started')}; wait for it, or use "
+            f"another run_name (remove {paths.lock} only if that process is gone)."
+        ) from None
     try:
+        clean_temporary_files(paths)
         yield
     finally:
         paths.lock.unlink(missing_ok=True)

@@ -20,7 +20,13 @@ import pandas as pd
 
 from steerlib.config import RunParams
 from steerlib.engine import SweepUnit, sweep_units
-from steerlib.errors import SteerlibError
+from steerlib.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_DAMAGED_RUN,
+    EXIT_INTERRUPTED,
+    DamagedRunError,
+    SteerlibError,
+)
 from steerlib.pipeline import EVAL_SUBSETS
 from steerlib.runs import RunPaths, runs_root
 
@@ -119,14 +125,29 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
     paths = RunPaths.for_run(run_name, runs_dir)
     if not paths.params.is_file():
         return f"{run_name}: no run at {paths.root}"
-    stored = json.loads(paths.params.read_text(encoding="utf-8"))["params"]
-    params = RunParams.validate_mapping(stored)
+    stored = paths.read_params().get("params", {})
+    try:
+        params = RunParams.validate_mapping(stored)
+    except SteerlibError as exc:
+        raise DamagedRunError(
+            f"run {run_name!r}: {paths.params} holds parameters this version refuses "
+            f"({'; '.join(str(exc).splitlines())}); "
+            "rerun it with corrected parameters and --force, or delete it."
+        ) from None
     lines = [f"{run_name} ({paths.root})"]
     for step, record in paths.read_status().items():
         detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
         lines.append(f"  {step:<15} {record.get('state', '?'):<8} {detail}".rstrip())
     if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
-        progress = sweep_progress(paths, params)
+        try:
+            progress = sweep_progress(paths, params)
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow and json errors are ValueErrors
+            if isinstance(exc, SteerlibError):
+                raise
+            raise DamagedRunError(
+                f"run {run_name!r}: its prompts.parquet or vectors.json is damaged "
+                f"({type(exc).__name__}); delete the damaged file and rerun the run with --force."
+            ) from None
         line = f"  sweep units     {progress.done}/{progress.total}"
         if math.isfinite(progress.seconds_per_unit):
             line += f", {progress.seconds_per_unit:.0f} s per unit"
@@ -151,9 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         print(f"no runs under {root}")
         return 0
+    code = 0
     try:
-        print("\n".join(report(name, args.runs_dir) for name in names))
-    except SteerlibError as exc:
-        print(f"steerlib: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        for name in names:
+            # A run that cannot be read gets its own line; the others are still reported.
+            try:
+                print(report(name, args.runs_dir), flush=True)
+            except DamagedRunError as exc:
+                print(f"steerlib: {exc}", file=sys.stderr, flush=True)
+                code = max(code, EXIT_DAMAGED_RUN)
+            except SteerlibError as exc:
+                print(f"steerlib: {exc}", file=sys.stderr, flush=True)
+                code = max(code, EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("steerlib: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before transformers and huggingface_hub are imported: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -17,9 +21,6 @@ from transformers import (
     Phi3ForCausalLM,
     PreTrainedTokenizerFast,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 WORDS = (
     "the a an you he she they we it is are was were be to of and or in on at for with that this "

@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from steerlib.config import RunParams, load_params, parse_overrides
 from steerlib.errors import ConfigError
@@ -241,3 +243,77 @@ def test_missing_upstream_names_the_notebook(tmp_path):
     with pytest.raises(DataError, match=r"notebooks/03_activations\.ipynb"):
         build_vectors(run)
     assert not Path(run.paths.baseline).exists()
+
+
+# -- the config loader never fails with anything but one ConfigError line ----------------------
+_NAMES = st.sampled_from(sorted(RunParams.model_fields))
+_SCALARS = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        ["yes", "on", "1", "true", ".inf", "-.nan", "1e39", "~", "[", "{a: 1}", "&a [*a]", "\t"]
+    ),
+    st.integers(min_value=-(2**80), max_value=2**80).map(str),
+    st.floats().map(repr),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=_NAMES, raw=_SCALARS)
+def test_any_override_is_accepted_or_one_config_error(name, raw):
+    try:
+        params = load_params(None, parse_overrides([f"{name}={raw}"]))
+    except ConfigError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+        assert all(len(line) < 600 for line in str(exc).splitlines())
+    else:
+        assert isinstance(params, RunParams)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.one_of(_NAMES, st.text(max_size=12)), raw=_SCALARS, junk=st.binary(max_size=12))
+def test_any_parameter_file_is_accepted_or_one_config_error(tmp_path_factory, key, raw, junk):
+    config = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    config.write_bytes(f"{key}: {raw}\n".encode("utf-8", "surrogatepass") + junk)
+    try:
+        load_params(config)
+    except ConfigError as exc:
+        assert str(exc) and all(len(line) < 600 for line in str(exc).splitlines())
+
+
+def test_yaml_is_read_as_yaml_1_2_and_strictly(tmp_path):
+    values = parse_overrides(["a=[yes, on, no, 1e3, 0.5, true, null]"])
+    assert values == {"a": ["yes", "on", "no", 1000.0, 0.5, True, None]}
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 1\nn_prompts: 3\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 3, column 1: the key 'seed' appears"):
+        load_params(config)
+    assert parse_overrides(["seed=1", "seed=2"]) == {"seed": 2}  # the last --set wins
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"alphas": [0.0, -0.0]}, "listed twice"),
+        ({"alphas": [0.5, 1.5]}, "lacks 0"),
+        ({"alphas": [0.0, 3.5e38]}, "float32"),
+        ({"temperature": 0.005}, "floor"),
+        ({"seed": 2**63}, "2\\*\\*63-1"),
+        ({"n_pairs": True}, "whole number"),
+        ({"random_control": 1}, "true or false"),
+        ({"project_sink": "false"}, "true or false"),
+        ({"compare_with": ["a", "a"]}, "listed twice"),
+        ({"run_name": "tab\there"}, "control characters"),
+        ({"device": "cuda:x"}, "not a device"),
+    ],
+)
+def test_strict_parameters(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunParams.validate_mapping(values)
+
+
+def test_accepted_edge_values():
+    params = RunParams.validate_mapping(
+        {"seed": 2**63 - 1, "temperature": 0, "alphas": [0, 1], "pair_toxic_min": 1}
+    )
+    assert params.alphas == [0.0, 1.0] and params.temperature == 0.0
+    assert RunParams.validate_mapping({"device": "cuda:1", "dtype": "bfloat16"}).device == "cuda:1"

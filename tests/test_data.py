@@ -20,6 +20,7 @@ from steerlib.data import (
     pair_texts,
     perspective_labels,
     split_prompts,
+    text_digest,
 )
 from steerlib.errors import ConfigError, DataError
 
@@ -90,7 +91,11 @@ def test_ids_from_filename_begin_end_and_fallback(tmp_path: Path) -> None:
         ],
     )
     df = load_prompt_file(path)
-    assert df["prompt_id"].tolist() == ["f.txt:3-9", "mine:3", "f.txt:3-9#2"]
+    assert df["prompt_id"].tolist() == [
+        "f.txt:3-9",
+        f"mine:3:{text_digest('second')}",
+        "f.txt:3-9#2",
+    ]
     assert df["prompt"].tolist() == ["first", "second", "third"]
     assert (df["source"] == str(path)).all()
 
@@ -440,16 +445,19 @@ def test_split_benign_filter_and_cross_table_overlap() -> None:
         ]
     )
     split = split_prompts(toxic, benign, n_prompts=2, n_pairs=1, seed=0)
-    assert set(split.benign["prompt_id"]) <= {"b0", "b1", "b6"}
+    # t0's id belongs to a challenging prompt with another text: it is kept under a distinct id
+    # (only a repeated text is dropped).
+    t0 = f"t0#{text_digest('other text')}"
+    assert set(split.benign["prompt_id"]) <= {"b0", "b1", "b6", t0}
     # Pair texts are judged by their scores (b3 scores 0.01 whatever its flag); b2 is too
-    # toxic, t0's id and b5's text belong to challenging prompts, b7 repeats b6.
-    nontoxic_candidates = {"b0", "b1", "b6", "b3"} - set(split.benign["prompt_id"])
+    # toxic, b5's text belongs to a challenging prompt, b7 repeats b6.
+    nontoxic_candidates = {"b0", "b1", "b6", "b3", t0} - set(split.benign["prompt_id"])
     assert set(split.pairs_nontoxic["prompt_id"]) <= nontoxic_candidates
-    # b2 (0.5) is a toxic text; b0, b1, b6 and b3 minus the two benign prompts are non-toxic.
-    with pytest.raises(ConfigError, match=r"only 3 toxic .* and 2 non-toxic"):
-        split_prompts(toxic, benign, n_prompts=2, n_pairs=3, seed=0)
+    # b2 (0.5) is a toxic text; b0, b1, b6, b3 and t0 minus the two benign prompts are non-toxic.
+    with pytest.raises(ConfigError, match=r"only 3 toxic .* and 3 non-toxic"):
+        split_prompts(toxic, benign, n_prompts=2, n_pairs=4, seed=0)
     everything = split_prompts(toxic, benign, n_prompts=2, n_pairs="all", seed=0)
-    assert len(everything.pairs_toxic) == len(everything.pairs_nontoxic) == 2
+    assert len(everything.pairs_toxic) == len(everything.pairs_nontoxic) == 3
     loose = split_prompts(toxic, benign, n_prompts=2, n_pairs=1, seed=0, benign_max_toxicity=0.6)
     assert "b2" in set(loose.benign["prompt_id"]) | {"b2"} - nontoxic_candidates
 
@@ -577,3 +585,32 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
     used = [split.challenging, split.benign, split.kl_benign]
     pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
     assert not pair_ids & set(pd.concat(used)["prompt_id"])
+
+
+def test_same_file_name_in_two_folders_keeps_every_prompt(tmp_path: Path) -> None:
+    """Records without filename/begin/end in toxic/p.jsonl and benign/p.jsonl: no id clash."""
+    toxic = [json.dumps({"challenging": True, **_record(f"rude {i}")}) for i in range(8)]
+    calm = [json.dumps({"challenging": False, **_record(f"calm {i}")}) for i in range(8)]
+    (tmp_path / "toxic").mkdir()
+    (tmp_path / "benign").mkdir()
+    challenging = load_prompt_file(_write_lines(tmp_path / "toxic" / "p.jsonl", toxic))
+    benign = load_prompt_file(_write_lines(tmp_path / "benign" / "p.jsonl", calm))
+    assert not set(challenging["prompt_id"]) & set(benign["prompt_id"])
+    assert challenging["prompt_id"][0] == f"p:1:{text_digest('rude 0')}"
+    split = split_prompts(challenging, benign, n_prompts=6, n_pairs=2, seed=0)
+    used = pd.concat([split.benign, split.pairs_nontoxic])["prompt"]
+    assert sorted(used) == sorted(f"calm {i}" for i in range(8))  # none dropped
+    # The same text on the same line of a same-named file is the same prompt: one id.
+    again = load_prompt_file(_write_lines(tmp_path / "p.jsonl", toxic[:1]))
+    assert again["prompt_id"][0] == challenging["prompt_id"][0]
+
+
+def test_lone_surrogate_and_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    bad = _write_lines(tmp_path / "s.jsonl", ['{"prompt": {"text": "a \\udc80 b"}}'])
+    with pytest.raises(DataError, match=r"s\.jsonl, line 1: the escape \\udc80 is a lone"):
+        load_prompt_file(bad)
+    fine = _write_lines(tmp_path / "pair.jsonl", ['{"prompt": {"text": "\\ud83d\\ude00 ok"}}'])
+    assert load_prompt_file(fine)["prompt"][0] == "\N{GRINNING FACE} ok"
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(DataError, match="symbolic link"):
+        load_prompts(str(tmp_path / "loop"))

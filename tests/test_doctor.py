@@ -152,6 +152,11 @@ def test_embedded_cache_check(monkeypatch, tmp_path: Path):
     (folder / "steerlib_conversion.json").write_text("{}")
     record = doctor.check_embedded_cache()
     assert record.status == "OK" and str(folder) in record.detail
+    occupied = tmp_path / "a-file"
+    occupied.write_text("x")
+    monkeypatch.setenv("STEERLIB_CACHE", str(occupied / "cache"))
+    record = doctor.check_embedded_cache()
+    assert record.failed and "under the file" in record.detail and str(occupied) in record.detail
 
 
 def test_a_broken_check_does_not_hide_the_others():
