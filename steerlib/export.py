@@ -34,11 +34,11 @@ means what a positive strength means there.
 decoder-layer indices; ``ControlModel.set_control(vector, coeff)`` *adds* ``coeff *
 directions[L]`` to that layer's output, and ``export_gguf`` / ``import_gguf`` write and read
 the very file above (``layer_count`` as uint32, each key as ``direction.KEY``; ``import_gguf``
-requires ``model_hint``). Its only other on-disk form is a pickle of the dataclass, which is
-not read here: unpickling runs code from the file. :func:`to_repeng` differs from
-:func:`to_gguf` only where repeng does: it may hold layer 0 (repeng can steer it; llama.cpp will
-not load such a file) and writes the count as uint32. Use ``ControlVector.import_gguf(FILE)``
-and ``set_control(vector, ALPHA)`` on the repeng side.
+requires ``model_hint``). repeng has no other writer; a ``ControlVector`` kept any other way
+is a pickle, which is not read here: unpickling runs code from the file. :func:`to_repeng`
+differs from :func:`to_gguf` only where repeng does: it may hold layer 0 (repeng can steer it;
+llama.cpp will not load such a file) and writes the count as uint32. Use
+``ControlVector.import_gguf(FILE)`` and ``set_control(vector, ALPHA)`` on the repeng side.
 
 Everything else this project knows about the vector (provenance, mean norms) travels in
 ``steerlib.*`` header keys, which llama.cpp and repeng ignore.
