@@ -1,4 +1,4 @@
-"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor}``.
+"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor,export}``.
 
 Each sub-command forwards its remaining arguments to the ``main(argv)`` of its module, so that
 ``python -m steerlib run --help`` shows that command's own options.
@@ -16,6 +16,7 @@ COMMANDS = {
     "status": ("steerlib.status", "Progress of runs: step states, sweep units, time left."),
     "bench": ("steerlib.bench", "Benchmark the sweep engine against the straightforward loop."),
     "doctor": ("steerlib.doctor", "Check the set-up: Python, torch, device, model, scorers."),
+    "export": ("steerlib.export", "Write a run's vector as a llama.cpp or repeng control vector."),
 }
 
 USAGE = (
