@@ -330,11 +330,15 @@ def paired_permutation_pvalue(
         seed: Seed of the random sign patterns.
 
     Returns:
-        The p-value; NaN when every difference is 0 (there is nothing to test).
+        The p-value; NaN when every difference is 0 (there is nothing to test); 1 for a single
+        prompt (its two sign patterns are equally extreme: the exact test's answer, which
+        scipy does not compute for one observation).
     """
     values = np.asarray(differences, dtype=float)
     if not np.any(values != 0):
         return math.nan
+    if values.size == 1:
+        return 1.0
     result = stats.permutation_test(
         (values,),
         _mean,

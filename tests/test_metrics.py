@@ -547,6 +547,9 @@ def test_paired_permutation_pvalue_tests_the_mean_not_the_median() -> None:
     assert got == pytest.approx(permutation_p(many, n_resamples=999, seed=4))
     assert 0 < got < 0.05
     assert math.isnan(metrics.paired_permutation_pvalue(np.zeros(4)))
+    # One prompt: both sign patterns are as extreme as the observed one (a confirmation half
+    # of one prompt happens with tiny runs).
+    assert metrics.paired_permutation_pvalue(np.array([-0.3])) == 1.0
 
 
 def _matched_sweep() -> pd.DataFrame:
