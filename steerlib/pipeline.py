@@ -579,7 +579,7 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
         searched = (
             _searched_alphas(run, model, tokenizer, prompts, vectors, layers, kl_texts)
-            if p.alpha_search and steered_alphas
+            if p.alpha_search
             else pd.DataFrame()
         )
         # Units of layers or directions the run no longer asks for stay on disk, unused.
@@ -660,7 +660,7 @@ def _searched_alphas(
             vectors["caa"],
             layer,
             max_increase=p.max_perplexity_increase,
-            start=max(p.alphas),
+            start=max((a for a in p.alphas if a > 0), default=1.0),
             units=p.units,
         )
         traces.append(found.trace.assign(layer=layer, chosen=found.alpha, budget=found.budget))
