@@ -192,6 +192,15 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
+def _load_error(what: str, name: str, exc: BaseException) -> ModelError:
+    """One line saying what could not be loaded from where, and the offline alternative."""
+    where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
+    return ModelError(
+        f"Could not load {what} {name!r} from {where}: {str(exc).splitlines()[0]} "
+        f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
+    )
+
+
 def load_model(
     name_or_path: str | os.PathLike[str] = EMBEDDED_MODEL,
     device: str | torch.device | None = None,
@@ -239,12 +248,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(kwargs))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        local = Path(name).exists()
-        where = "that folder" if local else "the Hugging Face hub (is it reachable?)"
-        raise ModelError(
-            f"Could not load model {name!r} from {where}: {str(exc).splitlines()[0]} "
-            f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
-        ) from exc
+        raise _load_error("model", name, exc) from exc
     if device_map is None:
         model.to(target)
     model.eval()
@@ -271,12 +275,7 @@ def load_tokenizer(
             source, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
-        raise ModelError(
-            f"Could not load the tokenizer of {name!r} from {where}: "
-            f"{str(exc).splitlines()[0]} Use {EMBEDDED_MODEL!r}, the embedded offline default, "
-            "or a local model folder."
-        ) from exc
+        raise _load_error("the tokenizer of", name, exc) from exc
     return _prepare_tokenizer(tokenizer)
 
 
@@ -325,11 +324,7 @@ def model_shape(
             source, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError) as exc:
-        where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
-        raise ModelError(
-            f"Could not load model {name!r} from {where}: {str(exc).splitlines()[0]} "
-            f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
-        ) from exc
+        raise _load_error("model", name, exc) from exc
     config = getattr(config, "text_config", None) or config
     layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
     if layers is None:
