@@ -11,26 +11,23 @@ import pytest
 
 from steerlib import status
 from steerlib.cli import main as cli_main
-from steerlib.config import RunParams
 from steerlib.engine import sweep_units
-from steerlib.runs import RunPaths
+from steerlib.pipeline import Run
 
 
 @pytest.fixture()
 def run(tmp_path):
-    paths = RunPaths.for_run("long", tmp_path)
-    paths.sweep_parts.mkdir(parents=True)
-    params = RunParams.validate_mapping(
-        {
-            "run_name": "long",
-            "layers": [3, 6],
-            "alphas": [0.0, 1.0],
-            "samples_per_prompt": 2,
-            "max_new_tokens": 4,
-            "random_control": True,
-        }
+    made = Run.open(
+        "long",
+        runs_dir=str(tmp_path),
+        layers=[3, 6],
+        alphas=[0.0, 1.0],
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        random_control=True,
     )
-    paths.params.write_text(json.dumps({"params": params.notebook_parameters()}))
+    paths, params = made.paths, made.params
+    paths.sweep_parts.mkdir(parents=True)
     prompts = pd.DataFrame(
         {
             "prompt_id": [f"p{i}" for i in range(6)],
@@ -39,6 +36,7 @@ def run(tmp_path):
         }
     )
     prompts.to_parquet(paths.prompts)
+    # The vector's sidecar, as SteeringVector.save writes it (only its layer count is read).
     paths.vectors.with_suffix(".json").write_text(json.dumps({"num_layers": 8}))
     return paths, params
 
