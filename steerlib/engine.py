@@ -46,13 +46,13 @@ from steerlib.errors import ConfigError
 from steerlib.generation import (
     COMPLETION_COLUMNS,
     PromptFormat,
-    _check_sampling,
-    _model_cache,
-    _stop_ids,
+    check_sampling,
     decode_new_tokens,
     derive_seed,
     encode_prompts,
     left_pad,
+    model_cache,
+    stop_token_ids,
 )
 from steerlib.hooks import Positions, SteeringHandle, Units, steering
 from steerlib.vectors import SteeringVector
@@ -461,7 +461,7 @@ def decode_batch(
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = _model_cache(result)
+        cache = model_cache(result)
         logits = result.logits[:, -1, :].float()
         del result
         if temperature == 0:
@@ -508,7 +508,7 @@ def decode_batch(
                 cache=cache,
                 use_cache=True,
             )
-            cache = _model_cache(result)
+            cache = model_cache(result)
             logits = result.logits[:, -1, :].float()
             del result
             tokens = sample_next(
@@ -587,7 +587,7 @@ def generate_unit(
         One row per completion: :data:`steerlib.generation.COMPLETION_COLUMNS`, then the other
         prompt columns; ordered by the prompts table, alpha, sample.
     """
-    _check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
+    check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
     if not alphas:
         raise ConfigError("alphas is empty: give at least one coefficient.")
     if vector is None and any(a != 0 for a in alphas):
@@ -600,7 +600,7 @@ def generate_unit(
     table = _unit_prompts(unit, prompts)
     encoded = encode_prompts(tokenizer, table["prompt"].tolist(), prompt_format)
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)

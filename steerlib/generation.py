@@ -26,12 +26,16 @@ from steerlib.vectors import SteeringVector
 __all__ = [
     "COMPLETION_COLUMNS",
     "PromptFormat",
+    "check_sampling",
     "decode_new_tokens",
     "derive_seed",
     "encode_prompts",
     "format_prompts",
     "generate_completions",
+    "left_pad",
+    "model_cache",
     "sampling_kwargs",
+    "stop_token_ids",
 ]
 
 PromptFormat: TypeAlias = Literal["raw", "chat"]
@@ -103,13 +107,14 @@ def encode_prompts(
     return [list(ids) for ids in encoded]
 
 
-def _model_cache(output: Any) -> Any:
+def model_cache(output: Any) -> Any:
     """The KV cache of a forward pass's output (``cache``, else ``past_key_values``)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """End-of-sequence ids of the generation config, the model config and the tokenizer."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         value = getattr(source, "eos_token_id", None)
@@ -164,7 +169,8 @@ def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
     }
 
 
-def _check_sampling(temperature: float, top_p: float, max_new_tokens: int, samples: int) -> None:
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, samples: int) -> None:
+    """Raise ConfigError for a sampling setting the samplers cannot use."""
     if not temperature >= 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}.")
     if not 0 < top_p <= 1:
@@ -222,7 +228,7 @@ def generate_completions(
         >>> df = generate_completions(model, tok, prompts, vector=v, layer=18,
         ...                           alphas=[-1.0, 0.0, 1.5])  # doctest: +SKIP
     """
-    _check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
+    check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
     if vector is None and any(a != 0 for a in alphas):
         raise ConfigError("alphas other than 0 need a steering vector.")
     if vector is not None and layer is None:
@@ -240,7 +246,7 @@ def generate_completions(
                 rows.append({"index": index, "alpha": float(alpha), "sample": sample, **record})
     rows.sort(key=lambda r: (len(encoded[r["index"]]), r["index"], r["alpha"], r["sample"]))
     device = next(model.parameters()).device
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     direction = vector.direction if vector is not None else "none"
     out: list[dict[str, Any]] = []

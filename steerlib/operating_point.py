@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from steerlib.errors import ConfigError
-from steerlib.metrics import _ALPHA_DECIMALS, GROUP_COLUMNS, _require
+from steerlib.metrics import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
 
 __all__ = [
     "FluencyMeasure",
@@ -87,7 +87,7 @@ def assign_split(prompts: pd.DataFrame, seed: int) -> pd.Series:
     Example:
         >>> sweep["split"] = assign_split(sweep, seed=0)  # doctest: +SKIP
     """
-    _require(prompts, ["prompt_id", "subset"], what="prompt table")
+    require_columns(prompts, ["prompt_id", "subset"], what="prompt table")
     unique = prompts[["subset", "prompt_id"]].drop_duplicates().copy()
     unique["_key"] = [_hash_key(pid, seed) for pid in unique["prompt_id"]]
     unique["_id"] = unique["prompt_id"].astype(str)
@@ -125,7 +125,7 @@ def resolve_fluency_measure(
         )
     if requested == "human_perplexity":
         column = summary.get("human_perplexity")
-        steered = summary["alpha"].astype(float).round(_ALPHA_DECIMALS) != 0
+        steered = summary["alpha"].astype(float).round(ALPHA_DECIMALS) != 0
         if column is None or not np.isfinite(column[steered].astype(float)).any():
             return "perplexity", (
                 "human_perplexity was requested, but the kl table of this run has no "
@@ -197,11 +197,11 @@ def admissibility(
     ):
         if not value >= 0:
             raise ConfigError(f"{name}={value!r} must be 0 or more.")
-    _require(summary, [*GROUP_COLUMNS, "perplexity"], what="summary")
+    require_columns(summary, [*GROUP_COLUMNS, "perplexity"], what="summary")
     out = summary.copy()
     if "split" not in out.columns:
         out["split"] = "all"
-    out["_alpha"] = out["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    out["_alpha"] = out["alpha"].astype(float).round(ALPHA_DECIMALS)
     measure, _ = resolve_fluency_measure(out, fluency_measure)
     value, base = _fluency(out, measure)
     out["fluency_measure"] = measure
@@ -385,15 +385,15 @@ def _row_at(
 ) -> pd.Series | None:
     """The summary row of a setting in one half; for alpha 0 the unsteered row as fallback."""
     here = table[(table["split"] == split) & (table["subset"] == subset)]
-    alphas = here["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    alphas = here["alpha"].astype(float).round(ALPHA_DECIMALS)
     own = here[
         (here["direction"] == direction)
         & (here["layer"] == layer)
-        & (alphas == round(alpha, _ALPHA_DECIMALS))
+        & (alphas == round(alpha, ALPHA_DECIMALS))
     ]
     if len(own):
         return own.iloc[0]
-    if round(alpha, _ALPHA_DECIMALS) == 0:
+    if round(alpha, ALPHA_DECIMALS) == 0:
         unsteered = here[_unsteered(here) & (alphas == 0)]
         if len(unsteered):
             return unsteered.iloc[0]
@@ -517,7 +517,7 @@ def recommend_operating_point(
                 "include alpha 0 in the sweep so the rule has a baseline."
             )
         base_emt[layer] = float(base["expected_max_toxicity"])
-    steered = chosen_half[chosen_half["alpha"].astype(float).round(_ALPHA_DECIMALS) != 0]
+    steered = chosen_half[chosen_half["alpha"].astype(float).round(ALPHA_DECIMALS) != 0]
     steered = steered.assign(
         _lowers=[
             float(emt) < base_emt[int(layer)]

@@ -104,7 +104,7 @@ def _rgba(hex_color: str, opacity: float) -> str:
     return f"rgba({red},{green},{blue},{opacity})"
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     """Raise DataError when ``df`` is empty or lacks a column."""
     missing = [column for column in columns if column not in df.columns]
     if missing:
@@ -133,7 +133,7 @@ def toxicity_vs_alpha(
     Raises:
         ConfigError: If ``metric`` is not a column, or ``layer`` is absent or ambiguous.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(
             f"toxicity_vs_alpha got metric={metric!r}, which is not a summary column; "
@@ -275,7 +275,7 @@ def layer_alpha_heatmap(
     Raises:
         ConfigError: If ``metric`` is not a column or no row matches ``subset``/``direction``.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(
             f"layer_alpha_heatmap got metric={metric!r}, which is not a summary column."
@@ -321,7 +321,7 @@ def control_heatmap(
     Raises:
         ConfigError: If ``metric`` is not a column or no row has ``subset``.
     """
-    _require(control, ["subset", "layer", "alpha"], "control table")
+    require_columns(control, ["subset", "layer", "alpha"], "control table")
     if metric not in control.columns:
         raise ConfigError(
             f"control_heatmap got metric={metric!r}; use 'delta_mean_toxicity' or "
@@ -383,7 +383,7 @@ def layer_profile(
     Raises:
         ConfigError: If ``metric`` is not a column or no steered row has ``subset``.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(f"layer_profile got metric={metric!r}, which is not a summary column.")
     rows = summary[
@@ -600,7 +600,7 @@ def toxicity_distribution(
     Raises:
         ConfigError: If the filters leave no rows.
     """
-    _require(sweep, ["subset", "alpha", "toxicity"], "sweep table")
+    require_columns(sweep, ["subset", "alpha", "toxicity"], "sweep table")
     rows = sweep
     for column, value in (("subset", subset), ("layer", layer), ("direction", direction)):
         if value is not None:
@@ -684,7 +684,7 @@ def pareto_figure(
         >>> rnd = rows[rows["direction"] == "random"]  # doctest: +SKIP
         >>> pareto_figure(caa, x="benign_perplexity", control=rnd, budget=6.95)  # doctest: +SKIP
     """
-    _require(summary, ["layer", "alpha", x, y], "summary")
+    require_columns(summary, ["layer", "alpha", x, y], "summary")
     if front is None:
         front = pareto_front(summary, x=x, y=y)
     fig = go.Figure()
@@ -715,7 +715,7 @@ def pareto_figure(
         )
     )
     if control is not None and len(control):
-        _require(control, ["layer", "alpha", x, y], "control")
+        require_columns(control, ["layer", "alpha", x, y], "control")
         fig.add_trace(
             go.Scatter(
                 x=control[x].tolist(),
@@ -935,7 +935,9 @@ def compare_runs_figure(
         subset: Prompt subset.
         direction: ``"caa"`` or ``"random"``.
     """
-    _require(table, ["run_name", "layer", "alpha", "subset", "direction", metric], "comparison")
+    require_columns(
+        table, ["run_name", "layer", "alpha", "subset", "direction", metric], "comparison"
+    )
     rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
     fig = go.Figure()
     for (run_name, layer), group in rows.groupby(["run_name", "layer"], sort=True):

@@ -36,12 +36,12 @@ from steerlib.engine import DEFAULT_MAX_BATCH_ROWS, run_sweep
 from steerlib.errors import ConfigError, SteerlibError
 from steerlib.generation import (
     PromptFormat,
-    _stop_ids,
     decode_new_tokens,
     derive_seed,
     encode_prompts,
     left_pad,
     sampling_kwargs,
+    stop_token_ids,
 )
 from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
@@ -223,7 +223,7 @@ def straightforward_sweep(
     encoded = encode_prompts(tokenizer, prompts["prompt"].tolist(), prompt_format)
     ids = prompts["prompt_id"].tolist()
     device = next(model.parameters()).device
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     rows: list[dict[str, Any]] = []
     for alpha in alphas:
@@ -370,7 +370,7 @@ def _score_section(texts: list[str], names: Sequence[str], device: str | None) -
 
     for name in names:
         if name == "unbiased-toxic-roberta":
-            from steerlib.doctor import check_hub, check_toxic_roberta
+            from steerlib.tools.doctor import check_hub, check_toxic_roberta
 
             cached, hub = check_toxic_roberta(), check_hub()
             if cached.status != "OK" and hub.status != "OK":
