@@ -52,9 +52,9 @@ __all__ = [
 ]
 
 BUNDLED_PROMPTS: Path = (
-    Path(__file__).resolve().parents[1] / "data" / "prompts" / "handwritten.jsonl"
+    Path(__file__).resolve().parent / "resources" / "prompts" / "handwritten.jsonl"
 )
-"""The handwritten offline default prompt set shipped with the repository."""
+"""The handwritten offline default prompt set, shipped inside the package (package data)."""
 
 PROMPT_COLUMNS: tuple[str, ...] = (
     "prompt_id",

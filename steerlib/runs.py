@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-"""The checkout that holds ``steerlib/``, ``notebooks/`` and ``data/``."""
+"""The checkout that holds ``steerlib/``, ``notebooks/`` and ``data/`` (for an installed wheel:
+the folder that holds the package)."""
 PARAMS_FORMAT = 2
 """Version of ``params.json``; files without ``format`` are older and still load."""
 STATUS_FORMAT = 2
@@ -67,11 +68,18 @@ TMP_GRACE_S = 60.0
 def runs_root() -> Path:
     """``$STEERLIB_RUNS_DIR`` or ``<project>/data/runs``, as an absolute path.
 
+    Without a checkout around the package (an installed wheel) the default is
+    ``./steerlib-runs``.
+
     A relative ``$STEERLIB_RUNS_DIR`` is resolved against the current folder once, by the
     process that reads it first (the chain runner exports the absolute path to its notebooks).
     """
     value = os.environ.get("STEERLIB_RUNS_DIR")
-    return absolute(value) if value else PROJECT_ROOT / "data" / "runs"
+    if value:
+        return absolute(value)
+    if (PROJECT_ROOT / "pyproject.toml").is_file():  # a checkout (editable install)
+        return PROJECT_ROOT / "data" / "runs"
+    return absolute("steerlib-runs")  # an installed wheel: never inside site-packages
 
 
 def absolute(folder: str | os.PathLike[str]) -> Path:
