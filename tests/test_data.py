@@ -44,9 +44,11 @@ def bundled() -> pd.DataFrame:
 # ---------------------------------------------------------------------------- bundled set
 
 
-def test_bundled_file_is_inside_the_repo() -> None:
+def test_bundled_file_is_inside_the_package() -> None:
+    import steerlib
+
     assert BUNDLED_PROMPTS.is_file()
-    assert BUNDLED_PROMPTS.parent.parent.name == "data"
+    assert BUNDLED_PROMPTS.is_relative_to(Path(steerlib.__file__).parent / "resources")
 
 
 def test_bundled_loads_with_enough_prompts(bundled: pd.DataFrame) -> None:
