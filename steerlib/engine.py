@@ -403,6 +403,10 @@ def decode_batch(
 ) -> torch.Tensor:
     """Generate every (prompt, alpha, sample) row of a group of prompts in one batch.
 
+    Kept in one piece (about 115 lines): the decoding loop updates a dozen per-row tensors (cache,
+    positions, finished rows, seeds) in step; split into helpers it would pass them all back and
+    forth.
+
     Args:
         model: A causal LM with a ``DynamicCache``-style KV cache.
         prompt_ids: Token ids of each prompt (unpadded).
@@ -562,6 +566,9 @@ def generate_unit(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Generate all alphas x samples of one unit's prompts.
+
+    Kept in one piece (about 90 lines): it expands one unit's rows, batches them and collects the
+    table, each part a few lines over the same row index.
 
     Args:
         model: A causal LM (see :func:`steerlib.models.load_model`).

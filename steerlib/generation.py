@@ -203,6 +203,9 @@ def generate_completions(
 ) -> pd.DataFrame:
     """Generate ``samples_per_prompt`` completions per prompt and alpha.
 
+    Kept in one piece (about 80 lines): the reference generation loop, written plainly on purpose
+    (the engine is the fast path; this one is what it is checked against).
+
     Args:
         model: A causal LM (see :func:`steerlib.models.load_model`).
         tokenizer: Its tokenizer.

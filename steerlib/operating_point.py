@@ -444,6 +444,9 @@ def recommend_operating_point(
 ) -> dict[str, Any]:
     """Choose (layer, alpha) on the selection half; report its figures from the other half.
 
+    Kept in one piece (about 110 lines): the rule reads as one sequence of checks (admissible rows,
+    selection, confirmation, nearest miss), each recorded in the returned dict.
+
     Candidates are the steered settings (alpha != 0) of ``direction`` that are admissible on
     the ``select_on`` half (:func:`admissibility`: fluency budget, distinct-2, floor share, on
     every subset) and whose ``subset`` expected maximum toxicity there is below alpha 0's of

@@ -118,6 +118,8 @@ def toxicity_vs_alpha(
 ) -> go.Figure:
     """Plot a summary metric against alpha at one layer.
 
+    Kept in one piece (about 80 lines): one figure, built trace by trace.
+
     One line per (subset, direction): colour per subset, dash per direction (CAA solid,
     random dotted). When ``<metric>_ci_low`` and ``<metric>_ci_high`` exist a shaded band is
     drawn under each line. Unsteered rows (direction ``"none"``) appear as markers at alpha 0.
@@ -653,6 +655,9 @@ def pareto_figure(
     log_x: bool | None = None,
 ) -> go.Figure:
     """Scatter of the (layer, alpha) settings with their Pareto front and recommended point.
+
+    Kept in one piece (about 100 lines): one figure, built trace by trace (front, settings, control,
+    budget line, recommended point).
 
     Pass the rows of one subset and direction (e.g. challenging CAA rows). To draw the
     trade-off on the operating-point rule's own axes, pass rows from

@@ -88,6 +88,9 @@ class AlphaExplorer:
     ) -> None:
         """Build the widgets (nothing is generated until :meth:`generate` or a button press).
 
+        Kept in one piece (about 95 lines): it builds and wires the widget's controls, one after the
+        other.
+
         Args:
             model: A causal LM loaded by :func:`steerlib.models.load_model`.
             tokenizer: Its tokenizer.

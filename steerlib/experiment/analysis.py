@@ -276,30 +276,14 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         if "layer" in recommended:
             recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
         validity = _scorer_validity(run, prompts)
-        record = {
-            "run_name": paths.name,
-            "model": p.model,
-            "scorer": p.scorer,
-            "params": p.notebook_parameters(),
-            "rows": json.loads(summary.to_json(orient="records")),
-            "recommended": recommended,
-            "fluency_measure": measure,
-            "fluency_measure_note": measure_note,
-            "split": {
-                "seed": p.seed,
-                "method": (
-                    "per subset, prompts ordered by BLAKE2b of (seed, prompt_id); the first "
-                    "half (rounded up) is the selection half"
-                ),
-                "n_prompts": _split_counts(evaluation),
-            },
-            "scorer_floor": floor,
-            "scorer_validity": validity,
-            "scorer_auc": validity.get("all", {}).get("auc"),
-            "scorer_auc_n_texts": validity.get("all", {}).get("n", 0),
-            "control": _records(control),
-            "control_matched_fluency": _records(matched),
-        }
+        record = _summary_record(run, summary, evaluation, recommended, validity)
+        record.update(
+            fluency_measure=measure,
+            fluency_measure_note=measure_note,
+            scorer_floor=floor,
+            control=_records(control),
+            control_matched_fluency=_records(matched),
+        )
         atomic_write_parquet(paths.summary_table, summary)
         atomic_write_json(paths.summary, record)
         layer = _figure_layer(overall, recommended)
@@ -321,6 +305,36 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         scorer_validity=validity,
         scorer_floor=floor,
     )
+
+
+def _summary_record(
+    run: Run,
+    summary: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    recommended: dict[str, Any],
+    validity: dict[str, Any],
+) -> dict[str, Any]:
+    """The body of ``summary.json``: parameters, rows, the operating point, split, scorer."""
+    p = run.params
+    return {
+        "run_name": run.paths.name,
+        "model": p.model,
+        "scorer": p.scorer,
+        "params": p.notebook_parameters(),
+        "rows": json.loads(summary.to_json(orient="records")),
+        "recommended": recommended,
+        "split": {
+            "seed": p.seed,
+            "method": (
+                "per subset, prompts ordered by BLAKE2b of (seed, prompt_id); the first "
+                "half (rounded up) is the selection half"
+            ),
+            "n_prompts": _split_counts(evaluation),
+        },
+        "scorer_validity": validity,
+        "scorer_auc": validity.get("all", {}).get("auc"),
+        "scorer_auc_n_texts": validity.get("all", {}).get("n", 0),
+    }
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
