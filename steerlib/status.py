@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from steerlib.config import RunParams
-from steerlib.engine import SweepUnit
 from steerlib.errors import (
     EXIT_BAD_INPUT,
     EXIT_DAMAGED_RUN,
@@ -28,6 +27,7 @@ from steerlib.errors import (
     SteerlibError,
 )
 from steerlib.experiment.sweep import sweep_plan
+from steerlib.partition import SweepUnit
 from steerlib.runs import RunPaths, runs_root
 
 __all__ = ["SweepProgress", "main", "sweep_progress"]

@@ -11,7 +11,6 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from steerlib.engine import (
     PreallocatedLayer,
     SweepUnit,
-    _nucleus,
     decode_batch,
     generate_unit,
     model_cache,
@@ -23,6 +22,7 @@ from steerlib.engine import (
 from steerlib.errors import ConfigError
 from steerlib.generation import COMPLETION_COLUMNS, left_pad, stop_token_ids
 from steerlib.hooks import active_hook_count, steering
+from steerlib.sampling import _nucleus
 from steerlib.vectors import SteeringVector
 
 PROMPTS = pd.DataFrame(

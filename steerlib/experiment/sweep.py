@@ -53,7 +53,7 @@ class SweepPlan:
         Unit keys do not depend on prompt lengths, so ``tokenizer`` may be left out to count
         or name units without loading one.
         """
-        from steerlib.engine import sweep_units
+        from steerlib.partition import sweep_units
 
         rows = prompts[prompts["role"].isin(EVAL_SUBSETS)] if "role" in prompts else prompts
         return sweep_units(
