@@ -13,6 +13,10 @@ Records follow the RealToxicityPrompts (RTP) JSON-lines schema::
      "prompt": {"text": ..., "toxicity": ..., ...}, "continuation": {"text": ..., ...}}
 
 The scores are Perspective API attributes; they are optional and may be null.
+
+Over 500 lines (about 750): the RTP schema check, the loaders (hub, bundled, files) and the
+disjoint subset split all speak the same record schema; the split is the one natural seam and a
+candidate for its own module.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ model's perplexity on fixed held-out benign human texts, the same for every sett
 reports on Wikipedia) or ``"perplexity"`` (continuation perplexity of the benign subset under
 the judge model). Summaries without ``human_perplexity`` fall back to ``"perplexity"`` and say
 so.
+
+Over 500 lines (about 730): the selection / confirmation split, the admissibility checks and
+the rule are one procedure whose columns and wording must agree; kept together on purpose.
 """
 
 from __future__ import annotations

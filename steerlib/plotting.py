@@ -3,6 +3,10 @@
 Every figure function takes tables (the sweep or its summary, see :mod:`steerlib.metrics`) and
 returns a :class:`plotly.graph_objects.Figure`; callers decide where files go. Static PNG/PDF
 export needs Chrome or Chromium (kaleido drives it); without one only the HTML is written.
+
+Over 500 lines (about 950): fourteen figure functions, each self-contained and drawn trace by
+trace, sharing the label, colour and layout helpers at the top; split by figure kind they would
+import those helpers across modules for no gain in reading.
 """
 
 from __future__ import annotations
