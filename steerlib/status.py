@@ -27,6 +27,7 @@ from steerlib.errors import (
     SteerlibError,
 )
 from steerlib.experiment.sweep import sweep_plan
+from steerlib.experiment.table import STEPS
 from steerlib.partition import SweepUnit
 from steerlib.runs import RunPaths, runs_root
 
@@ -121,9 +122,11 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
             "rerun it with corrected parameters and --force, or delete it."
         ) from None
     lines = [f"{run_name} ({paths.root})"]
-    for step, record in paths.read_status().items():
+    recorded = paths.read_status()
+    for step in STEPS:  # the declared steps, in order, whether they ran or not
+        record = recorded.get(step.name, {"state": "not run"})
         detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
-        lines.append(f"  {step:<15} {record.get('state', '?'):<8} {detail}".rstrip())
+        lines.append(f"  {step.name:<15} {record.get('state', '?'):<8} {detail}".rstrip())
     if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
         try:
             progress = sweep_progress(paths, params)

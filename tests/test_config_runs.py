@@ -437,3 +437,23 @@ def test_a_resumed_sweep_refuses_units_made_with_other_settings(tmp_path):
     other = run.params.model_copy(update={"max_new_tokens": 9, "temperature": 0.0})
     with pytest.raises(ConfigError, match=r"max_new_tokens 8 -> 9, temperature 0\.7 -> 0\.0"):
         check_unit_settings(run.paths, other)
+
+
+def test_the_run_command_refuses_a_finished_run_with_other_settings(tmp_path, capsys):
+    """Issue 14: `--set samples_per_prompt=3` on a finished run used to exit 0, saying done."""
+    from steerlib.errors import EXIT_BAD_INPUT
+    from steerlib.pipeline import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("run_name: finished\nsamples_per_prompt: 1\nlayers: [1]\n")
+    values = load_params(config).notebook_parameters()
+    del values["run_name"]
+    run = Run.open("finished", runs_dir=str(tmp_path), **values)
+    for step in STEPS:
+        run.paths.set_status(step, "done")
+    before = run.paths.params.read_bytes()
+    argv = ["--config", str(config), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--set", "samples_per_prompt=3"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "samples_per_prompt 1 -> 3" in err
+    assert run.paths.params.read_bytes() == before

@@ -70,6 +70,7 @@ def test_status_command_prints_each_run(run, capsys):
     assert cli_main(["status", "--runs-dir", str(paths.root.parent)]) == 0
     out = capsys.readouterr().out
     assert "long" in out and "05_sweep        partial" in out
+    assert "01_data         not run" in out and out.index("01_data") < out.index("06_analysis")
     assert "sweep units     0/4" in out and "complete layers none yet" in out
     assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 0
     assert "no run at" in capsys.readouterr().out

@@ -24,7 +24,7 @@ import pandas as pd
 from steerlib._io import atomic_write_text
 from steerlib.config import RunParams, load_params, parse_overrides
 from steerlib.errors import EXIT_INTERRUPTED, EXIT_STEP_FAILED, SteerlibError, exit_code
-from steerlib.experiment.run import Run, check_changes, ensure_writable
+from steerlib.experiment.run import Run, check_changes, ensure_writable, provenance
 from steerlib.experiment.table import STEPS
 from steerlib.preflight import check_run_files, preflight
 from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
@@ -87,7 +87,11 @@ def run_chain(
         os.environ["STEERLIB_LOCK_OWNER"] = str(os.getpid())
         os.environ["STEERLIB_RUNS_DIR"] = str(root)
         given = {k: v for k, v in values.items() if k != "run_name"}
-        Run.open(params.run_name, runs_dir=str(root), force=force, **given)
+        run = Run.open(params.run_name, runs_dir=str(root), force=force, **given)
+        if run.params.notebook_parameters() != values:
+            # Run.open keeps a stored value where the config says None (e.g. device: auto);
+            # the runner's parameters are the whole set, so they are recorded as given.
+            paths.write_params(values, **provenance())
         paths.notebooks.mkdir(parents=True, exist_ok=True)
         for notebook in notebooks:
             code = _run_notebook(notebook, paths, values, force=force, progress=progress)
