@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeAlias
 
 import pandas as pd
@@ -25,6 +26,7 @@ from steerlib.vectors import SteeringVector
 
 __all__ = [
     "COMPLETION_COLUMNS",
+    "DecodingSettings",
     "PromptFormat",
     "check_sampling",
     "decode_new_tokens",
@@ -41,6 +43,52 @@ __all__ = [
 PromptFormat: TypeAlias = Literal["raw", "chat"]
 """``"raw"``: the prompt text as is (RealToxicityPrompts continuation). ``"chat"``: the prompt
 as the user turn of the model's chat template, followed by the assistant header."""
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How completions are sampled and steered, as one frozen value.
+
+    It holds the keyword arguments that :func:`steerlib.engine.run_sweep`,
+    :func:`steerlib.engine.generate_unit` and :func:`generate_completions` share (pass
+    ``**settings.as_kwargs()``).
+
+    Attributes:
+        samples_per_prompt: Samples per (prompt, alpha).
+        max_new_tokens: New tokens per completion.
+        temperature: 0 for greedy decoding.
+        top_p: Nucleus threshold.
+        prompt_format: ``"raw"`` or ``"chat"``.
+        positions: Steered positions, ``"all"`` or ``"generated"``.
+        units: Alpha units, ``"raw"`` or ``"norm"``.
+        seed: Base seed; each unit's or batch's seed derives from it.
+
+    Example:
+        >>> DecodingSettings(max_new_tokens=8).as_kwargs()["top_p"]
+        0.9
+    """
+
+    samples_per_prompt: int = 1
+    max_new_tokens: int = 20
+    temperature: float = 0.7
+    top_p: float = 0.9
+    prompt_format: PromptFormat = "raw"
+    positions: Positions = "all"
+    units: Units = "raw"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens, self.samples_per_prompt)
+
+    @classmethod
+    def of(cls, params: Any) -> DecodingSettings:
+        """The settings of a run's parameters (a :class:`~steerlib.config.RunParams`)."""
+        return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments."""
+        return asdict(self)
+
 
 COMPLETION_COLUMNS = [
     "prompt_id",

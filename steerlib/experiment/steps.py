@@ -8,6 +8,7 @@ recomputing (``force=True`` recomputes).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,7 @@ from steerlib._io import atomic_write_parquet
 from steerlib.config import RunParams
 from steerlib.errors import ConfigError
 from steerlib.experiment.run import Run
+from steerlib.generation import DecodingSettings
 from steerlib.preflight import split_arguments
 
 __all__ = [
@@ -119,15 +121,18 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     with run.step("02_baseline"):
         model, tokenizer = run.model()
         evaluation = eval_prompts(prompts, roles)
-        settings = {
-            "alphas": [0.0],
-            "samples_per_prompt": p.samples_per_prompt,
-            "max_new_tokens": p.max_new_tokens,
-            "prompt_format": p.prompt_format,
-        }
+        # Unsteered: the steering options do not apply (kept at their defaults, as always).
+        decoding = replace(DecodingSettings.of(p), positions="all", units="raw")
         # The sweep engine without a vector: prompts encoded once, samples share the cache.
         units = sweep_units(
-            evaluation, layers=[-1], directions=["none"], tokenizer=tokenizer, **settings
+            evaluation,
+            layers=[-1],
+            directions=["none"],
+            tokenizer=tokenizer,
+            alphas=[0.0],
+            samples_per_prompt=decoding.samples_per_prompt,
+            max_new_tokens=decoding.max_new_tokens,
+            prompt_format=decoding.prompt_format,
         )
         tables = [
             generate_unit(
@@ -136,10 +141,8 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
                 unit,
                 evaluation,
                 vector=None,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                seed=p.seed,
-                **settings,
+                alphas=[0.0],
+                **decoding.as_kwargs(),
             )
             for unit in tqdm(units, desc="baseline", unit="unit")
         ]

@@ -21,6 +21,7 @@ from steerlib.config import RunParams, short_repr
 from steerlib.errors import ConfigError, DamagedRunError
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts, score
+from steerlib.generation import DecodingSettings
 from steerlib.runs import RunPaths
 
 __all__ = [
@@ -84,22 +85,14 @@ def sweep_plan(params: RunParams, num_layers: int) -> SweepPlan:
 
 
 def generation_settings(params: RunParams) -> dict[str, Any]:
-    """The settings that shape a sweep unit's rows (besides its direction, layer and alphas)."""
-    names = (
-        "model",
-        "samples_per_prompt",
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "prompt_format",
-        "positions",
-        "units",
-        "seed",
-        "scorer",
-        "perplexity_model",
-    )
+    """What shapes a sweep unit's rows besides its direction, layer and alphas."""
     values = params.notebook_parameters()
-    return {name: values[name] for name in names}
+    return {
+        "model": values["model"],
+        **DecodingSettings.of(params).as_kwargs(),
+        "scorer": values["scorer"],
+        "perplexity_model": values["perplexity_model"],
+    }
 
 
 def check_unit_settings(paths: RunPaths, params: RunParams) -> None:
@@ -181,7 +174,7 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
                 vectors,
                 layers=plan.layers,
                 alphas=plan.alphas,
-                **_decoding(p),
+                **DecodingSettings.of(p).as_kwargs(),
                 done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
                 on_unit=on_unit,
             )
@@ -195,20 +188,6 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         atomic_write_parquet(paths.sweep, table)
         atomic_write_parquet(paths.kl, _kl_table(run, kl_texts, vectors, plan, searched))
     return table
-
-
-def _decoding(p: RunParams) -> dict[str, Any]:
-    """The engine's decoding arguments from a run's parameters."""
-    return {
-        "samples_per_prompt": p.samples_per_prompt,
-        "max_new_tokens": p.max_new_tokens,
-        "temperature": p.temperature,
-        "top_p": p.top_p,
-        "prompt_format": p.prompt_format,
-        "positions": p.positions,
-        "units": p.units,
-        "seed": p.seed,
-    }
 
 
 def _sweep_table(
@@ -327,7 +306,7 @@ def _searched_alphas(
             vectors,
             layers=[layer],
             alphas=[alpha],
-            **_decoding(p),
+            **DecodingSettings.of(p).as_kwargs(),
             done=set(saved),
             on_unit=on_unit,
             key_prefix=prefix,
