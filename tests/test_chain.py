@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steerlib.runs import PROJECT_ROOT
+from steerlib.runs import PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.slow
 
@@ -101,9 +101,12 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     for step in STEPS:
         assert (reference / "notebooks" / f"{step}.ipynb").is_file()
     status = json.loads((reference / "status.json").read_text())
-    assert all(status[step]["state"] == "done" for step in STEPS)
+    assert status["format"] == 2
+    assert all(status["steps"][step]["state"] == "done" for step in STEPS)
     params = json.loads((reference / "params.json").read_text())
+    assert params["format"] == 2
     assert params["params"]["n_prompts"] == 3 and params["versions"]["transformers"]
+    assert json.loads((reference / "sweep_parts" / "settings.json").read_text())["seed"] == 0
 
     vectors = json.loads((reference / "vectors.json").read_text())
     assert vectors["sink_projected"] and len(vectors["diagnostics"]) == 30
@@ -242,8 +245,7 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    status = json.loads((runs / "killed" / "status.json").read_text())
-    assert status["05_sweep"]["state"] != "done"
+    assert RunPaths(runs / "killed").step_state("05_sweep") != "done"
     assert not (runs / "killed" / "sweep.parquet").exists()
     written = len(list(parts.glob("*.parquet")))
     assert not list(parts.glob("*.tmp")) or all(p.name.startswith(".") for p in parts.glob("*.tmp"))
