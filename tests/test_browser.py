@@ -69,9 +69,10 @@ def _free_port() -> int:
 
 def _prepare_run(runs_dir: Path) -> None:
     """A run folder with params.json and a CAA vector built on the embedded SmolLM2."""
-    from steerlib.data import load_prompts, pair_texts
+    from steerlib.data import load_prompts
     from steerlib.models import EMBEDDED_MODEL, load_model
     from steerlib.pipeline import Run
+    from steerlib.subsets import pair_texts
     from steerlib.vectors import caa_from_texts
 
     model, tokenizer = load_model(EMBEDDED_MODEL, device="cpu")

@@ -64,8 +64,8 @@ class Analysis:
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
     """The scorer against Perspective labels (>= 0.5), on prompts and on continuations."""
-    from steerlib.data import perspective_labels
     from steerlib.scoring import scorer_validity
+    from steerlib.subsets import perspective_labels
 
     kinds = ("prompts", "continuations")
     groups = {kind: perspective_labels(prompts, which=kind) for kind in kinds}  # type: ignore[arg-type]

@@ -69,8 +69,9 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
         ``pairs_toxic``, ``pairs_nontoxic`` (vector construction) and ``kl_benign``
         (held-out benign text for the KL measure); all disjoint.
     """
-    from steerlib.data import load_prompts, split_prompts
+    from steerlib.data import load_prompts
     from steerlib.models import load_tokenizer
+    from steerlib.subsets import split_prompts
 
     paths, p = run.paths, run.params
     if not force and run.done("01_data", paths.prompts):
@@ -154,7 +155,7 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
 # -- 03 activations --------------------------------------------------------------------------
 def contrastive_texts(run: Run) -> tuple[list[str], list[str], str]:
     """The toxic and non-toxic texts of the vector, and a description of their source."""
-    from steerlib.data import pair_texts
+    from steerlib.subsets import pair_texts
 
     p = run.params
     prompts = pd.read_parquet(run.require("prompts"))

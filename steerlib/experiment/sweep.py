@@ -135,9 +135,9 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     saves one alpha's share of the sweep, and every layer is compared against the same
     unsteered samples.
     """
-    from steerlib.data import pair_texts
     from steerlib.engine import run_sweep as engine_sweep
     from steerlib.layers import num_layers
+    from steerlib.subsets import pair_texts
     from steerlib.vectors import SteeringVector
 
     paths, p = run.paths, run.params

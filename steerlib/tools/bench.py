@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerlib.data import BUNDLED_PROMPTS, load_prompts, pair_texts
+from steerlib.data import BUNDLED_PROMPTS, load_prompts
 from steerlib.engine import DEFAULT_MAX_BATCH_ROWS, run_sweep
 from steerlib.errors import ConfigError, SteerlibError
 from steerlib.generation import (
@@ -48,6 +48,7 @@ from steerlib.generation import (
 from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
 from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model
+from steerlib.subsets import pair_texts
 from steerlib.vectors import SteeringVector, compute_caa
 
 __all__ = [
