@@ -40,7 +40,7 @@ from steerlib.experiment.table import (
 )
 from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
 
-__all__ = ["Run", "check_changes", "ensure_writable", "invalidate_after", "provenance"]
+__all__ = ["Changes", "Run", "check_changes", "ensure_writable", "invalidate_after", "provenance"]
 
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
@@ -100,7 +100,8 @@ def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = Fals
 
     Args:
         paths: The run.
-        values: Its full new parameters (JSON values, as :meth:`RunParams.notebook_parameters`).
+        values: New values of some or all parameters (JSON values, as
+            :meth:`RunParams.notebook_parameters` gives them).
         force: Accept every change: the steps made with the old values are recomputed.
 
     Returns:
