@@ -74,3 +74,17 @@ def test_status_command_prints_each_run(run, capsys):
     assert "sweep units     0/4" in out and "complete layers none yet" in out
     assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 0
     assert "no run at" in capsys.readouterr().out
+
+
+def test_status_counts_the_units_of_the_sweeps_own_plan(run):
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import sweep_plan
+
+    paths, params = run
+    plan = sweep_plan(params, 8)
+    assert (plan.layers, plan.directions, plan.alphas) == ([3, 6], ["caa", "random"], [1.0])
+    prompts = pd.read_parquet(paths.prompts)
+    keys = [unit.key for unit in plan.units(prompts, params)]
+    assert keys == [unit.key for unit in status._units(paths, params)]
+    alone = sweep_plan(RunParams(layers=[-1], random_control=False, alphas=[0.0, -2.0]), 8)
+    assert (alone.layers, alone.directions, alone.alphas) == ([7], ["caa"], [-2.0])
