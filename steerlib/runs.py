@@ -204,9 +204,10 @@ class RunPaths:
 
         Provenance keys not given are kept from the file.
         """
-        record = self.read_params()
-        record.update(provenance, params=params, format=PARAMS_FORMAT)
-        atomic_write_json(self.params, record)
+        record = {**self.read_params(), **provenance}
+        record.pop("format", None)
+        record.pop("params", None)
+        atomic_write_json(self.params, {"format": PARAMS_FORMAT, "params": params, **record})
 
     def read_status(self) -> dict[str, Any]:
         """The steps' records of ``status.json``: step name to state record ({} when absent).
