@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerlib.config import RunParams, load_params, parse_overrides
+from steerlib.config import RunParams
+from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import ConfigError
 from steerlib.experiment import table
 from steerlib.pipeline import NOTEBOOKS, STEPS, Run

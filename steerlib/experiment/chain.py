@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from steerlib._io import atomic_write_text
-from steerlib.config import RunParams, load_params, parse_overrides
+from steerlib.config import RunParams
+from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import EXIT_INTERRUPTED, EXIT_STEP_FAILED, SteerlibError, exit_code
 from steerlib.experiment.run import Run, check_changes, ensure_writable, provenance
 from steerlib.experiment.table import STEPS
