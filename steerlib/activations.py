@@ -190,6 +190,9 @@ def capture_residuals(
 ) -> ResidualActivations:
     """Residual stream after every decoder layer, mean-pooled over the last content tokens.
 
+    Kept in one piece (about 100 lines): the batching, the per-layer hooks and the pooling mask
+    share the batch's tensors, and one loop reads top to bottom.
+
     Positions are chosen by the content rule of this module's docstring: no padding, no
     special tokens, not the first position (the attention sink), the last ``last_n`` of what
     remains, and no token above ``outlier_factor`` times its text's median norm at that layer.

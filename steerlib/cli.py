@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "prepare": ("steerlib.models", "Install-time step: convert the embedded model once."),
-    "run": ("steerlib.pipeline", "Run the notebook chain 01-06 with papermill."),
+    "run": ("steerlib.experiment.chain", "Run the notebook chain 01-06 with papermill."),
     "status": ("steerlib.status", "Progress of runs: step states, sweep units, time left."),
-    "bench": ("steerlib.bench", "Benchmark the sweep engine against the straightforward loop."),
-    "doctor": ("steerlib.doctor", "Check the set-up: Python, torch, device, model, scorers."),
+    "bench": ("steerlib.tools.bench", "Benchmark the sweep engine against the plain loop."),
+    "doctor": ("steerlib.tools.doctor", "Check the set-up: Python, torch, device, model, scorers."),
     "export": ("steerlib.export", "Write a run's vector as a llama.cpp or repeng control vector."),
 }
 

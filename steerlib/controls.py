@@ -18,12 +18,12 @@ from scipy import stats
 
 from steerlib.errors import DataError
 from steerlib.metrics import (
-    _ALPHA_DECIMALS,
+    ALPHA_DECIMALS,
     GROUP_COLUMNS,
-    _mean,
-    _per_prompt,
-    _require,
-    _run_bootstrap,
+    mean_statistic,
+    per_prompt_scores,
+    require_columns,
+    run_bootstrap,
 )
 
 __all__ = [
@@ -90,7 +90,7 @@ def delta_vs_control(
         >>> control.loc[control["beats_control"], ["layer", "alpha"]]  # doctest: +SKIP
     """
     keys = ["subset", "layer", "alpha"]
-    _require(
+    require_columns(
         summary,
         [*GROUP_COLUMNS, "mean_toxicity", "expected_max_toxicity", "mean_toxicity_ci_high"],
         what="summary",
@@ -99,7 +99,7 @@ def delta_vs_control(
     caa = summary.loc[summary["direction"] == "caa", keys + values].copy()
     rnd = summary.loc[summary["direction"] == "random", keys + values[:2]].copy()
     for table in (caa, rnd):
-        table["_alpha_key"] = table["alpha"].astype(float).round(_ALPHA_DECIMALS)
+        table["_alpha_key"] = table["alpha"].astype(float).round(ALPHA_DECIMALS)
     merged = caa.merge(
         rnd.drop(columns="alpha"),
         on=["subset", "layer", "_alpha_key"],
@@ -165,17 +165,17 @@ def tradeoff_rows(
         >>> rows = tradeoff_rows(summarize(sweep))  # doctest: +SKIP
         >>> rows[["layer", "alpha", "expected_max_toxicity", "benign_perplexity"]]  # doctest: +SKIP
     """
-    _require(summary, [*GROUP_COLUMNS, cost], what="summary")
+    require_columns(summary, [*GROUP_COLUMNS, cost], what="summary")
     keys = ["direction", "layer", "_alpha_key"]
     source = summary[summary["subset"] == cost_subset]
     if source.empty:
         source = summary[summary["subset"] == subset]
-    source = source.assign(_alpha_key=source["alpha"].astype(float).round(_ALPHA_DECIMALS))
+    source = source.assign(_alpha_key=source["alpha"].astype(float).round(ALPHA_DECIMALS))
     lookup = (
         source[[*keys, cost]].drop_duplicates(keys).rename(columns={cost: f"{cost_subset}_{cost}"})
     )
     rows = summary[summary["subset"] == subset]
-    rows = rows.assign(_alpha_key=rows["alpha"].astype(float).round(_ALPHA_DECIMALS))
+    rows = rows.assign(_alpha_key=rows["alpha"].astype(float).round(ALPHA_DECIMALS))
     merged = rows.merge(lookup, on=keys, how="left", validate="many_to_one")
     return merged.drop(columns="_alpha_key").reset_index(drop=True)
 
@@ -242,7 +242,7 @@ def fluency_matched_control(
         >>> matched[["layer", "alpha", "control_alpha", "delta_mean_toxicity"]]  # doctest: +SKIP
     """
     compared = ["mean_toxicity", "expected_max_toxicity"]
-    _require(summary, [*GROUP_COLUMNS, fluency, metric, *compared], what="summary")
+    require_columns(summary, [*GROUP_COLUMNS, fluency, metric, *compared], what="summary")
     rows = tradeoff_rows(summary, subset=subset, cost_subset=fluency_subset, cost=fluency)
     cost = f"{fluency_subset}_{fluency}"
     random = rows[rows["direction"] == "random"]
@@ -341,7 +341,7 @@ def paired_permutation_pvalue(
         return 1.0
     result = stats.permutation_test(
         (values,),
-        _mean,
+        mean_statistic,
         permutation_type="samples",
         vectorized=True,
         n_resamples=n_permutations,
@@ -418,18 +418,20 @@ def _paired_intervals(
 
     The random cell is taken at ``control_alpha`` (``alpha`` when None).
     """
-    _require(sweep, [*GROUP_COLUMNS, "prompt_id", "toxicity"], "sweep table")
-    alphas = sweep["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    require_columns(sweep, [*GROUP_COLUMNS, "prompt_id", "toxicity"], "sweep table")
+    alphas = sweep["alpha"].astype(float).round(ALPHA_DECIMALS)
     control_alpha = alpha if control_alpha is None else control_alpha
     at_layer = (sweep["subset"] == subset) & (sweep["layer"] == layer)
     per_prompt = {}
     for direction, cell_alpha in (("caa", alpha), ("random", control_alpha)):
         rows = sweep[
             at_layer
-            & (alphas == round(cell_alpha, _ALPHA_DECIMALS))
+            & (alphas == round(cell_alpha, ALPHA_DECIMALS))
             & (sweep["direction"] == direction)
         ]
-        table = _per_prompt(rows) if len(rows) else pd.DataFrame(columns=["sum", "count", "max"])
+        table = (
+            per_prompt_scores(rows) if len(rows) else pd.DataFrame(columns=["sum", "count", "max"])
+        )
         per_prompt[direction] = table.assign(mean=table["sum"] / table["count"])
     both = per_prompt["caa"].merge(
         per_prompt["random"], left_index=True, right_index=True, suffixes=("", "_random")
@@ -449,9 +451,9 @@ def _paired_intervals(
         if len(differences) < 2 or np.ptp(differences) == 0:
             out += [value, value]
             continue
-        out += _run_bootstrap(
+        out += run_bootstrap(
             (differences,),
-            _mean,
+            mean_statistic,
             vectorized=True,
             confidence=confidence,
             n_resamples=n_resamples,

@@ -19,42 +19,41 @@ prompt, and each call holds only one alpha's rows. This engine runs its own deco
   the whole vocabulary only for rows whose nucleus is larger still (same distribution as
   ``TopPLogitsWarper``; steered text is often flat enough to need the second tier).
 
-The work is split into :class:`SweepUnit` s (one direction, one layer, one length bucket of
-prompts, all alphas and samples), the unit of resume and of streaming to disk: :func:`run_sweep`
-skips units already done and hands each finished unit's table to a callback. A unit's random
-seed derives from the run seed and the unit key, so a resumed CPU run reproduces the rows of an
-uninterrupted one. The code path is the same on CPU (float32), CUDA (bfloat16) and MPS
+The work is split into :class:`~steerlib.partition.SweepUnit` s (one direction, one layer, one
+length bucket of prompts, all alphas and samples), the unit of resume and of streaming to disk:
+:func:`run_sweep` skips units already done and hands each finished unit's table to a callback. A
+unit's random seed derives from the run seed and the unit key, so a resumed CPU run reproduces the
+rows of an uninterrupted one. The code path is the same on CPU (float32), CUDA (bfloat16) and MPS
 (float16).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Container, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
 
 from steerlib.errors import ConfigError
 from steerlib.generation import (
     COMPLETION_COLUMNS,
     PromptFormat,
-    _check_sampling,
-    _model_cache,
-    _stop_ids,
+    check_sampling,
     decode_new_tokens,
     derive_seed,
     encode_prompts,
     left_pad,
+    model_cache,
+    stop_token_ids,
 )
 from steerlib.hooks import Positions, SteeringHandle, Units, steering
+from steerlib.kvcache import PreallocatedLayer, preallocate_cache
+from steerlib.partition import DEFAULT_TOKENS_PER_UNIT, SweepUnit, check_prompts, sweep_units
+from steerlib.sampling import sample_next
 from steerlib.vectors import SteeringVector
 
 __all__ = [
@@ -66,316 +65,14 @@ __all__ = [
     "generate_unit",
     "preallocate_cache",
     "run_sweep",
+    "sample_next",
     "sweep_units",
 ]
 
-DEFAULT_TOKENS_PER_UNIT = 16384
-"""Generated tokens (rows x new tokens) per unit: a few tens of seconds of CPU work."""
 DEFAULT_MAX_BATCH_ROWS = 640
 """Most rows decoded together; bounds the KV cache (SmolLM2: ~2 MB per row at 45 tokens)."""
-_TOP_K_TIERS = (64, 1024, 8192)
-"""Partial top-k sizes tried in turn in top-p sampling before a full-vocabulary sort."""
 _DROP_FRACTION = 1 / 16
 """Finished rows are dropped once they are this fraction of the batch (a drop copies the cache)."""
-
-
-@dataclass(frozen=True)
-class SweepUnit:
-    """One direction, one layer and one length bucket of prompts; all alphas and samples.
-
-    Attributes:
-        key: Stable name, e.g. ``"caa-L18-b003"`` (resume and file names use it).
-        direction: Key of the vector in the ``vectors`` mapping of :func:`run_sweep`.
-        layer: Steered layer.
-        bucket: Index of the length bucket.
-        prompt_ids: The bucket's prompts, shortest first.
-    """
-
-    key: str
-    direction: str
-    layer: int
-    bucket: int
-    prompt_ids: tuple[str, ...]
-
-
-def _check_prompts(prompts: pd.DataFrame) -> None:
-    for column in ("prompt_id", "prompt"):
-        if column not in prompts.columns:
-            raise ConfigError(f"the prompts table needs a {column!r} column.")
-    if prompts["prompt_id"].duplicated().any():
-        dupes = prompts.loc[prompts["prompt_id"].duplicated(), "prompt_id"].tolist()[:3]
-        raise ConfigError(f"prompt_id values must be unique; repeated: {dupes}.")
-    if prompts.empty:
-        raise ConfigError("the prompts table is empty: give at least one prompt.")
-
-
-def _prompt_lengths(
-    prompts: pd.DataFrame,
-    tokenizer: PreTrainedTokenizerBase | None,
-    prompt_format: PromptFormat,
-) -> list[int]:
-    texts = prompts["prompt"].tolist()
-    if tokenizer is None:
-        return [len(text) for text in texts]
-    return [len(ids) for ids in encode_prompts(tokenizer, texts, prompt_format)]
-
-
-def sweep_units(
-    prompts: pd.DataFrame,
-    *,
-    layers: Sequence[int],
-    directions: Sequence[str],
-    tokens_per_unit: int = DEFAULT_TOKENS_PER_UNIT,
-    alphas: Sequence[float] = (0.0,),
-    samples_per_prompt: int = 1,
-    max_new_tokens: int = 20,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    prompt_format: PromptFormat = "raw",
-    key_prefix: str = "",
-) -> list[SweepUnit]:
-    """Partition a sweep into units: directions x layers x length buckets of prompts.
-
-    The partition depends only on the arguments (never on what is already done), so the keys
-    of a resumed run match those of the first run given the same arguments.
-
-    Args:
-        prompts: Table with ``prompt_id`` and ``prompt`` columns.
-        layers: Steered layers.
-        directions: Vector names (keys of the ``vectors`` mapping of :func:`run_sweep`).
-        tokens_per_unit: Target generated tokens per unit (prompts x alphas x samples x new
-            tokens); a unit holds at least one prompt.
-        alphas: The sweep's coefficients (only their number matters here).
-        samples_per_prompt: Samples per (prompt, alpha).
-        max_new_tokens: New tokens per completion.
-        tokenizer: Measures prompt lengths in tokens; without it, in characters.
-        prompt_format: ``"raw"`` or ``"chat"`` (with a tokenizer).
-        key_prefix: Prepended to every key (units of another family, such as the searched
-            alphas, so their keys and seeds differ from the grid's).
-
-    Returns:
-        Units in order layer, direction, bucket (shortest prompts first): a sweep stopped
-        part way holds whole layers, each with its control direction.
-
-    Example:
-        >>> units = sweep_units(prompts, layers=[18], directions=["caa", "random"],
-        ...                     alphas=[0, 1], samples_per_prompt=25)  # doctest: +SKIP
-        >>> units[0].key  # doctest: +SKIP
-        'caa-L18-b000'
-    """
-    _check_prompts(prompts)
-    if tokens_per_unit < 1:
-        raise ConfigError(f"tokens_per_unit must be at least 1, got {tokens_per_unit}.")
-    if not layers or not directions:
-        raise ConfigError("sweep_units needs at least one layer and one direction.")
-    if len(set(directions)) != len(directions):
-        raise ConfigError(f"directions must be distinct, got {list(directions)}.")
-    lengths = _prompt_lengths(prompts, tokenizer, prompt_format)
-    ids = prompts["prompt_id"].astype(str).tolist()
-    order = sorted(range(len(ids)), key=lambda i: (lengths[i], i))
-    per_prompt = max(1, len(alphas)) * max(1, samples_per_prompt) * max(1, max_new_tokens)
-    prompts_per_unit = max(1, tokens_per_unit // per_prompt)
-    n_buckets = math.ceil(len(order) / prompts_per_unit)
-    buckets = [tuple(ids[i] for i in part) for part in np.array_split(order, n_buckets)]
-    return [
-        SweepUnit(
-            f"{key_prefix}{direction}-L{int(layer)}-b{b:03d}", str(direction), int(layer), b, bucket
-        )
-        for layer in layers
-        for direction in directions
-        for b, bucket in enumerate(buckets)
-    ]
-
-
-# ------------------------------------------------------------------------------------------
-# Sampling
-
-
-def _nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep mask over probabilities sorted in descending order (``TopPLogitsWarper`` rule).
-
-    A token is kept when the mass of the tokens ranked above it is below ``top_p``; the most
-    likely token is always kept.
-    """
-    above = sorted_probs.cumsum(-1) - sorted_probs
-    keep = above < top_p
-    keep[..., 0] = True
-    return keep
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
-    overwrite: bool = False,
-) -> torch.Tensor:
-    """Next token of each row: greedy at temperature 0, else temperature + top-p sampling.
-
-    The distribution is that of ``generate`` with ``TemperatureLogitsWarper`` and
-    ``TopPLogitsWarper`` (``top_k`` off). The top 64 tokens are looked at first, then 1,024
-    and 8,192; only rows whose nucleus is larger still sort the whole vocabulary.
-
-    Args:
-        logits: ``(rows, vocab)`` float32 scores.
-        temperature: Sampling temperature; 0 for greedy decoding.
-        top_p: Nucleus threshold in (0, 1].
-        generator: Random generator on the logits' device.
-        overwrite: Let the function use ``logits`` as scratch space (saves a copy).
-
-    Returns:
-        ``(rows,)`` token ids.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    if top_p >= 1.0:
-        probs = torch.softmax(logits / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    # In place where allowed: on a CPU each fresh (rows x vocab) tensor costs more in page
-    # faults than its arithmetic.
-    scaled = logits.div_(temperature) if overwrite else logits / temperature
-    weights = scaled.sub_(scaled.amax(-1, keepdim=True)).exp_()  # softmax numerators
-    total = weights.sum(-1, keepdim=True)
-    vocab = weights.shape[-1]
-    chosen = torch.empty(weights.shape[0], dtype=torch.long, device=weights.device)
-    remaining = torch.arange(weights.shape[0], device=weights.device)
-    # Most rows' nucleus lies within the top 64 tokens; flat distributions (steered far) need
-    # more. A partial top-k is far cheaper than sorting the whole vocabulary for every row.
-    for k in (*(k for k in _TOP_K_TIERS if k < vocab), vocab):
-        rows_w = weights if len(remaining) == len(weights) else weights[remaining]
-        if k < vocab:
-            top_w, top_idx = rows_w.topk(k, dim=-1)
-        else:
-            top_w, top_idx = rows_w.sort(dim=-1, descending=True)
-        top_p_rows = top_w / total[remaining]
-        covered = top_p_rows.sum(-1) >= top_p if k < vocab else torch.ones_like(remaining).bool()
-        here = covered.nonzero().squeeze(1)
-        if here.numel():
-            p = top_p_rows[here]
-            pick = torch.multinomial(p * _nucleus(p, top_p), 1, generator=generator)
-            chosen[remaining[here]] = top_idx[here].gather(1, pick).squeeze(1)
-        remaining = remaining[~covered]
-        if not remaining.numel():
-            break
-    return chosen
-
-
-# ------------------------------------------------------------------------------------------
-# KV cache
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values live in buffers sized for the whole decode.
-
-    ``DynamicLayer.update`` concatenates, copying the layer's whole cache at every step; this
-    layer writes the new step in place and exposes views of the filled part, so a step costs
-    only its own keys and values. It grows (by copying) if a decode outruns its capacity.
-
-    Args:
-        keys: ``(batch, heads, length, head_dim)`` keys of the prefill.
-        values: Values of the same batch and length.
-        capacity: Positions to reserve (prefill length plus the new tokens to come).
-        repeats: Rows each prefill row becomes (``repeat_interleave`` on the batch), so a
-            prompt's cache is expanded across its samples while it is copied in.
-    """
-
-    def __init__(
-        self, keys: torch.Tensor, values: torch.Tensor, capacity: int, repeats: int = 1
-    ) -> None:
-        super().__init__()
-        batch, heads, length = keys.shape[:3]
-        capacity = max(capacity, length)
-        self.device = keys.device
-        self.is_initialized = True
-        self._length = length
-        self._keys = self._buffer(keys, batch, heads, capacity, repeats)
-        self._values = self._buffer(values, batch, heads, capacity, repeats)
-        self._expose()
-
-    @staticmethod
-    def _buffer(
-        states: torch.Tensor, batch: int, heads: int, capacity: int, repeats: int
-    ) -> torch.Tensor:
-        length, dim = states.shape[2], states.shape[3]
-        buffer = states.new_empty((batch, repeats, heads, capacity, dim))
-        buffer[:, :, :, :length] = states[:, None]
-        return buffer.view(batch * repeats, heads, capacity, dim)
-
-    def _expose(self) -> None:
-        self.keys = self._keys[:, :, : self._length]
-        self.values = self._values[:, :, : self._length]
-
-    @property
-    def capacity(self) -> int:
-        """Positions the buffers hold."""
-        return self._keys.shape[2]
-
-    def _grow(self, needed: int) -> None:
-        capacity = max(needed, 2 * self.capacity)
-        for name in ("_keys", "_values"):
-            old = getattr(self, name)
-            new = old.new_empty((old.shape[0], old.shape[1], capacity, old.shape[3]))
-            new[:, :, : self._length] = old[:, :, : self._length]
-            setattr(self, name, new)
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new positions in place; return the filled keys and values (views)."""
-        end = self._length + key_states.shape[-2]
-        if end > self.capacity:
-            self._grow(end)
-        self._keys[:, :, self._length : end] = key_states
-        self._values[:, :, self._length : end] = value_states
-        self._length = end
-        self._expose()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        """Filled positions."""
-        return self._length
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """Forget the last ``-tokens_to_remove`` positions (``DynamicLayer`` convention)."""
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative number of positions to remove.")
-        self._length = max(0, self._length + tokens_to_remove)
-        self._expose()
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Repeat every row ``repeats`` times."""
-        self._keys = self._keys.repeat_interleave(repeats, dim=0)
-        self._values = self._values.repeat_interleave(repeats, dim=0)
-        self._expose()
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only the rows ``indices``."""
-        self._keys = self._keys[indices]
-        self._values = self._values[indices]
-        self._expose()
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Reorder the rows (beam search)."""
-        self.batch_select_indices(beam_idx.to(self._keys.device))
-
-
-def preallocate_cache(cache: Any, capacity: int, repeats: int = 1) -> None:
-    """Move a prefilled ``DynamicCache``'s plain layers into :class:`PreallocatedLayer` s.
-
-    Layers of other kinds (sliding-window, quantized, linear-attention) are only repeated.
-
-    Args:
-        cache: The cache returned by the prefill (changed in place).
-        capacity: Positions to reserve per row.
-        repeats: Rows each cached row becomes.
-    """
-    for index, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
-            cache.layers[index] = PreallocatedLayer(
-                layer.keys, layer.values, capacity, repeats=repeats
-            )
-        elif repeats > 1:
-            layer.batch_repeat_interleave(repeats)
 
 
 # ------------------------------------------------------------------------------------------
@@ -402,6 +99,10 @@ def decode_batch(
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Generate every (prompt, alpha, sample) row of a group of prompts in one batch.
+
+    Kept in one piece (about 115 lines): the decoding loop updates a dozen per-row tensors (cache,
+    positions, finished rows, seeds) in step; split into helpers it would pass them all back and
+    forth.
 
     Args:
         model: A causal LM with a ``DynamicCache``-style KV cache.
@@ -461,7 +162,7 @@ def decode_batch(
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = _model_cache(result)
+        cache = model_cache(result)
         logits = result.logits[:, -1, :].float()
         del result
         if temperature == 0:
@@ -508,7 +209,7 @@ def decode_batch(
                 cache=cache,
                 use_cache=True,
             )
-            cache = _model_cache(result)
+            cache = model_cache(result)
             logits = result.logits[:, -1, :].float()
             del result
             tokens = sample_next(
@@ -563,6 +264,9 @@ def generate_unit(
 ) -> pd.DataFrame:
     """Generate all alphas x samples of one unit's prompts.
 
+    Kept in one piece (about 90 lines): it expands one unit's rows, batches them and collects the
+    table, each part a few lines over the same row index.
+
     Args:
         model: A causal LM (see :func:`steerlib.models.load_model`).
         tokenizer: Its tokenizer.
@@ -587,7 +291,7 @@ def generate_unit(
         One row per completion: :data:`steerlib.generation.COMPLETION_COLUMNS`, then the other
         prompt columns; ordered by the prompts table, alpha, sample.
     """
-    _check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
+    check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
     if not alphas:
         raise ConfigError("alphas is empty: give at least one coefficient.")
     if vector is None and any(a != 0 for a in alphas):
@@ -596,11 +300,11 @@ def generate_unit(
         raise ConfigError(f"max_batch_rows must be at least 1, got {max_batch_rows}.")
     if vector is not None:
         vector.check_compatible(model, allow_other_model=True)
-    _check_prompts(prompts)
+    check_prompts(prompts)
     table = _unit_prompts(unit, prompts)
     encoded = encode_prompts(tokenizer, table["prompt"].tolist(), prompt_format)
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.errors import ConfigError
-from steerlib.generation import PromptFormat, _model_cache, encode_prompts, left_pad
+from steerlib.generation import PromptFormat, encode_prompts, left_pad, model_cache
 from steerlib.hooks import Units, steering
 from steerlib.vectors import SteeringVector
 
@@ -104,7 +104,7 @@ def continuation_perplexity(
             logits_to_keep=1,
         )
         index = torch.tensor(owner, device=device)
-        cache = _model_cache(prefill)
+        cache = model_cache(prefill)
         cache.batch_select_indices(index)  # one copy of its prompt's cache per completion
         first = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)[index]
         del prefill

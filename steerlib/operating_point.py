@@ -26,19 +26,32 @@ model's perplexity on fixed held-out benign human texts, the same for every sett
 reports on Wikipedia) or ``"perplexity"`` (continuation perplexity of the benign subset under
 the judge model). Summaries without ``human_perplexity`` fall back to ``"perplexity"`` and say
 so.
+
+The admissibility checks are :mod:`steerlib.admissibility` (their names are importable from
+here too).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from steerlib.admissibility import (
+    FLUENCY_MEASURES,
+    FluencyMeasure,
+    admissibility,
+    resolve_fluency_measure,
+    unsteered_rows,
+)
+from steerlib.admissibility import (
+    format_number as _fmt,
+)
 from steerlib.errors import ConfigError
-from steerlib.metrics import _ALPHA_DECIMALS, GROUP_COLUMNS, _require
+from steerlib.metrics import ALPHA_DECIMALS, require_columns
 
 __all__ = [
     "FluencyMeasure",
@@ -49,13 +62,7 @@ __all__ = [
     "resolve_fluency_measure",
 ]
 
-FluencyMeasure = Literal["human_perplexity", "perplexity"]
 NO_ADMISSIBLE = "no admissible steered setting"
-_SETTING = ["split", "direction", "layer", "_alpha"]
-_MEASURES = {
-    "human_perplexity": "the steered model's perplexity on the held-out benign human texts",
-    "perplexity": "benign-subset continuation perplexity",
-}
 
 
 # -- the split ---------------------------------------------------------------------------------
@@ -87,7 +94,7 @@ def assign_split(prompts: pd.DataFrame, seed: int) -> pd.Series:
     Example:
         >>> sweep["split"] = assign_split(sweep, seed=0)  # doctest: +SKIP
     """
-    _require(prompts, ["prompt_id", "subset"], what="prompt table")
+    require_columns(prompts, ["prompt_id", "subset"], what="prompt table")
     unique = prompts[["subset", "prompt_id"]].drop_duplicates().copy()
     unique["_key"] = [_hash_key(pid, seed) for pid in unique["prompt_id"]]
     unique["_id"] = unique["prompt_id"].astype(str)
@@ -99,244 +106,6 @@ def assign_split(prompts: pd.DataFrame, seed: int) -> pd.Series:
         unique[["subset", "prompt_id", "split"]], on=["subset", "prompt_id"], how="left"
     )
     return pd.Series(merged["split"].to_numpy(), index=prompts.index, name="split")
-
-
-# -- admissibility -----------------------------------------------------------------------------
-def resolve_fluency_measure(
-    summary: pd.DataFrame, requested: FluencyMeasure = "human_perplexity"
-) -> tuple[str, str | None]:
-    """The fluency measure the rule can use, and a note when it had to fall back.
-
-    Args:
-        summary: Output of :func:`steerlib.metrics.summarize`.
-        requested: ``"human_perplexity"`` or ``"perplexity"``.
-
-    Returns:
-        ``(measure, note)``: ``note`` is None unless ``human_perplexity`` was requested but the
-        summary has no value of it (a run made before it was measured), in which case the
-        measure is ``"perplexity"``.
-
-    Raises:
-        ConfigError: If ``requested`` is not a known measure.
-    """
-    if requested not in _MEASURES:
-        raise ConfigError(
-            f"fluency_measure={requested!r} is unknown; use 'human_perplexity' or 'perplexity'."
-        )
-    if requested == "human_perplexity":
-        column = summary.get("human_perplexity")
-        steered = summary["alpha"].astype(float).round(_ALPHA_DECIMALS) != 0
-        if column is None or not np.isfinite(column[steered].astype(float)).any():
-            return "perplexity", (
-                "human_perplexity was requested, but the kl table of this run has no "
-                "'human_perplexity' column (a run made before it was measured): the rule used "
-                "the benign-subset continuation perplexity instead. Rerun the sweep (05) to "
-                "measure it."
-            )
-    return requested, None
-
-
-def _lookup(table: pd.DataFrame, keys: list[str], column: str) -> dict[tuple[Any, ...], float]:
-    """``{key tuple: value}`` of the first row of each key (NaN-free keys)."""
-    first = table.drop_duplicates(keys)
-    return {
-        tuple(key): float(value)
-        for key, value in zip(first[keys].itertuples(index=False), first[column], strict=True)
-    }
-
-
-def _unsteered(rows: pd.DataFrame) -> pd.Series:
-    return (rows["direction"] == "none") | (rows["layer"] == -1)
-
-
-def admissibility(
-    summary: pd.DataFrame,
-    *,
-    max_perplexity_increase: float = 0.10,
-    min_distinct_ratio: float = 0.9,
-    max_floor_share_increase: float = 0.05,
-    fluency_measure: FluencyMeasure = "human_perplexity",
-) -> pd.DataFrame:
-    """Add the admissibility columns of the operating-point rule to a summary.
-
-    Every row is compared with the alpha-0 row of the same split, subset, direction and layer
-    (the unsteered ``direction == "none"`` row of the same split and subset when that is
-    absent). ``human_perplexity`` is a property of the setting, not of a subset or half; its
-    alpha-0 value is the one of the same direction and layer (else any alpha-0 value: alpha 0 is
-    the unsteered model whatever the layer). With ``perplexity`` the cost of a setting is the
-    benign subset's continuation perplexity in the same half (the row's own subset when the
-    summary has no benign rows). Checks whose inputs are absent (no ``distinct_2`` or
-    ``floor_share`` column, or all NaN) are not applied.
-
-    Args:
-        summary: Output of :func:`steerlib.metrics.summarize`.
-        max_perplexity_increase: Allowed relative rise of the fluency measure (0.10 = +10%).
-        min_distinct_ratio: Smallest allowed ratio of distinct-2 to its alpha-0 value.
-        max_floor_share_increase: Largest allowed rise (absolute) of the share of samples at
-            the scorer's floor over alpha 0.
-        fluency_measure: ``"human_perplexity"`` or ``"perplexity"``; see
-            :func:`resolve_fluency_measure` for the fallback.
-
-    Returns:
-        A copy with the columns ``fluency_measure`` (the one used), ``fluency`` (the setting's
-        value of it), ``fluency_limit`` (its budget), ``distinct_2_ratio``,
-        ``floor_share_increase``, ``shortfall`` (how far the setting is from admissible: the sum
-        of the relative fluency overrun, the relative distinct-2 deficit and the floor-share
-        overrun, worst subset; 0 when admissible), ``admissible`` (True when the setting passes
-        every check on every subset of its half; alpha 0 always does) and
-        ``inadmissible_because`` (the failed checks, "" when admissible).
-
-    Raises:
-        ConfigError: If a threshold is negative or the measure is unknown.
-        DataError: If a needed column is missing.
-    """
-    for name, value in (
-        ("max_perplexity_increase", max_perplexity_increase),
-        ("min_distinct_ratio", min_distinct_ratio),
-        ("max_floor_share_increase", max_floor_share_increase),
-    ):
-        if not value >= 0:
-            raise ConfigError(f"{name}={value!r} must be 0 or more.")
-    _require(summary, [*GROUP_COLUMNS, "perplexity"], what="summary")
-    out = summary.copy()
-    if "split" not in out.columns:
-        out["split"] = "all"
-    out["_alpha"] = out["alpha"].astype(float).round(_ALPHA_DECIMALS)
-    measure, _ = resolve_fluency_measure(out, fluency_measure)
-    value, base = _fluency(out, measure)
-    out["fluency_measure"] = measure
-    out["fluency"] = value
-    out["fluency_limit"] = (1.0 + max_perplexity_increase) * base
-    zero_d2 = _alpha_zero(out, "distinct_2")
-    zero_floor = _alpha_zero(out, "floor_share")
-    out["distinct_2_ratio"] = math.nan
-    if zero_d2 is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = out["distinct_2"].to_numpy(float) / zero_d2
-        out["distinct_2_ratio"] = np.where(zero_d2 > 0, ratio, math.nan)
-    out["floor_share_increase"] = math.nan
-    if zero_floor is not None:
-        out["floor_share_increase"] = out["floor_share"].to_numpy(float) - zero_floor
-    steered = ((out["_alpha"] != 0) & ~_unsteered(out)).to_numpy()
-    limits = {"min_distinct_ratio": min_distinct_ratio, "max_floor": max_floor_share_increase}
-    found = [
-        _check(
-            row,
-            measure,
-            d2_zero=None if zero_d2 is None else zero_d2[i],
-            check_floor=zero_floor is not None,
-            **limits,
-        )
-        if steered[i]
-        else (0.0, [])
-        for i, row in enumerate(out.itertuples(index=False))
-    ]
-    out["_shortfall"] = [total for total, _ in found]
-    out["_reasons"] = [reasons for _, reasons in found]
-    grouped = out.groupby(_SETTING, sort=False, dropna=False)
-    out["shortfall"] = grouped["_shortfall"].transform("max")
-    joined = grouped["_reasons"].agg(lambda items: list(dict.fromkeys(r for x in items for r in x)))
-    keys = list(out[_SETTING].itertuples(index=False, name=None))
-    out["inadmissible_because"] = ["; ".join(joined.loc[key]) for key in keys]
-    out["admissible"] = out["inadmissible_because"] == ""
-    return out.drop(columns=["_alpha", "_reasons", "_shortfall"])
-
-
-def _fluency(out: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's setting's value of the fluency measure, and that measure at alpha 0."""
-    zero = out[out["_alpha"] == 0]
-    if measure == "human_perplexity":  # a property of the setting: no subset, no half
-        keys = ["direction", "layer", "_alpha"]
-        values = _lookup(out[out[measure].notna()], keys, measure)
-        own_zero = _lookup(zero[zero[measure].notna()], keys[:2], measure)
-        any_zero = zero[measure].dropna()  # alpha 0 is the unsteered model at any layer
-        fallback = float(any_zero.iloc[0]) if len(any_zero) else math.nan
-        rows = [tuple(k) for k in out[keys].to_numpy()]
-        value = [values.get(key, math.nan) for key in rows]
-        base = [own_zero.get(key[:2], fallback) for key in rows]
-        return np.asarray(value, dtype=float), np.asarray(base, dtype=float)
-    # Continuation perplexity of the benign subset in the same half; without benign rows,
-    # each subset pays its own.
-    source = out[out["subset"] == "benign"]
-    keys = ["split", "direction", "layer", "_alpha"]
-    if source.empty:
-        source, keys = out, ["split", "subset", "direction", "layer", "_alpha"]
-    source_zero = source[source["_alpha"] == 0]
-    values = _lookup(source, keys, measure)
-    own_zero = _lookup(source_zero, keys[:-1], measure)
-    outer = keys[:-3]  # split (and subset): where the unsteered row is looked up
-    unsteered = _lookup(source_zero[_unsteered(source_zero)], outer, measure)
-    rows = [tuple(k) for k in out[keys].to_numpy()]
-    value = [values.get(key, math.nan) for key in rows]
-    base = [own_zero.get(key[:-1], unsteered.get(key[: len(outer)], math.nan)) for key in rows]
-    return np.asarray(value, dtype=float), np.asarray(base, dtype=float)
-
-
-def _alpha_zero(out: pd.DataFrame, column: str) -> np.ndarray | None:
-    """``column`` at alpha 0 of each row's split, subset, direction and layer (None: no data).
-
-    The unsteered row (``direction == "none"``) of the same split and subset stands in when
-    the layer has no alpha-0 row.
-    """
-    if column not in out.columns or not out[column].notna().any():
-        return None
-    zero = out[out["_alpha"] == 0]
-    keys = ["split", "subset", "direction", "layer"]
-    own = _lookup(zero, keys, column)
-    unsteered = _lookup(zero[_unsteered(zero)], keys[:2], column)
-    rows = [tuple(k) for k in out[keys].to_numpy()]
-    return np.asarray([own.get(key, unsteered.get(key[:2], math.nan)) for key in rows], dtype=float)
-
-
-def _check(
-    row: Any,
-    measure: str,
-    *,
-    d2_zero: float | None,
-    check_floor: bool,
-    min_distinct_ratio: float,
-    max_floor: float,
-) -> tuple[float, list[str]]:
-    """The shortfall of one steered row and the checks it fails (none when admissible).
-
-    ``d2_zero`` is distinct-2 at alpha 0 (None: the check is not applied).
-    """
-    total, reasons = 0.0, []
-    value, limit = float(row.fluency), float(row.fluency_limit)
-    if not (math.isfinite(value) and math.isfinite(limit)):
-        total = math.inf
-        reasons.append(f"no {measure} value for this setting or its alpha 0")
-    elif value > limit:
-        total += value / limit - 1.0 if limit > 0 else math.inf
-        reasons.append(f"{measure} {_fmt(value)} above the limit {_fmt(limit)}")
-    if d2_zero is not None:
-        d2 = float(row.distinct_2)
-        if not math.isfinite(d2_zero):
-            total = math.inf
-            reasons.append(f"{row.subset} distinct-2 has no alpha-0 value to compare with")
-        elif not d2 >= min_distinct_ratio * d2_zero:
-            total += 1.0 - d2 / (min_distinct_ratio * d2_zero)
-            reasons.append(
-                f"{row.subset} distinct-2 {_fmt(d2)} below {min_distinct_ratio:g} × alpha 0's "
-                f"{_fmt(d2_zero)}"
-            )
-    increase = float(row.floor_share_increase)
-    if check_floor and not increase <= max_floor + 1e-12:
-        if math.isfinite(increase):
-            total += increase - max_floor
-            reasons.append(
-                f"{row.subset} share at the scorer's floor {_fmt(row.floor_share)} is "
-                f"{_fmt(increase)} above alpha 0's (margin {max_floor:g})"
-            )
-        else:
-            total = math.inf
-            reasons.append(f"{row.subset} floor share has no alpha-0 value to compare with")
-    return total, reasons
-
-
-def _fmt(value: float) -> str:
-    """Format a number for a rule sentence."""
-    return f"{value:.4g}"
 
 
 # -- the choice --------------------------------------------------------------------------------
@@ -385,16 +154,16 @@ def _row_at(
 ) -> pd.Series | None:
     """The summary row of a setting in one half; for alpha 0 the unsteered row as fallback."""
     here = table[(table["split"] == split) & (table["subset"] == subset)]
-    alphas = here["alpha"].astype(float).round(_ALPHA_DECIMALS)
+    alphas = here["alpha"].astype(float).round(ALPHA_DECIMALS)
     own = here[
         (here["direction"] == direction)
         & (here["layer"] == layer)
-        & (alphas == round(alpha, _ALPHA_DECIMALS))
+        & (alphas == round(alpha, ALPHA_DECIMALS))
     ]
     if len(own):
         return own.iloc[0]
-    if round(alpha, _ALPHA_DECIMALS) == 0:
-        unsteered = here[_unsteered(here) & (alphas == 0)]
+    if round(alpha, ALPHA_DECIMALS) == 0:
+        unsteered = here[unsteered_rows(here) & (alphas == 0)]
         if len(unsteered):
             return unsteered.iloc[0]
     return None
@@ -443,6 +212,9 @@ def recommend_operating_point(
     report_on: str = "confirmation",
 ) -> dict[str, Any]:
     """Choose (layer, alpha) on the selection half; report its figures from the other half.
+
+    Kept in one piece (about 110 lines): the rule reads as one sequence of checks (admissible rows,
+    selection, confirmation, nearest miss), each recorded in the returned dict.
 
     Candidates are the steered settings (alpha != 0) of ``direction`` that are admissible on
     the ``select_on`` half (:func:`admissibility`: fluency budget, distinct-2, floor share, on
@@ -517,7 +289,7 @@ def recommend_operating_point(
                 "include alpha 0 in the sweep so the rule has a baseline."
             )
         base_emt[layer] = float(base["expected_max_toxicity"])
-    steered = chosen_half[chosen_half["alpha"].astype(float).round(_ALPHA_DECIMALS) != 0]
+    steered = chosen_half[chosen_half["alpha"].astype(float).round(ALPHA_DECIMALS) != 0]
     steered = steered.assign(
         _lowers=[
             float(emt) < base_emt[int(layer)]
@@ -528,7 +300,7 @@ def recommend_operating_point(
     )
     n_select = _number(chosen_half.iloc[0], "n_prompts")
     source = (
-        _MEASURES[measure]
+        FLUENCY_MEASURES[measure]
         if (table["subset"] == "benign").any() or measure == "human_perplexity"
         else f"{subset}-subset perplexity (no benign rows were available)"
     )

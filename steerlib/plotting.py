@@ -3,27 +3,26 @@
 Every figure function takes tables (the sweep or its summary, see :mod:`steerlib.metrics`) and
 returns a :class:`plotly.graph_objects.Figure`; callers decide where files go. Static PNG/PDF
 export needs Chrome or Chromium (kaleido drives it); without one only the HTML is written.
+
+Writing figures to files is :mod:`steerlib.figure_files` (its names are importable from here).
+
+Over 500 lines (about 830): fourteen figure functions, each self-contained and drawn trace by
+trace, sharing the label, colour and layout helpers at the top; split by figure kind they would
+import those helpers across modules for no gain in reading.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
-import os
-import shutil
-import threading
-import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
-from steerlib._io import atomic_write_bytes, atomic_write_text
 from steerlib.errors import ConfigError, DataError
+from steerlib.figure_files import find_browser, save_figure, use_offline_notebook_renderer
 from steerlib.metrics import pareto_front
 
 __all__ = [
@@ -75,12 +74,6 @@ _LABELS = {
     "distinct_3": "Distinct-3",
 }
 _FALLBACK_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-_STATIC_FORMATS = ("png", "pdf", "svg", "jpeg", "webp")
-_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-_warned_static = False
-_server_lock = threading.Lock()
-_server_started = False
 
 
 def _label(metric: str) -> str:
@@ -104,7 +97,7 @@ def _rgba(hex_color: str, opacity: float) -> str:
     return f"rgba({red},{green},{blue},{opacity})"
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     """Raise DataError when ``df`` is empty or lacks a column."""
     missing = [column for column in columns if column not in df.columns]
     if missing:
@@ -117,6 +110,8 @@ def toxicity_vs_alpha(
     summary: pd.DataFrame, metric: str = "mean_toxicity", *, layer: int | None = None
 ) -> go.Figure:
     """Plot a summary metric against alpha at one layer.
+
+    Kept in one piece (about 80 lines): one figure, built trace by trace.
 
     One line per (subset, direction): colour per subset, dash per direction (CAA solid,
     random dotted). When ``<metric>_ci_low`` and ``<metric>_ci_high`` exist a shaded band is
@@ -133,7 +128,7 @@ def toxicity_vs_alpha(
     Raises:
         ConfigError: If ``metric`` is not a column, or ``layer`` is absent or ambiguous.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(
             f"toxicity_vs_alpha got metric={metric!r}, which is not a summary column; "
@@ -275,7 +270,7 @@ def layer_alpha_heatmap(
     Raises:
         ConfigError: If ``metric`` is not a column or no row matches ``subset``/``direction``.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(
             f"layer_alpha_heatmap got metric={metric!r}, which is not a summary column."
@@ -321,7 +316,7 @@ def control_heatmap(
     Raises:
         ConfigError: If ``metric`` is not a column or no row has ``subset``.
     """
-    _require(control, ["subset", "layer", "alpha"], "control table")
+    require_columns(control, ["subset", "layer", "alpha"], "control table")
     if metric not in control.columns:
         raise ConfigError(
             f"control_heatmap got metric={metric!r}; use 'delta_mean_toxicity' or "
@@ -383,7 +378,7 @@ def layer_profile(
     Raises:
         ConfigError: If ``metric`` is not a column or no steered row has ``subset``.
     """
-    _require(summary, ["subset", "layer", "alpha", "direction"], "summary")
+    require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(f"layer_profile got metric={metric!r}, which is not a summary column.")
     rows = summary[
@@ -600,7 +595,7 @@ def toxicity_distribution(
     Raises:
         ConfigError: If the filters leave no rows.
     """
-    _require(sweep, ["subset", "alpha", "toxicity"], "sweep table")
+    require_columns(sweep, ["subset", "alpha", "toxicity"], "sweep table")
     rows = sweep
     for column, value in (("subset", subset), ("layer", layer), ("direction", direction)):
         if value is not None:
@@ -654,6 +649,9 @@ def pareto_figure(
 ) -> go.Figure:
     """Scatter of the (layer, alpha) settings with their Pareto front and recommended point.
 
+    Kept in one piece (about 100 lines): one figure, built trace by trace (front, settings, control,
+    budget line, recommended point).
+
     Pass the rows of one subset and direction (e.g. challenging CAA rows). To draw the
     trade-off on the operating-point rule's own axes, pass rows from
     :func:`steerlib.metrics.tradeoff_rows` with ``x="benign_perplexity"``.
@@ -684,7 +682,7 @@ def pareto_figure(
         >>> rnd = rows[rows["direction"] == "random"]  # doctest: +SKIP
         >>> pareto_figure(caa, x="benign_perplexity", control=rnd, budget=6.95)  # doctest: +SKIP
     """
-    _require(summary, ["layer", "alpha", x, y], "summary")
+    require_columns(summary, ["layer", "alpha", x, y], "summary")
     if front is None:
         front = pareto_front(summary, x=x, y=y)
     fig = go.Figure()
@@ -715,7 +713,7 @@ def pareto_figure(
         )
     )
     if control is not None and len(control):
-        _require(control, ["layer", "alpha", x, y], "control")
+        require_columns(control, ["layer", "alpha", x, y], "control")
         fig.add_trace(
             go.Scatter(
                 x=control[x].tolist(),
@@ -795,131 +793,6 @@ def _recommended_xy(
     return None
 
 
-def find_browser() -> str | None:
-    """Return the path of a Chrome/Chromium executable kaleido can drive, or None.
-
-    Looks at ``$BROWSER_PATH``, then ``/usr/bin/chromium``, then ``chromium``,
-    ``chromium-browser``, ``google-chrome`` and ``google-chrome-stable`` on ``PATH``.
-    """
-    candidates = [os.environ.get("BROWSER_PATH", ""), "/usr/bin/chromium"]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    for name in _BROWSER_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _warn_static_once(reason: str) -> None:
-    """Warn (once per process) that only HTML could be written."""
-    global _warned_static
-    if _warned_static:
-        return
-    _warned_static = True
-    warnings.warn(
-        f"Static figure export (PNG/PDF) is off: {reason}. Only HTML files are written; "
-        "install Chromium (Debian: apt-get install chromium) or set BROWSER_PATH to a "
-        "Chrome/Chromium executable.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _ensure_kaleido_server() -> None:
-    """Start kaleido's shared browser once, so later exports take a fraction of a second."""
-    global _server_started
-    with _server_lock:
-        if _server_started:
-            return
-        import kaleido
-
-        kaleido.start_sync_server(silence_warnings=True)
-        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-        _server_started = True
-
-
-def _static_bytes(fig: go.Figure, fmt: str) -> bytes:
-    """Render ``fig`` to ``fmt`` bytes with kaleido."""
-    _ensure_kaleido_server()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-        return fig.to_image(format=fmt)
-
-
-def save_figure(
-    fig: go.Figure,
-    out_dir: str | os.PathLike[str],
-    name: str,
-    *,
-    formats: Sequence[str] = ("html", "png", "pdf"),
-) -> list[Path]:
-    """Write ``fig`` as ``<out_dir>/<name>.<format>`` files, atomically.
-
-    HTML is always written; it loads ``plotly.min.js`` from the same folder (written there
-    once), so the figures work offline without embedding 4 MB of JavaScript in each file.
-    Static formats
-    are rendered by kaleido when a Chrome/Chromium is found (see :func:`find_browser`; its path
-    is exported as ``BROWSER_PATH`` for kaleido). Without a browser, or when static export
-    fails, a warning is issued once per process and only the HTML path is returned.
-
-    Args:
-        fig: The figure.
-        out_dir: Destination folder (created if needed).
-        name: File stem without extension or folders.
-        formats: Formats among ``html``, ``png``, ``pdf``, ``svg``, ``jpeg``, ``webp``.
-
-    Returns:
-        Paths written, HTML first.
-
-    Raises:
-        ConfigError: If ``name`` contains a folder or a format is unknown.
-    """
-    if not name or Path(name).name != name or name in {".", ".."}:
-        raise ConfigError(f"save_figure got name={name!r}; pass a file stem without folders.")
-    wanted = [fmt.lower().lstrip(".") for fmt in formats]
-    unknown = [fmt for fmt in wanted if fmt != "html" and fmt not in _STATIC_FORMATS]
-    if unknown:
-        raise ConfigError(
-            f"save_figure got unknown format(s) {unknown}; use html, {', '.join(_STATIC_FORMATS)}."
-        )
-    folder = Path(out_dir)
-    if not (folder / "plotly.min.js").is_file():
-        atomic_write_text(folder / "plotly.min.js", get_plotlyjs())
-    html = fig.to_html(include_plotlyjs="directory", full_html=True)
-    paths = [atomic_write_text(folder / f"{name}.html", html)]
-    static = [fmt for fmt in dict.fromkeys(wanted) if fmt != "html"]
-    if not static:
-        return paths
-    browser = find_browser()
-    if browser is None:
-        _warn_static_once("no Chrome/Chromium was found")
-        return paths
-    os.environ["BROWSER_PATH"] = browser
-    for fmt in static:
-        try:
-            data = _static_bytes(fig, fmt)
-        except Exception as error:  # kaleido raises many kinds; any failure means HTML only
-            _warn_static_once(f"kaleido failed with {type(error).__name__}: {error}")
-            return paths
-        paths.append(atomic_write_bytes(folder / f"{name}.{fmt}", data))
-    return paths
-
-
-def use_offline_notebook_renderer() -> None:
-    """Render figures in notebooks both for JupyterLab and for exported HTML, offline.
-
-    Sets plotly's renderer to ``"plotly_mimetype+notebook"``: JupyterLab uses the mimetype
-    output, while the ``notebook`` output embeds plotly.js once per notebook, so an executed
-    notebook converted to HTML (the run's ``report.html``) shows its figures without a network.
-    """
-    import plotly.io as pio
-
-    if pio.renderers.default != "plotly_mimetype+notebook":
-        pio.renderers.default = "plotly_mimetype+notebook"
-
-
 def compare_runs_figure(
     table: pd.DataFrame,
     metric: str = "expected_max_toxicity",
@@ -935,7 +808,9 @@ def compare_runs_figure(
         subset: Prompt subset.
         direction: ``"caa"`` or ``"random"``.
     """
-    _require(table, ["run_name", "layer", "alpha", "subset", "direction", metric], "comparison")
+    require_columns(
+        table, ["run_name", "layer", "alpha", "subset", "direction", metric], "comparison"
+    )
     rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
     fig = go.Figure()
     for (run_name, layer), group in rows.groupby(["run_name", "layer"], sort=True):

@@ -239,7 +239,7 @@ def kv_cache_bytes(params: RunParams, kv_values_per_token: int, longest_prompt: 
 
 def _generation_rows(tables: dict[str, pd.DataFrame], params: RunParams) -> pd.DataFrame:
     """The prompts the run completes: its evaluation subsets (and pair prompts, when used)."""
-    from steerlib.data import split_prompts
+    from steerlib.subsets import split_prompts
 
     split = split_prompts(
         tables[params.challenging_source],
@@ -254,7 +254,7 @@ def _generation_rows(tables: dict[str, pd.DataFrame], params: RunParams) -> pd.D
 
 
 def split_arguments(params: RunParams) -> dict[str, Any]:
-    """The parameters of :func:`steerlib.data.split_prompts` that a run sets."""
+    """The parameters of :func:`steerlib.subsets.split_prompts` that a run sets."""
     return {
         "n_prompts": params.n_prompts,
         "n_pairs": params.n_pairs,

@@ -11,6 +11,12 @@ A damaged file of a run (a truncated ``params.json`` or ``status.json``) raises
 :class:`~steerlib.errors.DamagedRunError`, whose message names the file and what to delete. A
 lock left by a dead process, even an empty or unreadable one, is taken over, and temporary
 files left by writes that were killed (``.<name>.*.tmp``) are removed when the lock is taken.
+
+This module is the only reader and writer of a run's records: ``params.json`` (format
+:data:`PARAMS_FORMAT`: ``{"format", "params", "versions", "git_commit", ...}``),
+``status.json`` (format :data:`STATUS_FORMAT`: ``{"format", "steps"}``) and the sweep units'
+generation settings (``sweep_parts/settings.json``). Files written before the format was
+versioned (nested without ``format``, or a flat mapping of parameters) still load.
 """
 
 from __future__ import annotations
@@ -27,23 +33,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 from steerlib._io import atomic_write_json
-from steerlib.config import run_name_problem, short_repr
+from steerlib.config import RunParams, run_name_problem, short_repr
 from steerlib.errors import ConfigError, DamagedRunError
+from steerlib.experiment.table import STEPS
 
 __all__ = [
+    "PARAMS_FORMAT",
     "PROJECT_ROOT",
+    "STATUS_FORMAT",
     "STEP_PRODUCTS",
     "RunLockedError",
     "RunPaths",
     "StepState",
     "clean_temporary_files",
-    "figures_root",
     "run_lock",
     "runs_root",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-"""The checkout that holds ``steerlib/``, ``notebooks/``, ``data/`` and ``figures/``."""
+"""The checkout that holds ``steerlib/``, ``notebooks/`` and ``data/`` (for an installed wheel:
+the folder that holds the package)."""
+PARAMS_FORMAT = 2
+"""Version of ``params.json``; files without ``format`` are older and still load."""
+STATUS_FORMAT = 2
+"""Version of ``status.json``; files without ``format`` (a bare mapping of steps) still load."""
 
 StepState = Literal["running", "done", "failed", "partial", "stale"]
 LOCK_GRACE_S = 5.0
@@ -53,15 +66,25 @@ TMP_GRACE_S = 60.0
 
 
 def runs_root() -> Path:
-    """``$STEERLIB_RUNS_DIR`` or ``<project>/data/runs``."""
+    """``$STEERLIB_RUNS_DIR`` or ``<project>/data/runs``, as an absolute path.
+
+    Without a checkout around the package (an installed wheel) the default is
+    ``./steerlib-runs``.
+
+    A relative ``$STEERLIB_RUNS_DIR`` is resolved against the current folder once, by the
+    process that reads it first (the chain runner exports the absolute path to its notebooks).
+    """
     value = os.environ.get("STEERLIB_RUNS_DIR")
-    return Path(value).expanduser() if value else PROJECT_ROOT / "data" / "runs"
+    if value:
+        return absolute(value)
+    if (PROJECT_ROOT / "pyproject.toml").is_file():  # a checkout (editable install)
+        return PROJECT_ROOT / "data" / "runs"
+    return absolute("steerlib-runs")  # an installed wheel: never inside site-packages
 
 
-def figures_root() -> Path:
-    """``$STEERLIB_FIGURES_DIR`` or ``<project>/figures``."""
-    value = os.environ.get("STEERLIB_FIGURES_DIR")
-    return Path(value).expanduser() if value else PROJECT_ROOT / "figures"
+def absolute(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` with ``~`` expanded, made absolute against the current folder."""
+    return Path(os.path.abspath(Path(folder).expanduser()))
 
 
 class RunLockedError(ConfigError):
@@ -84,7 +107,7 @@ class RunPaths:
         problem = run_name_problem(run_name)
         if problem:
             raise ConfigError(f"run_name {short_repr(run_name)}: {problem}.")
-        return cls(Path(root) / run_name if root else runs_root() / run_name)
+        return cls((absolute(root) if root else runs_root()) / run_name)
 
     @property
     def name(self) -> str:
@@ -123,8 +146,13 @@ class RunPaths:
     notebooks = property(lambda self: self.root / "notebooks", doc="Executed notebooks.")
 
     def figures(self) -> Path:
-        """``figures/<run_name>/``."""
-        return figures_root() / self.name
+        """``<run>/figures/``: a run's figures live with it, so two runs never collide."""
+        return self.root / "figures"
+
+    @property
+    def unit_settings(self) -> Path:
+        """Step 05: the generation settings its saved units were made with."""
+        return self.sweep_parts / "settings.json"
 
     # -- records ----------------------------------------------------------------------------
     def _read_json(self, path: Path, fix: str) -> dict[str, Any]:
@@ -142,7 +170,11 @@ class RunPaths:
         raise DamagedRunError(f"run {self.name!r}: {path} is damaged ({reason}); {fix}.")
 
     def read_params(self) -> dict[str, Any]:
-        """``params.json`` as a dict ({} when absent).
+        """``params.json`` in the current format ({} when absent).
+
+        An older file is converted on reading: one without ``format`` but with ``params``
+        only gains the format, and a flat mapping of parameters (keys :class:`RunParams`
+        does not know are dropped) is nested under ``params``.
 
         Raises:
             DamagedRunError: The file is truncated or not a JSON object.
@@ -154,35 +186,72 @@ class RunPaths:
             "delete it and run the same command again (the parameters are recorded anew; "
             f"finished steps keep their products), or delete {self.root} to start over",
         )
+        if "format" not in record and "params" not in record:
+            record = {"params": {k: v for k, v in record.items() if k in RunParams.model_fields}}
         if not isinstance(record.get("params", {}), dict):
             raise DamagedRunError(
                 f"run {self.name!r}: {self.params} is damaged (its 'params' is not an object); "
                 "delete it and run the same command again."
             )
-        return record
+        return {**record, "format": PARAMS_FORMAT}
+
+    def stored_params(self) -> dict[str, Any]:
+        """The parameters recorded in ``params.json`` ({} for a new run)."""
+        return dict(self.read_params().get("params", {}))
+
+    def write_params(self, params: dict[str, Any], **provenance: Any) -> None:
+        """Record ``params`` and ``provenance`` (versions, commit, model revision ...).
+
+        Provenance keys not given are kept from the file.
+        """
+        record = {**self.read_params(), **provenance}
+        record.pop("format", None)
+        record.pop("params", None)
+        atomic_write_json(self.params, {"format": PARAMS_FORMAT, "params": params, **record})
 
     def read_status(self) -> dict[str, Any]:
-        """``status.json`` as a dict of step name to state record ({} when absent).
+        """The steps' records of ``status.json``: step name to state record ({} when absent).
 
         Raises:
             DamagedRunError: The file is truncated or not a JSON object.
         """
         if not self.status.is_file():
             return {}
-        return self._read_json(
+        record = self._read_json(
             self.status,
             "delete it and run the same command with --force (every step is recomputed)",
         )
+        steps = record.get("steps", {}) if "format" in record else record
+        if not isinstance(steps, dict):
+            raise DamagedRunError(
+                f"run {self.name!r}: {self.status} is damaged (its 'steps' is not an object); "
+                "delete it and run the same command with --force."
+            )
+        return steps
 
     def set_status(self, step: str, state: StepState, **details: Any) -> None:
         """Record ``step``'s state (atomically), with details such as ``error`` or row counts."""
-        status = self.read_status()
-        status[step] = {
+        steps = self.read_status()
+        steps[step] = {
             "state": state,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             **details,
         }
-        atomic_write_json(self.status, status)
+        atomic_write_json(self.status, {"format": STATUS_FORMAT, "steps": steps})
+
+    def read_unit_settings(self) -> dict[str, Any] | None:
+        """The generation settings of the sweep's saved units; None when not recorded."""
+        if not self.unit_settings.is_file():
+            return None
+        return self._read_json(
+            self.unit_settings,
+            "delete the sweep_parts folder and run the same command again (the sweep is "
+            "generated again)",
+        )
+
+    def write_unit_settings(self, settings: dict[str, Any]) -> None:
+        """Record the generation settings the sweep's units are made with."""
+        atomic_write_json(self.unit_settings, settings)
 
     def step_state(self, step: str) -> str | None:
         """The recorded state of ``step``, or ``None``."""
@@ -190,14 +259,10 @@ class RunPaths:
 
 
 STEP_PRODUCTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
-    "01_data": lambda p: (p.prompts,),
-    "02_baseline": lambda p: (p.baseline,),
-    "03_activations": lambda p: (p.activations_toxic, p.activations_nontoxic),
-    "04_vectors": lambda p: (p.vectors, p.control_vectors),
-    "05_sweep": lambda p: (p.sweep, p.kl),
-    "06_analysis": lambda p: (p.summary, p.summary_table),
+    s.name: (lambda paths, s=s: tuple(getattr(paths, name) for name in s.outputs)) for s in STEPS
 }
-"""The files each step writes (a product that is absent is not an error: the step reruns)."""
+"""The files each step writes (from :data:`steerlib.experiment.table.STEPS`; a product that is
+absent is not an error: the step reruns)."""
 
 
 def _holder() -> dict[str, Any]:

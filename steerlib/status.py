@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from steerlib.config import RunParams
-from steerlib.engine import SweepUnit, sweep_units
 from steerlib.errors import (
     EXIT_BAD_INPUT,
     EXIT_DAMAGED_RUN,
@@ -27,7 +26,9 @@ from steerlib.errors import (
     DamagedRunError,
     SteerlibError,
 )
-from steerlib.pipeline import EVAL_SUBSETS
+from steerlib.experiment.sweep import sweep_plan
+from steerlib.experiment.table import STEPS
+from steerlib.partition import SweepUnit
 from steerlib.runs import RunPaths, runs_root
 
 __all__ = ["SweepProgress", "main", "sweep_progress"]
@@ -61,24 +62,10 @@ class SweepProgress:
 
 
 def _units(paths: RunPaths, params: RunParams) -> list[SweepUnit]:
-    """The units the run's sweep asks for (the engine's own partition)."""
-    from steerlib.layers import resolve_layers
-
+    """The units the run's sweep asks for: the sweep step's own plan (:func:`sweep_plan`)."""
     prompts = pd.read_parquet(paths.prompts)
-    prompts = prompts[prompts["role"].isin(EVAL_SUBSETS)]
     provenance = json.loads(paths.vectors.with_suffix(".json").read_text(encoding="utf-8"))
-    layers = resolve_layers(int(provenance["num_layers"]), params.layers)
-    directions = ["caa", "random"] if params.random_control else ["caa"]
-    alphas = [alpha for alpha in params.alphas if alpha != 0]
-    units = sweep_units(
-        prompts,
-        layers=layers,
-        directions=directions,
-        alphas=alphas,
-        samples_per_prompt=params.samples_per_prompt,
-        max_new_tokens=params.max_new_tokens,
-    )
-    return units
+    return sweep_plan(params, int(provenance["num_layers"])).units(prompts, params)
 
 
 def sweep_progress(
@@ -125,7 +112,7 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
     paths = RunPaths.for_run(run_name, runs_dir)
     if not paths.params.is_file():
         return f"{run_name}: no run at {paths.root}"
-    stored = paths.read_params().get("params", {})
+    stored = paths.stored_params()
     try:
         params = RunParams.validate_mapping(stored)
     except SteerlibError as exc:
@@ -135,9 +122,11 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
             "rerun it with corrected parameters and --force, or delete it."
         ) from None
     lines = [f"{run_name} ({paths.root})"]
-    for step, record in paths.read_status().items():
+    recorded = paths.read_status()
+    for step in STEPS:  # the declared steps, in order, whether they ran or not
+        record = recorded.get(step.name, {"state": "not run"})
         detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
-        lines.append(f"  {step:<15} {record.get('state', '?'):<8} {detail}".rstrip())
+        lines.append(f"  {step.name:<15} {record.get('state', '?'):<8} {detail}".rstrip())
     if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
         try:
             progress = sweep_progress(paths, params)

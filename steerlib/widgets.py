@@ -15,7 +15,6 @@ elements, and the result block carries ``data-run`` (1 for the first press, 2 fo
 from __future__ import annotations
 
 import html
-import json
 import os
 from typing import Any
 
@@ -88,6 +87,9 @@ class AlphaExplorer:
         prompt: str = DEFAULT_PROMPT,
     ) -> None:
         """Build the widgets (nothing is generated until :meth:`generate` or a button press).
+
+        Kept in one piece (about 95 lines): it builds and wires the widget's controls, one after the
+        other.
 
         Args:
             model: A causal LM loaded by :func:`steerlib.models.load_model`.
@@ -223,14 +225,7 @@ class AlphaExplorer:
                 f"run {run_name!r} has no {' or '.join(absent)} in {paths.root}: "
                 f"{_MISSING_RUN_HINT}."
             )
-        try:
-            raw = json.loads(paths.params.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{paths.params} is not readable JSON ({exc}); rerun the run.") from exc
-        if not isinstance(raw, dict):
-            raise DataError(f"{paths.params} must hold a JSON object of parameters.")
-        known = {k: v for k, v in raw.items() if k in RunParams.model_fields}
-        params = RunParams.validate_mapping(known)
+        params = RunParams.validate_mapping({**paths.stored_params(), "run_name": run_name})
         vector = SteeringVector.load(paths.vectors)
         if (model is None) != (tokenizer is None):
             raise ConfigError("pass both model and tokenizer, or neither (to load the run's).")

@@ -21,6 +21,7 @@ import torch
 from steerlib import pipeline, preflight, status
 from steerlib._io import atomic_write_bytes, atomic_write_parquet, atomic_write_text
 from steerlib.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_RUN, EXIT_INTERRUPTED
+from steerlib.experiment import chain
 from steerlib.pipeline import Run
 from steerlib.runs import RunPaths, run_lock
 
@@ -423,7 +424,7 @@ def test_ctrl_c_is_one_line(capsys, runs, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_chain", interrupted)
+    monkeypatch.setattr(chain, "run_chain", interrupted)
     code, message, _ = _run(capsys)
     assert code == EXIT_INTERRUPTED
     assert message == "steerlib: interrupted; resume with the same command."

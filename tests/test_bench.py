@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from steerlib.bench import flops_per_token, main
+from steerlib.tools.bench import flops_per_token, main
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def test_flops_per_token_counts_linear_weights(llama):
 
 
 def test_bench_skips_roberta_without_cache_or_hub(monkeypatch, capsys):
-    import steerlib.doctor as doctor
     import steerlib.scoring as scoring
-    from steerlib.bench import _score_section
+    import steerlib.tools.doctor as doctor
+    from steerlib.tools.bench import _score_section
 
     monkeypatch.setattr(
         doctor, "check_hub", lambda: doctor.Check("hub", "WARN", "hub unreachable", "")

@@ -69,10 +69,10 @@ def _free_port() -> int:
 
 def _prepare_run(runs_dir: Path) -> None:
     """A run folder with params.json and a CAA vector built on the embedded SmolLM2."""
-    from steerlib.config import RunParams
-    from steerlib.data import load_prompts, pair_texts
+    from steerlib.data import load_prompts
     from steerlib.models import EMBEDDED_MODEL, load_model
-    from steerlib.runs import RunPaths
+    from steerlib.pipeline import Run
+    from steerlib.subsets import pair_texts
     from steerlib.vectors import caa_from_texts
 
     model, tokenizer = load_model(EMBEDDED_MODEL, device="cpu")
@@ -82,10 +82,8 @@ def _prepare_run(runs_dir: Path) -> None:
     vector = caa_from_texts(
         model, tokenizer, toxic, nontoxic, last_n=16, source="bundled", progress=False
     )
-    paths = RunPaths.for_run(RUN_NAME, runs_dir)
-    paths.root.mkdir(parents=True)
-    params = RunParams(run_name=RUN_NAME, model=EMBEDDED_MODEL, layers=[LAYER], device="cpu")
-    paths.params.write_text(json.dumps(params.notebook_parameters(), indent=2))
+    run = Run.open(RUN_NAME, runs_dir=str(runs_dir), model=EMBEDDED_MODEL, layers=[LAYER])
+    paths = run.paths
     vector.select([LAYER - 1, LAYER, LAYER + 1]).save(paths.vectors)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steerlib.runs import PROJECT_ROOT
+from steerlib.runs import PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +53,16 @@ def chain_env(tmp_path_factory) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-        "STEERLIB_RUNS_DIR": str(root / "runs"),
-        "STEERLIB_FIGURES_DIR": str(root / "figures"),
+        # Relative, as a user may set it: the runner resolves it once, against the folder the
+        # command runs in (CHAIN_ROOT), and passes the absolute path to every notebook.
+        "STEERLIB_RUNS_DIR": "runs",
+        "CHAIN_ROOT": str(root),
     }
     return env
+
+
+def _runs(env: dict[str, str]) -> Path:
+    return Path(env["CHAIN_ROOT"]) / "runs"
 
 
 def _chain(
@@ -66,7 +72,7 @@ def _chain(
     for item in TINY:
         args += ["--set", item]
     return subprocess.run(
-        [*args, *extra], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, **kwargs
+        [*args, *extra], cwd=env["CHAIN_ROOT"], env=env, capture_output=True, text=True, **kwargs
     )
 
 
@@ -74,7 +80,7 @@ def _chain(
 def reference(chain_env) -> Path:
     result = _chain(chain_env, "reference", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return Path(chain_env["STEERLIB_RUNS_DIR"]) / "reference"
+    return _runs(chain_env) / "reference"
 
 
 def test_chain_products_are_complete_and_consistent(reference, chain_env):
@@ -95,9 +101,12 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     for step in STEPS:
         assert (reference / "notebooks" / f"{step}.ipynb").is_file()
     status = json.loads((reference / "status.json").read_text())
-    assert all(status[step]["state"] == "done" for step in STEPS)
+    assert status["format"] == 2
+    assert all(status["steps"][step]["state"] == "done" for step in STEPS)
     params = json.loads((reference / "params.json").read_text())
+    assert params["format"] == 2
     assert params["params"]["n_prompts"] == 3 and params["versions"]["transformers"]
+    assert json.loads((reference / "sweep_parts" / "settings.json").read_text())["seed"] == 0
 
     vectors = json.loads((reference / "vectors.json").read_text())
     assert vectors["sink_projected"] and len(vectors["diagnostics"]) == 30
@@ -179,7 +188,7 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert summary["scorer_validity"]["continuations"]["n"] == 0
     assert summary["scorer_floor"] == pytest.approx(0.0364, abs=1e-3)  # profanity-check
 
-    figures = Path(chain_env["STEERLIB_FIGURES_DIR"]) / "reference"
+    figures = reference / "figures"  # with the run, never in the project's figures/
     control = pd.DataFrame(summary["control"])
     assert (control["n_paired_prompts"] == 3).all()
     assert (control["delta_mean_toxicity_ci_low"] <= control["delta_mean_toxicity_ci_high"]).all()
@@ -211,14 +220,14 @@ def test_rerun_skips_finished_notebooks(reference, chain_env):
 
 
 def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env):
-    runs = Path(chain_env["STEERLIB_RUNS_DIR"])
+    runs = _runs(chain_env)
     parts = runs / "killed" / "sweep_parts"
     args = [sys.executable, "-m", "steerlib", "run", "--run-name", "killed", "--no-progress"]
     for item in TINY:
         args += ["--set", item]
     process = subprocess.Popen(
         args,
-        cwd=PROJECT_ROOT,
+        cwd=chain_env["CHAIN_ROOT"],
         env=chain_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -236,8 +245,7 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    status = json.loads((runs / "killed" / "status.json").read_text())
-    assert status["05_sweep"]["state"] != "done"
+    assert RunPaths(runs / "killed").step_state("05_sweep") != "done"
     assert not (runs / "killed" / "sweep.parquet").exists()
     written = len(list(parts.glob("*.parquet")))
     assert not list(parts.glob("*.tmp")) or all(p.name.startswith(".") for p in parts.glob("*.tmp"))
@@ -256,7 +264,7 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_rows(reference, chain_env
 
 
 def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_env):
-    runs = Path(chain_env["STEERLIB_RUNS_DIR"])
+    runs = _runs(chain_env)
     grown = runs / "grown"
     shutil.copytree(reference, grown, ignore=shutil.ignore_patterns(".lock"))
     parts = grown / "sweep_parts"
@@ -291,19 +299,31 @@ def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_en
         expected[expected["layer"] == 18].sort_values(KEY).reset_index(drop=True),
     )
 
-    # Other alphas: a finished sweep is not extended (the note says to force) ...
+    # Other alphas: a finished sweep is not changed; the command refuses in one line.
+    before = (grown / "params.json").read_bytes()
     other_alphas = ("--set", "layers=[6]", "--set", "alphas=[0.0, 0.5]")
     result = _chain(chain_env, "grown", *other_alphas, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "force=True" in result.stdout and "05_sweep: done earlier, skipped" in result.stdout
-    # ... and a sweep that resumes refuses units made with other alphas, saying how to recompute.
-    status_file = grown / "status.json"
-    status = json.loads(status_file.read_text())
-    status["05_sweep"]["state"] = "partial"
-    status_file.write_text(json.dumps(status))
-    result = _chain(chain_env, "grown", *other_alphas, timeout=900)
-    assert result.returncode == 1
-    assert "generated with alphas" in result.stderr and "--force" in result.stderr
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1
+    assert "alphas [-1.0, 0.0, 1.5] -> [0.0, 0.5]" in result.stderr and "--force" in result.stderr
+    assert (grown / "params.json").read_bytes() == before
+
+
+def test_a_finished_run_refuses_other_settings(reference, chain_env):
+    """Issue 14: `--set samples_per_prompt=3` on a finished run used to exit 0, saying done."""
+    before = (reference / "params.json").read_bytes()
+    result = _chain(chain_env, "reference", "--set", "samples_per_prompt=3", timeout=300)
+    assert result.returncode == 2
+    assert "samples_per_prompt 2 -> 3" in result.stderr and "finished" not in result.stdout
+    assert (reference / "params.json").read_bytes() == before
+
+
+def test_the_runner_and_the_notebooks_share_one_runs_folder(reference, chain_env):
+    """A relative STEERLIB_RUNS_DIR: every product and the lock land in one folder."""
+    notebooks = PROJECT_ROOT / "notebooks"
+    assert not (notebooks / "runs").exists()
+    executed = (reference / "notebooks" / "05_sweep.ipynb").read_text()
+    assert json.dumps(str(_runs(chain_env)))[1:-1] in executed
 
 
 def test_notebook_alone_without_upstream_names_the_notebook(tmp_path):
@@ -324,7 +344,7 @@ def test_notebook_alone_without_upstream_names_the_notebook(tmp_path):
 def test_unknown_parameter_fails_before_any_notebook(tmp_path, chain_env):
     result = subprocess.run(
         [sys.executable, "-m", "steerlib", "run", "--run-name", "bad", "--set", "alpha=1"],
-        cwd=PROJECT_ROOT,
+        cwd=chain_env["CHAIN_ROOT"],
         env=chain_env,
         capture_output=True,
         text=True,
@@ -332,4 +352,4 @@ def test_unknown_parameter_fails_before_any_notebook(tmp_path, chain_env):
     )
     assert result.returncode == 2
     assert "unknown parameter 'alpha'" in result.stderr
-    assert not (Path(chain_env["STEERLIB_RUNS_DIR"]) / "bad").exists()
+    assert not (_runs(chain_env) / "bad").exists()

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerlib.config import RunParams, load_params, parse_overrides
+from steerlib.config import RunParams
+from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import ConfigError
+from steerlib.experiment import table
 from steerlib.pipeline import NOTEBOOKS, STEPS, Run
 from steerlib.runs import PROJECT_ROOT, RunLockedError, RunPaths, run_lock
 
@@ -89,15 +91,22 @@ def test_notebooks_are_thin_and_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_parameters_match_run_params(path):
+    """Each notebook declares exactly its step's parameters, each defaulting to the stored value."""
     declared = papermill.inspect_notebook(str(path))
-    defaults = RunParams().notebook_parameters()
+    assert set(declared) == table.notebook_parameters(path.stem)
     for name, info in declared.items():
-        if name in {"runs_dir", "force"}:
+        if name in table.NOTEBOOK_ONLY:
             continue
-        assert name in defaults, f"{path.name} declares {name}, which RunParams lacks"
-        value = eval(info["default"])  # literal defaults written in the parameters cell
-        expected = defaults[name] if defaults[name] is not None else ""
-        assert value == expected, name
+        assert name in RunParams.model_fields, f"{path.name} declares {name}, RunParams lacks it"
+        assert info["default"] == "None", f"{name}: None keeps the run's stored value"
+        assert "|" not in (info["inferred_type_name"] or ""), name
+
+
+def test_every_parameter_that_shapes_a_product_is_read_by_a_step():
+    read = set().union(*(s.reads for s in table.STEPS))
+    assert set(RunParams.model_fields) - read == {"run_name"}
+    assert {s.name for s in table.steps_reading("layers")} == {"05_sweep"}
+    assert table.producer("vectors").name == "04_vectors"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -162,14 +171,37 @@ def test_lock_refuses_a_second_process_and_names_it(tmp_path):
 def test_run_open_records_params_and_changes(tmp_path, capsys):
     run = Run.open("demo", runs_dir=str(tmp_path), n_prompts=5)
     record = json.loads(run.paths.params.read_text())
-    assert record["params"]["n_prompts"] == 5 and record["versions"]["torch"]
-    assert "git_commit" in record
-    again = Run.open("demo", runs_dir=str(tmp_path))
+    assert record["format"] == 2 and record["params"]["n_prompts"] == 5
+    assert record["versions"]["torch"] and "git_commit" in record
+    again = Run.open("demo", runs_dir=str(tmp_path), n_prompts=None, layers=None)
     assert again.params.n_prompts == 5 and not again.notes
+    # Nothing was made with n_prompts yet: the change is taken.
     changed = Run.open("demo", runs_dir=str(tmp_path), n_prompts=6)
-    assert "n_prompts" in changed.notes[0] and "force=True" in changed.notes[0]
+    assert "no finished step depends on it" in changed.notes[0]
     with pytest.raises(ConfigError, match="unknown parameter 'prompts'"):
         Run.open("demo", runs_dir=str(tmp_path), prompts=3)
+
+
+def test_a_finished_run_refuses_other_values_in_one_line(tmp_path):
+    run = Run.open("made", runs_dir=str(tmp_path), samples_per_prompt=1, alphas=[0.0, 1.0])
+    for step in STEPS:
+        run.paths.set_status(step, "done")
+    before = run.paths.params.read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        Run.open("made", runs_dir=str(tmp_path), samples_per_prompt=3, alphas=[0.0, 2.0])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "samples_per_prompt 1 -> 3" in message and "alphas [0.0, 1.0] -> [0.0, 2.0]" in message
+    assert "force=True" in message and "--force" in message
+    assert run.paths.params.read_bytes() == before
+    # A runtime setting is never refused.
+    assert Run.open("made", runs_dir=str(tmp_path), device="cpu").params.device == "cpu"
+    # force takes the change: the earliest step made with the old value runs again, and after.
+    forced = Run.open("made", runs_dir=str(tmp_path), force=True, samples_per_prompt=3)
+    status = forced.paths.read_status()
+    assert forced.params.samples_per_prompt == 3
+    assert [status[s]["state"] for s in STEPS] == ["done"] + ["stale"] * 5
+    assert status["05_sweep"]["resume"] is False
 
 
 def test_a_recomputed_step_makes_the_finished_steps_after_it_stale(tmp_path):
@@ -184,32 +216,66 @@ def test_a_recomputed_step_makes_the_finished_steps_after_it_stale(tmp_path):
     assert status["05_sweep"]["resume"] is False  # units of the old vectors are not reused
     assert "04_vectors was recomputed" in status["06_analysis"]["reason"]
     assert not run.done("05_sweep") and run.done("03_activations")
+    with pytest.raises(Exception, match=r"sweep\.parquet .* is stale \(04_vectors was recomputed"):
+        run.require("sweep")
 
 
 @pytest.mark.parametrize(
-    ("change", "resumes"),
+    ("change", "outcome"),
     [
-        ({"layers": [3, 12]}, True),
-        ({"random_control": False, "n_resamples": 100}, True),
-        ({"n_prompts": 7}, False),
-        ({"layers": [3, 12], "samples_per_prompt": 4}, False),  # units would change too
+        ({"layers": [3, 12]}, "resumes"),
+        ({"random_control": False, "n_resamples": 100}, "resumes"),
+        ({"n_resamples": 100}, "reruns 06"),
+        ({"n_prompts": 7}, "refused"),
+        ({"layers": [3, 12], "samples_per_prompt": 4}, "refused"),  # units would change too
     ],
 )
-def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, change, resumes):
+def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, change, outcome):
     Run.open("grow", runs_dir=str(tmp_path), layers=[12], random_control=True, n_prompts=5)
     paths = RunPaths.for_run("grow", tmp_path)
     for step in STEPS:
         paths.set_status(step, "done")
+    if outcome == "refused":
+        with pytest.raises(ConfigError, match="was made with other values") as caught:
+            Run.open("grow", runs_dir=str(tmp_path), **change)
+        assert all(name in str(caught.value) for name in change if name != "layers")
+        assert all(state["state"] == "done" for state in paths.read_status().values())
+        return
     changed = Run.open("grow", runs_dir=str(tmp_path), **change)
     status = paths.read_status()
-    if resumes:
+    assert status["06_analysis"]["state"] == "stale"
+    if outcome == "resumes":
         assert status["05_sweep"]["state"] == "stale" and status["05_sweep"]["resume"] is True
-        assert status["06_analysis"]["state"] == "stale"
-        assert "generates only the units it lacks" in changed.notes[0]
+        assert "generates only the units it lacks" in changed.notes[-1]
     else:
-        assert all(status[s]["state"] == "done" for s in STEPS)
-        assert all("force=True" in note for note in changed.notes)
+        assert status["05_sweep"]["state"] == "done"
     assert status["04_vectors"]["state"] == "done"
+
+
+def test_records_of_older_formats_still_load(tmp_path):
+    paths = RunPaths.for_run("old", tmp_path)
+    paths.root.mkdir()
+    # Format 1 (nested, no "format") and a bare mapping of steps: what runs before issue 14 hold.
+    paths.params.write_text(json.dumps({"params": {"n_prompts": 4}, "git_commit": "abc"}))
+    paths.status.write_text(json.dumps({"01_data": {"state": "done"}}))
+    assert paths.stored_params() == {"n_prompts": 4}
+    assert paths.step_state("01_data") == "done"
+    paths.set_status("02_baseline", "done")
+    assert json.loads(paths.status.read_text())["format"] == 2
+    assert paths.step_state("01_data") == "done"
+    # A flat mapping of parameters (hand-written by older tests and tools).
+    paths.params.write_text(json.dumps({"n_prompts": 3, "created_by": "a tool"}))
+    assert paths.stored_params() == {"n_prompts": 3}
+    assert Run.open("old", runs_dir=str(tmp_path)).params.n_prompts == 3
+
+
+def test_a_relative_runs_dir_is_one_folder_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STEERLIB_RUNS_DIR", "rel-runs")
+    here = RunPaths.for_run("r")
+    assert here.root == tmp_path / "rel-runs" / "r" and here.root.is_absolute()
+    assert here.figures() == here.root / "figures"
+    assert RunPaths.for_run("r", "rel-runs").root == here.root
 
 
 def test_run_directory_under_a_file_is_reported(tmp_path):
@@ -317,3 +383,78 @@ def test_accepted_edge_values():
     )
     assert params.alphas == [0.0, 1.0] and params.temperature == 0.0
     assert RunParams.validate_mapping({"device": "cuda:1", "dtype": "bfloat16"}).device == "cuda:1"
+
+
+def test_opening_the_sweep_notebook_with_only_the_run_name_keeps_the_run(tmp_path):
+    """Issue 14's reproduction: a notebook's defaults used to overwrite the stored parameters."""
+    import pandas as pd
+
+    runs = tmp_path / "runs"
+    run = Run.open(
+        "phi",
+        runs_dir=str(runs),
+        model="microsoft/Phi-4-mini-instruct",
+        layers=[12, 16],
+        samples_per_prompt=25,
+        top_p=0.8,
+    )
+    rows = [
+        {
+            "subset": s,
+            "direction": "caa",
+            "layer": 12,
+            "alpha": a,
+            "toxicity": 0.1,
+            "prompt_id": "p",
+        }
+        for s in ("challenging", "benign")
+        for a in (0.0, 1.0)
+    ]
+    pd.DataFrame(rows).to_parquet(run.paths.sweep)
+    pd.DataFrame({"layer": [12], "alpha": [1.0], "kl": [0.1]}).to_parquet(run.paths.kl)
+    for step in STEPS[:5]:
+        run.paths.set_status(step, "done")
+    before = run.paths.params.read_bytes()
+    papermill.execute_notebook(
+        str(PROJECT_ROOT / "notebooks" / "05_sweep.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"run_name": "phi", "runs_dir": str(runs)},
+        cwd=str(PROJECT_ROOT / "notebooks"),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert run.paths.params.read_bytes() == before
+    assert run.paths.stored_params()["layers"] == [12, 16]
+
+
+def test_a_resumed_sweep_refuses_units_made_with_other_settings(tmp_path):
+    from steerlib.experiment.sweep import check_unit_settings
+
+    run = Run.open("units", runs_dir=str(tmp_path), max_new_tokens=8)
+    check_unit_settings(run.paths, run.params)
+    recorded = run.paths.read_unit_settings()
+    assert recorded is not None and recorded["max_new_tokens"] == 8
+    check_unit_settings(run.paths, run.params)  # the same settings resume
+    other = run.params.model_copy(update={"max_new_tokens": 9, "temperature": 0.0})
+    with pytest.raises(ConfigError, match=r"max_new_tokens 8 -> 9, temperature 0\.7 -> 0\.0"):
+        check_unit_settings(run.paths, other)
+
+
+def test_the_run_command_refuses_a_finished_run_with_other_settings(tmp_path, capsys):
+    """Issue 14: `--set samples_per_prompt=3` on a finished run used to exit 0, saying done."""
+    from steerlib.errors import EXIT_BAD_INPUT
+    from steerlib.pipeline import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("run_name: finished\nsamples_per_prompt: 1\nlayers: [1]\n")
+    values = load_params(config).notebook_parameters()
+    del values["run_name"]
+    run = Run.open("finished", runs_dir=str(tmp_path), **values)
+    for step in STEPS:
+        run.paths.set_status(step, "done")
+    before = run.paths.params.read_bytes()
+    argv = ["--config", str(config), "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--set", "samples_per_prompt=3"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "samples_per_prompt 1 -> 3" in err
+    assert run.paths.params.read_bytes() == before

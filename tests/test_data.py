@@ -10,19 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerlib import data
+from steerlib import subsets
 from steerlib.data import (
     BUNDLED_PROMPTS,
     PROMPT_COLUMNS,
     load_prompt_file,
     load_prompts,
     load_rtp_hub,
-    pair_texts,
-    perspective_labels,
-    split_prompts,
     text_digest,
 )
 from steerlib.errors import ConfigError, DataError
+from steerlib.subsets import pair_texts, perspective_labels, split_prompts
 
 
 def _record(text: str, **fields: object) -> dict[str, object]:
@@ -44,9 +42,11 @@ def bundled() -> pd.DataFrame:
 # ---------------------------------------------------------------------------- bundled set
 
 
-def test_bundled_file_is_inside_the_repo() -> None:
+def test_bundled_file_is_inside_the_package() -> None:
+    import steerlib
+
     assert BUNDLED_PROMPTS.is_file()
-    assert BUNDLED_PROMPTS.parent.parent.name == "data"
+    assert BUNDLED_PROMPTS.is_relative_to(Path(steerlib.__file__).parent / "resources")
 
 
 def test_bundled_loads_with_enough_prompts(bundled: pd.DataFrame) -> None:
@@ -355,7 +355,7 @@ def test_load_rtp_hub_offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------------------- split
 
 
-def _ids_and_texts(split: data.PromptSplit) -> list[tuple[set[str], set[str]]]:
+def _ids_and_texts(split: subsets.PromptSplit) -> list[tuple[set[str], set[str]]]:
     frames = [split.challenging, split.benign, split.pairs_toxic, split.pairs_nontoxic]
     return [(set(f["prompt_id"]), set(f["prompt"])) for f in frames]
 
@@ -479,13 +479,13 @@ def test_text_labels_judge_the_continuation() -> None:
             ("unscored end", 0.05, " who knows", np.nan),  # neither: no continuation score
         ]
     )
-    toxic, nontoxic = data.text_labels(table, toxic_min=0.5, nontoxic_max=0.25)
+    toxic, nontoxic = subsets.text_labels(table, toxic_min=0.5, nontoxic_max=0.25)
     assert toxic.tolist() == [True, False, False, False, False]
     assert nontoxic.tolist() == [False, True, False, False, False]
     table["prompt_toxicity"] = np.nan
     table["continuation_toxicity"] = np.nan
     table["challenging"] = [True, False, True, False, False]
-    toxic, nontoxic = data.text_labels(table)
+    toxic, nontoxic = subsets.text_labels(table)
     assert toxic.tolist() == table["challenging"].tolist() and (toxic != nontoxic).all()
 
 
@@ -494,10 +494,12 @@ def test_match_lengths_pairs_nearest_lengths() -> None:
     nontoxic = pd.DataFrame(
         {"prompt": ["x", "x y z w", "x y", "x y z w v u", "x y z w v u t s"], "continuation": None}
     )
-    chosen, matched = data.match_lengths(toxic, nontoxic, 3)
+    chosen, matched = subsets.match_lengths(toxic, nontoxic, 3)
     assert chosen["prompt"].tolist() == toxic["prompt"].tolist()
     assert matched["prompt"].tolist() == ["x y z w v u", "x y", "x y z w"]
-    by_chars = data.match_lengths(toxic, nontoxic, 1, length=lambda texts: [len(t) for t in texts])
+    by_chars = subsets.match_lengths(
+        toxic, nontoxic, 1, length=lambda texts: [len(t) for t in texts]
+    )
     assert by_chars[1]["prompt"].tolist() == ["x y z w v u"]
 
 

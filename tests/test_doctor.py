@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from steerlib import doctor, models
+from steerlib import models
 from steerlib.cli import main as cli_main
+from steerlib.tools import doctor
 
 
 @pytest.fixture(autouse=True)

@@ -11,18 +11,18 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from steerlib.engine import (
     PreallocatedLayer,
     SweepUnit,
-    _model_cache,
-    _nucleus,
     decode_batch,
     generate_unit,
+    model_cache,
     preallocate_cache,
     run_sweep,
     sample_next,
     sweep_units,
 )
 from steerlib.errors import ConfigError
-from steerlib.generation import COMPLETION_COLUMNS, _stop_ids, left_pad
+from steerlib.generation import COMPLETION_COLUMNS, left_pad, stop_token_ids
 from steerlib.hooks import active_hook_count, steering
+from steerlib.sampling import _nucleus
 from steerlib.vectors import SteeringVector
 
 PROMPTS = pd.DataFrame(
@@ -76,7 +76,7 @@ def test_greedy_tokens_equal_per_alpha_generate(request, tokenizer, name, positi
     layer = 1
     vector = _vector()
     texts = PROMPTS["prompt"].tolist()
-    stops = _stop_ids(model, tokenizer)
+    stops = stop_token_ids(model, tokenizer)
     with torch.inference_mode():
         got = decode_batch(
             model,
@@ -136,7 +136,7 @@ def test_rows_that_stop_are_dropped_and_match_generate(tokenizer):
     values, counts = plain.flatten().unique(return_counts=True)
     frequent = int(values[counts.argmax()])
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, frequent]
-    stops = _stop_ids(model, tokenizer)
+    stops = stop_token_ids(model, tokenizer)
     with torch.inference_mode():
         got = decode_batch(
             model,
@@ -313,8 +313,8 @@ def test_preallocated_layer_matches_dynamic_layer():
 def test_preallocated_cache_decodes_like_a_dynamic_cache(llama):
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.inference_mode():
-        reference = _model_cache(llama(input_ids=ids, use_cache=True))
-        cache = _model_cache(llama(input_ids=ids, use_cache=True))
+        reference = model_cache(llama(input_ids=ids, use_cache=True))
+        cache = model_cache(llama(input_ids=ids, use_cache=True))
         assert isinstance(cache, DynamicCache)
         reference.batch_repeat_interleave(3)
         preallocate_cache(cache, capacity=6, repeats=3)
@@ -428,7 +428,7 @@ def test_smollm2_greedy_parity():
     prompts = load_prompts("bundled").iloc[[0, 4, 10]].reset_index(drop=True)
     gen = torch.Generator().manual_seed(0)
     vector = SteeringVector({18: torch.randn(576, generator=gen) * 0.3}, {})
-    stops = _stop_ids(model, tokenizer)
+    stops = stop_token_ids(model, tokenizer)
     texts = prompts["prompt"].tolist()
     assert len({len(tokenizer(t)["input_ids"]) for t in texts}) == 3
     for positions in ("all", "generated"):

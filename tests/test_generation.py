@@ -113,3 +113,23 @@ def test_helpers():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert derive_seed(0, "a", 1) == derive_seed(0, "a", 1) != derive_seed(0, "a", 2)
     assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_decoding_settings_are_one_checked_value():
+    from steerlib.config import RunParams
+    from steerlib.errors import ConfigError
+    from steerlib.generation import DecodingSettings
+
+    settings = DecodingSettings.of(RunParams(max_new_tokens=7, top_p=0.5, positions="generated"))
+    assert settings.as_kwargs() == {
+        "samples_per_prompt": 1,
+        "max_new_tokens": 7,
+        "temperature": 0.7,
+        "top_p": 0.5,
+        "prompt_format": "raw",
+        "positions": "generated",
+        "units": "raw",
+        "seed": 0,
+    }
+    with pytest.raises(ConfigError, match="top_p"):
+        DecodingSettings(top_p=1.5)

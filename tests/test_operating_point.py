@@ -12,6 +12,7 @@ import pytest
 from steerlib import metrics, pipeline
 from steerlib import operating_point as op
 from steerlib.errors import DataError
+from steerlib.experiment import analysis, chain
 
 N_PROMPTS = 12
 SEED = 0
@@ -182,7 +183,7 @@ def test_operating_point_is_chosen_on_selection_and_reported_on_confirmation() -
 
     # The random control at the same point, on the confirmation half: one pre-set test.
     checked = op.admissibility(summary)
-    found = pipeline._confirmed_controls(checked, sweep, point, {"n_resamples": 200, "seed": 1})
+    found = analysis._confirmed_controls(checked, sweep, point, {"n_resamples": 200, "seed": 1})
     control = found["control"]
     assert control["split"] == "confirmation"
     assert control["n_paired_prompts"] == point["n_prompts"]
@@ -262,13 +263,13 @@ def test_no_admissible_steered_setting_names_the_nearest_miss() -> None:
     assert "no admissible steered setting" in point["rule"].lower()
     # The pipeline's consumers cope: figure layer, console lines, confirmation table, pareto.
     overall = summary[summary["split"] == "all"]
-    assert pipeline._figure_layer(overall, point) == 3
-    lines = pipeline._recommendation_lines(json.loads(json.dumps(point)))
+    assert analysis._figure_layer(overall, point) == 3
+    lines = chain._recommendation_lines(json.loads(json.dumps(point)))
     assert lines[0].startswith("no admissible steered setting; nearest miss: layer 3, alpha 1 (")
     table = op.operating_point_table(summary, point)
     assert table["setting"].tolist()[1] == "nearest miss (inadmissible): caa"
     assert not table["admissible"].iloc[1]
-    figure = pipeline._pareto(summary, point)
+    figure = analysis._pareto(summary, point)
     assert figure.layout.shapes[0].x0 == pytest.approx(22.0)  # the budget, selection half
 
     # Admissible settings that do not lower EMT are no recommendation either.
@@ -361,7 +362,7 @@ def test_analyze_writes_the_confirmed_point_and_the_scorer_validity(
     assert record["scorer_auc"] == validity["all"]["auc"]
     assert analysis.scorer_validity == validity and "pareto" in analysis.figures
     recommended = record["recommended"]
-    pipeline._print_summary(run.paths)
+    chain._print_summary(run.paths)
     printed = capsys.readouterr().out
     if budget:
         assert (recommended["layer"], recommended["alpha"]) == (3, 1.0)

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from steerlib import metrics, plotting
+from steerlib import figure_files, metrics, plotting
 from steerlib.errors import ConfigError
 from steerlib.metrics import pareto_front
 
@@ -260,8 +260,8 @@ def small_figure() -> go.Figure:
 def test_save_figure_html_only_without_browser(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plotting, "find_browser", lambda: None)
-    monkeypatch.setattr(plotting, "_warned_static", False)
+    monkeypatch.setattr(figure_files, "find_browser", lambda: None)
+    monkeypatch.setattr(figure_files, "_warned_static", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = plotting.save_figure(small_figure(), tmp_path, "norms")
@@ -283,14 +283,14 @@ def test_save_figure_html_only_without_browser(
 def test_save_figure_warns_when_export_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plotting, "find_browser", lambda: "/nonexistent/chromium")
-    monkeypatch.setattr(plotting, "_warned_static", False)
+    monkeypatch.setattr(figure_files, "find_browser", lambda: "/nonexistent/chromium")
+    monkeypatch.setattr(figure_files, "_warned_static", False)
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
 
     def boom(fig: go.Figure, fmt: str) -> bytes:
         raise RuntimeError("browser crashed")
 
-    monkeypatch.setattr(plotting, "_static_bytes", boom)
+    monkeypatch.setattr(figure_files, "_static_bytes", boom)
     with pytest.warns(RuntimeWarning, match="browser crashed"):
         paths = plotting.save_figure(small_figure(), tmp_path, "fig")
     assert paths == [tmp_path / "fig.html"]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlib.data import load_prompt_file, load_prompts, pair_texts, perspective_labels
+from steerlib.data import load_prompt_file, load_prompts
 from steerlib.errors import ConfigError, ModelError
 from steerlib.scoring import (
     SCORERS,
@@ -19,6 +19,7 @@ from steerlib.scoring import (
     scorer_floor,
     scorer_validity,
 )
+from steerlib.subsets import pair_texts, perspective_labels
 
 LABELS = {0: "toxicity", 1: "insult", 2: "threat"}
 SENTENCES = [

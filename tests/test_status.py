@@ -11,26 +11,23 @@ import pytest
 
 from steerlib import status
 from steerlib.cli import main as cli_main
-from steerlib.config import RunParams
 from steerlib.engine import sweep_units
-from steerlib.runs import RunPaths
+from steerlib.pipeline import Run
 
 
 @pytest.fixture()
 def run(tmp_path):
-    paths = RunPaths.for_run("long", tmp_path)
-    paths.sweep_parts.mkdir(parents=True)
-    params = RunParams.validate_mapping(
-        {
-            "run_name": "long",
-            "layers": [3, 6],
-            "alphas": [0.0, 1.0],
-            "samples_per_prompt": 2,
-            "max_new_tokens": 4,
-            "random_control": True,
-        }
+    made = Run.open(
+        "long",
+        runs_dir=str(tmp_path),
+        layers=[3, 6],
+        alphas=[0.0, 1.0],
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        random_control=True,
     )
-    paths.params.write_text(json.dumps({"params": params.notebook_parameters()}))
+    paths, params = made.paths, made.params
+    paths.sweep_parts.mkdir(parents=True)
     prompts = pd.DataFrame(
         {
             "prompt_id": [f"p{i}" for i in range(6)],
@@ -39,6 +36,7 @@ def run(tmp_path):
         }
     )
     prompts.to_parquet(paths.prompts)
+    # The vector's sidecar, as SteeringVector.save writes it (only its layer count is read).
     paths.vectors.with_suffix(".json").write_text(json.dumps({"num_layers": 8}))
     return paths, params
 
@@ -72,6 +70,21 @@ def test_status_command_prints_each_run(run, capsys):
     assert cli_main(["status", "--runs-dir", str(paths.root.parent)]) == 0
     out = capsys.readouterr().out
     assert "long" in out and "05_sweep        partial" in out
+    assert "01_data         not run" in out and out.index("01_data") < out.index("06_analysis")
     assert "sweep units     0/4" in out and "complete layers none yet" in out
     assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 0
     assert "no run at" in capsys.readouterr().out
+
+
+def test_status_counts_the_units_of_the_sweeps_own_plan(run):
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import sweep_plan
+
+    paths, params = run
+    plan = sweep_plan(params, 8)
+    assert (plan.layers, plan.directions, plan.alphas) == ([3, 6], ["caa", "random"], [1.0])
+    prompts = pd.read_parquet(paths.prompts)
+    keys = [unit.key for unit in plan.units(prompts, params)]
+    assert keys == [unit.key for unit in status._units(paths, params)]
+    alone = sweep_plan(RunParams(layers=[-1], random_control=False, alphas=[0.0, -2.0]), 8)
+    assert (alone.layers, alone.directions, alone.alphas) == ([7], ["caa"], [-2.0])

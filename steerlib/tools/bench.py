@@ -9,6 +9,8 @@ the other costs a user waits for: cold (GGUF dequantize) against cached model lo
 matrix-multiply peak, activation capture for the contrastive sets, greedy parity of the engine,
 and each scorer's throughput. Its last line is ``speedup: X.XX`` (engine over straightforward,
 generated tokens per second).
+
+Over 500 lines (about 630): a script-like tool, one section per measurement it prints.
 """
 
 from __future__ import annotations
@@ -31,21 +33,22 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerlib.data import BUNDLED_PROMPTS, load_prompts, pair_texts
+from steerlib.data import BUNDLED_PROMPTS, load_prompts
 from steerlib.engine import DEFAULT_MAX_BATCH_ROWS, run_sweep
 from steerlib.errors import ConfigError, SteerlibError
 from steerlib.generation import (
     PromptFormat,
-    _stop_ids,
     decode_new_tokens,
     derive_seed,
     encode_prompts,
     left_pad,
     sampling_kwargs,
+    stop_token_ids,
 )
 from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
 from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model
+from steerlib.subsets import pair_texts
 from steerlib.vectors import SteeringVector, compute_caa
 
 __all__ = [
@@ -223,7 +226,7 @@ def straightforward_sweep(
     encoded = encode_prompts(tokenizer, prompts["prompt"].tolist(), prompt_format)
     ids = prompts["prompt_id"].tolist()
     device = next(model.parameters()).device
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     rows: list[dict[str, Any]] = []
     for alpha in alphas:
@@ -370,7 +373,7 @@ def _score_section(texts: list[str], names: Sequence[str], device: str | None) -
 
     for name in names:
         if name == "unbiased-toxic-roberta":
-            from steerlib.doctor import check_hub, check_toxic_roberta
+            from steerlib.tools.doctor import check_hub, check_toxic_roberta
 
             cached, hub = check_toxic_roberta(), check_hub()
             if cached.status != "OK" and hub.status != "OK":
@@ -536,7 +539,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print its report; returns the exit code."""
+    """Run the benchmark and print its report; returns the exit code.
+
+    Kept in one piece (about 85 lines): the benchmark's script, section after section, as it prints.
+    """
     args = _parser().parse_args(list(argv) if argv is not None else None)
     _check_args(args)
     _print("steerlib bench: sweep engine vs straightforward per-alpha generate loop")

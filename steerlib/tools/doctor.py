@@ -6,7 +6,7 @@ off or optional and absent) or ``MISSING``. The exit code is 1 when something re
 missing (torch, transformers, the embedded model), else 0.
 
 Example:
-    >>> from steerlib.doctor import check_python
+    >>> from steerlib.tools.doctor import check_python
     >>> check_python().status
     'OK'
 """
@@ -173,7 +173,7 @@ def check_embedded_package() -> Check:
             "embedded model",
             "MISSING",
             f"package {models.EMBEDDED_PACKAGE} ({models.EMBEDDED_MODEL}) is not installed",
-            models._INSTALL_HINT,
+            models.INSTALL_HINT,
             True,
         )
     size = path.stat().st_size / 2**20

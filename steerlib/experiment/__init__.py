@@ -1,0 +1,15 @@
+"""The experiment: a run's parameters and records, its steps, the analysis, the chain runner.
+
+Modules, from the bottom up:
+
+* :mod:`~steerlib.experiment.table` — the declared step table (reads, products, extensions);
+* :mod:`~steerlib.experiment.run` — :class:`~steerlib.experiment.run.Run`: opening a run, the
+  rules for changed parameters, provenance, the shared model and scorer;
+* :mod:`~steerlib.experiment.steps` — steps 01-04;
+* :mod:`~steerlib.experiment.sweep` — step 05 and :func:`~steerlib.experiment.sweep.sweep_plan`;
+* :mod:`~steerlib.experiment.analysis` — step 06;
+* :mod:`~steerlib.experiment.chain` — the papermill runner and ``python -m steerlib run``.
+
+Nothing is imported here, so that the step table stays cheap to import;
+:mod:`steerlib.pipeline` gathers the public names in one place.
+"""

@@ -1,0 +1,419 @@
+"""Step 06: RTP metrics with bootstrap intervals, the controls, the operating point, figures.
+
+:func:`analyze` assembles the evaluation table (baseline and sweep, each prompt in its
+selection or confirmation half), summarizes it (:mod:`steerlib.metrics`), applies the
+operating-point rule (:mod:`steerlib.operating_point`), compares with the random control
+(:mod:`steerlib.controls`), and draws the figures into the run's ``figures/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steerlib._io import atomic_write_json, atomic_write_parquet
+from steerlib.errors import DataError, SteerlibError
+from steerlib.experiment.run import Run
+from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
+from steerlib.runs import RunPaths
+
+__all__ = ["Analysis", "analyze", "compare_runs", "side_by_side"]
+
+
+@dataclass
+class Analysis:
+    """Products of step 06.
+
+    Attributes:
+        summary: One row per (split, subset, layer, alpha, direction), with the RTP metrics and
+            the admissibility columns of the operating-point rule; ``split`` is ``all``,
+            ``selection`` or ``confirmation``.
+        recommended: The operating point chosen on the selection half, its figures from the
+            confirmation half and its rule (or ``status`` "no admissible steered setting" with
+            the nearest miss).
+        scorer_auc: ROC AUC of the scorer against Perspective labels on prompts and
+            continuations pooled, where the data have them.
+        control: CAA minus random control, per (subset, layer, alpha), on all prompts.
+        control_matched: CAA against the least toxic random setting of the same layer that
+            is at least as fluent on the rule's fluency measure
+            (:func:`controls.fluency_matched_control`), on all prompts.
+        figures: Named plotly figures (also written to the run's ``figures/`` folder).
+        examples: Completions of a few challenging prompts side by side across alphas.
+        confirmation: The confirmation half at the recommended point (or nearest miss), at
+            alpha 0 and for the random control (:func:`operating_point.operating_point_table`).
+        scorer_validity: AUC, precision and recall at 0.5 against Perspective, separately on
+            prompts and on continuations (:func:`scoring.scorer_validity`).
+        scorer_floor: The scorer's score of text without known words.
+    """
+
+    summary: pd.DataFrame
+    recommended: dict[str, Any] | None
+    scorer_auc: float | None
+    control: pd.DataFrame
+    control_matched: pd.DataFrame
+    figures: dict[str, Any]
+    examples: pd.DataFrame
+    confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scorer_validity: dict[str, Any] = field(default_factory=dict)
+    scorer_floor: float | None = None
+
+
+def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
+    """The scorer against Perspective labels (>= 0.5), on prompts and on continuations."""
+    from steerlib.scoring import scorer_validity
+    from steerlib.subsets import perspective_labels
+
+    kinds = ("prompts", "continuations")
+    groups = {kind: perspective_labels(prompts, which=kind) for kind in kinds}  # type: ignore[arg-type]
+    return scorer_validity(run.scorer(), groups)
+
+
+_CONTROL_COLUMNS = (
+    "control_alpha",
+    "perplexity_caa",
+    "perplexity_control",
+    "mean_toxicity_caa",
+    "mean_toxicity_random",
+    "mean_toxicity_control",
+    "delta_mean_toxicity",
+    "delta_mean_toxicity_ci_low",
+    "delta_mean_toxicity_ci_high",
+    "expected_max_toxicity_caa",
+    "expected_max_toxicity_random",
+    "expected_max_toxicity_control",
+    "delta_expected_max_toxicity",
+    "delta_expected_max_toxicity_ci_low",
+    "delta_expected_max_toxicity_ci_high",
+    "n_paired_prompts",
+    "p_value",
+    "q_value",
+    "beats_control",
+)
+
+
+def _control_at(control: pd.DataFrame, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The challenging-subset comparison with the random control at an operating point."""
+    if control.empty:
+        return None
+    hit = control[
+        (control["subset"] == "challenging")
+        & (control["layer"] == point["layer"])
+        & np.isclose(control["alpha"].astype(float), float(point["alpha"]))
+    ]
+    if hit.empty:
+        return None
+    columns = [c for c in _CONTROL_COLUMNS if c in hit.columns]
+    return json.loads(hit[columns].iloc[[0]].to_json(orient="records"))[0]
+
+
+def _confirmed_controls(
+    summary: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    point: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The random control at the recommended point, on the half its figures come from.
+
+    At equal alpha and at equal fluency (the rule's measure). On the confirmation half this is
+    one comparison fixed before looking at those prompts, so its ``p_value`` needs no
+    multiplicity adjustment (``q_value`` equals it).
+    """
+    from steerlib import controls
+
+    half, layer, alpha = point["figures_from"], int(point["layer"]), float(point["alpha"])
+    rows = summary[(summary["split"] == half) & (summary["layer"] == layer)]
+    sweep = evaluation[evaluation["layer"] == layer]
+    if half != "all":
+        sweep = sweep[sweep["split"] == half]
+    at_alpha = np.isclose(rows["alpha"].astype(float), alpha)
+    out: dict[str, Any] = {"control": None, "control_matched_fluency": None}
+    if not (rows["direction"] == "random").any():
+        return out
+    same = rows[at_alpha]
+    if {"caa", "random"} <= set(same["direction"]):
+        out["control"] = _control_at(controls.delta_vs_control(same, sweep, **options), point)
+    candidates = rows[(rows["direction"] == "random") | at_alpha]
+    measure = str(summary["fluency_measure"].iloc[0])
+    matched = controls.fluency_matched_control(candidates, sweep, fluency=measure, **options)
+    found = _control_at(matched, point)
+    if found is not None:
+        found["fluency_measure"] = measure
+    out["control_matched_fluency"] = found
+    for value in out.values():
+        if value is not None:
+            value["split"] = half
+    return out
+
+
+def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.DataFrame:
+    """First sample of a few challenging prompts, one column per alpha (CAA direction)."""
+    rows = sweep[
+        (sweep["subset"] == "challenging")
+        & (sweep["direction"] == "caa")
+        & (sweep["layer"] == layer)
+        & (sweep["sample"] == 0)
+    ]
+    chosen = rows["prompt_id"].drop_duplicates().head(n_prompts)
+    rows = rows[rows["prompt_id"].isin(chosen)]
+    wide = rows.pivot_table(
+        index=["prompt_id", "prompt"], columns="alpha", values="completion", aggfunc="first"
+    )
+    wide.columns = [f"alpha={a:g}" for a in wide.columns]
+    return wide.reset_index()
+
+
+def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> int:
+    """Layer of the main figures.
+
+    The recommended layer when there is a recommended steered setting; otherwise (no
+    admissible steered setting, or an error) the layer where the smallest positive alpha lowers
+    the challenging subset's EMT the most. Pass the rows of one split.
+    """
+    rows = summary[
+        (summary["subset"] == "challenging")
+        & (summary["direction"] == "caa")
+        & (summary["layer"] >= 0)
+    ]
+    layers = sorted(int(x) for x in rows["layer"].unique())
+    if recommended and recommended.get("alpha") and recommended.get("layer") in layers:
+        return int(recommended["layer"])
+    positive = rows[rows["alpha"] > 0]
+    if positive.empty or rows[rows["alpha"] == 0].empty:
+        return layers[0]
+    emt = rows.pivot_table(index="layer", columns="alpha", values="expected_max_toxicity")
+    effect = (emt[0.0] - emt[float(positive["alpha"].min())]).dropna()
+    return int(effect.idxmax()) if len(effect) else layers[0]
+
+
+def _pareto(summary: pd.DataFrame, recommended: dict[str, Any]) -> Any:
+    """Challenging EMT against the rule's fluency measure on the half the rule chose on."""
+    from steerlib import controls, metrics, plotting
+
+    half = recommended.get("selected_on", "all")
+    rows = summary[(summary["split"] == half) & (summary["layer"] >= 0)]
+    if rows.empty:
+        rows = summary[(summary["split"] == "all") & (summary["layer"] >= 0)]
+    measure = str(summary["fluency_measure"].iloc[0])
+    x = f"benign_{measure}"
+    rows = controls.tradeoff_rows(rows, cost=measure)
+    caa = rows[rows["direction"] == "caa"]
+    checked = recommended.get("selection") or recommended.get("nearest_miss") or {}
+    return plotting.pareto_figure(
+        caa,
+        metrics.pareto_front(caa, x=x),
+        x=x,
+        recommended=recommended if "layer" in recommended else None,
+        control=rows[rows["direction"] == "random"],
+        budget=checked.get("fluency_limit"),
+    )
+
+
+def _split_counts(evaluation: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Number of prompts of each subset in each half."""
+    counts = evaluation.drop_duplicates(["subset", "prompt_id"]).groupby(["subset", "split"])
+    return {
+        str(subset): {str(half): int(n) for (_, half), n in group.items()}
+        for subset, group in counts.size().groupby(level=0)
+    }
+
+
+def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Analysis:
+    """Step 06: RTP metrics with bootstrap intervals, controls, the operating point, figures.
+
+    The evaluation prompts of each subset are split into a selection and a confirmation half
+    (:func:`operating_point.assign_split`, seeded by the run's ``seed``); the summary has rows
+    over all prompts and over each half. The operating point is chosen on the selection half
+    (:func:`operating_point.recommend_operating_point`) and its figures, with the random
+    control at the same point, are read from the confirmation half. The analysis always runs
+    (it is cheap); ``force`` is accepted for symmetry with the other steps.
+    """
+    from steerlib import controls, metrics, operating_point, plotting
+    from steerlib.scoring import scorer_floor
+    from steerlib.vectors import SteeringVector
+
+    del force
+    paths, p = run.paths, run.params
+    sweep = pd.read_parquet(run.require("sweep"))
+    kl = pd.read_parquet(run.require("kl"))
+    baseline = pd.read_parquet(run.require("baseline"))
+    prompts = pd.read_parquet(run.require("prompts"))
+    vector = SteeringVector.load(run.require("vectors"))
+    with run.step("06_analysis"):
+        evaluation = _evaluation(prompts, baseline, sweep, p.seed)
+        floor = scorer_floor(run.scorer())
+        summary = metrics.summarize(
+            evaluation,
+            threshold=p.toxicity_threshold,
+            n_resamples=p.n_resamples,
+            seed=p.seed,
+            kl=kl.drop(columns=["n_tokens"], errors="ignore"),
+            floor=floor,
+        )
+        rule = {
+            "max_perplexity_increase": p.max_perplexity_increase,
+            "fluency_measure": p.fluency_measure,
+            "min_distinct_ratio": p.min_distinct_ratio,
+            "max_floor_share_increase": p.max_floor_share_increase,
+        }
+        summary = operating_point.admissibility(summary, **rule)
+        measure, measure_note = operating_point.resolve_fluency_measure(summary, p.fluency_measure)
+        try:
+            recommended = operating_point.recommend_operating_point(summary, **rule)
+        except SteerlibError as exc:
+            recommended = {"error": str(exc)}
+        overall = summary[summary["split"] == "all"]
+        options = {"n_resamples": p.n_resamples, "seed": p.seed}
+        control, matched = pd.DataFrame(), pd.DataFrame()
+        if "random" in set(summary["direction"]):
+            control = controls.delta_vs_control(overall, evaluation, **options)
+            matched = controls.fluency_matched_control(
+                overall, evaluation, fluency=measure, **options
+            )
+        if "layer" in recommended:
+            recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
+        validity = _scorer_validity(run, prompts)
+        record = _summary_record(run, summary, evaluation, recommended, validity)
+        record.update(
+            fluency_measure=measure,
+            fluency_measure_note=measure_note,
+            scorer_floor=floor,
+            control=_records(control),
+            control_matched_fluency=_records(matched),
+        )
+        atomic_write_parquet(paths.summary_table, summary)
+        atomic_write_json(paths.summary, record)
+        layer = _figure_layer(overall, recommended)
+        figures = _figures(summary, sweep, control, vector, recommended, layer, p.alphas)
+        if save_figures:
+            for name, fig in figures.items():
+                plotting.save_figure(fig, paths.figures(), name)
+    return Analysis(
+        summary,
+        recommended,
+        record["scorer_auc"],
+        control,
+        matched,
+        figures,
+        side_by_side(sweep, layer=layer),
+        confirmation=operating_point.operating_point_table(
+            summary, recommended if "error" not in recommended else {}
+        ),
+        scorer_validity=validity,
+        scorer_floor=floor,
+    )
+
+
+def _summary_record(
+    run: Run,
+    summary: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    recommended: dict[str, Any],
+    validity: dict[str, Any],
+) -> dict[str, Any]:
+    """The body of ``summary.json``: parameters, rows, the operating point, split, scorer."""
+    p = run.params
+    return {
+        "run_name": run.paths.name,
+        "model": p.model,
+        "scorer": p.scorer,
+        "params": p.notebook_parameters(),
+        "rows": json.loads(summary.to_json(orient="records")),
+        "recommended": recommended,
+        "split": {
+            "seed": p.seed,
+            "method": (
+                "per subset, prompts ordered by BLAKE2b of (seed, prompt_id); the first "
+                "half (rounded up) is the selection half"
+            ),
+            "n_prompts": _split_counts(evaluation),
+        },
+        "scorer_validity": validity,
+        "scorer_auc": validity.get("all", {}).get("auc"),
+        "scorer_auc_n_texts": validity.get("all", {}).get("n", 0),
+    }
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table as JSON records ([] when empty)."""
+    return json.loads(table.to_json(orient="records")) if len(table) else []
+
+
+def _evaluation(
+    prompts: pd.DataFrame, baseline: pd.DataFrame, sweep: pd.DataFrame, seed: int
+) -> pd.DataFrame:
+    """Baseline and sweep rows of the evaluation subsets, each with its half (``split``)."""
+    from steerlib import operating_point
+
+    halves = eval_prompts(prompts)[["subset", "prompt_id"]]
+    halves = halves.assign(split=operating_point.assign_split(halves, seed))
+    evaluation = pd.concat(
+        [baseline[baseline["subset"].isin(EVAL_SUBSETS)], sweep], ignore_index=True
+    )
+    return evaluation.drop(columns="split", errors="ignore").merge(
+        halves, on=["subset", "prompt_id"], how="left"
+    )
+
+
+def _figures(
+    summary: pd.DataFrame,
+    sweep: pd.DataFrame,
+    control: pd.DataFrame,
+    vector: Any,
+    recommended: dict[str, Any],
+    layer: int,
+    alphas: list[float],
+) -> dict[str, Any]:
+    """The named figures of step 06 (curves at ``layer``, heatmaps over the alpha grid)."""
+    from steerlib import plotting
+
+    overall = summary[summary["split"] == "all"]
+    steered = overall[overall["layer"] >= 0]
+    # Heatmaps take the alpha grid; a searched alpha (one per layer) shows on the curves.
+    grid = steered[np.isclose(steered["alpha"].to_numpy()[:, None], alphas).any(axis=1)]
+    figures = {
+        "toxicity_vs_alpha": plotting.toxicity_vs_alpha(steered, "mean_toxicity", layer=layer),
+        "emt_vs_alpha": plotting.toxicity_vs_alpha(steered, "expected_max_toxicity", layer=layer),
+        "heatmap_emt": plotting.layer_alpha_heatmap(grid, "expected_max_toxicity"),
+        "heatmap_perplexity": plotting.layer_alpha_heatmap(grid, "perplexity", subset="benign"),
+        "heatmap_kl": plotting.layer_alpha_heatmap(grid, "kl_benign", subset="benign"),
+        "layer_profile_toxicity": plotting.layer_profile(steered, "mean_toxicity"),
+        "layer_profile_perplexity": plotting.layer_profile(steered, "perplexity", subset="benign"),
+        "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
+        "pareto": _pareto(summary, recommended),
+        "vector_norms": plotting.vector_norms(vector.norms()),
+    }
+    if vector.diagnostics():
+        figures["vector_diagnostics"] = plotting.vector_diagnostics(vector.diagnostics())
+    figures["layer_cosine"] = plotting.layer_cosine_heatmap(
+        vector.cosine_similarity(), vector.layers
+    )
+    if len(control):
+        on_grid = np.isclose(control["alpha"].to_numpy()[:, None], alphas).any(axis=1)
+        figures["heatmap_control"] = plotting.control_heatmap(control[on_grid])
+    return figures
+
+
+def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
+    """Summary rows of this run and of ``others`` (finished runs), with their pair source.
+
+    Used to compare vectors built from different contrastive sources (``pair_source``
+    ``"prompts"`` against ``"completions"``) or any other parameter between runs.
+    """
+    tables = []
+    for name in [run.paths.name, *others]:
+        paths = RunPaths.for_run(name, run.paths.root.parent)
+        if not paths.summary_table.is_file():
+            raise DataError(
+                f"run {name!r} has no summary: run its chain first "
+                f"(python -m steerlib run --run-name {name} ...)."
+            )
+        params = paths.stored_params()
+        table = pd.read_parquet(paths.summary_table)
+        if "split" in table.columns:  # one row per setting: all prompts
+            table = table[table["split"] == "all"]
+        tables.append(table.assign(run_name=name, pair_source=params.get("pair_source")))
+    return pd.concat(tables, ignore_index=True)

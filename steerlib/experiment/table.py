@@ -1,0 +1,188 @@
+"""The experiment's steps as one table: what each reads, writes and depends on.
+
+Every rule about steps derives from :data:`STEPS`:
+
+* :meth:`steerlib.experiment.run.Run.require` names the step that makes a missing product
+  (:func:`producer`);
+* a recomputed step makes the steps after it stale (:func:`after`);
+* a changed parameter is refused, resumes the sweep or reruns the analysis according to the
+  steps that read it (:attr:`Step.reads`, :attr:`Step.extends`, :attr:`Step.reruns`);
+* ``python -m steerlib status`` and the chain runner list the steps and their products;
+* each notebook's parameters cell declares exactly :func:`notebook_parameters` (a test checks).
+
+The table holds names only (functions as ``"module:name"``), so that importing it is cheap and
+every other module can import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "NOTEBOOK_ONLY",
+    "RUNTIME",
+    "STEPS",
+    "STEP_NAMES",
+    "Step",
+    "after",
+    "notebook_parameters",
+    "producer",
+    "step",
+    "steps_reading",
+]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the experiment, and the notebook that runs it.
+
+    Attributes:
+        name: Step name, also the stem of its notebook (``notebooks/<name>.ipynb``).
+        function: The step's function, ``"module:name"`` (see :meth:`load`).
+        inputs: Products of earlier steps it reads (attribute names of
+            :class:`~steerlib.runs.RunPaths`).
+        outputs: Products it writes (idem); a step is done when they all exist.
+        reads: Run parameters it reads; its notebook declares exactly these.
+        extends: Parameters whose change keeps its finished work and resumes it (the sweep
+            generates only what it lacks).
+        reruns: Whether any change of a parameter it reads simply reruns it (it is cheap and
+            holds no work worth keeping).
+    """
+
+    name: str
+    function: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    reads: frozenset[str]
+    extends: frozenset[str] = frozenset()
+    reruns: bool = False
+
+    def load(self) -> Callable[..., Any]:
+        """The step's function, imported."""
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def notebook(self) -> str:
+        """The notebook's file name."""
+        return f"{self.name}.ipynb"
+
+
+RUNTIME = frozenset({"run_name", "device", "dtype", "batch_size", "trust_remote_code"})
+"""Parameters that say where and how fast a run computes, not what: a change is never refused.
+
+``dtype`` is here because a run moved to another machine may need another one; its products
+were made with the recorded one (``params.json`` keeps the history of its ``versions``).
+"""
+NOTEBOOK_ONLY = ("run_name", "runs_dir", "force")
+"""Names every notebook declares besides its step's parameters."""
+
+_SPLIT = {"n_prompts", "n_pairs", "seed", "benign_max_toxicity", "pair_toxic_min"}
+_DECODING = {"samples_per_prompt", "max_new_tokens", "temperature", "top_p", "prompt_format"}
+_SCORING = {"scorer", "perplexity_model", "batch_size"}
+_MODEL = {"model", "device", "dtype", "trust_remote_code"}
+_RULE = {"max_perplexity_increase", "fluency_measure", "min_distinct_ratio"}
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        "01_data",
+        "steerlib.experiment.steps:prepare_data",
+        inputs=(),
+        outputs=("prompts",),
+        reads=frozenset(
+            _SPLIT
+            | {"pair_nontoxic_max", "challenging_source", "benign_source", "kl_texts", "model"}
+            | {"trust_remote_code"}
+        ),
+    ),
+    Step(
+        "02_baseline",
+        "steerlib.experiment.steps:run_baseline",
+        inputs=("prompts",),
+        outputs=("baseline",),
+        reads=frozenset(_MODEL | _DECODING | _SCORING | {"pair_source", "seed"}),
+    ),
+    Step(
+        "03_activations",
+        "steerlib.experiment.steps:capture_activations",
+        inputs=("prompts", "baseline"),
+        outputs=("activations_toxic", "activations_nontoxic"),
+        reads=frozenset(
+            _MODEL | {"pair_source", "n_pairs", "last_n", "pair_toxic_min", "pair_nontoxic_max"}
+        ),
+    ),
+    Step(
+        "04_vectors",
+        "steerlib.experiment.steps:build_vectors",
+        inputs=("activations_toxic", "activations_nontoxic"),
+        outputs=("vectors", "control_vectors"),
+        reads=frozenset({"n_pairs", "pair_source", "project_sink", "seed"}),
+    ),
+    Step(
+        "05_sweep",
+        "steerlib.experiment.sweep:run_sweep",
+        inputs=("prompts", "baseline", "vectors", "control_vectors"),
+        outputs=("sweep", "kl"),
+        reads=frozenset(
+            _MODEL
+            | _DECODING
+            | _SCORING
+            | {"layers", "alphas", "units", "positions", "random_control", "seed"}
+            | {"alpha_search", "max_perplexity_increase"}
+        ),
+        extends=frozenset({"layers", "random_control", "alpha_search", "max_perplexity_increase"}),
+    ),
+    Step(
+        "06_analysis",
+        "steerlib.experiment.analysis:analyze",
+        inputs=("prompts", "baseline", "vectors", "sweep", "kl"),
+        outputs=("summary", "summary_table"),
+        reads=frozenset(
+            _RULE
+            | {"toxicity_threshold", "max_floor_share_increase", "n_resamples", "compare_with"}
+            | {"seed", "alphas", "scorer", "device"}
+        ),
+        reruns=True,
+    ),
+)
+"""The steps in the order they run."""
+
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+
+
+def step(name: str) -> Step:
+    """The step called ``name``.
+
+    Raises:
+        KeyError: No such step.
+    """
+    for candidate in STEPS:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no step {name!r}; the steps are {', '.join(STEP_NAMES)}")
+
+
+def producer(product: str) -> Step:
+    """The step that writes ``product`` (a :class:`~steerlib.runs.RunPaths` attribute name)."""
+    for candidate in STEPS:
+        if product in candidate.outputs:
+            return candidate
+    raise KeyError(f"no step writes {product!r}")
+
+
+def after(name: str) -> tuple[Step, ...]:
+    """The steps after ``name``, in order."""
+    return STEPS[STEP_NAMES.index(name) + 1 :]
+
+
+def steps_reading(parameter: str) -> tuple[Step, ...]:
+    """The steps whose products depend on ``parameter``."""
+    return tuple(s for s in STEPS if parameter in s.reads)
+
+
+def notebook_parameters(name: str) -> frozenset[str]:
+    """Every name the parameters cell of step ``name``'s notebook declares."""
+    return step(name).reads | frozenset(NOTEBOOK_ONLY)
