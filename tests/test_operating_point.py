@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from steerlib import metrics, pipeline
 from steerlib import operating_point as op
 from steerlib.errors import DataError
-from steerlib.experiment import analysis, chain
+from steerlib.experiment import analysis, chain, figures
 
 N_PROMPTS = 12
 SEED = 0
@@ -263,13 +264,13 @@ def test_no_admissible_steered_setting_names_the_nearest_miss() -> None:
     assert "no admissible steered setting" in point["rule"].lower()
     # The pipeline's consumers cope: figure layer, console lines, confirmation table, pareto.
     overall = summary[summary["split"] == "all"]
-    assert analysis._figure_layer(overall, point) == 3
+    assert figures.figure_layer(overall, point) == 3
     lines = chain._recommendation_lines(json.loads(json.dumps(point)))
     assert lines[0].startswith("no admissible steered setting; nearest miss: layer 3, alpha 1 (")
     table = op.operating_point_table(summary, point)
     assert table["setting"].tolist()[1] == "nearest miss (inadmissible): caa"
     assert not table["admissible"].iloc[1]
-    figure = analysis._pareto(summary, point)
+    figure = figures._pareto(summary, point)
     assert figure.layout.shapes[0].x0 == pytest.approx(22.0)  # the budget, selection half
 
     # Admissible settings that do not lower EMT are no recommendation either.
@@ -402,3 +403,59 @@ def test_distinct_check_edges() -> None:
     assert not checked.loc[("challenging", 1.0), "admissible"]
     assert "no alpha-0 value" in checked.loc[("challenging", 1.0), "inadmissible_because"]
     assert np.isinf(checked.loc[("benign", 1.0), "shortfall"])  # the setting, worst subset
+
+
+def test_figures_command_redraws_what_step_06_drew(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.4, "human": 21.0}}
+    run = fake_run(tmp_path, cells, n_resamples=100)
+    analysis = pipeline.analyze(run, save_figures=False)
+
+    def no_scorer(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the figures command must not load a scorer or a model")
+
+    monkeypatch.setattr(pipeline.Run, "scorer", no_scorer)
+    redrawn = figures.render_figures(run.paths)
+    assert set(redrawn) == set(analysis.figures)  # one function draws both
+    for name in ("toxicity_vs_alpha", "pareto", "heatmap_emt"):
+        assert redrawn[name].to_json() == analysis.figures[name].to_json(), name
+    code = figures.main([run.paths.name, "--runs-dir", str(tmp_path), "--formats", "html"])
+    assert code == 0
+    out = capsys.readouterr().out
+    written = sorted(p.stem for p in run.paths.figures().glob("*.html"))
+    assert written == sorted(analysis.figures)
+    assert "report.html not redrawn" in out and "figures: " in out
+    assert figures.main(["nope", "--runs-dir", str(tmp_path)]) != 0
+    assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_project_figures_link_to_the_run(tmp_path: Any) -> None:
+    from steerlib.runs import RunPaths
+
+    project = tmp_path / "project"
+    (project / "data" / "runs" / "r" / "figures").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\n")
+    paths = RunPaths(project / "data" / "runs" / "r")
+    (paths.figures() / "pareto.html").write_text("<html></html>")
+    old = project / "figures" / "r"
+    old.mkdir(parents=True)
+    (old / "pareto.png").write_bytes(b"old")
+    note = figures.link_project_figures(paths, project_root=project)
+    assert note is not None and "replaced the old folder figures/r" in note
+    assert old.is_symlink() and os.readlink(old) == os.path.join(
+        "..", "data", "runs", "r", "figures"
+    )
+    assert (old / "pareto.html").read_text() == "<html></html>"
+    assert figures.link_project_figures(paths, project_root=project) is None  # up to date
+    other = RunPaths(project / "data" / "runs" / "s")
+    (other.figures()).mkdir(parents=True)
+    kept = project / "figures" / "s"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    said = figures.link_project_figures(other, project_root=project)
+    assert said is not None and "left as it is" in said and "notes.txt" in said
+    assert kept.is_dir() and not kept.is_symlink() and (kept / "notes.txt").is_file()
+    elsewhere = RunPaths(tmp_path / "runs" / "r")
+    elsewhere.figures().mkdir(parents=True)
+    assert figures.link_project_figures(elsewhere, project_root=project) is None

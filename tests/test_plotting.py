@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import struct
 import time
 import warnings
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_toxicity_vs_alpha_lines_and_bands() -> None:
     fig = plotting.toxicity_vs_alpha(summary)
     assert isinstance(fig, go.Figure)
     bands = [t for t in fig.data if t.fill == "toself"]
-    lines = [t for t in fig.data if t.fill != "toself"]
+    lines = [t for t in fig.data if t.fill != "toself" and not t.name.startswith("fluency")]
     assert len(lines) == 4 and len(bands) == 4
     by_name = {t.name: t for t in lines}
     caa = summary[(summary["subset"] == "challenging") & (summary["direction"] == "caa")]
@@ -83,13 +84,49 @@ def test_toxicity_vs_alpha_lines_and_bands() -> None:
     assert band.mode == "lines"  # no stray markers on the band outline
     expected = caa["mean_toxicity_ci_high"].tolist() + caa["mean_toxicity_ci_low"].tolist()[::-1]
     assert list(band.y) == pytest.approx(expected)
-    assert NOTE in fig.layout.title.text and NOTE in fig.layout.xaxis.title.text
+    assert NOTE in fig.layout.title.text and NOTE in fig.layout.xaxis2.title.text
+    assert "layer 3" in fig.layout.title.text and "CAA vs random control" in fig.layout.title.text
+    assert "subsets challenging, benign" in fig.layout.title.text
     assert fig.layout.yaxis.title.text
-    assert list(fig.layout.yaxis.range) == [0, 1]
+    # fitted to the lines and bands (0.15..0.35 here), not the fixed 0-1 of a probability
+    low, high = fig.layout.yaxis.range
+    shown = summary[["mean_toxicity_ci_low", "mean_toxicity_ci_high"]].to_numpy()
+    assert low == 0.0 and high >= shown.max()  # clipped at 0: a band dips below it
+    assert high < 1.1 * shown.max() and high < 1
+    # fluency on a second panel sharing alpha: benign perplexity per direction
+    fluency = {t.name: t for t in fig.data if t.name.startswith("fluency")}
+    assert set(fluency) == {"fluency · caa", "fluency · random"}
+    benign_caa = summary.query("subset == 'benign' and direction == 'caa'").sort_values("alpha")
+    assert fluency["fluency · caa"].yaxis == "y2" and fluency["fluency · caa"].xaxis == "x2"
+    assert list(fluency["fluency · caa"].y) == pytest.approx(benign_caa["perplexity"].tolist())
+    assert fig.layout.xaxis.matches == "x2" or fig.layout.xaxis2.matches == "x"
+
+
+def test_toxicity_vs_alpha_fluency_panel_log_and_budget() -> None:
+    summary = make_summary()
+    broken = summary["alpha"] == 4.0
+    summary["human_perplexity"] = np.where(broken, 6.0e6, 20.0 + summary["alpha"])
+    fig = plotting.toxicity_vs_alpha(summary, fluency_limit=22.0)
+    fluency = next(t for t in fig.data if t.name == "fluency · caa")
+    assert list(fluency.y)[-1] == pytest.approx(6.0e6)  # human_perplexity preferred
+    assert fig.layout.yaxis2.type == "log"  # 20 to 6e6: decades apart
+    low, high = fig.layout.yaxis2.range  # log10 units
+    assert low <= np.log10(20.0) and high >= np.log10(6.0e6)
+    budget = [shape for shape in fig.layout.shapes if shape.line.color == "firebrick"]
+    assert len(budget) == 1 and budget[0].y0 == pytest.approx(22.0)
+    note = next(a for a in fig.layout.annotations if a.text == "budget")
+    assert note.y == pytest.approx(np.log10(22.0))
+    single = plotting.toxicity_vs_alpha(summary, fluency=None)
+    assert not any(t.name.startswith("fluency") for t in single.data)
+    assert NOTE in single.layout.xaxis.title.text
+    with pytest.raises(ConfigError, match="fluency='nope'"):
+        plotting.toxicity_vs_alpha(summary, fluency="nope")
 
 
 def test_toxicity_vs_alpha_without_ci_and_with_layers() -> None:
-    fig = plotting.toxicity_vs_alpha(make_summary(with_ci=False), "expected_max_toxicity")
+    fig = plotting.toxicity_vs_alpha(
+        make_summary(with_ci=False), "expected_max_toxicity", fluency=None
+    )
     assert len(fig.data) == 4
     assert all(t.fill != "toself" for t in fig.data)
     two_layers = make_summary(layers=(3, 5))
@@ -123,10 +160,43 @@ def test_layer_alpha_heatmap_values() -> None:
     expected = rows.pivot(index="layer", columns="alpha", values="expected_max_toxicity")
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float), expected.to_numpy())
     assert heat.text[0][0] == f"{expected.iloc[0, 0]:.3g}"
+    assert "subset challenging" in fig.layout.title.text and "CAA" in fig.layout.title.text
+    assert "layers 3, 5" in fig.layout.title.text
+    assert heat.zmin is None and heat.customdata is None  # linear colours, fitted to data
     benign = plotting.layer_alpha_heatmap(summary, "perplexity", subset="benign")
     assert np.asarray(benign.data[0].z)[1, 2] == pytest.approx(10.0 + 4.0 * 1.5 + 1)
     with pytest.raises(ConfigError, match="direction='pca'"):
         plotting.layer_alpha_heatmap(summary, direction="pca")
+
+
+def test_layer_alpha_heatmap_log_colours_when_values_span_decades() -> None:
+    summary = make_summary(layers=(3, 5))
+    outlier = (summary["layer"] == 5) & (summary["alpha"] == 4.0)
+    summary.loc[outlier, "perplexity"] = 6.0e6
+    heat = plotting.layer_alpha_heatmap(summary, "perplexity", subset="benign").data[0]
+    values = np.asarray(heat.customdata, dtype=float)
+    assert values[1, 2] == pytest.approx(6.0e6)
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), np.log10(values))
+    assert heat.text[1][2] == "6e+06" and "log" in heat.colorbar.title.text
+    ticks = [float(t) for t in heat.colorbar.ticktext]
+    np.testing.assert_allclose(heat.colorbar.tickvals, np.log10(ticks))
+    assert min(ticks) >= values.min() and max(ticks) <= values.max()
+
+
+def test_control_heatmap_scale_is_set_by_positive_alphas() -> None:
+    control = pd.DataFrame(
+        {
+            "subset": ["challenging"] * 4,
+            "layer": [6, 6, 6, 6],
+            "alpha": [-1.0, 0.0, 0.5, 1.0],
+            "delta_mean_toxicity": [0.4, 0.0, -0.03, -0.05],
+        }
+    )
+    heat = plotting.control_heatmap(control).data[0]
+    assert heat.zmid == 0 and heat.zmax == pytest.approx(0.05) and heat.zmin == -heat.zmax
+    assert np.asarray(heat.z, float)[0, 0] == pytest.approx(0.4)  # shown, saturated
+    only_negative = plotting.control_heatmap(control[control["alpha"] <= 0]).data[0]
+    assert only_negative.zmax == pytest.approx(0.4)
 
 
 def test_control_heatmap_centres_at_zero_and_stars_paired_intervals() -> None:
@@ -171,8 +241,24 @@ def test_layer_profile_one_line_per_alpha_and_direction() -> None:
     np.testing.assert_allclose(caa4.error_y.array, [0.05] * 3)
     zero = summary[(summary["subset"] == "challenging") & (summary["alpha"] == 0)]
     assert fig.layout.shapes[0].y0 == pytest.approx(zero["mean_toxicity"].mean())
+    assert caa4.line.color != fig.data[0].line.color  # a discrete colour per alpha
+    assert fig.data[1].line.color == fig.data[0].line.color  # shared by both directions
+    assert (
+        "layers 3, 6, 9" in fig.layout.title.text and "subset challenging" in fig.layout.title.text
+    )
+    assert fig.layout.yaxis.type is None and fig.layout.yaxis.range[1] < 1
     with pytest.raises(ConfigError, match="not a summary column"):
         plotting.layer_profile(summary, "nope")
+
+
+def test_layer_profile_log_axis_for_a_huge_outlier() -> None:
+    summary = make_summary(layers=(3, 6, 9))
+    summary.loc[(summary["layer"] == 9) & (summary["alpha"] == 4.0), "perplexity"] = 6.0e6
+    fig = plotting.layer_profile(summary, "perplexity", subset="benign")
+    assert fig.layout.yaxis.type == "log"
+    low, high = fig.layout.yaxis.range
+    benign = summary[summary["subset"] == "benign"]["perplexity"]
+    assert low <= np.log10(benign.min()) and np.log10(6.0e6) <= high < np.log10(6.0e6) + 1
 
 
 def test_vector_norms_mapping_and_sequence() -> None:
@@ -210,10 +296,17 @@ def test_pareto_figure() -> None:
     summary = make_summary(layers=(3, 5)).query("subset == 'challenging' and direction == 'caa'")
     recommended = {"layer": 5, "alpha": 2.0}
     fig = plotting.pareto_figure(summary, recommended=recommended)
-    assert len(fig.data) == 3
-    points, front_trace, star = fig.data
-    assert len(points.x) == len(summary)
-    assert "layer 3" in points.text[0] and "alpha" in points.text[0]
+    assert len(fig.data) == len(ALPHAS) + 2
+    *per_alpha, front_trace, star = fig.data
+    assert [t.name for t in per_alpha] == [f"alpha {a:g}" for a in ALPHAS]
+    assert len({t.marker.color for t in per_alpha}) == len(ALPHAS)  # discrete colours
+    assert sum(len(t.x) for t in per_alpha) == len(summary)
+    first = per_alpha[0]
+    assert "text" in first.mode and list(first.text) == ["L3 α0", "L5 α0"]  # in the image
+    assert "layer 3" in first.hovertext[0] and "alpha" in first.hovertext[0]
+    low, high = fig.layout.yaxis.range
+    assert low <= summary["expected_max_toxicity"].min() and high < 1
+    assert "layers 3, 5" in fig.layout.title.text and "subset challenging" in fig.layout.title.text
     front = pareto_front(summary)
     assert list(front_trace.x) == pytest.approx(front["perplexity"].tolist())
     assert list(front_trace.y) == pytest.approx(front["expected_max_toxicity"].tolist())
@@ -221,7 +314,7 @@ def test_pareto_figure() -> None:
     assert (star.x[0], star.y[0]) == pytest.approx(
         (row["perplexity"], row["expected_max_toxicity"])
     )
-    assert len(plotting.pareto_figure(summary).data) == 2
+    assert len(plotting.pareto_figure(summary).data) == len(ALPHAS) + 1
 
 
 def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:
@@ -230,7 +323,7 @@ def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:
     fig = plotting.pareto_figure(
         caa, x="benign_perplexity", control=rnd, budget=12.5, recommended={"layer": 3, "alpha": 2}
     )
-    _, _, control, star = fig.data
+    *_, control, star = fig.data
     assert control.name == "random control" and len(control.x) == len(rnd)
     assert list(control.x) == pytest.approx(rnd["benign_perplexity"].tolist())
     row = caa.query("layer == 3 and alpha == 2.0").iloc[0]
@@ -278,6 +371,12 @@ def test_save_figure_html_only_without_browser(
     html = first[0].read_text(encoding="utf-8")
     assert "<html" in html and 'src="plotly.min.js"' in html  # offline: local plotly.js
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    # moved alone, the page falls back to plotly's CDN copy of the same version
+    from plotly.io._html import plotly_cdn_url
+
+    local = html.index('src="plotly.min.js"')
+    fallback = html.index('typeof window.Plotly === "undefined"')
+    assert local < fallback < html.index(plotly_cdn_url()) < html.index("Plotly.newPlot")
 
 
 def test_save_figure_warns_when_export_fails(
@@ -287,7 +386,7 @@ def test_save_figure_warns_when_export_fails(
     monkeypatch.setattr(figure_files, "_warned_static", False)
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
 
-    def boom(fig: go.Figure, fmt: str) -> bytes:
+    def boom(fig: go.Figure, fmt: str, width: int, height: int, scale: float) -> bytes:
         raise RuntimeError("browser crashed")
 
     monkeypatch.setattr(figure_files, "_static_bytes", boom)
@@ -312,6 +411,53 @@ def test_find_browser_prefers_browser_path(tmp_path: Path, monkeypatch: pytest.M
     assert plotting.find_browser() == str(exe)
 
 
+def test_save_figure_exports_at_print_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(fig: go.Figure, fmt: str, width: int, height: int, scale: float) -> bytes:
+        calls.append((fmt, width, height, scale))
+        return b"image"
+
+    monkeypatch.setattr(figure_files, "find_browser", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(figure_files, "_static_bytes", fake)
+    plotting.save_figure(small_figure(), tmp_path, "a", size="column")
+    plotting.save_figure(small_figure(), tmp_path, "b", formats=("html", "png"), size=(500, 400))
+    column = figure_files.FIGURE_SIZES["column"]
+    assert calls[:2] == [("png", *column, 3), ("pdf", *column, 3)]
+    assert calls[2] == ("png", 500, 400, 3) and figure_files.STATIC_SCALE >= 3
+    with pytest.raises(ConfigError, match="size='huge'"):
+        plotting.save_figure(small_figure(), tmp_path, "c", size="huge")
+
+
+def test_static_export_status_and_ensure_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(figure_files, "find_browser", lambda: None)
+    line = figure_files.static_export_status("rtp")
+    assert line.startswith("figures: HTML only") and "python -m steerlib figures rtp" in line
+    assert "python -m steerlib browser --install" in line and "\n" not in line
+    ran: list[list[str]] = []
+
+    def runner(command: list[str], timeout: float) -> bool:
+        ran.append(command)
+        return False
+
+    monkeypatch.setattr(figure_files, "_apt_possible", lambda: True)
+    path, said = figure_files.ensure_browser(runner=runner)
+    assert path is None and said.startswith("figures: HTML only")
+    assert ran[0][:2] == ["apt-get", "update"]  # apt first, then plotly's download
+    assert "get_chrome" in ran[-1][-1]
+    assert figure_files.ensure_browser(install=False, runner=runner)[0] is None
+    assert len(ran) == 2  # nothing installed when only looking
+
+    def installs(command: list[str], timeout: float) -> bool:
+        if command[:2] == ["apt-get", "install"]:
+            monkeypatch.setattr(figure_files, "find_browser", lambda: "/usr/bin/chromium")
+        return True
+
+    path, said = figure_files.ensure_browser(runner=installs)
+    assert path == "/usr/bin/chromium" and "installed Debian's chromium" in said
+    assert figure_files.static_export_status().startswith("figures: HTML, PNG and PDF")
+
+
 @pytest.mark.browser
 def test_save_figure_static_export_with_chromium(tmp_path: Path) -> None:
     if plotting.find_browser() is None:
@@ -322,6 +468,9 @@ def test_save_figure_static_export_with_chromium(tmp_path: Path) -> None:
     assert [p.suffix for p in paths] == [".html", ".png", ".pdf"]
     png = (tmp_path / "norms.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    width, height = figure_files.FIGURE_SIZES["page"]
+    scale = figure_files.STATIC_SCALE
+    assert struct.unpack(">II", png[16:24]) == (width * scale, height * scale)
     assert (tmp_path / "norms.pdf").read_bytes().startswith(b"%PDF")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert elapsed < 120
@@ -350,3 +499,15 @@ def test_compare_runs_figure_draws_one_line_per_run_and_layer():
         "b · layer 3 · pairs from completions",
     ]
     assert list(fig.data[1].y) == [0.5, 0.0]
+    title = fig.layout.title.text
+    assert "layer 3" in title and "CAA" in title and "subset challenging" in title
+    assert fig.layout.yaxis.range[0] <= 0.0 and fig.layout.yaxis.range[1] >= 0.5
+
+
+def test_distribution_and_vector_titles_name_what_they_show() -> None:
+    fig = plotting.toxicity_distribution(make_sweep(), layer=3, direction="caa")
+    assert "layer 3" in fig.layout.title.text and "CAA" in fig.layout.title.text
+    low, high = fig.layout.yaxis.range
+    tox = make_sweep()["toxicity"]
+    assert 0 <= low <= tox.min() and tox.max() <= high <= 1
+    assert "layers 1, 5" in plotting.vector_norms({5: 2.5, 1: 1.0}).layout.title.text

@@ -3,7 +3,8 @@
 :func:`analyze` assembles the evaluation table (baseline and sweep, each prompt in its
 selection or confirmation half), summarizes it (:mod:`steerlib.metrics`), applies the
 operating-point rule (:mod:`steerlib.operating_point`), compares with the random control
-(:mod:`steerlib.controls`), and draws the figures into the run's ``figures/`` folder.
+(:mod:`steerlib.controls`), and draws the figures into the run's ``figures/`` folder
+(:func:`steerlib.experiment.figures.render_figures`, from the products it has just written).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from steerlib._io import atomic_write_json, atomic_write_parquet
 from steerlib.errors import DataError, SteerlibError
+from steerlib.experiment.figures import figure_layer, render_figures, write_figures
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
 from steerlib.runs import RunPaths
@@ -166,52 +168,6 @@ def side_by_side(sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5) -> pd.D
     return wide.reset_index()
 
 
-def _figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> int:
-    """Layer of the main figures.
-
-    The recommended layer when there is a recommended steered setting; otherwise (no
-    admissible steered setting, or an error) the layer where the smallest positive alpha lowers
-    the challenging subset's EMT the most. Pass the rows of one split.
-    """
-    rows = summary[
-        (summary["subset"] == "challenging")
-        & (summary["direction"] == "caa")
-        & (summary["layer"] >= 0)
-    ]
-    layers = sorted(int(x) for x in rows["layer"].unique())
-    if recommended and recommended.get("alpha") and recommended.get("layer") in layers:
-        return int(recommended["layer"])
-    positive = rows[rows["alpha"] > 0]
-    if positive.empty or rows[rows["alpha"] == 0].empty:
-        return layers[0]
-    emt = rows.pivot_table(index="layer", columns="alpha", values="expected_max_toxicity")
-    effect = (emt[0.0] - emt[float(positive["alpha"].min())]).dropna()
-    return int(effect.idxmax()) if len(effect) else layers[0]
-
-
-def _pareto(summary: pd.DataFrame, recommended: dict[str, Any]) -> Any:
-    """Challenging EMT against the rule's fluency measure on the half the rule chose on."""
-    from steerlib import controls, metrics, plotting
-
-    half = recommended.get("selected_on", "all")
-    rows = summary[(summary["split"] == half) & (summary["layer"] >= 0)]
-    if rows.empty:
-        rows = summary[(summary["split"] == "all") & (summary["layer"] >= 0)]
-    measure = str(summary["fluency_measure"].iloc[0])
-    x = f"benign_{measure}"
-    rows = controls.tradeoff_rows(rows, cost=measure)
-    caa = rows[rows["direction"] == "caa"]
-    checked = recommended.get("selection") or recommended.get("nearest_miss") or {}
-    return plotting.pareto_figure(
-        caa,
-        metrics.pareto_front(caa, x=x),
-        x=x,
-        recommended=recommended if "layer" in recommended else None,
-        control=rows[rows["direction"] == "random"],
-        budget=checked.get("fluency_limit"),
-    )
-
-
 def _split_counts(evaluation: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Number of prompts of each subset in each half."""
     counts = evaluation.drop_duplicates(["subset", "prompt_id"]).groupby(["subset", "split"])
@@ -231,9 +187,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     control at the same point, are read from the confirmation half. The analysis always runs
     (it is cheap); ``force`` is accepted for symmetry with the other steps.
     """
-    from steerlib import controls, metrics, operating_point, plotting
+    from steerlib import controls, metrics, operating_point
     from steerlib.scoring import scorer_floor
-    from steerlib.vectors import SteeringVector
 
     del force
     paths, p = run.paths, run.params
@@ -241,7 +196,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     kl = pd.read_parquet(run.require("kl"))
     baseline = pd.read_parquet(run.require("baseline"))
     prompts = pd.read_parquet(run.require("prompts"))
-    vector = SteeringVector.load(run.require("vectors"))
+    run.require("vectors")  # the figures draw it
     with run.step("06_analysis"):
         evaluation = _evaluation(prompts, baseline, sweep, p.seed)
         floor = scorer_floor(run.scorer())
@@ -286,11 +241,11 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         )
         atomic_write_parquet(paths.summary_table, summary)
         atomic_write_json(paths.summary, record)
-        layer = _figure_layer(overall, recommended)
-        figures = _figures(summary, sweep, control, vector, recommended, layer, p.alphas)
+        layer = figure_layer(overall, recommended)
+        # From the products just written, as `python -m steerlib figures` draws them.
+        figures = render_figures(paths)
         if save_figures:
-            for name, fig in figures.items():
-                plotting.save_figure(fig, paths.figures(), name)
+            write_figures(paths, figures)
     return Analysis(
         summary,
         recommended,
@@ -356,45 +311,6 @@ def _evaluation(
     return evaluation.drop(columns="split", errors="ignore").merge(
         halves, on=["subset", "prompt_id"], how="left"
     )
-
-
-def _figures(
-    summary: pd.DataFrame,
-    sweep: pd.DataFrame,
-    control: pd.DataFrame,
-    vector: Any,
-    recommended: dict[str, Any],
-    layer: int,
-    alphas: list[float],
-) -> dict[str, Any]:
-    """The named figures of step 06 (curves at ``layer``, heatmaps over the alpha grid)."""
-    from steerlib import plotting
-
-    overall = summary[summary["split"] == "all"]
-    steered = overall[overall["layer"] >= 0]
-    # Heatmaps take the alpha grid; a searched alpha (one per layer) shows on the curves.
-    grid = steered[np.isclose(steered["alpha"].to_numpy()[:, None], alphas).any(axis=1)]
-    figures = {
-        "toxicity_vs_alpha": plotting.toxicity_vs_alpha(steered, "mean_toxicity", layer=layer),
-        "emt_vs_alpha": plotting.toxicity_vs_alpha(steered, "expected_max_toxicity", layer=layer),
-        "heatmap_emt": plotting.layer_alpha_heatmap(grid, "expected_max_toxicity"),
-        "heatmap_perplexity": plotting.layer_alpha_heatmap(grid, "perplexity", subset="benign"),
-        "heatmap_kl": plotting.layer_alpha_heatmap(grid, "kl_benign", subset="benign"),
-        "layer_profile_toxicity": plotting.layer_profile(steered, "mean_toxicity"),
-        "layer_profile_perplexity": plotting.layer_profile(steered, "perplexity", subset="benign"),
-        "distribution": plotting.toxicity_distribution(sweep, layer=layer, direction="caa"),
-        "pareto": _pareto(summary, recommended),
-        "vector_norms": plotting.vector_norms(vector.norms()),
-    }
-    if vector.diagnostics():
-        figures["vector_diagnostics"] = plotting.vector_diagnostics(vector.diagnostics())
-    figures["layer_cosine"] = plotting.layer_cosine_heatmap(
-        vector.cosine_similarity(), vector.layers
-    )
-    if len(control):
-        on_grid = np.isclose(control["alpha"].to_numpy()[:, None], alphas).any(axis=1)
-        figures["heatmap_control"] = plotting.control_heatmap(control[on_grid])
-    return figures
 
 
 def compare_runs(run: Run, others: list[str]) -> pd.DataFrame:
