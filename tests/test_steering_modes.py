@@ -263,3 +263,35 @@ def test_variants_map_to_hook_settings():
         variant("gated").steering_kwargs(5, 30, "all")
     with pytest.raises(ConfigError, match="unknown steering variant"):
         variant("dexperts")
+
+
+def test_analysis_runs_per_variant_and_recommends_across_them(tmp_path):
+    import json
+
+    import pandas as pd
+    from test_operating_point import CURSED, fake_run, kl_of
+
+    from steerlib import pipeline
+
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.4, "human": 21.0}}
+    run = fake_run(tmp_path, cells, n_resamples=200, variants=["caa", "gated"])
+    sweep = pd.read_parquet(run.paths.sweep)  # written without a variant column: reads as caa
+    gated = sweep[sweep["direction"] == "caa"].copy()
+    steered = gated["alpha"] != 0
+    gated.loc[steered, "toxicity"] = gated.loc[steered, "toxicity"] * 0.5
+    gated = gated.assign(variant="gated", gate_fired=3, gate_positions=10)
+    pd.concat([sweep, gated], ignore_index=True).to_parquet(run.paths.sweep)
+    kl = kl_of(cells)
+    kl_gated = kl[kl["direction"] == "caa"].assign(variant="gated")
+    pd.concat([kl, kl_gated], ignore_index=True).to_parquet(run.paths.kl)
+    analysis = pipeline.analyze(run, save_figures=False)
+    record = json.loads(run.paths.summary.read_text())
+    assert set(analysis.summary["variant"]) == {"caa", "gated"}
+    assert set(record["recommended_by_variant"]) == {"caa", "gated"}
+    assert record["recommended"]["variant"] == "gated"
+    assert "Across steering variants" in record["recommended"]["rule"]
+    assert analysis.variants.set_index("variant").loc["gated", "recommended"]
+    assert len(analysis.variants) == 2 and "pareto_variants" in analysis.figures
+    assert (analysis.gate_rates["fire_rate"] == 0.3).all() and len(analysis.gate_rates)
+    figure = analysis.figures["pareto_variants"]
+    assert {trace.name for trace in figure.data} >= {"caa", "gated", "random control"}
