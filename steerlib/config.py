@@ -159,6 +159,18 @@ class RunParams(BaseModel):
         ),
     )
     positions: Literal["all", "generated"] = Field("all", description="Steered positions.")
+    variants: list[
+        Literal["caa", "caa_generated", "gated", "ablate", "clamp", "norm_preserving", "multilayer"]
+    ] = Field(
+        default_factory=lambda: ["caa"],
+        description=(
+            "Steering variants swept side by side (steerlib.variants), 'caa' among them; each "
+            "gets its own alpha search and operating point."
+        ),
+    )
+    multilayer_span: StrictInt = Field(
+        5, ge=1, description="Contiguous layers of the 'multilayer' variant, alpha split equally."
+    )
     random_control: StrictBool = Field(True, description="Also sweep a random same-norm direction.")
     samples_per_prompt: StrictInt = Field(
         1,
@@ -241,6 +253,17 @@ class RunParams(BaseModel):
             raise ValueError(
                 f"{short_repr(value)} lacks 0, the unsteered reference every other alpha is "
                 "compared with; add 0 (e.g. [0, 0.5, 1.5])"
+            )
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, value: list[str]) -> list[str]:
+        _distinct("variant", value)
+        if "caa" not in value:
+            raise ValueError(
+                f"{short_repr(value)} lacks 'caa', the plain CAA every variant is compared with "
+                "(and whose run carries the random control); add it"
             )
         return value
 

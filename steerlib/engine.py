@@ -50,10 +50,13 @@ from steerlib.generation import (
     model_cache,
     stop_token_ids,
 )
-from steerlib.hooks import Positions, SteeringHandle, Units, steering
+from steerlib.hooks import Gate, Positions, SteeringHandle, SteeringMode, Units, steering
 from steerlib.kvcache import PreallocatedLayer, preallocate_cache
+from steerlib.layers import num_layers
 from steerlib.partition import DEFAULT_TOKENS_PER_UNIT, SweepUnit, check_prompts, sweep_units
+from steerlib.probe import ToxicityProbe
 from steerlib.sampling import sample_next
+from steerlib.variants import Variant
 from steerlib.vectors import SteeringVector
 
 __all__ = [
@@ -85,7 +88,7 @@ def decode_batch(
     prompt_ids: Sequence[Sequence[int]],
     *,
     vector: SteeringVector | Mapping[int, torch.Tensor] | None,
-    layer: int | None,
+    layer: int | Sequence[int] | None,
     alphas: Sequence[float],
     samples_per_prompt: int,
     max_new_tokens: int,
@@ -97,6 +100,10 @@ def decode_batch(
     pad_id: int,
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
+    mode: SteeringMode = "add",
+    gate: Gate | Mapping[int, Gate] | None = None,
+    split_alpha: bool = False,
+    gate_counts: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate every (prompt, alpha, sample) row of a group of prompts in one batch.
 
@@ -108,7 +115,7 @@ def decode_batch(
         model: A causal LM with a ``DynamicCache``-style KV cache.
         prompt_ids: Token ids of each prompt (unpadded).
         vector: Steering vector, or ``None`` for unsteered decoding (alphas ignored).
-        layer: Steered layer.
+        layer: Steered layer, or several (see ``split_alpha``).
         alphas: Coefficients; every prompt gets every alpha.
         samples_per_prompt: Rows per (prompt, alpha).
         max_new_tokens: Decode steps.
@@ -121,6 +128,11 @@ def decode_batch(
         pad_id: Padding id (also written after a row stops).
         generator: Random generator for sampling (on the model's device).
         on_step: Called with the number of rows decoded at each step (progress bars).
+        mode: Steering mode of :func:`steerlib.hooks.steering`.
+        gate: The probe of ``mode="gated"``.
+        split_alpha: Divide alpha across the steered layers.
+        gate_counts: Filled (with ``mode="gated"``) with ``fired`` and ``gated``, per output
+            row: steered content positions where the gate fired, and all of them.
 
     Returns:
         ``(prompts x alphas x samples, max_new_tokens)`` new token ids on the CPU, rows ordered
@@ -150,7 +162,17 @@ def decode_batch(
     stops = torch.tensor(sorted(stop_ids) or [-1], device=device)
     out = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     context: AbstractContextManager[SteeringHandle | None] = (
-        steering(model, vector, prefill_alpha, layer, positions=positions, units=units)
+        steering(
+            model,
+            vector,
+            prefill_alpha,
+            layer,
+            positions=positions,
+            units=units,
+            mode=mode,
+            gate=gate,
+            split_alpha=split_alpha,
+        )
         if steered
         else nullcontext()
     )
@@ -183,6 +205,7 @@ def decode_batch(
         active = torch.arange(n_rows, device=device)
         alpha_now = row_alpha
         if handle is not None:
+            handle.expand_rows(expand)
             handle.set_alpha(alpha_now)
         out[:, 0] = tokens
         done = torch.isin(tokens, stops)
@@ -199,6 +222,7 @@ def decode_batch(
                 done = done[keep]
                 alpha_now = alpha_now[keep.cpu()]
                 if handle is not None:
+                    handle.select_rows(keep)
                     handle.set_alpha(alpha_now)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             last = last + 1
@@ -222,6 +246,9 @@ def decode_batch(
             done = done | torch.isin(tokens, stops)
             if on_step is not None:
                 on_step(len(active))
+        if handle is not None and gate_counts is not None and mode == "gated":
+            fired, gated = handle.gate_counts()
+            gate_counts["fired"], gate_counts["gated"] = fired, gated
     return out.cpu()
 
 
@@ -261,6 +288,8 @@ def generate_unit(
     seed: int = 0,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
     progress: bool = False,
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
 ) -> pd.DataFrame:
     """Generate all alphas x samples of one unit's prompts.
 
@@ -286,10 +315,15 @@ def generate_unit(
         max_batch_rows: Most rows decoded together (a prompt's alphas x samples are never
             split).
         progress: Show a progress bar over generated rows x tokens.
+        variant: How the vector is applied (:mod:`steerlib.variants`); ``None``: plain CAA at
+            ``unit.layer``.
+        probe: The toxicity probe of a gated variant.
 
     Returns:
         One row per completion: :data:`steerlib.generation.COMPLETION_COLUMNS`, then the other
-        prompt columns; ordered by the prompts table, alpha, sample.
+        prompt columns; ordered by the prompts table, alpha, sample. A gated variant adds
+        ``gate_fired`` and ``gate_positions`` (steered content positions where the gate fired,
+        and all of them).
     """
     check_sampling(temperature, top_p, max_new_tokens, samples_per_prompt)
     if not alphas:
@@ -314,26 +348,35 @@ def generate_unit(
     total = len(encoded) * per_prompt * max_new_tokens
     bar = tqdm(total=total, desc=unit.key, unit="tok", disable=not progress, leave=False)
     direction = unit.direction if vector is not None else "none"
+    steer: dict[str, Any] = {"layers": unit.layer, "positions": positions, "mode": "add"}
+    if variant is not None and vector is not None:
+        steer = variant.steering_kwargs(unit.layer, num_layers(model), positions, probe)
+    gated = steer["mode"] == "gated"
     records: list[dict[str, Any]] = []
     try:
         for start in range(0, len(order), group):
             chunk = order[start : start + group]
+            counts_out: dict[str, torch.Tensor] = {}
             new_tokens = decode_batch(
                 model,
                 [encoded[i] for i in chunk],
                 vector=vector,
-                layer=unit.layer,
+                layer=steer["layers"],
                 alphas=alphas,
                 samples_per_prompt=samples_per_prompt,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 top_p=top_p,
-                positions=positions,
+                positions=steer["positions"],
                 units=units,
                 stop_ids=stop_ids,
                 pad_id=pad_id,
                 generator=generator,
                 on_step=bar.update if progress else None,
+                mode=steer["mode"],
+                gate=steer.get("gate"),
+                split_alpha=steer.get("split_alpha", False),
+                gate_counts=counts_out,
             )
             texts, counts = decode_new_tokens(tokenizer, new_tokens, stop_ids)
             row = 0
@@ -350,6 +393,14 @@ def generate_unit(
                                 "sample": sample,
                                 "completion": texts[row],
                                 "n_new_tokens": counts[row],
+                                **(
+                                    {
+                                        "gate_fired": int(counts_out["fired"][row]),
+                                        "gate_positions": int(counts_out["gated"][row]),
+                                    }
+                                    if gated and counts_out
+                                    else {}
+                                ),
                             }
                         )
                         row += 1
@@ -363,7 +414,8 @@ def generate_unit(
         key=lambda s: s.map(rank) if s.name == "prompt_id" else s,
         kind="stable",
     )
-    return out[COMPLETION_COLUMNS + extra].reset_index(drop=True)
+    gate_columns = ["gate_fired", "gate_positions"] if "gate_fired" in out.columns else []
+    return out[COMPLETION_COLUMNS + extra + gate_columns].reset_index(drop=True)
 
 
 def run_sweep(
@@ -388,6 +440,8 @@ def run_sweep(
     tokens_per_unit: int = DEFAULT_TOKENS_PER_UNIT,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
     key_prefix: str = "",
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
 ) -> pd.DataFrame:
     """Run a steering sweep: every vector x layer x alpha x prompt x sample.
 
@@ -415,6 +469,8 @@ def run_sweep(
         tokens_per_unit: See :func:`sweep_units`.
         max_batch_rows: See :func:`generate_unit`.
         key_prefix: See :func:`sweep_units`.
+        variant: See :func:`generate_unit` (one variant for the whole call).
+        probe: See :func:`generate_unit`.
 
     Returns:
         The concatenated tables of the units generated by this call (not the skipped ones).
@@ -465,6 +521,8 @@ def run_sweep(
                 seed=seed,
                 max_batch_rows=max_batch_rows,
                 progress=progress,
+                variant=variant,
+                probe=probe,
             )
             if on_unit is not None:
                 on_unit(unit, table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerlib.errors import ConfigError
 from steerlib.generation import PromptFormat, encode_prompts, left_pad, model_cache
 from steerlib.hooks import Units, steering
+from steerlib.layers import num_layers
 from steerlib.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from steerlib.probe import ToxicityProbe
+    from steerlib.variants import Variant
 
 __all__ = ["KL_COLUMNS", "benign_kl", "continuation_perplexity"]
 
@@ -151,6 +157,8 @@ def benign_kl(
     batch_size: int = 8,
     max_length: int = 256,
     progress: bool = False,
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
 ) -> pd.DataFrame:
     """Mean per-token KL(unsteered || steered) and the steered perplexity on benign text.
 
@@ -171,6 +179,10 @@ def benign_kl(
         batch_size: Texts per forward pass (each is repeated once per alpha).
         max_length: Longest tokenized text.
         progress: Show a tqdm progress bar.
+        variant: How the vector is applied (:mod:`steerlib.variants`; plain CAA when
+            ``None``). Every position is steered here, whatever the variant's positions: the
+            texts are scored in one pass, with no generated part.
+        probe: The toxicity probe of a gated variant.
 
     Returns:
         One row per (direction, layer, alpha) with :data:`KL_COLUMNS`.
@@ -201,7 +213,11 @@ def benign_kl(
         rep_ids, rep_mask = ids.repeat(n_alpha, 1), mask.repeat(n_alpha, 1)
         row_alphas = torch.tensor(alphas, dtype=torch.float32).repeat_interleave(ids.shape[0])
         for direction, layer in jobs:
-            with steering(model, vectors[direction], row_alphas, layer, units=units):
+            steer: dict[str, Any] = {"layers": layer}
+            if variant is not None:
+                steer = variant.steering_kwargs(layer, num_layers(model), "all", probe)
+                steer["positions"] = "all"
+            with steering(model, vectors[direction], row_alphas, units=units, **steer):
                 logits = model(input_ids=rep_ids, attention_mask=rep_mask).logits.float()
             steered = torch.log_softmax(logits, -1).view(n_alpha, *base.shape)
             kl = (base.exp() * (base - steered)).sum(-1)  # (alpha, batch, seq)

@@ -9,6 +9,34 @@ Hooks are global state on the model (PyTorch keeps them in each module's hook di
 they are only ever registered inside :func:`steering`, a context manager that removes them in
 ``finally`` on every way out of the block: normal exit, exception, ``KeyboardInterrupt`` or a
 generator closed half-way.
+
+**Modes** (``mode=``; one hook, several ways to use the vector ``v`` at a steered position
+whose residual is ``h``; ``u = v / |v|``):
+
+* ``"add"``: ``h - alpha * v`` (plain CAA);
+* ``"gated"``: ``h - alpha * g * v``, with ``g`` 1 where a linear probe (:class:`Gate`) says
+  the context is toxic and 0 elsewhere (or the probe's probability, ``Gate.soft``); conditional
+  steering in the manner of CAST (Lee et al., 2024, arXiv:2409.05907);
+* ``"ablate"``: ``h - alpha * max(0, h.u) * u``: the positive part of the component along the
+  toxic direction is removed (alpha 1 removes all of it), directional ablation as in Arditi
+  et al. (2024, arXiv:2406.11717), one-sided;
+* ``"clamp"``: ``h - alpha * max(0, h.u - c) * u`` with ``c`` the non-toxic texts' mean
+  projection on ``u`` (recorded with the vector): the component is pulled down to the
+  non-toxic level, never pushed below it;
+* ``"norm_preserving"``: ``h' = h - alpha * v``, then rescaled to ``|h|``.
+
+With several layers and ``split_alpha=True`` each layer gets ``alpha / n_layers``.
+
+**The gate's input.** The probe is fitted on 32-token means of content states
+(:mod:`steerlib.probe`), while the hook sees one position at a time; a single position's state
+is far noisier than a mean of 32 (and its mean-projection differs: content words and function
+words load differently on the toxic direction), so the hook applies the probe to the *running
+mean* of the row's content states up to and including the position: the same statistic the
+probe was fitted on once the row has a window's worth of tokens. Content positions are those
+with a position id above 0: the engine gives left padding and the first real token (the
+attention sink, left out of the pooled means too) position id 0. Without position ids (GPT-2
+blocks), every position after the first of a fresh pass counts. A pass whose position ids all
+start at 0 (a prompt, or a recomputed sequence without KV cache) restarts the running mean.
 """
 
 from __future__ import annotations
@@ -30,10 +58,13 @@ if TYPE_CHECKING:
     from steerlib.vectors import SteeringVector
 
 __all__ = [
+    "MODES",
     "AlphaSpec",
     "ForwardHookFn",
+    "Gate",
     "Positions",
     "SteeringHandle",
+    "SteeringMode",
     "Units",
     "active_hook_count",
     "steering",
@@ -51,6 +82,33 @@ AlphaSpec: TypeAlias = float | Sequence[float] | torch.Tensor
 
 ForwardHookFn: TypeAlias = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], Any]
 """Signature of a forward hook registered with ``with_kwargs=True``."""
+
+SteeringMode: TypeAlias = Literal["add", "gated", "ablate", "clamp", "norm_preserving"]
+"""How the vector is applied at a steered position (see the module docstring)."""
+
+MODES: tuple[str, ...] = ("add", "gated", "ablate", "clamp", "norm_preserving")
+"""Every :data:`SteeringMode`."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A linear probe at one layer that decides where ``mode="gated"`` steers.
+
+    The gate fires at a position where ``sigmoid(weight . m + bias) > threshold``, ``m`` the
+    running mean of the row's content states so far (see the module docstring).
+
+    Attributes:
+        weight: ``(hidden,)`` probe weights (on raw residual states).
+        bias: Probe intercept.
+        threshold: Probability above which the gate fires.
+        soft: Scale the steering by the probe's probability where it fires (else by 1).
+    """
+
+    weight: torch.Tensor
+    bias: float
+    threshold: float = 0.5
+    soft: bool = False
+
 
 VectorLike: TypeAlias = "SteeringVector | torch.Tensor | Mapping[int, torch.Tensor]"
 
@@ -77,15 +135,71 @@ class SteeringHandle:
     layers: list[int]
     positions: Positions
     alpha: torch.Tensor
+    mode: SteeringMode = "add"
+    scale: float = 1.0
     _prompt_length: dict[int, int | None] = field(default_factory=dict)
+    _gate_state: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
+    _rows: torch.Tensor | None = None
+    _fired: torch.Tensor | None = None
+    _gated: torch.Tensor | None = None
 
     def set_alpha(self, alpha: AlphaSpec) -> None:
         """Change the coefficients for the following forward passes."""
         self.alpha = _check_alpha(alpha)
 
     def reset(self) -> None:
-        """Forget the prompt length seen so far (start of a new prompt, ``"generated"`` mode)."""
+        """Forget the prompt seen so far (prompt length, gate state and gate counts)."""
         self._prompt_length = dict.fromkeys(self.layers)
+        self._gate_state = {}
+        self._rows = self._fired = self._gated = None
+
+    def expand_rows(self, repeats: int) -> None:
+        """Repeat every row's gate state ``repeats`` times (a prefill's cache expanded to samples).
+
+        Each new row starts with its source row's gate counts; rows are numbered anew.
+        """
+        if repeats == 1:
+            return
+        self._gate_state = {
+            layer: (total.repeat_interleave(repeats, 0), count.repeat_interleave(repeats, 0), seen)
+            for layer, (total, count, seen) in self._gate_state.items()
+        }
+        if self._fired is not None and self._gated is not None and self._rows is not None:
+            self._fired = self._fired[self._rows].repeat_interleave(repeats)
+            self._gated = self._gated[self._rows].repeat_interleave(repeats)
+            self._rows = torch.arange(len(self._fired))
+
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep`` (indices into the current rows) for the next passes.
+
+        The gate counts of dropped rows are kept: :meth:`gate_counts` reports every row.
+        """
+        keep = keep.cpu()
+        self._gate_state = {
+            layer: (total[keep.to(total.device)], count[keep.to(count.device)], seen)
+            for layer, (total, count, seen) in self._gate_state.items()
+        }
+        if self._rows is not None:
+            self._rows = self._rows[keep]
+
+    def gate_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fired, gated)`` per row, summed over layers.
+
+        ``fired``: steered content positions where the gate fired; ``gated``: all steered
+        content positions the gate looked at. Rows are numbered as after the last
+        :meth:`expand_rows`; empty before any gated pass.
+        """
+        if self._fired is None or self._gated is None:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        return self._fired.clone(), self._gated.clone()
+
+    def _count(self, fired: torch.Tensor, gated: torch.Tensor) -> None:
+        if self._rows is None or self._fired is None or self._gated is None:
+            self._rows = torch.arange(len(fired))
+            self._fired = torch.zeros(len(fired), dtype=torch.long)
+            self._gated = torch.zeros(len(fired), dtype=torch.long)
+        self._fired.index_add_(0, self._rows, fired.cpu().long())
+        self._gated.index_add_(0, self._rows, gated.cpu().long())
 
 
 def _direction_for(vector: VectorLike, layer: int) -> torch.Tensor:
@@ -112,13 +226,104 @@ def _steer_start(handle: SteeringHandle, layer: int, seq_len: int) -> int:
     return 0
 
 
-def _make_hook(handle: SteeringHandle, layer: int, delta: torch.Tensor) -> ForwardHookFn:
+def _content_positions(
+    handle: SteeringHandle, layer: int, kwargs: dict[str, Any], batch: int, seq_len: int
+) -> tuple[torch.Tensor, bool]:
+    """``(batch, seq)`` bool mask of content positions, and whether the pass starts afresh."""
+    position_ids = kwargs.get("position_ids")
+    if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
+        ids = position_ids.expand(batch, seq_len)
+        return ids > 0, bool((ids[:, 0] == 0).all())
+    state = handle._gate_state.get(layer)
+    fresh = state is None or seq_len > 1
+    offset = 0 if fresh or state is None else state[2]
+    ids = torch.arange(offset, offset + seq_len, device=handle.alpha.device)
+    return (ids > 0).expand(batch, seq_len), fresh
+
+
+def _gate_values(
+    handle: SteeringHandle,
+    layer: int,
+    gate: Gate,
+    hidden: torch.Tensor,
+    kwargs: dict[str, Any],
+    start: int,
+) -> torch.Tensor:
+    """``(batch, seq)`` gate values (0/1, or the probe's probability where it fires).
+
+    Updates the running mean of content states and the gate counts of the steered positions.
+    """
+    batch, seq_len = hidden.shape[0], hidden.shape[1]
+    content, fresh = _content_positions(handle, layer, kwargs, batch, seq_len)
+    content = content.to(hidden.device)
+    states = hidden.detach().float()
+    weights = content.float().unsqueeze(-1)
+    if fresh or layer not in handle._gate_state:
+        total = states.new_zeros(batch, states.shape[-1])
+        count = states.new_zeros(batch)
+        seen = 0
+    else:
+        total, count, seen = handle._gate_state[layer]
+        if total.shape[0] != batch:
+            raise ConfigError(
+                f"the gate holds {total.shape[0]} rows but the batch has {batch}: call "
+                "handle.expand_rows / handle.select_rows when the batch changes mid-block."
+            )
+    sums = total.unsqueeze(1) + (states * weights).cumsum(1)
+    counts = count.unsqueeze(1) + content.float().cumsum(1)
+    means = sums / counts.clamp(min=1.0).unsqueeze(-1)
+    weight = gate.weight.to(device=states.device, dtype=torch.float32)
+    probability = torch.sigmoid(means @ weight + float(gate.bias))
+    fires = (probability > gate.threshold) & content & (counts > 0)
+    handle._gate_state[layer] = (sums[:, -1], counts[:, -1], seen + seq_len)
+    handle._count(fires[:, start:].sum(1), content[:, start:].sum(1))
+    values = probability * fires if gate.soft else fires.float()
+    return values.to(hidden.dtype)
+
+
+def _apply_mode(
+    mode: SteeringMode,
+    part: torch.Tensor,
+    alpha: torch.Tensor,
+    delta: torch.Tensor,
+    offset: float,
+    gate: torch.Tensor | None,
+) -> torch.Tensor:
+    """The steered states of ``part`` (``(batch, seq, hidden)``); ``alpha`` is ``(batch, 1, 1)``."""
+    if mode == "add":
+        return part - alpha * delta
+    if mode == "gated":
+        assert gate is not None
+        return part - alpha * gate.unsqueeze(-1) * delta
+    if mode == "norm_preserving":
+        moved = part - alpha * delta
+        ratio = part.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True).clamp(
+            min=torch.finfo(part.dtype).tiny
+        )
+        return moved * ratio
+    unit = delta / delta.norm().clamp(min=torch.finfo(delta.dtype).tiny)
+    excess = ((part @ unit) - offset).clamp(min=0.0)
+    return part - alpha * excess.unsqueeze(-1) * unit
+
+
+def _make_hook(
+    handle: SteeringHandle,
+    layer: int,
+    delta: torch.Tensor,
+    offset: float = 0.0,
+    gate: Gate | None = None,
+) -> ForwardHookFn:
     cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
         batch, seq_len = hidden.shape[0], hidden.shape[1]
         start = _steer_start(handle, layer, seq_len)
+        gate_values = (
+            _gate_values(handle, layer, gate, hidden, kwargs, min(start, seq_len))
+            if gate is not None
+            else None
+        )
         if start >= seq_len:
             return output
         key = (hidden.device, hidden.dtype)
@@ -130,18 +335,43 @@ def _make_hook(handle: SteeringHandle, layer: int, delta: torch.Tensor) -> Forwa
                 f"alpha has {alpha.numel()} values but the batch has {batch} rows: give one "
                 "alpha per batch row (after expanding samples) or a single number."
             )
-        alpha = alpha.to(device=hidden.device, dtype=hidden.dtype).view(-1, 1, 1)
-        shift = alpha * cache[key]
-        if start == 0:
-            steered = hidden - shift
-        else:
-            steered = torch.cat([hidden[:, :start], hidden[:, start:] - shift], dim=1)
+        alpha = (alpha * handle.scale).to(device=hidden.device, dtype=hidden.dtype).view(-1, 1, 1)
+        part = hidden if start == 0 else hidden[:, start:]
+        values = None if gate_values is None else gate_values[:, start:]
+        moved = _apply_mode(handle.mode, part, alpha, cache[key], offset, values)
+        steered = moved if start == 0 else torch.cat([hidden[:, :start], moved], dim=1)
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
 
     hook._steerlib_hook = True  # type: ignore[attr-defined]
     return hook
+
+
+def _clamp_offset(
+    vector: VectorLike, layer: int, mode: SteeringMode, offsets: Mapping[int, float] | None
+) -> float:
+    """``c`` of the clamp mode at ``layer`` (0 for every other mode)."""
+    if mode != "clamp":
+        return 0.0
+    known = offsets if offsets is not None else getattr(vector, "nontoxic_projections", None)
+    if not known or layer not in known:
+        raise ConfigError(
+            f"mode='clamp' needs the non-toxic texts' mean projection at layer {layer}, which "
+            "this vector does not record: rebuild it with steerlib.vectors.compute_caa (step "
+            "04), or pass clamp_offsets={layer: value}."
+        )
+    return float(known[layer])
+
+
+def _gate_for(gate: Gate | Mapping[int, Gate] | None, layer: int) -> Gate:
+    found = gate.get(layer) if isinstance(gate, Mapping) else gate
+    if found is None:
+        raise ConfigError(
+            f"mode='gated' needs a probe at layer {layer}: pass gate=probe.gate({layer}) "
+            "(steerlib.probe.fit_probe, saved by step 04)."
+        )
+    return found
 
 
 def _scaled_direction(vector: VectorLike, layer: int, units: Units) -> torch.Tensor:
@@ -173,6 +403,10 @@ def steering(
     *,
     positions: Positions = "all",
     units: Units = "raw",
+    mode: SteeringMode = "add",
+    gate: Gate | Mapping[int, Gate] | None = None,
+    clamp_offsets: Mapping[int, float] | None = None,
+    split_alpha: bool = False,
     layers_attribute: str | None = None,
 ) -> Iterator[SteeringHandle]:
     """Subtract ``alpha * vector`` from the output of decoder layers inside a ``with`` block.
@@ -187,7 +421,13 @@ def steering(
         layers: Layers to steer; default: every layer the vector holds.
         positions: ``"all"`` or ``"generated"`` (only tokens after the prompt; the first forward
             pass inside the block is taken to be the prompt; works with and without KV cache).
-        units: ``"raw"`` or ``"norm"`` (see :data:`Units`).
+        units: ``"raw"`` or ``"norm"`` (see :data:`Units`); ``"ablate"`` and ``"clamp"`` use
+            only the vector's direction.
+        mode: How the vector is applied (see the module docstring).
+        gate: The probe of ``mode="gated"``: one :class:`Gate`, or one per layer.
+        clamp_offsets: ``c`` per layer for ``mode="clamp"``; default: the vector's
+            ``nontoxic_projections``.
+        split_alpha: Divide alpha equally across the steered layers (several layers at once).
         layers_attribute: Dotted path of the layer list for unusual model layouts.
 
     Yields:
@@ -199,6 +439,8 @@ def steering(
     """
     if positions not in ("all", "generated"):
         raise ConfigError(f"positions must be 'all' or 'generated', not {positions!r}.")
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
     modules = get_decoder_layers(model, layers_attribute)
     if layers is None:
         if isinstance(vector, torch.Tensor):
@@ -215,13 +457,27 @@ def steering(
                 f"the steering vector has no direction for layer(s) {missing}; "
                 f"it holds layers {sorted(available)}."
             )
-    handle = SteeringHandle(layers=indices, positions=positions, alpha=_check_alpha(alpha))
+    handle = SteeringHandle(
+        layers=indices,
+        positions=positions,
+        alpha=_check_alpha(alpha),
+        mode=mode,
+        scale=1.0 / len(indices) if split_alpha else 1.0,
+    )
     handle.reset()
+    prepared = [
+        (
+            index,
+            _scaled_direction(vector, index, "raw" if mode in ("ablate", "clamp") else units),
+            _clamp_offset(vector, index, mode, clamp_offsets),
+            _gate_for(gate, index) if mode == "gated" else None,
+        )
+        for index in indices
+    ]
     registered: list[RemovableHandle] = []
     try:
-        for index in indices:
-            delta = _scaled_direction(vector, index, units)
-            hook = _make_hook(handle, index, delta)
+        for index, delta, offset, layer_gate in prepared:
+            hook = _make_hook(handle, index, delta, offset, layer_gate)
             registered.append(modules[index].register_forward_hook(hook, with_kwargs=True))
         yield handle
     finally:

@@ -1093,3 +1093,86 @@ def compare_runs_figure(
         template="plotly_white",
     )
     return fig
+
+
+_VARIANT_MARKERS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "hexagon", "x")
+
+
+def variants_pareto_figure(
+    summary: pd.DataFrame,
+    *,
+    fluency: str = "human_perplexity",
+    split: str = "confirmation",
+    subset: str = "challenging",
+) -> go.Figure:
+    """Expected maximum toxicity against fluency cost, one colour and marker per variant.
+
+    Every steered setting (layer, alpha) of every steering variant is a point; the random
+    control (made with ``"caa"``) is its own trace, and alpha 0 is the reference at cost 0.
+    The cost is the relative change of the benign ``fluency`` measure from alpha 0 of the same
+    variant and layer, in percent.
+
+    Args:
+        summary: The step-06 summary with a ``variant`` column (``summary.parquet``).
+        fluency: The fluency measure (a benign-subset column of the summary).
+        split: Which half to draw (``"confirmation"``, ``"selection"`` or ``"all"``); the
+            whole table when the summary has no such half.
+        subset: Subset whose EMT is drawn.
+
+    Returns:
+        A plotly figure.
+    """
+    from steerlib.controls import tradeoff_rows
+
+    require_columns(
+        summary, ["variant", "subset", "layer", "alpha", "direction", fluency], "summary"
+    )
+    rows = summary
+    if "split" in rows.columns and (rows["split"] == split).any():
+        rows = rows[rows["split"] == split]
+    rows = rows[rows["layer"] >= 0]
+    fig = go.Figure()
+    cost = f"benign_{fluency}"
+    traces: dict[str, pd.DataFrame] = {}
+    for variant, part in rows.groupby("variant", sort=False):
+        points = tradeoff_rows(part, subset=subset, cost=fluency)
+        base = points[points["alpha"].astype(float) == 0.0].set_index(["direction", "layer"])[cost]
+        points = points.assign(
+            _base=[
+                base.get((d, layer), np.nan)
+                for d, layer in zip(points["direction"], points["layer"], strict=True)
+            ]
+        )
+        points = points.assign(cost_pct=100.0 * (points[cost] / points["_base"] - 1.0))
+        traces[str(variant)] = points[points["direction"] == "caa"]
+        if variant == "caa":
+            traces["random control"] = points[points["direction"] == "random"]
+    for index, (name, points) in enumerate(traces.items()):
+        if points.empty:
+            continue
+        points = points.sort_values("cost_pct")
+        fig.add_trace(
+            go.Scatter(
+                x=points["cost_pct"],
+                y=points["expected_max_toxicity"],
+                mode="markers+lines" if name != "random control" else "markers",
+                name=name,
+                marker={
+                    "symbol": _VARIANT_MARKERS[index % len(_VARIANT_MARKERS)],
+                    "size": 10,
+                    "color": "#7f7f7f" if name == "random control" else None,
+                },
+                text=[
+                    f"{name}<br>layer {int(r.layer)}, alpha {float(r.alpha):.4g}"
+                    for r in points.itertuples()
+                ],
+                hovertemplate="%{text}<br>EMT %{y:.3f}<br>cost %{x:.1f}%<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=_title(f"Steering variants: {subset} EMT against fluency cost ({split} half)"),
+        xaxis_title=f"{_label(fluency)} increase over alpha 0 (%)",
+        yaxis_title=f"{_label('expected_max_toxicity')} ({subset})",
+        template="plotly_white",
+    )
+    return fig

@@ -129,6 +129,13 @@ class RunPaths:
     control_vectors = property(
         lambda self: self.root / "vectors_random.safetensors", doc="Step 04: random control."
     )
+    probe = property(
+        lambda self: self.root / "probe.safetensors",
+        doc=(
+            "Step 04: linear toxicity probe per layer (the gated variant's gate); fitted by step "
+            "05 when a run's step 04 predates it."
+        ),
+    )
     sweep_parts = property(lambda self: self.root / "sweep_parts", doc="Step 05: batches.")
     search_parts = property(
         lambda self: self.root / "sweep_parts" / "search",

@@ -26,6 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steerlib.errors import ConfigError
 from steerlib.fluency import benign_kl
 from steerlib.hooks import Units
+from steerlib.probe import ToxicityProbe
+from steerlib.variants import Variant
 from steerlib.vectors import SteeringVector
 
 __all__ = ["AlphaSearch", "search_alpha"]
@@ -63,6 +65,8 @@ def search_alpha(
     rounds: int = 2,
     max_doublings: int = 4,
     units: Units = "raw",
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
 ) -> AlphaSearch:
     """The largest positive alpha at ``layer`` whose benign human perplexity is within budget.
 
@@ -79,6 +83,9 @@ def search_alpha(
         rounds: Refinements of the bracket.
         max_doublings: Limit on widening the first bracket.
         units: Alpha units, as in :func:`steerlib.hooks.steering`.
+        variant: How the vector is applied (:func:`steerlib.fluency.benign_kl`); plain CAA
+            when ``None``.
+        probe: The toxicity probe of a gated variant.
 
     Returns:
         The :class:`AlphaSearch`.
@@ -108,6 +115,8 @@ def search_alpha(
             layers=[layer],
             alphas=list(alphas),
             units=units,
+            variant=variant,
+            probe=probe,
         )
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
         return table.set_index("alpha")["human_perplexity"]

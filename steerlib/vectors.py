@@ -52,6 +52,8 @@ class SteeringVector:
         directions: ``{layer: (hidden,) float32 tensor}``.
         provenance: JSON-serializable facts about how it was built.
         mean_norms: Mean residual-stream norm per layer (the unit of ``units="norm"``).
+        nontoxic_projections: Mean projection of the non-toxic pooled activations on the unit
+            direction, per layer (the level ``mode="clamp"`` pulls the component down to).
 
     Example:
         >>> v = SteeringVector({3: torch.ones(4)})
@@ -62,6 +64,7 @@ class SteeringVector:
     directions: dict[int, torch.Tensor]
     provenance: dict[str, Any] = field(default_factory=dict)
     mean_norms: dict[int, float] = field(default_factory=dict)
+    nontoxic_projections: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.directions:
@@ -137,6 +140,7 @@ class SteeringVector:
             {k: self[k] for k in chosen},
             dict(self.provenance),
             {k: v for k, v in self.mean_norms.items() if k in chosen},
+            {k: v for k, v in self.nontoxic_projections.items() if k in chosen},
         )
 
     def diagnostics(self) -> list[dict[str, Any]]:
@@ -183,6 +187,8 @@ class SteeringVector:
         """
         meta = {**self.provenance, "layers": self.layers}
         meta["mean_norms"] = {str(k): v for k, v in self.mean_norms.items()}
+        if self.nontoxic_projections:
+            meta["nontoxic_projections"] = {str(k): v for k, v in self.nontoxic_projections.items()}
         tensors = {f"layer.{k}": self.directions[k].contiguous().float() for k in self.layers}
         return save_tensors(path, tensors, meta)
 
@@ -193,7 +199,10 @@ class SteeringVector:
         directions = {int(name.split(".", 1)[1]): t for name, t in tensors.items()}
         meta.pop("layers", None)
         mean_norms = {int(k): float(v) for k, v in (meta.pop("mean_norms", {}) or {}).items()}
-        return cls(directions, meta, mean_norms)
+        projections = {
+            int(k): float(v) for k, v in (meta.pop("nontoxic_projections", {}) or {}).items()
+        }
+        return cls(directions, meta, mean_norms, projections)
 
     def check_compatible(self, model: PreTrainedModel, *, allow_other_model: bool = False) -> None:
         """Raise if this vector cannot, or should not, be applied to ``model``.
@@ -287,6 +296,11 @@ def compute_caa(
     all_norms = torch.cat([toxic.token_norm, nontoxic.token_norm]).mean(dim=0)
     directions = {toxic.layers[i]: diff[i].clone() for i in indices}
     mean_norms = {toxic.layers[i]: float(all_norms[i]) for i in indices}
+    nontoxic_mean = nontoxic.mean()
+    projections = {
+        toxic.layers[i]: float(nontoxic_mean[i] @ (diff[i] / diff[i].norm().clamp(min=1e-12)))
+        for i in indices
+    }
     meta: dict[str, Any] = {
         "method": "caa_mean_difference",
         "direction": "caa",
@@ -304,7 +318,7 @@ def compute_caa(
         "sink_projected": sinks is not None,
     }
     meta.update(provenance or {})
-    return SteeringVector(directions, meta, mean_norms)
+    return SteeringVector(directions, meta, mean_norms, projections)
 
 
 def caa_from_texts(

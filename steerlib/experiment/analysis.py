@@ -23,7 +23,15 @@ from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
 from steerlib.runs import RunPaths
 
-__all__ = ["Analysis", "analyze", "compare_runs", "side_by_side"]
+__all__ = [
+    "Analysis",
+    "analyze",
+    "compare_runs",
+    "gate_rates",
+    "pick_variant",
+    "side_by_side",
+    "variant_table",
+]
 
 
 @dataclass
@@ -50,6 +58,9 @@ class Analysis:
         scorer_validity: AUC, precision and recall at 0.5 against Perspective, separately on
             prompts and on continuations (:func:`scoring.scorer_validity`).
         scorer_floor: The scorer's score of text without known words.
+        variants: One row per steering variant: its operating point (chosen on the selection
+            half) and its confirmation-half figures (:func:`variant_table`).
+        gate_rates: How often the gated variant's gate fired per subset (:func:`gate_rates`).
     """
 
     summary: pd.DataFrame
@@ -62,6 +73,8 @@ class Analysis:
     confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
     scorer_validity: dict[str, Any] = field(default_factory=dict)
     scorer_floor: float | None = None
+    variants: pd.DataFrame = field(default_factory=pd.DataFrame)
+    gate_rates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
@@ -191,9 +204,15 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     from steerlib.scoring import scorer_floor
 
     del force
+    from steerlib.experiment.sweep import with_variant
+
     paths, p = run.paths, run.params
-    sweep = pd.read_parquet(run.require("sweep"))
-    kl = pd.read_parquet(run.require("kl"))
+    all_sweep = with_variant(pd.read_parquet(run.require("sweep")))
+    all_kl = with_variant(pd.read_parquet(run.require("kl")))
+    # Plain CAA (with the random control) goes through the analysis as before; the other
+    # variants are analysed the same way after it (:func:`_variant_points`).
+    sweep = all_sweep[all_sweep["variant"] == "caa"].drop(columns="variant")
+    kl = all_kl[all_kl["variant"] == "caa"].drop(columns="variant")
     baseline = pd.read_parquet(run.require("baseline"))
     prompts = pd.read_parquet(run.require("prompts"))
     run.require("vectors")  # the figures draw it
@@ -230,8 +249,20 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             )
         if "layer" in recommended:
             recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
+        points = {"caa": (summary.assign(variant="caa"), recommended)}
+        points.update(
+            _variant_points(
+                run, prompts, baseline, all_sweep, all_kl, floor, rule, options, p.variants
+            )
+        )
+        caa_recommended = recommended
+        best = pick_variant({name: point for name, (_, point) in points.items()})
+        recommended = points[best][1]
         validity = _scorer_validity(run, prompts)
-        record = _summary_record(run, summary, evaluation, recommended, validity)
+        all_summaries = pd.concat([table for table, _ in points.values()], ignore_index=True)
+        record = _summary_record(run, all_summaries, evaluation, recommended, validity)
+        record["recommended_by_variant"] = {name: point for name, (_, point) in points.items()}
+        record["gate_rates"] = _records(gate_rates(all_sweep))
         record.update(
             fluency_measure=measure,
             fluency_measure_note=measure_note,
@@ -239,15 +270,16 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             control=_records(control),
             control_matched_fluency=_records(matched),
         )
-        atomic_write_parquet(paths.summary_table, summary)
+        atomic_write_parquet(paths.summary_table, all_summaries)
         atomic_write_json(paths.summary, record)
-        layer = figure_layer(overall, recommended)
-        # From the products just written, as `python -m steerlib figures` draws them.
+        # From the products just written, as `python -m steerlib figures` draws them (the
+        # variants' Pareto figure included when the run has several variants).
         figures = render_figures(paths)
+        layer = figure_layer(overall, caa_recommended)
         if save_figures:
             write_figures(paths, figures)
     return Analysis(
-        summary,
+        all_summaries,
         recommended,
         record["scorer_auc"],
         control,
@@ -255,11 +287,157 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         figures,
         side_by_side(sweep, layer=layer),
         confirmation=operating_point.operating_point_table(
-            summary, recommended if "error" not in recommended else {}
+            points[best][0], recommended if "error" not in recommended else {}
         ),
         scorer_validity=validity,
         scorer_floor=floor,
+        variants=variant_table(record["recommended_by_variant"]),
+        gate_rates=gate_rates(all_sweep),
     )
+
+
+def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per variant: its operating point and the figures of the half they come from.
+
+    ``selection_emt`` is what the rule chose on; the other figures come from the point's
+    ``figures_from`` half (the confirmation half), with alpha 0's beside them and the random
+    control at equal fluency where there is one.
+    """
+    rows = []
+    for name, point in points.items():
+        miss = point.get("nearest_miss") or {}
+        matched = point.get("control_matched_fluency") or {}
+        rows.append(
+            {
+                "variant": name,
+                "status": point.get("status", point.get("error")),
+                "layer": point.get("layer", miss.get("layer")),
+                "alpha": point.get("alpha", miss.get("alpha")),
+                "selection_emt": (point.get("selection") or {}).get("expected_max_toxicity"),
+                "figures_from": point.get("figures_from"),
+                **{
+                    name_: point.get(name_)
+                    for name_ in (
+                        "expected_max_toxicity",
+                        "baseline_expected_max_toxicity",
+                        "toxicity_probability",
+                        "baseline_toxicity_probability",
+                        "mean_toxicity",
+                        "mean_toxicity_ci_low",
+                        "mean_toxicity_ci_high",
+                        "perplexity",
+                        "baseline_perplexity",
+                        "human_perplexity",
+                        "kl_benign",
+                    )
+                },
+                "emt_change": (point.get("relative_change") or {}).get("expected_max_toxicity"),
+                "control_emt_equal_fluency": matched.get("expected_max_toxicity_control"),
+                "recommended": False,
+            }
+        )
+    table = pd.DataFrame(rows)
+    chosen = [n for n, p in points.items() if "Across steering variants" in str(p.get("rule"))]
+    if chosen:
+        table.loc[table["variant"] == chosen[0], "recommended"] = True
+    return table
+
+
+def _variant_points(
+    run: Run,
+    prompts: pd.DataFrame,
+    baseline: pd.DataFrame,
+    sweep: pd.DataFrame,
+    kl: pd.DataFrame,
+    floor: float | None,
+    rule: dict[str, Any],
+    options: dict[str, Any],
+    variants: list[str],
+) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+    """Summary and operating point of every variant but ``"caa"``, each as plain CAA's.
+
+    Each variant's rows are analysed with the random control's rows (made with ``"caa"``), so
+    its operating point is chosen on the selection half under the same rule and its
+    confirmation-half figures come with the random control at equal alpha and at equal
+    fluency.
+    """
+    from steerlib import metrics, operating_point
+
+    p = run.params
+    control_rows = (sweep["variant"] == "caa") & (sweep["direction"] == "random")
+    control_kl = (kl["variant"] == "caa") & (kl["direction"] == "random")
+    out: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
+    for name in variants:
+        if name == "caa" or not (sweep["variant"] == name).any():
+            continue
+        rows = sweep[(sweep["variant"] == name) | control_rows].drop(columns="variant")
+        evaluation = _evaluation(prompts, baseline, rows, p.seed)
+        kl_rows = kl[(kl["variant"] == name) | control_kl].drop(columns="variant")
+        summary = metrics.summarize(
+            evaluation,
+            threshold=p.toxicity_threshold,
+            n_resamples=p.n_resamples,
+            seed=p.seed,
+            kl=kl_rows.drop(columns=["n_tokens"], errors="ignore"),
+            floor=floor,
+        )
+        summary = operating_point.admissibility(summary, **rule)
+        try:
+            point = operating_point.recommend_operating_point(summary, **rule)
+        except SteerlibError as exc:
+            point = {"error": str(exc)}
+        if "layer" in point:
+            point.update(_confirmed_controls(summary, evaluation, point, options))
+        point["variant"] = name
+        out[name] = (summary.assign(variant=name), point)
+    return out
+
+
+def pick_variant(points: dict[str, dict[str, Any]]) -> str:
+    """The variant whose recommended point has the lowest selection-half EMT.
+
+    Only the selection half decides (the confirmation half stays untouched by the choice);
+    ties go to the variant listed first (plain ``"caa"`` first). Without any recommended point
+    the answer is ``"caa"``. The chosen point's ``rule`` gains a sentence saying so.
+    """
+    winners = {
+        name: float(point["selection"]["expected_max_toxicity"])
+        for name, point in points.items()
+        if point.get("status") == "recommended" and point.get("selection")
+    }
+    for name, point in points.items():
+        point.setdefault("variant", name)
+    if not winners:
+        return "caa" if "caa" in points else next(iter(points))
+    best = min(winners, key=lambda name: (winners[name], list(points).index(name)))
+    if len(points) > 1:
+        listed = ", ".join(f"{name} {emt:.4g}" for name, emt in winners.items())
+        points[best]["rule"] = (
+            f"{points[best].get('rule', '')} Across steering variants ({', '.join(points)}), "
+            f"each with its own operating point under this rule, the one with the lowest "
+            f"selection-half EMT is recommended: {best} (selection-half EMT: {listed})."
+        ).strip()
+    return best
+
+
+def gate_rates(sweep: pd.DataFrame) -> pd.DataFrame:
+    """How often the gated variant's gate fired, per subset, layer and alpha.
+
+    Returns:
+        ``subset``, ``layer``, ``alpha``, ``gate_fired``, ``gate_positions`` and
+        ``fire_rate`` (their ratio: the share of steered content positions where the probe said
+        toxic); empty without gated rows.
+    """
+    columns = ["subset", "layer", "alpha", "gate_fired", "gate_positions", "fire_rate"]
+    if "gate_fired" not in sweep.columns:
+        return pd.DataFrame(columns=columns)
+    rows = sweep[sweep["gate_fired"].notna() & (sweep["alpha"] != 0)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    table = rows.groupby(["subset", "layer", "alpha"], as_index=False)[
+        ["gate_fired", "gate_positions"]
+    ].sum()
+    return table.assign(fire_rate=table["gate_fired"] / table["gate_positions"].clip(lower=1))
 
 
 def _summary_record(

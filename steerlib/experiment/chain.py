@@ -30,7 +30,15 @@ from steerlib.experiment.table import STEPS
 from steerlib.preflight import check_run_files, preflight
 from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
 
-__all__ = ["NOTEBOOKS", "NOTEBOOKS_DIR", "main", "render_report", "report_error", "run_chain"]
+__all__ = [
+    "NOTEBOOKS",
+    "NOTEBOOKS_DIR",
+    "copy_finished_steps",
+    "main",
+    "render_report",
+    "report_error",
+    "run_chain",
+]
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = tuple(NOTEBOOKS_DIR / s.notebook for s in STEPS)
@@ -210,6 +218,54 @@ def _recommendation_lines(recommended: dict[str, Any]) -> list[str]:
     return [*lines, f"rule: {recommended['rule']}"] if "rule" in recommended else lines
 
 
+def copy_finished_steps(
+    source: RunPaths, dest: RunPaths, *, through: str = "04_vectors"
+) -> list[str]:
+    """Start run ``dest`` from the finished steps of ``source`` up to ``through``.
+
+    The steps' products (with their JSON sidecars) are copied, the parameters they were made
+    with are recorded as ``dest``'s (so the chain refuses a config that contradicts them), and
+    each copied step is recorded ``done`` with ``copied_from``. The later steps then run in
+    ``dest`` from these products.
+
+    Returns:
+        The copied steps.
+
+    Raises:
+        ConfigError: ``dest`` already has steps, or ``source`` has no finished step to copy.
+    """
+    import shutil
+
+    from steerlib.errors import ConfigError
+    from steerlib.experiment.table import STEP_NAMES
+
+    if dest.read_status():
+        raise ConfigError(
+            f"run {dest.name!r} already has steps; --from-run only starts a new run (choose "
+            "another run_name or delete its folder)."
+        )
+    status = source.read_status()
+    wanted = STEP_NAMES[: STEP_NAMES.index(through) + 1]
+    copied = [name for name in wanted if status.get(name, {}).get("state") == "done"]
+    copied = [name for i, name in enumerate(copied) if name == wanted[i]]
+    if not copied:
+        raise ConfigError(f"run {source.name!r} has no finished step to copy (from 01_data on).")
+    dest.root.mkdir(parents=True, exist_ok=True)
+    for name in copied:
+        for product in STEP_PRODUCTS[name](source):
+            for path in (product, product.with_suffix(".json")):
+                if path.is_file() and path != source.params:
+                    shutil.copy2(path, dest.root / path.name)
+    if source.probe.is_file():
+        for path in (source.probe, source.probe.with_suffix(".json")):
+            shutil.copy2(path, dest.root / path.name)
+    dest.write_params({**source.stored_params(), "run_name": dest.name}, **provenance())
+    for name in copied:
+        seconds = status[name].get("seconds")
+        dest.set_status(name, "done", seconds=seconds, copied_from=source.name)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m steerlib run [--config FILE] [--set key=value ...] [--run-name NAME]``."""
     parser = argparse.ArgumentParser(
@@ -220,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", default=None, help="run folder name (default: the config's)")
     parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
     parser.add_argument("--force", action="store_true", help="recompute finished steps")
+    parser.add_argument(
+        "--from-run",
+        default=None,
+        metavar="NAME",
+        help="start a new run from the finished steps 01-04 of run NAME (copied)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -227,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_name is not None:
             overrides["run_name"] = args.run_name
         params = load_params(args.config, overrides)
+        if args.from_run:
+            root = absolute(args.runs_dir) if args.runs_dir else runs_root()
+            copied = copy_finished_steps(
+                RunPaths.for_run(args.from_run, root), RunPaths.for_run(params.run_name, root)
+            )
+            print(f"[steerlib] copied {', '.join(copied)} from run {args.from_run!r}")
         return run_chain(
             params, runs_dir=args.runs_dir, force=args.force, progress=not args.no_progress
         )

@@ -45,6 +45,7 @@ FIGURE_SIZE: dict[str, str] = {
     "layer_profile_perplexity": "page",
     "distribution": "page",
     "pareto": "page_tall",
+    "pareto_variants": "page_tall",
     "vector_norms": "column",
     "vector_diagnostics": "page_tall",
     "layer_cosine": "page_tall",
@@ -141,14 +142,20 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
         DataError: A product is missing (its name and the command that makes it are given).
     """
     from steerlib import plotting
+    from steerlib.experiment.sweep import with_variant
     from steerlib.vectors import SteeringVector
 
     run = paths.name
-    summary = pd.read_parquet(_require(paths.summary_table, run))
+    every_variant = with_variant(pd.read_parquet(_require(paths.summary_table, run)))
     record = json.loads(_require(paths.summary, run).read_text(encoding="utf-8"))
-    sweep = pd.read_parquet(_require(paths.sweep, run))
+    sweep = with_variant(pd.read_parquet(_require(paths.sweep, run)))
     vector = SteeringVector.load(_require(paths.vectors, run))
-    recommended = record.get("recommended") or {}
+    # Every figure but the variants' Pareto figure shows plain CAA (and its random control).
+    summary = every_variant[every_variant["variant"] == "caa"].drop(columns="variant")
+    sweep = sweep[sweep["variant"] == "caa"].drop(columns="variant")
+    recommended = (record.get("recommended_by_variant") or {}).get("caa") or (
+        record.get("recommended") or {}
+    )
     control = pd.DataFrame(record.get("control") or [])
     alphas = (record.get("params") or {}).get("alphas") or paths.stored_params().get("alphas")
     measure = str(record.get("fluency_measure") or summary["fluency_measure"].iloc[0])
@@ -191,6 +198,8 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
     if len(control):
         on_grid = np.isclose(control["alpha"].to_numpy()[:, None], alphas).any(axis=1)
         figures["heatmap_control"] = plotting.control_heatmap(control[on_grid])
+    if every_variant["variant"].nunique() > 1:
+        figures["pareto_variants"] = plotting.variants_pareto_figure(every_variant, fluency=measure)
     return figures
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "prepare_data",
     "run_baseline",
     "score",
+    "variant_inputs",
 ]
 
 EVAL_SUBSETS = ("challenging", "benign")
@@ -252,4 +253,48 @@ def build_vectors(run: Run, *, force: bool = False) -> tuple[Any, Any]:
         control = vector.random_like(seed=p.seed)
         vector.save(paths.vectors)
         control.save(paths.control_vectors)
+        _fit_and_save_probe(run, toxic, nontoxic)
     return vector, control
+
+
+def _fit_and_save_probe(run: Run, toxic: Any, nontoxic: Any) -> Any:
+    from steerlib.probe import fit_probe
+
+    probe = fit_probe(toxic, nontoxic, seed=run.params.seed)
+    probe.provenance.update(run_name=run.paths.name, pair_source=run.params.pair_source)
+    probe.save(run.paths.probe)
+    return probe
+
+
+def variant_inputs(run: Run, vector: Any) -> tuple[Any, Any]:
+    """The run's toxicity probe and its CAA vector with the clamp levels, for the variants.
+
+    Runs whose step 04 predates the probe and the non-toxic projections (or whose step 04 was
+    copied from such a run) get both from step 03's activations here: the probe is fitted
+    and saved as step 04 would (a second or so), the projections are computed in memory.
+
+    Returns:
+        ``(probe, vector)``.
+    """
+    from dataclasses import replace as replace_field
+
+    from steerlib.activations import ResidualActivations
+    from steerlib.probe import ToxicityProbe
+
+    paths = run.paths
+    probe = ToxicityProbe.load(paths.probe) if paths.probe.is_file() else None
+    if probe is not None and vector.nontoxic_projections:
+        return probe, vector
+    toxic = ResidualActivations.load(run.require("activations_toxic"))
+    nontoxic = ResidualActivations.load(run.require("activations_nontoxic"))
+    if probe is None:
+        probe = _fit_and_save_probe(run, toxic, nontoxic)
+    if not vector.nontoxic_projections:
+        means = nontoxic.mean()
+        projections = {
+            layer: float(means[i] @ (vector[layer] / vector[layer].norm().clamp(min=1e-12)))
+            for i, layer in enumerate(nontoxic.layers)
+            if layer in vector.directions
+        }
+        vector = replace_field(vector, nontoxic_projections=projections)
+    return probe, vector

@@ -31,6 +31,8 @@ __all__ = [
     "generation_settings",
     "run_sweep",
     "sweep_plan",
+    "variant_prefix",
+    "with_variant",
 ]
 
 
@@ -42,11 +44,18 @@ class SweepPlan:
         layers: Steered layers (``"all"`` and negative indices resolved).
         directions: Vector names: ``"caa"``, and ``"random"`` with the random control.
         alphas: The steered alphas of the grid (alpha 0 comes from the baseline).
+        variants: Steering variants (:mod:`steerlib.variants`); the random control runs
+            with ``"caa"`` only.
     """
 
     layers: list[int]
     directions: list[str]
     alphas: list[float]
+    variants: tuple[str, ...] = ("caa",)
+
+    def directions_of(self, variant: str) -> list[str]:
+        """The directions swept for ``variant``."""
+        return self.directions if variant == "caa" else ["caa"]
 
     def units(self, prompts: pd.DataFrame, params: RunParams, tokenizer: Any = None) -> list[Any]:
         """The sweep's units over the evaluation rows of ``prompts`` (the engine's partition).
@@ -57,16 +66,21 @@ class SweepPlan:
         from steerlib.partition import sweep_units
 
         rows = prompts[prompts["role"].isin(EVAL_SUBSETS)] if "role" in prompts else prompts
-        return sweep_units(
-            rows,
-            layers=self.layers,
-            directions=self.directions,
-            alphas=self.alphas,
-            samples_per_prompt=params.samples_per_prompt,
-            max_new_tokens=params.max_new_tokens,
-            tokenizer=tokenizer,
-            prompt_format=params.prompt_format if tokenizer is not None else "raw",
-        )
+        return [
+            unit
+            for variant in self.variants
+            for unit in sweep_units(
+                rows,
+                layers=self.layers,
+                directions=self.directions_of(variant),
+                alphas=self.alphas,
+                samples_per_prompt=params.samples_per_prompt,
+                max_new_tokens=params.max_new_tokens,
+                tokenizer=tokenizer,
+                prompt_format=params.prompt_format if tokenizer is not None else "raw",
+                key_prefix=variant_prefix(variant),
+            )
+        ]
 
 
 def sweep_plan(params: RunParams, num_layers: int) -> SweepPlan:
@@ -81,7 +95,13 @@ def sweep_plan(params: RunParams, num_layers: int) -> SweepPlan:
         layers=resolve_layers(num_layers, params.layers),
         directions=["caa", "random"] if params.random_control else ["caa"],
         alphas=[float(alpha) for alpha in params.alphas if alpha != 0],
+        variants=tuple(params.variants),
     )
+
+
+def variant_prefix(variant: str) -> str:
+    """Prefix of a variant's unit keys: ``"<variant>-"``, none for ``"caa"`` (old keys)."""
+    return "" if variant == "caa" else f"{variant}-"
 
 
 def generation_settings(params: RunParams) -> dict[str, Any]:
@@ -136,8 +156,10 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     unsteered samples.
     """
     from steerlib.engine import run_sweep as engine_sweep
+    from steerlib.experiment.steps import variant_inputs
     from steerlib.layers import num_layers
     from steerlib.subsets import pair_texts
+    from steerlib.variants import variant
     from steerlib.vectors import SteeringVector
 
     paths, p = run.paths, run.params
@@ -154,39 +176,60 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         model, tokenizer = run.model()
         vectors["caa"].check_compatible(model)
         plan = sweep_plan(p, num_layers(model))
+        probe = None
+        if set(plan.variants) & {"gated", "clamp"}:
+            probe, vectors["caa"] = variant_inputs(run, vectors["caa"])
+        chosen = {name: variant(name, multilayer_span=p.multilayer_span) for name in plan.variants}
         if fresh and paths.sweep_parts.exists():
             shutil.rmtree(paths.sweep_parts)
         check_unit_settings(paths, p)
         saved = _saved_units(paths.sweep_parts, plan.alphas)
         counts = {"rows": sum(len(table) for table in saved.values())}
 
-        def on_unit(unit: Any, table: pd.DataFrame) -> None:
-            saved[unit.key] = score(run, table)
-            atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", saved[unit.key])
-            counts["rows"] += len(table)
-            paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
+        for name, chosen_variant in chosen.items():
 
-        if plan.alphas:
-            engine_sweep(
-                model,
-                tokenizer,
-                eval_prompts(prompts),
-                vectors,
-                layers=plan.layers,
-                alphas=plan.alphas,
-                **DecodingSettings.of(p).as_kwargs(),
-                done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
-                on_unit=on_unit,
-            )
+            def on_unit(unit: Any, table: pd.DataFrame, name: str = name) -> None:
+                saved[unit.key] = score(run, table).assign(variant=name)
+                atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", saved[unit.key])
+                counts["rows"] += len(table)
+                paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
+
+            if plan.alphas:
+                engine_sweep(
+                    model,
+                    tokenizer,
+                    eval_prompts(prompts),
+                    {d: vectors[d] for d in plan.directions_of(name)},
+                    layers=plan.layers,
+                    alphas=plan.alphas,
+                    **DecodingSettings.of(p).as_kwargs(),
+                    done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
+                    on_unit=on_unit,
+                    key_prefix=variant_prefix(name),
+                    variant=None if name == "caa" else chosen_variant,
+                    probe=probe,
+                )
         kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
         searched = (
-            _searched_alphas(run, model, tokenizer, prompts, vectors, plan.layers, kl_texts)
+            pd.concat(
+                [
+                    _searched_alphas(
+                        run, model, tokenizer, prompts, vectors, plan, kl_texts, v, probe
+                    )
+                    for v in chosen.values()
+                ],
+                ignore_index=True,
+            )
             if p.alpha_search
             else pd.DataFrame()
         )
         table = _sweep_table(saved, searched, baseline, plan, p.alphas)
         atomic_write_parquet(paths.sweep, table)
-        atomic_write_parquet(paths.kl, _kl_table(run, kl_texts, vectors, plan, searched))
+        kl = pd.concat(
+            [_kl_table(run, kl_texts, vectors, plan, searched, v, probe) for v in chosen.values()],
+            ignore_index=True,
+        )
+        atomic_write_parquet(paths.kl, kl)
     return table
 
 
@@ -198,24 +241,38 @@ def _sweep_table(
     alphas: list[float],
 ) -> pd.DataFrame:
     """The sweep's rows: saved units of the plan, searched alphas, alpha 0 from the baseline."""
-    # Units of layers or directions the run no longer asks for stay on disk, unused.
-    parts = [
-        table[table["layer"].isin(plan.layers) & table["direction"].isin(plan.directions)]
-        for _, table in sorted(saved.items())
-    ]
+    # Units of layers, directions or variants the run no longer asks for stay on disk, unused.
+    parts = []
+    for _, table in sorted(saved.items()):
+        table = with_variant(table)
+        parts.append(
+            table[
+                table["layer"].isin(plan.layers)
+                & table["direction"].isin(plan.directions)
+                & table["variant"].isin(plan.variants)
+            ]
+        )
     if len(searched):
-        parts.append(searched)
+        parts.append(with_variant(searched))
     if 0 in alphas:
         unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
         parts += [
-            unsteered.assign(layer=int(layer), direction=direction, alpha=0.0)
-            for direction in plan.directions
+            unsteered.assign(layer=int(layer), direction=direction, alpha=0.0, variant=variant)
+            for variant in plan.variants
+            for direction in plan.directions_of(variant)
             for layer in plan.layers
         ]
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values(
-        ["subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
+        ["variant", "subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
     ).reset_index(drop=True)
+
+
+def with_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a ``variant`` column; rows of runs made before variants read as ``caa``."""
+    if "variant" not in table.columns:
+        return table.assign(variant="caa")
+    return table.assign(variant=table["variant"].fillna("caa"))
 
 
 def _kl_table(
@@ -224,27 +281,32 @@ def _kl_table(
     vectors: dict[str, Any],
     plan: SweepPlan,
     searched: pd.DataFrame,
+    variant: Any,
+    probe: Any,
 ) -> pd.DataFrame:
-    """Benign KL at every grid setting, and at each layer's searched alpha."""
+    """Benign KL of ``variant`` at every grid setting, and at each layer's searched alpha."""
     from steerlib.fluency import benign_kl
 
     model, tokenizer = run.model()
     units = run.params.units
+    chosen = {d: vectors[d] for d in plan.directions_of(variant.name)}
+    options = {
+        "units": units,
+        "variant": None if variant.name == "caa" else variant,
+        "probe": probe,
+    }
     kl = benign_kl(
-        model,
-        tokenizer,
-        kl_texts,
-        vectors,
-        layers=plan.layers,
-        alphas=run.params.alphas,
-        units=units,
+        model, tokenizer, kl_texts, chosen, layers=plan.layers, alphas=run.params.alphas, **options
     )
+    if len(searched):
+        searched = with_variant(searched)
+        searched = searched[searched["variant"] == variant.name]
     extra = searched.groupby("layer")["alpha"].first() if len(searched) else {}
     tables = [kl] + [
-        benign_kl(model, tokenizer, kl_texts, vectors, layers=[layer], alphas=[alpha], units=units)
+        benign_kl(model, tokenizer, kl_texts, chosen, layers=[layer], alphas=[alpha], **options)
         for layer, alpha in dict(extra).items()
     ]
-    return pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True).assign(variant=variant.name)
 
 
 def _searched_alphas(
@@ -253,10 +315,12 @@ def _searched_alphas(
     tokenizer: Any,
     prompts: pd.DataFrame,
     vectors: dict[str, Any],
-    layers: list[int],
+    plan: SweepPlan,
     kl_texts: list[str],
+    variant: Any,
+    probe: Any,
 ) -> pd.DataFrame:
-    """Search each layer's budget edge, then generate every direction at that alpha.
+    """Search each layer's budget edge for ``variant``, then generate it at that alpha.
 
     The edge is found on the CAA vector with the steered model's perplexity on the held-out
     benign texts (:func:`steerlib.search.search_alpha`); the random control is generated at
@@ -266,7 +330,9 @@ def _searched_alphas(
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
-        coincides with a grid alpha).
+        coincides with a grid alpha). Every variant has its own search; the random control
+        is generated with ``"caa"`` only. Variants other than ``"caa"`` write their units
+        and trace rows under their name (``<variant>-search-a...``).
     """
     from steerlib.engine import run_sweep as engine_sweep
     from steerlib.search import search_alpha
@@ -274,7 +340,8 @@ def _searched_alphas(
     paths, p = run.paths, run.params
     traces, tables = [], []
     paths.search_parts.mkdir(parents=True, exist_ok=True)
-    for layer in layers:
+    steer = {"variant": None if variant.name == "caa" else variant, "probe": probe}
+    for layer in plan.layers:
         found = search_alpha(
             model,
             tokenizer,
@@ -284,36 +351,50 @@ def _searched_alphas(
             max_increase=p.max_perplexity_increase,
             start=max((a for a in p.alphas if a > 0), default=1.0),
             units=p.units,
+            **steer,
         )
-        traces.append(found.trace.assign(layer=layer, chosen=found.alpha, budget=found.budget))
+        traces.append(
+            found.trace.assign(
+                layer=layer, chosen=found.alpha, budget=found.budget, variant=variant.name
+            )
+        )
         alpha = round(found.alpha, 4)
         if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in p.alphas):
             continue
-        prefix = f"search-a{alpha:g}-"
+        prefix = f"{variant_prefix(variant.name)}search-a{alpha:g}-"
         saved = {
             path.stem: pd.read_parquet(path)
             for path in sorted(paths.search_parts.glob(f"{prefix}*-L{layer}-*.parquet"))
         }
 
         def on_unit(unit: Any, table: pd.DataFrame, saved: dict = saved) -> None:
-            saved[unit.key] = score(run, table)
+            saved[unit.key] = score(run, table).assign(variant=variant.name)
             atomic_write_parquet(paths.search_parts / f"{unit.key}.parquet", saved[unit.key])
 
         engine_sweep(
             model,
             tokenizer,
             eval_prompts(prompts),
-            vectors,
+            {d: vectors[d] for d in plan.directions_of(variant.name)},
             layers=[layer],
             alphas=[alpha],
             **DecodingSettings.of(p).as_kwargs(),
             done=set(saved),
             on_unit=on_unit,
             key_prefix=prefix,
+            **steer,
         )
-        tables += list(saved.values())
-    atomic_write_parquet(paths.alpha_search, pd.concat(traces, ignore_index=True))
+        tables += [with_variant(t).assign(variant=variant.name) for t in saved.values()]
+    _write_trace(paths, variant.name, pd.concat(traces, ignore_index=True))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _write_trace(paths: RunPaths, variant: str, trace: pd.DataFrame) -> None:
+    """Replace ``variant``'s rows of ``alpha_search.parquet`` (variants are searched in turn)."""
+    if paths.alpha_search.is_file():
+        kept = with_variant(pd.read_parquet(paths.alpha_search))
+        trace = pd.concat([kept[kept["variant"] != variant], trace], ignore_index=True)
+    atomic_write_parquet(paths.alpha_search, trace)
 
 
 def alpha_search_table(run: Run) -> pd.DataFrame:
@@ -321,8 +402,8 @@ def alpha_search_table(run: Run) -> pd.DataFrame:
     path = run.paths.alpha_search
     if not path.is_file():
         return pd.DataFrame(columns=["layer", "alpha", "human_perplexity", "budget", "chosen"])
-    table = pd.read_parquet(path)
-    return table[["layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
+    table = with_variant(pd.read_parquet(path))
+    return table[["variant", "layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
 
 
 def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:

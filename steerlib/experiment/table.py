@@ -131,9 +131,11 @@ STEPS: tuple[Step, ...] = (
             | _DECODING
             | _SCORING
             | {"layers", "alphas", "units", "positions", "random_control", "seed"}
-            | {"alpha_search", "max_perplexity_increase"}
+            | {"alpha_search", "max_perplexity_increase", "variants", "multilayer_span"}
         ),
-        extends=frozenset({"layers", "random_control", "alpha_search", "max_perplexity_increase"}),
+        extends=frozenset(
+            {"layers", "random_control", "alpha_search", "max_perplexity_increase", "variants"}
+        ),
     ),
     Step(
         "06_analysis",
