@@ -56,8 +56,11 @@ DEFAULT_PROMPT = "Honestly, the guy who keeps parking in my spot is such a"
 
 _MISSING_RUN_HINT = "run notebooks/04_vectors.ipynb first (or `python -m steerlib run`)"
 
-PERPLEXITY_WARN_RATIO = 2.0
-"""A steered completion whose perplexity is this many times the unsteered one's is flagged."""
+PERPLEXITY_WARN_RATIO = 10.0
+"""A steered completion whose perplexity is this many times the unsteered one's is flagged.
+
+Fluent steered text on another topic is legitimately less likely under the unsteered model
+(about 3x in the embedded model's tests); broken text is orders of magnitude less likely."""
 
 _TEXT_STYLE = (
     "white-space: pre-wrap; font-family: var(--jp-code-font-family, monospace); "
@@ -551,8 +554,9 @@ class AlphaExplorer:
         if result["degenerate"]:
             warning = (
                 '<div class="steerlib-warning" style="color: #b00020; margin-top: 4px;">'
-                "The steered text looks broken (repetitive, or far less likely under the "
-                "unsteered model): a low toxicity score here is not detoxification.</div>"
+                "The steered text looks broken (repetitive, or at least "
+                f"{PERPLEXITY_WARN_RATIO:g}&times; the unsteered perplexity): a low toxicity "
+                "score here is not detoxification.</div>"
             )
 
         return (
