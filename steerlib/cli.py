@@ -1,7 +1,8 @@
 """Command line: ``python -m steerlib {prepare,run,status,bench,doctor,export,figures,browser}``.
 
 Each sub-command forwards its remaining arguments to the ``main(argv)`` of its module, so that
-``python -m steerlib run --help`` shows that command's own options.
+``python -m steerlib run --help`` shows that command's own options. ``python -m steerlib
+--version`` prints the installed package's version.
 """
 
 from __future__ import annotations
@@ -27,14 +28,28 @@ COMMANDS = {
 USAGE = (
     "usage: python -m steerlib {"
     + ",".join(COMMANDS)
-    + "} [options]\n\n"
+    + "} [options]\n       python -m steerlib --version\n\n"
     + "\n".join(f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items())
 )
+
+
+def version() -> str:
+    """The installed steerlib's version ("unknown" when it is not installed, only on the path)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("steerlib")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a sub-command; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in {"-V", "--version"}:
+        print(f"steerlib {version()}")
+        return 0
     if not args or args[0] in {"-h", "--help"}:
         print(USAGE)
         return 0 if args else 2

@@ -1,8 +1,10 @@
 """Parameter files and ``--set`` overrides: a strict YAML reader for :class:`RunParams`.
 
 Parameter files are read by a YAML loader that refuses duplicate keys and aliases (no alias
-bombs), and their syntax errors name the file, line and column. Relative prompt-file paths are
-made absolute against the folder the command runs in.
+bombs), and their syntax errors name the file, line and column. Relative file paths
+(:data:`PATH_PARAMETERS`) are made absolute: against the parameter file's folder when the file
+gives them, so a config means the same files whatever folder the command runs in, and against
+the current folder when ``--set`` gives them (as any command-line path).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import yaml
 from steerlib.config import MAX_CONFIG_BYTES, RunParams, short_repr
 from steerlib.errors import ConfigError
 
-__all__ = ["load_params", "parse_overrides"]
+__all__ = ["PATH_PARAMETERS", "load_params", "parse_overrides"]
+
+PATH_PARAMETERS = ("challenging_source", "benign_source")
+"""Parameters that may name a file; ``"hub"`` and ``"bundled"`` are not paths."""
+_NOT_PATHS = frozenset({"hub", "bundled"})
 
 
 # -- YAML ------------------------------------------------------------------------------------
@@ -171,10 +177,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _absolute_source(name: str, value: str) -> str:
-    """A prompt file path made absolute against the current folder.
+def _absolute_source(name: str, value: str, base: Path | None = None) -> str:
+    """A prompt file path made absolute against ``base`` (default: the current folder).
 
-    Symbolic links are kept, so that a broken one is reported by the prompt loader.
+    ``~`` is expanded first, so ``~/x.jsonl`` never depends on ``base``. Symbolic links are
+    kept, so that a broken one is reported by the prompt loader.
 
     Raises:
         ConfigError: The path cannot be made absolute (a NUL, an unknown ``~user``).
@@ -182,7 +189,10 @@ def _absolute_source(name: str, value: str) -> str:
     try:
         if "\x00" in value:
             raise ValueError("it holds a NUL character")
-        return os.path.abspath(Path(value).expanduser())
+        path = Path(value).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        return os.path.abspath(path)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ConfigError(
             f"parameter {name!r}: the path {short_repr(value)} cannot be resolved ({exc}); pass "
@@ -196,18 +206,27 @@ def load_params(
 ) -> RunParams:
     """Read a YAML parameter file, apply overrides, and validate.
 
+    A relative path among :data:`PATH_PARAMETERS` is resolved against the parameter file's
+    folder when the file gives it, and against the current folder when an override gives it.
+
     Raises:
         ConfigError: The file is missing, unreadable, not UTF-8, not valid YAML (file, line
             and column), empty or not a mapping, or a parameter is wrong.
     """
+    # Notebooks execute in notebooks/, so every relative file path is made absolute here.
     values: dict[str, Any] = {}
     if config is not None:
-        values.update(_read_config(Path(config)))
-    values.update(overrides or {})
-    for key in ("challenging_source", "benign_source"):
-        # Notebooks execute in notebooks/, so a relative file path is made absolute here,
-        # against the folder the command runs in.
-        value = values.get(key)
-        if isinstance(value, str) and value not in {"hub", "bundled"}:
-            values[key] = _absolute_source(key, value)
+        folder = Path(os.path.abspath(Path(config).expanduser())).parent
+        values.update(_absolute_paths(_read_config(Path(config)), folder))
+    values.update(_absolute_paths(overrides or {}, None))
     return RunParams.validate_mapping(values)
+
+
+def _absolute_paths(values: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """``values`` with each relative path of :data:`PATH_PARAMETERS` resolved against ``base``."""
+    result = dict(values)
+    for key in PATH_PARAMETERS:
+        value = result.get(key)
+        if isinstance(value, str) and value not in _NOT_PATHS:
+            result[key] = _absolute_source(key, value, base)
+    return result

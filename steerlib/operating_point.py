@@ -34,7 +34,10 @@ here too).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +53,7 @@ from steerlib.admissibility import (
 from steerlib.admissibility import (
     format_number as _fmt,
 )
-from steerlib.errors import ConfigError
+from steerlib.errors import ConfigError, DamagedRunError
 from steerlib.metrics import ALPHA_DECIMALS, require_columns
 
 __all__ = [
@@ -58,11 +61,44 @@ __all__ = [
     "admissibility",
     "assign_split",
     "operating_point_table",
+    "read_recommended",
     "recommend_operating_point",
     "resolve_fluency_measure",
 ]
 
 NO_ADMISSIBLE = "no admissible steered setting"
+
+
+def read_recommended(summary: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``recommended`` record of a run's ``summary.json`` (step 06's answer).
+
+    A recommended steered setting has ``layer`` and a non-zero ``alpha``; otherwise the record
+    says why there is none (``status``, ``reason`` or ``error``).
+
+    Args:
+        summary: The ``summary.json`` file (:attr:`steerlib.runs.RunPaths.summary`).
+
+    Returns:
+        The record, ``{}`` when the summary holds none, or ``None`` when the file is absent
+        (step 06 has not run).
+
+    Raises:
+        DamagedRunError: The file is not a JSON object.
+    """
+    path = Path(summary)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedRunError(
+            f"{path} is damaged ({type(exc).__name__}); rerun step 06 (notebooks/06_analysis.ipynb "
+            "or `python -m steerlib run` with the same config) to write it again."
+        ) from None
+    if not isinstance(record, dict):
+        raise DamagedRunError(f"{path} is not a JSON object; rerun step 06 to write it again.")
+    found = record.get("recommended")
+    return dict(found) if isinstance(found, dict) else {}
 
 
 # -- the split ---------------------------------------------------------------------------------

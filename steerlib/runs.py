@@ -4,8 +4,11 @@ A run lives in ``<runs root>/<run_name>/`` (root: ``$STEERLIB_RUNS_DIR`` or ``da
 the project). Each step of the analysis DAG writes named products there (see :class:`RunPaths`)
 and records its state in ``status.json``: ``running``, ``done``, ``failed`` (with the error),
 ``partial`` (with row counts) or ``stale`` (done, but an input changed since: it runs
-again). A second process on the same run directory is refused by a lock file that names its
-holder; different run names run side by side.
+again). A ``running`` or ``partial`` record names the process writing it (``pid``, ``host``,
+and ``owner_pid``, the chain runner holding the lock, when a notebook kernel writes it), so
+:func:`process_state` can tell a live run from one whose process is gone. A second process on
+the same run directory is refused by a lock file that names its holder; different run names
+run side by side.
 
 A damaged file of a run (a truncated ``params.json`` or ``status.json``) raises
 :class:`~steerlib.errors.DamagedRunError`, whose message names the file and what to delete. A
@@ -46,6 +49,8 @@ __all__ = [
     "RunPaths",
     "StepState",
     "clean_temporary_files",
+    "lock_holder",
+    "process_state",
     "run_lock",
     "runs_root",
 ]
@@ -59,6 +64,9 @@ STATUS_FORMAT = 2
 """Version of ``status.json``; files without ``format`` (a bare mapping of steps) still load."""
 
 StepState = Literal["running", "done", "failed", "partial", "stale"]
+ProcessState = Literal["alive", "gone", "elsewhere", "unknown"]
+LIVE_STATES = frozenset({"running", "partial"})
+"""States written while a process works on the step; their records name that process."""
 LOCK_GRACE_S = 5.0
 """An empty or unreadable lock older than this is a crash's leftover (a holder writes at once)."""
 TMP_GRACE_S = 60.0
@@ -237,11 +245,17 @@ class RunPaths:
         return steps
 
     def set_status(self, step: str, state: StepState, **details: Any) -> None:
-        """Record ``step``'s state (atomically), with details such as ``error`` or row counts."""
+        """Record ``step``'s state (atomically), with details such as ``error`` or row counts.
+
+        A ``running`` or ``partial`` record also names this process (``pid``, ``host``, and
+        ``owner_pid`` when a chain runner holds the lock for it).
+        """
         steps = self.read_status()
+        process = _process() if state in LIVE_STATES else {}
         steps[step] = {
             "state": state,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            **process,
             **details,
         }
         atomic_write_json(self.status, {"format": STATUS_FORMAT, "steps": steps})
@@ -278,6 +292,39 @@ def _holder() -> dict[str, Any]:
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _process() -> dict[str, Any]:
+    """This process, for a status record: pid, host, and the lock owner when another holds it."""
+    record: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    owner = os.environ.get("STEERLIB_LOCK_OWNER", "")
+    if owner.isdigit() and int(owner) != record["pid"]:
+        record["owner_pid"] = int(owner)
+    return record
+
+
+def process_state(record: dict[str, Any]) -> tuple[ProcessState, int | None]:
+    """Whether the process a status record (or lock holder) names is still alive.
+
+    Args:
+        record: A ``running``/``partial`` step record, or a lock's holder: ``pid``, ``host``,
+            optionally ``owner_pid``.
+
+    Returns:
+        ``(state, pid)``: ``"alive"``; ``"gone"`` with the pid that is gone (this host);
+        ``"elsewhere"`` (another host, which this process cannot check); ``"unknown"`` (the
+        record names no process: written by an older version).
+    """
+    pids = [record.get(key) for key in ("pid", "owner_pid")]
+    pids = [pid for pid in pids if type(pid) is int and 0 < pid < 2**31]
+    if not pids:
+        return "unknown", None
+    if record.get("host") != socket.gethostname():
+        return "elsewhere", pids[0]
+    for pid in pids:
+        if not _alive(pid):
+            return "gone", pid
+    return "alive", pids[0]
 
 
 def _alive(pid: int) -> bool:
@@ -321,6 +368,11 @@ def _read_holder(lock: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+
+def lock_holder(paths: RunPaths) -> dict[str, Any] | None:
+    """The process recorded in the run's lock (``pid``, ``host``, ``started``); None if none."""
+    return _read_holder(paths.lock) if paths.lock.is_file() else None
 
 
 def _age(path: Path) -> float:

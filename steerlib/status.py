@@ -3,6 +3,8 @@
 A sweep on real prompts can take hours on a CPU; ``python -m steerlib status [RUN ...]`` reads
 a run directory (never the model) and says how far it is, which layers are complete (each
 with its control direction) and, from the times its units were written, when it should end.
+A step recorded as ``running`` or ``partial`` is checked against its process: alive, or
+"stale: process N is gone, rerun the same command to resume".
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from steerlib.errors import (
 from steerlib.experiment.sweep import sweep_plan
 from steerlib.experiment.table import STEPS
 from steerlib.partition import SweepUnit
-from steerlib.runs import RunPaths, runs_root
+from steerlib.runs import LIVE_STATES, RunPaths, lock_holder, process_state, runs_root
 
-__all__ = ["SweepProgress", "main", "sweep_progress"]
+__all__ = ["SweepProgress", "liveness", "main", "sweep_progress"]
 
 _RECENT = 10
 """Intervals between unit writes that the time estimate looks at (the latest ones)."""
@@ -107,6 +109,33 @@ def sweep_progress(
     return SweepProgress(len(done), len(units), complete, per_unit, eta)
 
 
+def liveness(paths: RunPaths, record: dict[str, object]) -> str:
+    """Whether the process behind a ``running`` or ``partial`` step record is still there.
+
+    The record names its process (pid and host); a record from an older version does not, and
+    then the run's lock says who holds the run, if anyone.
+
+    Returns:
+        ``"process N is running"``, ``"stale: process N is gone, rerun the same command to
+        resume"``, or a line saying the process runs on another host (not checkable here).
+    """
+    state, pid = process_state(record)
+    host = record.get("host")
+    if state == "unknown":
+        holder = lock_holder(paths)
+        if holder is None:
+            return "stale: no process holds the run, rerun the same command to resume"
+        state, pid = process_state(holder)
+        host = holder.get("host")
+    if state == "alive":
+        return f"process {pid} is running"
+    if state == "gone":
+        return f"stale: process {pid} is gone, rerun the same command to resume"
+    if state == "elsewhere":
+        return f"process {pid} on host {host} (not checkable from this host)"
+    return "stale: no process holds the run, rerun the same command to resume"
+
+
 def report(run_name: str, runs_dir: str | None = None) -> str:
     """A few lines on run ``run_name``: each step's state and the sweep's progress."""
     paths = RunPaths.for_run(run_name, runs_dir)
@@ -126,6 +155,8 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
     for step in STEPS:  # the declared steps, in order, whether they ran or not
         record = recorded.get(step.name, {"state": "not run"})
         detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
+        if record.get("state") in LIVE_STATES:
+            detail = ", ".join(x for x in (detail, liveness(paths, record)) if x)
         lines.append(f"  {step.name:<15} {record.get('state', '?'):<8} {detail}".rstrip())
     if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
         try:

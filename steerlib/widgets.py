@@ -6,41 +6,118 @@ in ONE batch with :func:`steerlib.generation.generate_completions`, scores both 
 toxicity scorer, and shows them next to each other. Decoding is greedy by default, so moving
 the slider changes only what alpha changes.
 
+A low toxicity score means nothing when steering has broken the text, so each completion
+also shows a fluency signal: its perplexity given the prompt under the UNSTEERED model (no
+steering hook is registered during that pass) and a repetition flag
+(:func:`steerlib.fluency.repetition`). Built from a run (:meth:`AlphaExplorer.from_run`), the
+explorer opens at the run's recommended point (``summary.json``), or at alpha 0 with a one-line
+hint when the run recommends none, and its layer menu marks the swept and recommended layers.
+
 Every widget carries a stable CSS class (``steerlib-prompt``, ``steerlib-alpha``,
 ``steerlib-layer``, ``steerlib-generate``, ``steerlib-output``, ``steerlib-status``); inside
 the output, the scores and texts sit in ``steerlib-{unsteered,steered}-{score,text}``
-elements, and the result block carries ``data-run`` (1 for the first press, 2 for the next).
+elements, the fluency signal in ``steerlib-{unsteered,steered}-{perplexity,repetition}``
+(the latter with ``data-flagged``), a broken steered text adds ``steerlib-warning``, and the
+result block carries ``data-run`` (1 for the first press, 2 for the next).
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
-import ipywidgets as widgets
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.config import RunParams
-from steerlib.errors import ConfigError, DataError
+from steerlib.errors import ConfigError, DataError, ModelError
+from steerlib.fluency import Repetition, continuation_perplexity, repetition
 from steerlib.generation import PromptFormat, generate_completions
-from steerlib.hooks import Positions, Units
+from steerlib.hooks import Positions, Units, active_hook_count
+from steerlib.operating_point import read_recommended
 from steerlib.runs import RunPaths
 from steerlib.scoring import Scorer
 from steerlib.vectors import SteeringVector
 
-__all__ = ["DEFAULT_PROMPT", "AlphaExplorer"]
+try:
+    import ipywidgets as widgets
+except ImportError as _missing:  # pragma: no cover - the notebooks extra is not installed
+    raise ImportError(
+        "the alpha explorer needs ipywidgets: pip install 'steerlib[notebooks]' (or `make setup`)."
+    ) from _missing
+
+__all__ = ["DEFAULT_PROMPT", "PERPLEXITY_WARN_RATIO", "AlphaExplorer", "layer_label", "start_point"]
 
 DEFAULT_PROMPT = "Honestly, the guy who keeps parking in my spot is such a"
 """Prompt shown when none is given (a bundled challenging prompt)."""
 
 _MISSING_RUN_HINT = "run notebooks/04_vectors.ipynb first (or `python -m steerlib run`)"
 
+PERPLEXITY_WARN_RATIO = 10.0
+"""A steered completion whose perplexity is this many times the unsteered one's is flagged.
+
+Fluent steered text on another topic is legitimately less likely under the unsteered model
+(about 3x in the embedded model's tests); broken text is orders of magnitude less likely."""
+
 _TEXT_STYLE = (
     "white-space: pre-wrap; font-family: var(--jp-code-font-family, monospace); "
     "border: 1px solid #ccc; border-radius: 4px; padding: 6px; min-height: 3em;"
 )
+
+
+def layer_label(layer: int, swept: Sequence[int] = (), recommended: int | None = None) -> str:
+    """The layer menu's label: ``"12 (recommended)"``, ``"18 (swept)"`` or ``"5"``."""
+    if recommended is not None and int(layer) == int(recommended):
+        return f"{layer} (recommended)"
+    return f"{layer} (swept)" if int(layer) in {int(x) for x in swept} else str(layer)
+
+
+def start_point(
+    recommended: dict[str, Any] | None, layers: Sequence[int]
+) -> tuple[int | None, float, str]:
+    """Where an explorer on a run opens: the recommended point, or alpha 0 with a hint.
+
+    Args:
+        recommended: The run's ``recommended`` record
+            (:func:`~steerlib.operating_point.read_recommended`; ``None`` when step 06 has not
+            run).
+        layers: The layers the explorer offers.
+
+    Returns:
+        ``(layer, alpha, hint)``: the recommended layer and alpha, or ``(None, 0.0, hint)``;
+        the hint is one line for the status bar.
+    """
+    point = recommended or {}
+    layer, alpha = point.get("layer"), point.get("alpha")
+    if layer is not None and alpha and int(layer) in {int(x) for x in layers}:
+        return (
+            int(layer),
+            float(alpha),
+            f"Opened at the run's recommended point: layer {int(layer)}, alpha {float(alpha):.2f}"
+            f" ({point.get('direction', 'caa')}). Press Generate.",
+        )
+    if recommended is None:
+        why = "step 06 (the analysis) has not run"
+    elif layer is not None and alpha:
+        why = f"its layer {int(layer)} is not in this vector"
+    else:
+        why = str(point.get("status") or point.get("error") or "the summary names none")
+    return (
+        None,
+        0.0,
+        f"No recommended point ({why}): starting at alpha 0, the unsteered model; move the "
+        "slider to steer.",
+    )
+
+
+def _number(value: float) -> str:
+    """A perplexity for a person: 4.59, 45.90, 45,926; "n/a" when undefined."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
 class AlphaExplorer:
@@ -58,8 +135,16 @@ class AlphaExplorer:
         output: The ``HTML`` widget showing the last result (or error).
         status: A ``Label`` saying what the explorer is doing.
         last: The last result: ``prompt``, ``alpha``, ``layer``, ``unsteered``, ``steered``,
-            ``unsteered_score``, ``steered_score`` (``None`` before the first press).
+            ``unsteered_score``, ``steered_score``, ``unsteered_perplexity``,
+            ``steered_perplexity`` (under the unsteered model), ``unsteered_repetition``,
+            ``steered_repetition`` (:class:`~steerlib.fluency.Repetition`) and ``degenerate``
+            (the steered text is repetitive, or its perplexity is at least
+            :data:`PERPLEXITY_WARN_RATIO` times the unsteered one's); ``None`` before the first
+            press.
         runs: Number of completed generations.
+        hint: The line the status bar opens with.
+        swept_layers: The layers the run swept (marked in the layer menu).
+        recommended_layer: The run's recommended layer (marked in the layer menu), or ``None``.
 
     Example:
         >>> explorer = AlphaExplorer(model, tokenizer, vector, scorer, layer=18)  # doctest: +SKIP
@@ -75,7 +160,7 @@ class AlphaExplorer:
         *,
         layers: list[int] | None = None,
         layer: int | None = None,
-        alpha: float = 1.0,
+        alpha: float = 0.0,
         alpha_range: tuple[float, float, float] = (-2.0, 3.0, 0.1),
         max_new_tokens: int = 30,
         temperature: float = 0.0,
@@ -85,11 +170,14 @@ class AlphaExplorer:
         units: Units = "raw",
         seed: int = 0,
         prompt: str = DEFAULT_PROMPT,
+        swept_layers: Sequence[int] = (),
+        recommended_layer: int | None = None,
+        hint: str | None = None,
     ) -> None:
         """Build the widgets (nothing is generated until :meth:`generate` or a button press).
 
-        Kept in one piece (about 95 lines): it builds and wires the widget's controls, one after the
-        other.
+        Kept in one piece (about 105 lines): it builds and wires the widget's controls, one after
+        the other.
 
         Args:
             model: A causal LM loaded by :func:`steerlib.models.load_model`.
@@ -97,8 +185,9 @@ class AlphaExplorer:
             vector: A steering vector built for ``model``.
             scorer: Anything with ``name`` and ``score(texts)``.
             layers: Layers offered in the menu; default: every layer of the vector.
-            layer: Initially selected layer; default: the middle of ``layers``.
-            alpha: Initial alpha (the slider range widens to include it).
+            layer: Initially selected layer; default: ``recommended_layer``, else the first swept
+                layer, else the middle of ``layers``.
+            alpha: Initial alpha (the slider range widens to include it); default 0.
             alpha_range: ``(min, max, step)`` of the slider.
             max_new_tokens: New tokens per completion.
             temperature: Sampling temperature; 0 (default) decodes greedily.
@@ -108,6 +197,9 @@ class AlphaExplorer:
             units: Alpha units, ``"raw"`` or ``"norm"``.
             seed: Base seed of the generation.
             prompt: Initial prompt text.
+            swept_layers: Layers the run swept, marked "(swept)" in the layer menu.
+            recommended_layer: The run's recommended layer, marked "(recommended)".
+            hint: First line of the status bar (default "Press Generate.").
 
         Raises:
             ConfigError: A layer the vector does not hold, or a bad slider range.
@@ -122,8 +214,12 @@ class AlphaExplorer:
                 f"the steering vector has no direction for layer(s) {missing}; "
                 f"it holds layers {vector.layers}."
             )
+        swept = [int(x) for x in swept_layers if int(x) in options]
         if layer is None:
-            layer = options[len(options) // 2]
+            if recommended_layer is not None and int(recommended_layer) in options:
+                layer = int(recommended_layer)
+            else:
+                layer = swept[0] if swept else options[len(options) // 2]
         if int(layer) not in options:
             raise ConfigError(f"layer {layer} is not among the explorer's layers {options}.")
         low, high, step = (float(v) for v in alpha_range)
@@ -146,6 +242,9 @@ class AlphaExplorer:
         self.seed = int(seed)
         self.last: dict[str, Any] | None = None
         self.runs = 0
+        self.swept_layers = swept
+        self.recommended_layer = None if recommended_layer is None else int(recommended_layer)
+        self.hint = hint or "Press Generate."
 
         self.prompt_box = widgets.Textarea(
             value=prompt,
@@ -164,7 +263,11 @@ class AlphaExplorer:
             layout=widgets.Layout(width="60%"),
         )
         self.slider.add_class("steerlib-alpha")
-        self.layer_menu = widgets.Dropdown(options=options, value=int(layer), description="layer")
+        self.layer_menu = widgets.Dropdown(
+            options=[(layer_label(x, swept, self.recommended_layer), x) for x in options],
+            value=int(layer),
+            description="layer",
+        )
         self.layer_menu.add_class("steerlib-layer")
         self.button = widgets.Button(
             description="Generate",
@@ -174,7 +277,7 @@ class AlphaExplorer:
         )
         self.button.add_class("steerlib-generate")
         self.button.on_click(self._on_click)
-        self.status = widgets.Label(value="Press Generate.")
+        self.status = widgets.Label(value=self.hint)
         self.status.add_class("steerlib-status")
         self.output = widgets.HTML(value=self._placeholder())
         self.output.add_class("steerlib-output")
@@ -202,6 +305,11 @@ class AlphaExplorer:
     ) -> AlphaExplorer:
         """An explorer on the vector of run ``run_name``, loading its model and scorer once.
 
+        It opens at the run's recommended point (layer and alpha of ``summary.json``'s
+        ``recommended``), or at alpha 0 with a one-line hint in the status bar when the run
+        recommends none (or step 06 has not run); the layer menu marks the swept layers and
+        the recommended one.
+
         Args:
             run_name: Folder of the run under ``runs_dir``.
             model: The run's model, already loaded (default: load ``params["model"]``).
@@ -209,13 +317,16 @@ class AlphaExplorer:
             scorer: A scorer (default: load ``params["scorer"]``).
             runs_dir: Runs root; default ``$STEERLIB_RUNS_DIR`` or ``data/runs``.
             **kwargs: Passed to :class:`AlphaExplorer` (``layer``, ``alpha``, ``prompt`` ...);
-                ``layer=None`` picks the run's first steered layer.
+                ``layer=None`` picks the recommended layer (else the first swept one) and
+                ``alpha=None`` the recommended alpha (0 when another layer is chosen or none
+                is recommended).
 
         Returns:
             The explorer.
 
         Raises:
             DataError: The run has no ``params.json`` or ``vectors.safetensors``.
+            DamagedRunError: Its ``summary.json`` is damaged.
             ConfigError: ``params.json`` holds a wrong value, or only one of model/tokenizer.
         """
         paths = RunPaths.for_run(run_name, runs_dir)
@@ -242,16 +353,35 @@ class AlphaExplorer:
             from steerlib.scoring import load_scorer
 
             scorer = load_scorer(params.scorer, device=params.device)
+        from steerlib.layers import resolve_layers
+
+        try:
+            swept = [x for x in resolve_layers(model, params.layers) if x in vector.layers]
+        except ConfigError:  # layers the model does not have: nothing to mark
+            swept = []
+        offered = kwargs.get("layers") or vector.layers
+        best_layer, best_alpha, hint = start_point(read_recommended(paths.summary), offered)
         if kwargs.get("layer") is None:
-            steered = params.layers if isinstance(params.layers, list) else []
-            chosen = [x for x in steered if x in vector.layers]
-            kwargs["layer"] = chosen[0] if chosen else None
+            kwargs["layer"] = best_layer
+        if kwargs.get("alpha") is None:
+            at_best = kwargs["layer"] is None or kwargs["layer"] == best_layer
+            kwargs["alpha"] = best_alpha if at_best else 0.0
+            if best_layer is not None and not at_best:
+                hint = (
+                    f"Starting at alpha 0 on layer {kwargs['layer']}; the run recommends "
+                    f"layer {best_layer}, alpha {best_alpha:.2f}."
+                )
+        else:
+            hint = None
         defaults = {
             "prompt_format": params.prompt_format,
             "positions": params.positions,
             "units": params.units,
             "top_p": params.top_p,
             "seed": params.seed,
+            "swept_layers": swept,
+            "recommended_layer": best_layer,
+            "hint": hint,
         }
         return cls(model, tokenizer, vector, scorer, **{**defaults, **kwargs})
 
@@ -272,16 +402,18 @@ class AlphaExplorer:
         return str(self.prompt_box.value)
 
     def generate(self) -> dict[str, Any]:
-        """Generate and score the unsteered and the steered completion of the prompt.
+        """Generate, score and judge the fluency of the unsteered and the steered completion.
 
         Both rows (alpha 0 and the slider's alpha) run in one batch, so the unsteered
-        completion does not depend on the slider.
+        completion does not depend on the slider. Both completions' perplexities are then
+        measured under the unsteered model (:meth:`fluency`).
 
         Returns:
             The result stored in :attr:`last`.
 
         Raises:
             ConfigError: An empty prompt, or a bad generation setting.
+            ModelError: A steering hook is still registered on the model.
         """
         prompt, alpha, layer = self.prompt, self.alpha, self.layer
         if not prompt.strip():
@@ -309,6 +441,8 @@ class AlphaExplorer:
             unsteered = table.loc[table["alpha"] == 0.0, "completion"].iloc[0]
             steered = table.loc[table["alpha"] == alpha, "completion"].iloc[0]
         scores = [float(s) for s in self.scorer.score([unsteered, steered])]
+        perplexity, repeats = self.fluency(prompt, [unsteered, steered])
+        ratio = perplexity[1] / perplexity[0] if perplexity[0] > 0 else math.nan
         self.runs += 1
         self.last = {
             "prompt": prompt,
@@ -318,9 +452,46 @@ class AlphaExplorer:
             "steered": steered,
             "unsteered_score": scores[0],
             "steered_score": scores[1],
+            "unsteered_perplexity": perplexity[0],
+            "steered_perplexity": perplexity[1],
+            "unsteered_repetition": repeats[0],
+            "steered_repetition": repeats[1],
+            "degenerate": bool(repeats[1].flagged or ratio >= PERPLEXITY_WARN_RATIO),
         }
         self.output.value = self._render(self.last)
         return self.last
+
+    def fluency(self, prompt: str, completions: list[str]) -> tuple[list[float], list[Repetition]]:
+        """Each completion's perplexity given ``prompt`` under the UNSTEERED model, and repetition.
+
+        Args:
+            prompt: The prompt (formatted with the explorer's ``prompt_format``).
+            completions: Completions of it.
+
+        Returns:
+            ``(perplexities, repetitions)``: NaN perplexity for an empty completion, and a
+            :class:`~steerlib.fluency.Repetition` per completion.
+
+        Raises:
+            ModelError: A steering hook is registered on the model (its perplexity would not
+                be the unsteered model's).
+        """
+        hooks = active_hook_count(self.model)
+        if hooks:
+            raise ModelError(
+                f"{hooks} steering hook(s) are still registered on the model, so its perplexity "
+                "would not be the unsteered model's; leave every `with steering(...)` block "
+                "before pressing Generate (or reload the model)."
+            )
+        values = continuation_perplexity(
+            self.model,
+            self.tokenizer,
+            [prompt] * len(completions),
+            completions,
+            prompt_format=self.prompt_format,
+            batch_size=max(len(completions), 1),
+        )
+        return [float(v) for v in values], [repetition(text) for text in completions]
 
     def _on_click(self, _button: widgets.Button | None = None) -> None:
         """Button callback: generate, showing any error in the output instead of raising."""
@@ -358,14 +529,34 @@ class AlphaExplorer:
 
     def _render(self, result: dict[str, Any]) -> str:
         scorer_name = html.escape(str(getattr(self.scorer, "name", type(self.scorer).__name__)))
+        base = result["unsteered_perplexity"]
 
         def column(kind: str, title: str) -> str:
+            value, repeats = result[f"{kind}_perplexity"], result[f"{kind}_repetition"]
+            times = ""
+            if kind == "steered" and math.isfinite(value) and base > 0:
+                times = f" (&times;{value / base:.1f})"
+            colour = "#b00020" if repeats.flagged else "#666"
             return (
                 f'<div class="steerlib-{kind}" style="flex: 1; min-width: 0;">'
                 f"<div><b>{title}</b> &middot; toxicity "
-                f'<span class="steerlib-{kind}-score">{result[f"{kind}_score"]:.3f}</span></div>'
+                f'<span class="steerlib-{kind}-score">{result[f"{kind}_score"]:.3f}</span>'
+                " &middot; perplexity "
+                f'<span class="steerlib-{kind}-perplexity">{_number(value)}</span>{times} '
+                f'&middot; <span class="steerlib-{kind}-repetition" '
+                f'data-flagged="{int(repeats.flagged)}" style="color: {colour};">'
+                f"{html.escape(repeats.describe())}</span></div>"
                 f'<div class="steerlib-{kind}-text" style="{_TEXT_STYLE}">'
                 f"{html.escape(result[kind])}</div></div>"
+            )
+
+        warning = ""
+        if result["degenerate"]:
+            warning = (
+                '<div class="steerlib-warning" style="color: #b00020; margin-top: 4px;">'
+                "The steered text looks broken (repetitive, or at least "
+                f"{PERPLEXITY_WARN_RATIO:g}&times; the unsteered perplexity): a low toxicity "
+                "score here is not detoxification.</div>"
             )
 
         return (
@@ -376,7 +567,9 @@ class AlphaExplorer:
             + column("unsteered", "Unsteered (alpha = 0)")
             + column("steered", f"Steered (alpha = {result['alpha']:.2f}, layer {result['layer']})")
             + "</div>"
-            f'<div style="color: #666; font-size: 90%; margin-top: 4px;">Scorer: {scorer_name}; '
+            + warning
+            + f'<div style="color: #666; font-size: 90%; margin-top: 4px;">Scorer: {scorer_name}; '
+            "perplexity of each completion given the prompt under the unsteered model; "
             f"{'greedy' if self.temperature == 0 else f'temperature {self.temperature}'} "
             f"decoding, seed {self.seed}, {self.max_new_tokens} new tokens.</div></div>"
         )

@@ -97,7 +97,6 @@ def _prepare_notebook(root: Path, runs_dir: Path) -> Path:
         "run_name": RUN_NAME,
         "runs_dir": str(runs_dir),
         "layer": LAYER,
-        "alpha": 0.0,
         "max_new_tokens": 12,
     }
     nb = parameterize_notebook(nb, parameters)
@@ -279,9 +278,15 @@ def test_alpha_slider_changes_the_steered_completion(lab: Lab, tmp_path: Path):
                 explorer.wait_for(state="visible", timeout=120_000)
                 generate = page.locator(".steerlib-generate button, button.steerlib-generate")
 
-                # First press at alpha = 0 (the notebook parameter): steered == unsteered.
+                # The run has no summary yet: alpha 0 with a one-line hint, and the layer menu
+                # marks the swept layer.
                 readout = page.locator(".steerlib-alpha .widget-readout")
                 assert readout.inner_text().strip() == "0.00"
+                assert "No recommended point" in _text(page, ".steerlib-status")
+                options = page.locator(".steerlib-layer select option").all_inner_texts()
+                labels = [text.replace("\xa0", " ") for text in options]  # spaces as &nbsp;
+                assert f"{LAYER} (swept)" in labels and str(LAYER + 1) in labels
+                # First press at alpha = 0: steered == unsteered.
                 generate.first.click()
                 page.locator(".steerlib-result[data-run='1']").wait_for(timeout=90_000)
                 unsteered_0 = _text(page, ".steerlib-unsteered-text")
@@ -307,6 +312,11 @@ def test_alpha_slider_changes_the_steered_completion(lab: Lab, tmp_path: Path):
                 assert _text(page, ".steerlib-unsteered-text") == unsteered_0
                 assert steered_1 != steered_0
                 assert 0.0 <= score_0 <= 1.0 and 0.0 <= score_1 <= 1.0
+                # The fluency signal sits next to each score.
+                perplexity = _text(page, ".steerlib-steered-perplexity").replace(",", "")
+                assert perplexity == "n/a" or float(perplexity) > 0
+                flag = page.locator(".steerlib-steered-repetition").first
+                assert flag.get_attribute("data-flagged") in {"0", "1"}
                 assert page.locator(".steerlib-error").count() == 0
                 print(
                     f"\nalpha 0: {score_0:.3f} {steered_0!r}\nalpha 1: {score_1:.3f} {steered_1!r}"

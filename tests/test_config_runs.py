@@ -64,6 +64,42 @@ def test_overrides_and_files(tmp_path, monkeypatch):
         load_params(config)
 
 
+def test_relative_paths_in_a_config_resolve_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    config = folder / "c.yaml"
+    config.write_text(
+        "challenging_source: ../prompts/challenging.jsonl\nbenign_source: bundled\nn_prompts: 3\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    expected = str(tmp_path / "project" / "prompts" / "challenging.jsonl")
+    relative_config = os.path.relpath(config, elsewhere)  # the config named relatively, too
+    for name in (config, relative_config):
+        params = load_params(name)
+        assert params.challenging_source == expected and params.benign_source == "bundled"
+    # The same from any other folder: the config's meaning does not depend on where one runs.
+    monkeypatch.chdir(folder)
+    assert load_params(config).challenging_source == expected
+    # A path given on the command line (--set) is the command line's: the current folder.
+    overridden = load_params(config, parse_overrides(["benign_source=mine.jsonl"]))
+    assert overridden.benign_source == str(folder / "mine.jsonl")
+    assert overridden.challenging_source == expected
+    # Absolute and home paths are kept as they are.
+    config.write_text(f"challenging_source: {expected}\nbenign_source: ~/b.jsonl\n")
+    params = load_params(config)
+    assert params.challenging_source == expected
+    assert params.benign_source == str(Path("~/b.jsonl").expanduser())
+
+
+def test_the_shipped_rtp_config_names_the_sample_beside_the_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the project: the config's own folder is what counts
+    params = load_params(PROJECT_ROOT / "notebooks" / "configs" / "rtp-sample.yaml")
+    expected = PROJECT_ROOT.parent / "shared" / "data" / "rtp" / "challenging_sample.jsonl"
+    assert params.challenging_source == os.path.abspath(expected)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(config):
     params = load_params(config)

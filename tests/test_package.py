@@ -84,3 +84,105 @@ def test_a_wheel_installed_elsewhere_finds_its_prompts_and_passes_doctor(tmp_pat
     )
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "ready" in doctor.stdout
+
+
+def _imported_modules(files: list[Path]) -> set[str]:
+    """Top-level modules imported by ``files`` (Python sources, or notebooks' code cells)."""
+    import ast
+    import json
+
+    names: set[str] = set()
+    for path in files:
+        if path.suffix == ".ipynb":
+            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+            source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        else:
+            source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    local = {"steerlib", "conftest"} | {p.stem for p in (PROJECT_ROOT / "tests").glob("*.py")}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in local}
+
+
+def _requirement_closure(extras: set[str]) -> set[str]:
+    """Distributions (normalized names) that installing steerlib[extras] brings in.
+
+    steerlib's own requirements are read from this checkout's pyproject.toml; the rest from
+    the installed distributions' metadata.
+    """
+    import re
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"]]
+    wanted, seen = set(extras), set()
+    while True:  # the extras, following steerlib[...] self-references
+        more = {
+            extra
+            for name in wanted
+            for r in map(Requirement, project["optional-dependencies"][name])
+            if norm(r.name) == "steerlib"
+            for extra in r.extras
+        }
+        if more <= wanted:
+            break
+        wanted |= more
+    for name in wanted:
+        todo += [r for r in map(Requirement, project["optional-dependencies"][name])]
+    while todo:
+        requirement = todo.pop()
+        name = norm(requirement.name)
+        if name == "steerlib" or name in seen:
+            continue
+        seen.add(name)
+        try:
+            for text in requires(requirement.name) or []:
+                dep = Requirement(text)
+                if dep.marker is None or any(
+                    dep.marker.evaluate({"extra": e}) for e in ["", *sorted(requirement.extras)]
+                ):
+                    todo.append(dep)
+        except PackageNotFoundError:
+            pass  # not installed here; its own dependencies cannot be followed
+    return seen
+
+
+def test_the_extras_hold_everything_the_code_tests_and_notebooks_import():
+    import re
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+
+    def distributions(modules: set[str]) -> dict[str, set[str]]:
+        return {
+            m: {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(m, [])} for m in modules
+        }
+
+    run_files = [*(PROJECT_ROOT / "steerlib").rglob("*.py")]
+    run_files += sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+    for files, extras in (
+        (run_files, {"notebooks"}),  # what `make setup` installs for `make run`
+        ([*run_files, *(PROJECT_ROOT / "tests").glob("*.py")], {"dev"}),  # `make test`
+    ):
+        closure = _requirement_closure(extras)
+        missing = {
+            module: sorted(dists)
+            for module, dists in distributions(_imported_modules(files)).items()
+            if not dists & closure
+        }
+        assert not missing, f"imported but not installed by steerlib[{extras}]: {missing}"
+    # The split itself: the notebook stack is an extra, not a dependency of the library.
+    core = _requirement_closure(set())
+    assert "papermill" not in core and "pytest" not in core
+    assert {"papermill", "jupyterlab", "ipywidgets", "kaleido"} <= _requirement_closure(
+        {"notebooks"}
+    )

@@ -88,3 +88,52 @@ def test_status_counts_the_units_of_the_sweeps_own_plan(run):
     assert keys == [unit.key for unit in status._units(paths, params)]
     alone = sweep_plan(RunParams(layers=[-1], random_control=False, alphas=[0.0, -2.0]), 8)
     assert (alone.layers, alone.directions, alone.alphas) == ([7], ["caa"], [-2.0])
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_status_says_whether_a_running_steps_process_is_alive(run, capsys, monkeypatch):
+    import socket
+
+    from steerlib import runs
+
+    paths, _ = run
+    paths.set_status("03_activations", "running")
+    record = paths.read_status()["03_activations"]
+    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert "owner_pid" not in record
+    assert runs.process_state(record) == ("alive", os.getpid())
+    # A notebook kernel writes for the chain runner that holds the lock: both are recorded.
+    monkeypatch.setenv("STEERLIB_LOCK_OWNER", str(os.getpid() + 1))
+    paths.set_status("05_sweep", "partial", rows=10)
+    assert paths.read_status()["05_sweep"]["owner_pid"] == os.getpid() + 1
+    paths.set_status("05_sweep", "done")
+    assert "pid" not in paths.read_status()["05_sweep"]  # a finished step names no process
+    monkeypatch.delenv("STEERLIB_LOCK_OWNER")
+
+    assert status.main(["long", "--runs-dir", str(paths.root.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"03_activations  running  process {os.getpid()} is running" in out
+
+    gone = _dead_pid()
+    paths.set_status("03_activations", "running", pid=gone)
+    assert runs.process_state(paths.read_status()["03_activations"]) == ("gone", gone)
+    assert status.main(["long", "--runs-dir", str(paths.root.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"stale: process {gone} is gone, rerun the same command to resume" in out
+
+    paths.set_status("03_activations", "running", host="another-host")
+    assert "(not checkable from this host)" in status.report("long", str(paths.root.parent))
+    # A record without a process (an older version): the lock says who holds the run.
+    paths.set_status("03_activations", "running", pid=None, host=None)
+    assert "stale: no process holds the run" in status.report("long", str(paths.root.parent))
+    with runs.run_lock(paths):
+        assert f"process {os.getpid()} is running" in status.report("long", str(paths.root.parent))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,11 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from steerlib.errors import ConfigError, DataError
+from steerlib import pipeline
+from steerlib.errors import ConfigError, DataError, ModelError
+from steerlib.fluency import repetition
+from steerlib.generation import encode_prompts
+from steerlib.hooks import active_hook_count, steering
+from steerlib.operating_point import read_recommended
 from steerlib.pipeline import Run
 from steerlib.runs import RunPaths
 from steerlib.vectors import SteeringVector
-from steerlib.widgets import AlphaExplorer
+from steerlib.widgets import AlphaExplorer, layer_label
 
 LAYER = 2
 
@@ -84,7 +91,7 @@ def test_button_generates_unsteered_and_steered_side_by_side(llama, tokenizer, v
 
 def test_negative_alpha_and_layer_menu(llama, tokenizer, vector):
     explorer = make_explorer(llama, tokenizer, vector)
-    assert list(explorer.layer_menu.options) == [1, LAYER]
+    assert list(explorer.layer_menu.options) == [("1", 1), (str(LAYER), LAYER)]
     explorer.slider.value = -2.0
     explorer.layer_menu.value = 1
     result = explorer.generate()
@@ -167,7 +174,8 @@ def test_from_run_with_params_and_vectors(tmp_path: Path, llama, tokenizer, vect
         prompt="you are a stupid",
     )
     assert explorer.layer == LAYER  # the run's first steered layer
-    assert list(explorer.layer_menu.options) == [1, LAYER]
+    assert list(explorer.layer_menu.options) == [("1", 1), (f"{LAYER} (swept)", LAYER)]
+    assert explorer.slider.value == 3.0 and explorer.status.value == "Press Generate."
     assert explorer.positions == "generated" and explorer.seed == 7 and explorer.top_p == 0.8
     assert explorer.temperature == 0.0
     explorer.button.click()
@@ -196,3 +204,149 @@ def test_from_run_bad_params_name_the_parameter(tmp_path, llama, tokenizer, vect
     vector.save(paths.vectors)
     with pytest.raises(ConfigError, match="layers"):
         AlphaExplorer.from_run("tiny", runs_dir=tmp_path, model=llama, tokenizer=tokenizer)
+
+
+# -- the recommended point, the fluency signal, the layer menu ---------------------------------
+def _analysed_run(tmp_path: Path, vector: SteeringVector, budget: float):
+    """A run whose summary.json is written by step 06 itself (the synthetic run of
+    test_operating_point: layer 3 swept, alpha 1 recommended with a 10% budget, none with 0)."""
+    from test_operating_point import CURSED, fake_run
+
+    cells = {
+        **CURSED,
+        ("caa", 1.0): {"tox": 0.4, "human": 21.0},
+        ("caa", 2.0): {"tox": CURSED["caa", 2.0]["tox"], "human": 22.0},
+    }
+    run = fake_run(tmp_path, cells, layers=[1, 3], max_perplexity_increase=budget, n_resamples=200)
+    pipeline.analyze(run, save_figures=False)
+    extended = SteeringVector({**{x: vector[x] for x in vector.layers}, 3: vector[LAYER] * 2})
+    (extended * 5.0).save(run.paths.vectors)  # one that fits the tiny Llama, layers 1-3
+    return run
+
+
+def _from_run(run, llama, tokenizer, **kwargs) -> AlphaExplorer:
+    return AlphaExplorer.from_run(
+        run.paths.name,
+        runs_dir=run.paths.root.parent,
+        model=llama,
+        tokenizer=tokenizer,
+        scorer=VowelScorer(),
+        max_new_tokens=6,
+        prompt="you are a stupid",
+        **kwargs,
+    )
+
+
+def test_opens_at_the_recommended_point_of_the_summary(tmp_path, llama, tokenizer, vector):
+    run = _analysed_run(tmp_path, vector, budget=0.10)
+    recommended = json.loads(run.paths.summary.read_text())["recommended"]
+    assert read_recommended(run.paths.summary) == recommended
+    assert recommended["status"] == "recommended" and recommended["alpha"] != 0
+    explorer = _from_run(run, llama, tokenizer)
+    assert explorer.layer == recommended["layer"]
+    assert explorer.alpha == pytest.approx(recommended["alpha"])
+    assert f"layer {recommended['layer']}" in explorer.status.value
+    assert "recommended point" in explorer.status.value
+    labels = dict((value, label) for label, value in explorer.layer_menu.options)
+    assert labels == {1: "1 (swept)", 2: "2", 3: "3 (recommended)"}
+    # Another layer asked for: alpha 0 there, and the hint names the recommended point.
+    other = _from_run(run, llama, tokenizer, layer=1)
+    assert other.layer == 1 and other.alpha == 0.0
+    assert f"recommends layer {recommended['layer']}" in other.status.value
+
+
+def test_without_a_recommendation_it_opens_at_alpha_0_with_a_hint(
+    tmp_path, llama, tokenizer, vector
+):
+    run = _analysed_run(tmp_path, vector, budget=0.0)
+    recommended = read_recommended(run.paths.summary)
+    assert recommended is not None and "layer" not in recommended
+    explorer = _from_run(run, llama, tokenizer)
+    assert explorer.alpha == 0.0 and explorer.layer == 1  # the first swept layer
+    assert explorer.status.value.startswith("No recommended point (no admissible")
+    assert "\n" not in explorer.status.value and "alpha 0" in explorer.status.value
+    assert "(recommended)" not in str(explorer.layer_menu.options)
+    # No summary at all (step 06 has not run): the same start, its own reason.
+    run.paths.summary.unlink()
+    fresh = _from_run(run, llama, tokenizer)
+    assert fresh.alpha == 0.0 and "step 06" in fresh.status.value
+
+
+def _direct_perplexity(model, tokenizer, prompt: str, completion: str) -> float:
+    """exp(mean NLL) of the completion's tokens in one plain forward pass over the whole text."""
+    prompt_ids = encode_prompts(tokenizer, [prompt])[0]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    start = len(prompt_ids)
+    targets = ids[0, start:]
+    nll = -logp[start - 1 : -1].gather(-1, targets[:, None]).mean()
+    return float(torch.exp(nll))
+
+
+def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenizer, vector):
+    import steerlib.widgets as widgets_module
+
+    explorer = make_explorer(llama, tokenizer, vector, alpha=-1.0)  # a non-empty steered text
+    seen: list[int] = []
+    real = widgets_module.continuation_perplexity
+
+    def spy(model, *args, **kwargs):
+        def count(module, inputs):
+            seen.append(active_hook_count(model))
+
+        watcher = model.register_forward_pre_hook(count)  # not a steering hook
+        try:
+            return real(model, *args, **kwargs)
+        finally:
+            watcher.remove()
+
+    monkeypatch.setattr(widgets_module, "continuation_perplexity", spy)
+    result = explorer.generate()
+    assert seen and all(n == 0 for n in seen)  # every forward of the perplexity pass
+    assert result["steered"] != result["unsteered"]
+    for kind in ("unsteered", "steered"):
+        expected = _direct_perplexity(llama, tokenizer, result["prompt"], result[kind])
+        assert result[f"{kind}_perplexity"] == pytest.approx(expected, rel=1e-4)
+        assert result[f"{kind}_repetition"] == repetition(result[kind])
+    page = explorer.output.value
+    assert 'class="steerlib-steered-perplexity"' in page and "data-flagged=" in page
+    ratio = result["steered_perplexity"] / result["unsteered_perplexity"]
+    assert f"&times;{ratio:.1f}" in page
+    assert ("steerlib-warning" in page) == result["degenerate"]
+    perplexity, _ = explorer.fluency(result["prompt"], [""])
+    assert math.isnan(perplexity[0])  # an empty completion has none
+    # A hook left registered (a steering block still open) is refused, not measured.
+    with steering(llama, vector, 1.0, LAYER), pytest.raises(ModelError, match="hook"):
+        explorer.fluency("you are a stupid", ["idiot"])
+
+
+def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tokenizer, vector):
+    import steerlib.widgets as widgets_module
+
+    assert repetition("central central Winc Winc Winc").flagged
+    assert repetition("the cat the cat the cat sat on the mat").flagged
+    assert repetition("").flagged
+    normal = repetition("we walked to the park this morning and talked about work")
+    assert not normal.flagged and normal.describe() == "no repetition"
+    assert not repetition("very very good").flagged  # two in a row is language, not a loop
+
+    explorer = make_explorer(llama, tokenizer, vector, alpha=3.0)
+    monkeypatch.setattr(
+        widgets_module,
+        "repetition",
+        lambda text: repetition(text + " Winc Winc Winc"),  # every completion looks looped
+    )
+    result = explorer.generate()
+    assert result["steered_repetition"].flagged and result["degenerate"]
+    page = explorer.output.value
+    assert "steerlib-warning" in page and "not detoxification" in page
+    assert 'data-flagged="1"' in page and "&#x27;winc&#x27; ×3 in a row" in page
+
+
+def test_layer_labels():
+    assert layer_label(12, [12, 18], 12) == "12 (recommended)"
+    assert layer_label(18, [12, 18], 12) == "18 (swept)"
+    assert layer_label(5, [12, 18], 12) == "5"
+    assert layer_label(5) == "5"

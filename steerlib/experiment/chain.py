@@ -271,8 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m steerlib run", description="Run the notebook chain 01-06 with papermill."
     )
-    parser.add_argument("--config", default=str(NOTEBOOKS_DIR / "configs" / "default.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--config",
+        default=str(NOTEBOOKS_DIR / "configs" / "default.yaml"),
+        help="YAML parameter file; its relative paths are read from its folder "
+        "(default: notebooks/configs/default.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter of the config, value in YAML (e.g. alphas=[0,1.5]); "
+        "repeat for several",
+    )
     parser.add_argument("--run-name", default=None, help="run folder name (default: the config's)")
     parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
     parser.add_argument("--force", action="store_true", help="recompute finished steps")
@@ -282,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="start a new run from the finished steps 01-04 of run NAME (copied)",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (for logs and CI)"
+    )
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)

@@ -494,11 +494,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=10, help="samples per (prompt, alpha)")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="new tokens per sample")
     parser.add_argument("--layer", type=int, default=None, help="steered layer (default 60%%)")
-    parser.add_argument("--positions", choices=["all", "generated"], default="all")
-    parser.add_argument("--prompt-format", choices=["raw", "chat"], default="raw")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--positions",
+        choices=["all", "generated"],
+        default="all",
+        help="steered positions: every token, or the generated ones only (default all)",
+    )
+    parser.add_argument(
+        "--prompt-format",
+        choices=["raw", "chat"],
+        default="raw",
+        help="prompts as raw text or through the chat template (default raw)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0: greedy"
+    )
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=0, help="base random seed")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (A B A B for 2)")
     parser.add_argument(
         "--baseline-batch-prompts",
@@ -513,7 +525,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the straightforward loop on the first N alphas only (0: all); each alpha is "
         "a separate loop of the same cost, so its tokens/s does not depend on N",
     )
-    parser.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS)
+    parser.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=DEFAULT_MAX_BATCH_ROWS,
+        help="most rows the sweep engine decodes together (bounds the KV cache; default "
+        "%(default)s)",
+    )
     parser.add_argument("--capture-texts", type=int, default=32, help="texts per contrastive set")
     parser.add_argument("--parity-prompts", type=int, default=4, help="0 skips the parity check")
     parser.add_argument(
@@ -521,7 +539,12 @@ def _parser() -> argparse.ArgumentParser:
         default="profanity-check,unbiased-toxic-roberta",
         help="comma-separated scorer names ('' skips scoring)",
     )
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--matmul-size",
+        type=int,
+        default=2048,
+        help="side of the square matrices of the peak-FLOP/s probe (default %(default)s)",
+    )
     parser.add_argument("--skip-cold-load", action="store_true", help="skip the GGUF dequantize")
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
