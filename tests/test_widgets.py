@@ -377,7 +377,8 @@ def _direct(llama, tokenizer, vector, probe, name: str, alpha: float, prompt: st
     from steerlib.layers import num_layers
     from steerlib.variants import variant
 
-    kwargs = variant(name, multilayer_span=3).steering_kwargs(LAYER, num_layers(llama), "all", probe)
+    chosen = variant(name, multilayer_span=3)
+    kwargs = chosen.steering_kwargs(LAYER, num_layers(llama), "all", probe)
     layers = kwargs.pop("layers")
     ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
     stops = stop_token_ids(llama, tokenizer)
@@ -438,7 +439,7 @@ def test_every_variant_steers_as_the_engine_and_the_hook_do(llama, tokenizer, ca
 
 
 def test_variants_that_cannot_steer_are_refused(llama, tokenizer, caa_and_probe):
-    vector, probe = caa_and_probe
+    vector, _ = caa_and_probe
     with pytest.raises(ConfigError, match="probe"):
         make_explorer(llama, tokenizer, vector, variants=["caa", "gated"])
     with pytest.raises(ConfigError, match="non-toxic projections"):
