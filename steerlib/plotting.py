@@ -34,6 +34,7 @@ __all__ = [
     "DIRECTION_DASH",
     "MAX_PARETO_LABELS",
     "SUBSET_COLORS",
+    "VARIANT_COLORS",
     "alpha_colors",
     "compare_runs_figure",
     "control_heatmap",
@@ -48,6 +49,7 @@ __all__ = [
     "toxicity_distribution",
     "toxicity_vs_alpha",
     "use_offline_notebook_renderer",
+    "variants_pareto_figure",
     "vector_diagnostics",
     "vector_norms",
 ]
@@ -1096,6 +1098,49 @@ def compare_runs_figure(
 
 
 _VARIANT_MARKERS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "hexagon", "x")
+VARIANT_COLORS: dict[str, str] = {
+    "caa": "#1f77b4",
+    "caa_generated": "#17becf",
+    "gated": "#d62728",
+    "ablate": "#2ca02c",
+    "clamp": "#9467bd",
+    "norm_preserving": "#ff7f0e",
+    "multilayer": "#8c564b",
+    "random control": GREY,
+    "unsteered (alpha 0)": "#000000",
+}
+"""Colour of each steering variant in the variants' Pareto figure (the random control grey)."""
+
+
+def _variant_points(rows: pd.DataFrame, fluency: str, subset: str) -> dict[str, pd.DataFrame]:
+    """Each variant's steered settings with ``cost_pct`` (fluency cost over alpha 0, in %)."""
+    from steerlib.controls import tradeoff_rows
+
+    cost = f"benign_{fluency}"
+    traces: dict[str, pd.DataFrame] = {}
+    reference = pd.DataFrame()
+    for variant, part in rows.groupby("variant", sort=False):
+        points = tradeoff_rows(part, subset=subset, cost=fluency)
+        base = points[points["alpha"].astype(float) == 0.0].set_index(["direction", "layer"])[cost]
+        points = points.assign(
+            _base=[
+                base.get((d, layer), np.nan)
+                for d, layer in zip(points["direction"], points["layer"], strict=True)
+            ]
+        )
+        points = points.assign(cost_pct=100.0 * (points[cost] / points["_base"] - 1.0))
+        zero = points["alpha"].astype(float) == 0.0
+        if variant == "caa":
+            reference = points[zero & (points["direction"] == "caa")]
+        points = points[~zero]
+        traces[str(variant)] = points[points["direction"] == "caa"]
+        if variant == "caa":
+            traces["random control"] = points[points["direction"] == "random"]
+    control = traces.pop("random control", None)
+    if control is not None:
+        traces["random control"] = control
+        traces["unsteered (alpha 0)"] = reference
+    return {name: points.sort_values("cost_pct") for name, points in traces.items()}
 
 
 def variants_pareto_figure(
@@ -1107,72 +1152,88 @@ def variants_pareto_figure(
 ) -> go.Figure:
     """Expected maximum toxicity against fluency cost, one colour and marker per variant.
 
-    Every steered setting (layer, alpha) of every steering variant is a point; the random
-    control (made with ``"caa"``) is its own trace, and alpha 0 is the reference at cost 0.
-    The cost is the relative change of the benign ``fluency`` measure from alpha 0 of the same
-    variant and layer, in percent.
+    Every steered setting (layer, alpha) of every steering variant is a point, labelled in the
+    image (``gated α0.8``; ``gated L12 α0.8`` when several layers are drawn) as in
+    :func:`pareto_figure`: every point up to :data:`MAX_PARETO_LABELS` points, beyond that
+    only each trace's Pareto-front points. The random control (made with ``"caa"``) is its own
+    grey trace, and alpha 0 (the unsteered model, the same for every variant) a black
+    reference at cost 0. The cost is the relative change of the benign ``fluency`` measure
+    from alpha 0 of the same variant and layer, in percent.
 
     Args:
         summary: The step-06 summary with a ``variant`` column (``summary.parquet``).
         fluency: The fluency measure (a benign-subset column of the summary).
         split: Which half to draw (``"confirmation"``, ``"selection"`` or ``"all"``); the
-            whole table when the summary has no such half.
+            whole table when the summary has no such half (the subtitle says which).
         subset: Subset whose EMT is drawn.
 
     Returns:
-        A plotly figure.
+        A plotly figure: one trace per variant (a discrete colour each,
+        :data:`VARIANT_COLORS`), then the random control and the unsteered reference; the
+        subtitle names the layer(s), the
+        subset and the half shown.
     """
-    from steerlib.controls import tradeoff_rows
-
     require_columns(
         summary, ["variant", "subset", "layer", "alpha", "direction", fluency], "summary"
     )
     rows = summary
     if "split" in rows.columns and (rows["split"] == split).any():
         rows = rows[rows["split"] == split]
+    halves = [str(v) for v in dict.fromkeys(rows["split"])] if "split" in rows.columns else []
+    shown = f"{halves[0]} half" if len(halves) == 1 and halves[0] != "all" else "all prompts"
     rows = rows[rows["layer"] >= 0]
+    traces = {name: points for name, points in _variant_points(rows, fluency, subset).items()}
+    traces = {name: points for name, points in traces.items() if not points.empty}
+    several_layers = len({int(v) for points in traces.values() for v in points["layer"]}) > 1
+    label_all = sum(len(points) for points in traces.values()) <= MAX_PARETO_LABELS
     fig = go.Figure()
-    cost = f"benign_{fluency}"
-    traces: dict[str, pd.DataFrame] = {}
-    for variant, part in rows.groupby("variant", sort=False):
-        points = tradeoff_rows(part, subset=subset, cost=fluency)
-        base = points[points["alpha"].astype(float) == 0.0].set_index(["direction", "layer"])[cost]
-        points = points.assign(
-            _base=[
-                base.get((d, layer), np.nan)
-                for d, layer in zip(points["direction"], points["layer"], strict=True)
-            ]
-        )
-        points = points.assign(cost_pct=100.0 * (points[cost] / points["_base"] - 1.0))
-        traces[str(variant)] = points[points["direction"] == "caa"]
-        if variant == "caa":
-            traces["random control"] = points[points["direction"] == "random"]
     for index, (name, points) in enumerate(traces.items()):
-        if points.empty:
-            continue
-        points = points.sort_values("cost_pct")
+        front = pareto_front(points, x="cost_pct", y="expected_max_toxicity")
+        on_front = {(int(r.layer), float(r.alpha)) for r in front.itertuples()}
+        short = {"random control": "random", "unsteered (alpha 0)": "unsteered"}.get(name, name)
+        labels = [
+            (
+                f"{short} L{int(r.layer)} α{float(r.alpha):.3g}"
+                if several_layers
+                else f"{short} α{float(r.alpha):.3g}"
+            )
+            if label_all or (int(r.layer), float(r.alpha)) in on_front
+            else ""
+            for r in points.itertuples()
+        ]
+        color = VARIANT_COLORS.get(name, _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
         fig.add_trace(
             go.Scatter(
-                x=points["cost_pct"],
-                y=points["expected_max_toxicity"],
-                mode="markers+lines" if name != "random control" else "markers",
+                x=points["cost_pct"].tolist(),
+                y=points["expected_max_toxicity"].tolist(),
+                mode="markers+text"
+                if name in ("random control", "unsteered (alpha 0)")
+                else "markers+lines+text",
                 name=name,
                 marker={
                     "symbol": _VARIANT_MARKERS[index % len(_VARIANT_MARKERS)],
                     "size": 10,
-                    "color": "#7f7f7f" if name == "random control" else None,
+                    "color": color,
                 },
-                text=[
-                    f"{name}<br>layer {int(r.layer)}, alpha {float(r.alpha):.4g}"
+                line={"color": color},
+                text=labels,
+                textposition="top center",
+                textfont={"size": 10, "color": color},
+                hovertext=[
+                    f"{name}<br>layer {int(r.layer)}, alpha {float(r.alpha):.4g}<br>"
+                    f"EMT {float(r.expected_max_toxicity):.3f}<br>cost {float(r.cost_pct):.1f}%"
                     for r in points.itertuples()
                 ],
-                hovertemplate="%{text}<br>EMT %{y:.3f}<br>cost %{x:.1f}%<extra></extra>",
+                hoverinfo="text",
             )
         )
+    layers = [v for points in traces.values() for v in points["layer"]]
+    scope = f"{_layers_text(layers)} · subset {subset} · {shown}"
     fig.update_layout(
-        title=_title(f"Steering variants: {subset} EMT against fluency cost ({split} half)"),
+        title=_title(f"Steering variants: {subset} EMT against fluency cost", scope),
         xaxis_title=f"{_label(fluency)} increase over alpha 0 (%)",
         yaxis_title=f"{_label('expected_max_toxicity')} ({subset})",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
         template="plotly_white",
     )
     return fig

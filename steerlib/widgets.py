@@ -1,24 +1,31 @@
 """An interactive alpha explorer: one prompt, unsteered and steered completions side by side.
 
-:class:`AlphaExplorer` shows a prompt box, an alpha slider, a layer menu and a "Generate"
-button (ipywidgets). Each press generates the unsteered (alpha 0) and the steered completion
-in ONE batch with :func:`steerlib.generation.generate_completions`, scores both with the
-toxicity scorer, and shows them next to each other. Decoding is greedy by default, so moving
-the slider changes only what alpha changes.
+:class:`AlphaExplorer` shows a prompt box, an alpha slider, a layer menu, a steering-variant
+menu and a "Generate" button (ipywidgets). Each press generates the unsteered (alpha 0) and
+the steered completion in ONE batch with the sweep engine
+(:func:`steerlib.engine.generate_unit`), steering through the same
+:class:`~steerlib.variants.Variant` the chain's sweep uses (the gated variant with the run's
+toxicity probe, clamp with the vector's non-toxic projections, multilayer over
+``multilayer_span`` layers centred on the chosen one), scores both with the toxicity scorer,
+and shows them next to each other. Decoding is greedy by default, so moving the slider
+changes only what alpha changes.
 
 A low toxicity score means nothing when steering has broken the text, so each completion
 also shows a fluency signal: its perplexity given the prompt under the UNSTEERED model (no
 steering hook is registered during that pass) and a repetition flag
 (:func:`steerlib.fluency.repetition`). Built from a run (:meth:`AlphaExplorer.from_run`), the
 explorer opens at the run's recommended point (``summary.json``), or at alpha 0 with a one-line
-hint when the run recommends none, and its layer menu marks the swept and recommended layers.
+hint when the run recommends none, and its layer menu marks the swept and recommended layers;
+its variant menu lists the run's ``variants`` and opens at the recommended point's variant.
 
 Every widget carries a stable CSS class (``steerlib-prompt``, ``steerlib-alpha``,
-``steerlib-layer``, ``steerlib-generate``, ``steerlib-output``, ``steerlib-status``); inside
-the output, the scores and texts sit in ``steerlib-{unsteered,steered}-{score,text}``
-elements, the fluency signal in ``steerlib-{unsteered,steered}-{perplexity,repetition}``
-(the latter with ``data-flagged``), a broken steered text adds ``steerlib-warning``, and the
-result block carries ``data-run`` (1 for the first press, 2 for the next).
+``steerlib-layer``, ``steerlib-variant``, ``steerlib-generate``, ``steerlib-output``,
+``steerlib-status``); inside the output, the scores and texts sit in
+``steerlib-{unsteered,steered}-{score,text}`` elements, the fluency signal in
+``steerlib-{unsteered,steered}-{perplexity,repetition}`` (the latter with ``data-flagged``),
+a gated variant's gate count in ``steerlib-gate``, a broken steered text adds
+``steerlib-warning``, and the result block carries ``data-run`` (1 for the first press, 2 for
+the next) and ``data-variant``.
 """
 
 from __future__ import annotations
@@ -33,13 +40,19 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.config import RunParams
-from steerlib.errors import ConfigError, DataError, ModelError
+from steerlib.engine import generate_unit
+from steerlib.errors import ConfigError, DataError, ModelError, SteerlibError
 from steerlib.fluency import Repetition, continuation_perplexity, repetition
-from steerlib.generation import PromptFormat, generate_completions
+from steerlib.generation import PromptFormat
 from steerlib.hooks import Positions, Units, active_hook_count
+from steerlib.layers import num_layers
 from steerlib.operating_point import read_recommended
+from steerlib.partition import SweepUnit
+from steerlib.probe import ToxicityProbe
 from steerlib.runs import RunPaths
 from steerlib.scoring import Scorer
+from steerlib.variants import Variant
+from steerlib.variants import variant as make_variant
 from steerlib.vectors import SteeringVector
 
 try:
@@ -97,7 +110,7 @@ def start_point(
             int(layer),
             float(alpha),
             f"Opened at the run's recommended point: layer {int(layer)}, alpha {float(alpha):.2f}"
-            f" ({point.get('direction', 'caa')}). Press Generate.",
+            f" ({point.get('variant', point.get('direction', 'caa'))}). Press Generate.",
         )
     if recommended is None:
         why = "step 06 (the analysis) has not run"
@@ -131,16 +144,21 @@ class AlphaExplorer:
         prompt_box: The prompt ``Textarea``.
         slider: The alpha ``FloatSlider``.
         layer_menu: The layer ``Dropdown``.
+        variant_menu: The steering-variant ``Dropdown`` (:mod:`steerlib.variants`).
         button: The "Generate" ``Button``.
         output: The ``HTML`` widget showing the last result (or error).
         status: A ``Label`` saying what the explorer is doing.
-        last: The last result: ``prompt``, ``alpha``, ``layer``, ``unsteered``, ``steered``,
+        probe: The toxicity probe of the gated variant (``None`` without it).
+        multilayer_span: Layers the ``multilayer`` variant steers at once.
+        last: The last result: ``prompt``, ``alpha``, ``layer``, ``variant``, ``layers`` (the
+            steered layers), ``unsteered``, ``steered``,
             ``unsteered_score``, ``steered_score``, ``unsteered_perplexity``,
             ``steered_perplexity`` (under the unsteered model), ``unsteered_repetition``,
             ``steered_repetition`` (:class:`~steerlib.fluency.Repetition`) and ``degenerate``
             (the steered text is repetitive, or its perplexity is at least
             :data:`PERPLEXITY_WARN_RATIO` times the unsteered one's); ``None`` before the first
-            press.
+            press. A gated variant adds ``gate_fired`` and ``gate_positions`` (steered
+            positions of the steered row where the gate fired, and all it looked at).
         runs: Number of completed generations.
         hint: The line the status bar opens with.
         swept_layers: The layers the run swept (marked in the layer menu).
@@ -173,10 +191,14 @@ class AlphaExplorer:
         swept_layers: Sequence[int] = (),
         recommended_layer: int | None = None,
         hint: str | None = None,
+        variants: Sequence[str] = ("caa",),
+        variant: str | None = None,
+        probe: ToxicityProbe | None = None,
+        multilayer_span: int = 5,
     ) -> None:
         """Build the widgets (nothing is generated until :meth:`generate` or a button press).
 
-        Kept in one piece (about 105 lines): it builds and wires the widget's controls, one after
+        Kept in one piece (about 125 lines): it builds and wires the widget's controls, one after
         the other.
 
         Args:
@@ -200,9 +222,16 @@ class AlphaExplorer:
             swept_layers: Layers the run swept, marked "(swept)" in the layer menu.
             recommended_layer: The run's recommended layer, marked "(recommended)".
             hint: First line of the status bar (default "Press Generate.").
+            variants: Steering variants offered in the variant menu (names of
+                :data:`steerlib.variants.VARIANTS`; a run's ``variants`` parameter).
+            variant: Initially selected variant; default: the first of ``variants``.
+            probe: The run's toxicity probe (step 04), required when ``"gated"`` is offered.
+            multilayer_span: Layers of the ``multilayer`` variant (the run's parameter).
 
         Raises:
-            ConfigError: A layer the vector does not hold, or a bad slider range.
+            ConfigError: A layer the vector does not hold, a bad slider range, an unknown
+                variant, ``"gated"`` without a probe or ``"clamp"`` with a vector that records
+                no non-toxic projections.
             ModelError: The vector does not fit the model.
         """
         options = [int(x) for x in (layers if layers is not None else vector.layers)]
@@ -228,6 +257,7 @@ class AlphaExplorer:
                 f"alpha_range must be (min, max, step) with min < max and step > 0, "
                 f"got {alpha_range!r}."
             )
+        offered = self._check_variants(list(variants), variant, vector, probe, multilayer_span)
         vector.check_compatible(model, allow_other_model=True)
         self.model = model
         self.tokenizer = tokenizer
@@ -245,6 +275,8 @@ class AlphaExplorer:
         self.swept_layers = swept
         self.recommended_layer = None if recommended_layer is None else int(recommended_layer)
         self.hint = hint or "Press Generate."
+        self.probe = probe
+        self.multilayer_span = int(multilayer_span)
 
         self.prompt_box = widgets.Textarea(
             value=prompt,
@@ -269,6 +301,12 @@ class AlphaExplorer:
             description="layer",
         )
         self.layer_menu.add_class("steerlib-layer")
+        self.variant_menu = widgets.Dropdown(
+            options=offered,
+            value=variant if variant is not None else offered[0],
+            description="variant",
+        )
+        self.variant_menu.add_class("steerlib-variant")
         self.button = widgets.Button(
             description="Generate",
             button_style="primary",
@@ -284,12 +322,41 @@ class AlphaExplorer:
         self._box = widgets.VBox(
             [
                 self.prompt_box,
-                widgets.HBox([self.slider, self.layer_menu]),
+                widgets.HBox([self.slider, self.layer_menu, self.variant_menu]),
                 widgets.HBox([self.button, self.status]),
                 self.output,
             ]
         )
         self._box.add_class("steerlib-explorer")
+
+    @staticmethod
+    def _check_variants(
+        names: list[str],
+        chosen: str | None,
+        vector: SteeringVector,
+        probe: ToxicityProbe | None,
+        span: int,
+    ) -> list[str]:
+        """The variant menu's options, after checking that each can steer."""
+        if not names:
+            raise ConfigError("variants is empty: give at least one, e.g. ['caa'].")
+        for name in names:
+            make_variant(name, multilayer_span=span)  # unknown names raise, listing the known
+        if chosen is not None and chosen not in names:
+            raise ConfigError(f"variant {chosen!r} is not among the explorer's variants {names}.")
+        if "gated" in names and probe is None:
+            raise ConfigError(
+                "the 'gated' variant needs the run's toxicity probe: pass "
+                "probe=ToxicityProbe.load(<run>/probe.safetensors) (written by step 04), or "
+                "leave 'gated' out of variants."
+            )
+        if "clamp" in names and not vector.nontoxic_projections:
+            raise ConfigError(
+                "the 'clamp' variant needs the non-toxic projections the vector records: "
+                "rebuild it with steerlib.vectors.compute_caa (step 04), or leave 'clamp' out of "
+                "variants."
+            )
+        return names
 
     # -- building from a run -------------------------------------------------------------------
     @classmethod
@@ -308,7 +375,12 @@ class AlphaExplorer:
         It opens at the run's recommended point (layer and alpha of ``summary.json``'s
         ``recommended``), or at alpha 0 with a one-line hint in the status bar when the run
         recommends none (or step 06 has not run); the layer menu marks the swept layers and
-        the recommended one.
+        the recommended one. The variant menu lists the run's ``variants`` and opens at the
+        recommended point's variant (``caa`` for runs made before variants); the gated
+        variant gets the run's probe and clamp the vector's non-toxic projections, through the
+        chain's own :func:`steerlib.experiment.steps.variant_inputs` (which fits and saves the
+        probe for runs whose step 04 predates it). A run where neither can be had (no step 03
+        activations) offers the other variants, and the status bar says why.
 
         Args:
             run_name: Folder of the run under ``runs_dir``.
@@ -316,10 +388,11 @@ class AlphaExplorer:
             tokenizer: Its tokenizer (required with ``model``).
             scorer: A scorer (default: load ``params["scorer"]``).
             runs_dir: Runs root; default ``$STEERLIB_RUNS_DIR`` or ``data/runs``.
-            **kwargs: Passed to :class:`AlphaExplorer` (``layer``, ``alpha``, ``prompt`` ...);
-                ``layer=None`` picks the recommended layer (else the first swept one) and
-                ``alpha=None`` the recommended alpha (0 when another layer is chosen or none
-                is recommended).
+            **kwargs: Passed to :class:`AlphaExplorer` (``layer``, ``alpha``, ``variant``,
+                ``prompt`` ...); ``layer=None`` picks the recommended layer (else the first
+                swept one), ``variant=None`` the recommended variant, and ``alpha=None`` the
+                recommended alpha (0 when another layer or variant is chosen or none is
+                recommended).
 
         Returns:
             The explorer.
@@ -360,19 +433,33 @@ class AlphaExplorer:
         except ConfigError:  # layers the model does not have: nothing to mark
             swept = []
         offered = kwargs.get("layers") or vector.layers
-        best_layer, best_alpha, hint = start_point(read_recommended(paths.summary), offered)
+        recommended = read_recommended(paths.summary)
+        best_layer, best_alpha, hint = start_point(recommended, offered)
+        names = list(params.variants)
+        best_variant = str((recommended or {}).get("variant") or "caa")
+        if best_variant not in names:
+            best_variant = names[0]
+        probe, vector, missing = cls._variant_inputs(params, paths, vector, names)
+        names = [name for name in names if name not in missing]
+        if kwargs.get("variant") is None:
+            kwargs["variant"] = best_variant if best_variant in names else names[0]
         if kwargs.get("layer") is None:
             kwargs["layer"] = best_layer
         if kwargs.get("alpha") is None:
-            at_best = kwargs["layer"] is None or kwargs["layer"] == best_layer
+            at_best = kwargs["layer"] is None or (
+                kwargs["layer"] == best_layer and kwargs["variant"] == best_variant
+            )
             kwargs["alpha"] = best_alpha if at_best else 0.0
             if best_layer is not None and not at_best:
                 hint = (
-                    f"Starting at alpha 0 on layer {kwargs['layer']}; the run recommends "
-                    f"layer {best_layer}, alpha {best_alpha:.2f}."
+                    f"Starting at alpha 0 on layer {kwargs['layer']} ({kwargs['variant']}); the "
+                    f"run recommends layer {best_layer}, alpha {best_alpha:.2f} ({best_variant})."
                 )
         else:
             hint = None
+        if missing:
+            why = f"{' and '.join(missing)} not offered: {missing[next(iter(missing))]}"
+            hint = f"{hint or 'Press Generate.'} ({why})"
         defaults = {
             "prompt_format": params.prompt_format,
             "positions": params.positions,
@@ -382,8 +469,28 @@ class AlphaExplorer:
             "swept_layers": swept,
             "recommended_layer": best_layer,
             "hint": hint,
+            "variants": names,
+            "probe": probe,
+            "multilayer_span": params.multilayer_span,
         }
         return cls(model, tokenizer, vector, scorer, **{**defaults, **kwargs})
+
+    @staticmethod
+    def _variant_inputs(
+        params: RunParams, paths: RunPaths, vector: SteeringVector, names: list[str]
+    ) -> tuple[ToxicityProbe | None, SteeringVector, dict[str, str]]:
+        """``(probe, vector, {variant left out: why})`` for the run's gated and clamp variants."""
+        needing = [name for name in names if name in ("gated", "clamp")]
+        if not needing:
+            return None, vector, {}
+        from steerlib.experiment.run import Run
+        from steerlib.experiment.steps import variant_inputs
+
+        try:
+            probe, vector = variant_inputs(Run(params, paths), vector)
+        except (SteerlibError, OSError) as exc:
+            return None, vector, dict.fromkeys(needing, " ".join(str(exc).split()))
+        return probe, vector, {}
 
     # -- actions -------------------------------------------------------------------------------
     @property
@@ -397,6 +504,15 @@ class AlphaExplorer:
         return int(self.layer_menu.value)
 
     @property
+    def variant(self) -> str:
+        """The selected steering variant's name."""
+        return str(self.variant_menu.value)
+
+    def steering_variant(self) -> Variant:
+        """The selected :class:`~steerlib.variants.Variant`, as the chain's sweep builds it."""
+        return make_variant(self.variant, multilayer_span=self.multilayer_span)
+
+    @property
     def prompt(self) -> str:
         """The prompt text."""
         return str(self.prompt_box.value)
@@ -404,9 +520,10 @@ class AlphaExplorer:
     def generate(self) -> dict[str, Any]:
         """Generate, score and judge the fluency of the unsteered and the steered completion.
 
-        Both rows (alpha 0 and the slider's alpha) run in one batch, so the unsteered
-        completion does not depend on the slider. Both completions' perplexities are then
-        measured under the unsteered model (:meth:`fluency`).
+        Both rows (alpha 0 and the slider's alpha) run in one batch of the sweep engine, steered
+        by the selected variant (alpha 0 leaves every variant's hook without effect), so the
+        unsteered completion depends on neither the slider nor the variant. Both completions'
+        perplexities are then measured under the unsteered model (:meth:`fluency`).
 
         Returns:
             The result stored in :attr:`last`.
@@ -416,15 +533,16 @@ class AlphaExplorer:
             ModelError: A steering hook is still registered on the model.
         """
         prompt, alpha, layer = self.prompt, self.alpha, self.layer
+        chosen = self.steering_variant()
         if not prompt.strip():
             raise ConfigError("the prompt is empty: type a prompt to complete.")
-        table = generate_completions(
+        table = generate_unit(
             self.model,
             self.tokenizer,
+            SweepUnit(f"explorer-{chosen.name}-L{layer}", "caa", layer, 0, ("explorer",)),
             pd.DataFrame({"prompt_id": ["explorer"], "prompt": [prompt]}),
             vector=self.vector,
-            layer=layer,
-            alphas=[0.0, alpha],
+            alphas=[0.0, alpha] if alpha != 0.0 else [0.0],
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -432,14 +550,12 @@ class AlphaExplorer:
             positions=self.positions,
             units=self.units,
             seed=self.seed,
-            batch_size=2,
-            progress=False,
+            variant=chosen,
+            probe=self.probe,
         )
-        if alpha == 0.0:
-            unsteered, steered = table["completion"].tolist()
-        else:
-            unsteered = table.loc[table["alpha"] == 0.0, "completion"].iloc[0]
-            steered = table.loc[table["alpha"] == alpha, "completion"].iloc[0]
+        unsteered = str(table.loc[table["alpha"] == 0.0, "completion"].iloc[0])
+        steered_row = table.loc[table["alpha"] == alpha].iloc[0]
+        steered = str(steered_row["completion"])
         scores = [float(s) for s in self.scorer.score([unsteered, steered])]
         perplexity, repeats = self.fluency(prompt, [unsteered, steered])
         ratio = perplexity[1] / perplexity[0] if perplexity[0] > 0 else math.nan
@@ -448,6 +564,8 @@ class AlphaExplorer:
             "prompt": prompt,
             "alpha": alpha,
             "layer": layer,
+            "variant": chosen.name,
+            "layers": chosen.layers(layer, num_layers(self.model)),
             "unsteered": unsteered,
             "steered": steered,
             "unsteered_score": scores[0],
@@ -458,6 +576,9 @@ class AlphaExplorer:
             "steered_repetition": repeats[1],
             "degenerate": bool(repeats[1].flagged or ratio >= PERPLEXITY_WARN_RATIO),
         }
+        if "gate_fired" in table.columns:
+            self.last["gate_fired"] = int(steered_row["gate_fired"])
+            self.last["gate_positions"] = int(steered_row["gate_positions"])
         self.output.value = self._render(self.last)
         return self.last
 
@@ -496,7 +617,9 @@ class AlphaExplorer:
     def _on_click(self, _button: widgets.Button | None = None) -> None:
         """Button callback: generate, showing any error in the output instead of raising."""
         self.button.disabled = True
-        self.status.value = f"Generating (alpha = {self.alpha:.2f}, layer {self.layer}) ..."
+        self.status.value = (
+            f"Generating ({self.variant}, alpha = {self.alpha:.2f}, layer {self.layer}) ..."
+        )
         try:
             result = self.generate()
         except Exception as exc:  # shown to the person at the notebook, never raised
@@ -507,7 +630,8 @@ class AlphaExplorer:
             self.status.value = "Failed; see the message below."
         else:
             self.status.value = (
-                f"Done (run {self.runs}: alpha = {result['alpha']:.2f}, layer {result['layer']})."
+                f"Done (run {self.runs}: {result['variant']}, alpha = {result['alpha']:.2f}, "
+                f"layer {result['layer']})."
             )
         finally:
             self.button.disabled = False
@@ -523,8 +647,8 @@ class AlphaExplorer:
 
     def _placeholder(self) -> str:
         return (
-            '<div class="steerlib-result" data-run="0"><i>Set the prompt, alpha and layer, '
-            "then press Generate. Positive alpha steers away from toxicity.</i></div>"
+            '<div class="steerlib-result" data-run="0"><i>Set the prompt, alpha, layer and '
+            "variant, then press Generate. Positive alpha steers away from toxicity.</i></div>"
         )
 
     def _render(self, result: dict[str, Any]) -> str:
@@ -559,14 +683,27 @@ class AlphaExplorer:
                 "score here is not detoxification.</div>"
             )
 
+        layers = result["layers"]
+        where = (
+            f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {result['layer']}"
+        )
+        gate = ""
+        if "gate_fired" in result:
+            gate = (
+                '<div class="steerlib-gate" style="color: #666; margin-top: 4px;">Gate: the probe '
+                f"fired at {result['gate_fired']} of {result['gate_positions']} steered positions "
+                "of the steered completion.</div>"
+            )
+        variant = html.escape(result["variant"])
         return (
-            f'<div class="steerlib-result" data-run="{self.runs}">'
+            f'<div class="steerlib-result" data-run="{self.runs}" data-variant="{variant}">'
             '<div class="steerlib-prompt-echo" style="margin-bottom: 4px;"><b>Prompt:</b> '
             f"{html.escape(result['prompt'])}</div>"
             '<div style="display: flex; gap: 12px;">'
             + column("unsteered", "Unsteered (alpha = 0)")
-            + column("steered", f"Steered (alpha = {result['alpha']:.2f}, layer {result['layer']})")
+            + column("steered", f"Steered ({variant}, alpha = {result['alpha']:.2f}, {where})")
             + "</div>"
+            + gate
             + warning
             + f'<div style="color: #666; font-size: 90%; margin-top: 4px;">Scorer: {scorer_name}; '
             "perplexity of each completion given the prompt under the unsteered model; "

@@ -101,3 +101,56 @@ def test_bench_skips_roberta_without_cache_or_hub(monkeypatch, capsys):
     _score_section(["a text"], ["unbiased-toxic-roberta"], "cpu")
     out = capsys.readouterr().out
     assert "[score] unbiased-toxic-roberta: unavailable (not cached; hub unreachable)" in out
+
+
+def test_bench_variant_flag_steers_both_loops_with_the_variant(tiny_llama_folder, capsys):
+    code = main(
+        [
+            "--model",
+            str(tiny_llama_folder),
+            "--device",
+            "cpu",
+            "--n-prompts",
+            "3",
+            "--alphas",
+            "0",
+            "4",
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--capture-texts",
+            "4",
+            "--parity-prompts",
+            "2",
+            "--scorers",
+            "",
+            "--matmul-size",
+            "64",
+            "--variant",
+            "gated",
+            "--layer",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "layer 2, variant gated," in text
+    parity = re.search(r"\[parity\] .*variant gated .*: (\d+)/(\d+) identical", text)
+    assert parity and parity.group(1) == parity.group(2) == str(2 * 2 * 2)
+    gate = re.search(r"\[gate\] .*fired at (\d+) of (\d+) steered positions", text)
+    # 3 prompts x 2 samples at alpha 4, each with at least its 4 generated positions gated
+    assert gate and 0 <= int(gate.group(1)) <= int(gate.group(2)) and int(gate.group(2)) >= 24
+    assert re.search(r"speedup: \d+\.\d\d", text)
+
+
+def test_bench_without_variant_reports_no_gate(tiny_llama_folder):
+    from steerlib.tools.bench import _parser
+
+    args = _parser().parse_args(["--model", str(tiny_llama_folder)])
+    assert args.variant == "caa" and args.multilayer_span == 5
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--variant", "sideways"])

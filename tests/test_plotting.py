@@ -511,3 +511,66 @@ def test_distribution_and_vector_titles_name_what_they_show() -> None:
     tox = make_sweep()["toxicity"]
     assert 0 <= low <= tox.min() and tox.max() <= high <= 1
     assert "layers 1, 5" in plotting.vector_norms({5: 2.5, 1: 1.0}).layout.title.text
+
+
+# ---------------------------------------------------------------- steering variants
+
+
+def make_variants_summary(layers: tuple[int, ...] = (3,)) -> pd.DataFrame:
+    """Two halves of a summary with plain CAA (and its control) and a gated variant that is
+    less toxic at the same alphas and costs half CAA's fluency."""
+    caa = make_summary(layers=layers).assign(variant="caa")
+    gated = caa[caa["direction"] == "caa"].copy()
+    steered = gated["alpha"] != 0
+    gated.loc[steered, "expected_max_toxicity"] -= 0.05
+    gated.loc[steered, "perplexity"] = 10.0 + (gated.loc[steered, "perplexity"] - 10.0) / 2
+    both = pd.concat([caa, gated.assign(variant="gated")], ignore_index=True)
+    return pd.concat(
+        [both.assign(split="selection"), both.assign(split="confirmation")], ignore_index=True
+    )
+
+
+def test_variants_pareto_figure_labels_every_point_with_a_colour_per_variant() -> None:
+    summary = make_variants_summary()
+    fig = plotting.variants_pareto_figure(summary, fluency="perplexity")
+    names = [trace.name for trace in fig.data]
+    assert names == ["caa", "gated", "random control", "unsteered (alpha 0)"]
+    colors = [trace.marker.color for trace in fig.data]
+    assert len(set(colors)) == len(colors)  # discrete, one per variant
+    assert colors[1] == plotting.VARIANT_COLORS["gated"]
+    by_name = {trace.name: trace for trace in fig.data}
+    for trace in fig.data:  # every point labelled in the image, not only on hover
+        assert "text" in trace.mode and all(trace.text) and len(trace.text) == len(trace.x)
+    assert list(by_name["gated"].text) == ["gated α2", "gated α4"]
+    assert list(by_name["random control"].text) == ["random α2", "random α4"]
+    assert list(by_name["unsteered (alpha 0)"].text) == ["unsteered α0"]
+    # Cost: the benign perplexity over alpha 0's, in percent (benign alpha 0: 11).
+    benign = summary.query("subset == 'benign' and split == 'confirmation' and layer == 3")
+    gated_2 = benign.query("variant == 'gated' and alpha == 2.0")["perplexity"].iloc[0]
+    assert by_name["gated"].x[0] == pytest.approx(100 * (gated_2 / 11.0 - 1))
+    assert by_name["unsteered (alpha 0)"].x[0] == pytest.approx(0.0)
+    title = fig.layout.title.text
+    assert "layer 3" in title and "subset challenging" in title and "confirmation half" in title
+    selection = plotting.variants_pareto_figure(summary, fluency="perplexity", split="selection")
+    assert "selection half" in selection.layout.title.text
+    whole = plotting.variants_pareto_figure(
+        summary.drop(columns="split").drop_duplicates(), fluency="perplexity"
+    )
+    assert "all prompts" in whole.layout.title.text and "half" not in whole.layout.title.text
+
+
+def test_variants_pareto_figure_with_many_points_labels_each_front() -> None:
+    layers = tuple(range(1, 13))
+    fig = plotting.variants_pareto_figure(make_variants_summary(layers), fluency="perplexity")
+    steered = [trace for trace in fig.data if trace.name in ("caa", "gated", "random control")]
+    assert sum(len(trace.x) for trace in steered) > plotting.MAX_PARETO_LABELS
+    assert "layers 1-12" in fig.layout.title.text
+    for trace in steered:
+        labelled = [text for text in trace.text if text]
+        assert 0 < len(labelled) < len(trace.text)  # only the front's points
+        assert all(
+            text.startswith(f"{trace.name.split()[0].replace('control', '')}") for text in labelled
+        )
+        assert all(" L" in text and " α" in text for text in labelled)  # the layer named
+        front = pareto_front(pd.DataFrame({"x": list(trace.x), "y": list(trace.y)}), x="x", y="y")
+        assert len(labelled) == len(front)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -350,3 +351,162 @@ def test_layer_labels():
     assert layer_label(18, [12, 18], 12) == "18 (swept)"
     assert layer_label(5, [12, 18], 12) == "5"
     assert layer_label(5) == "5"
+
+
+# -- steering variants --------------------------------------------------------------------------
+TOXIC = ["you are a stupid idiot", "shut up you dumb fool", "what a stupid ugly idiot"] * 2
+NONTOXIC = ["we walk in the park today", "the weather is nice", "thank you for the help"] * 2
+
+
+@pytest.fixture(scope="module")
+def caa_and_probe(llama, tokenizer):
+    """The tiny Llama's CAA vector (every layer, non-toxic projections) and its probe, both
+    made by the chain's own functions (step 04)."""
+    from steerlib.activations import capture_residuals
+    from steerlib.probe import fit_probe
+    from steerlib.vectors import compute_caa
+
+    toxic = capture_residuals(llama, tokenizer, TOXIC, last_n=4, progress=False)
+    nontoxic = capture_residuals(llama, tokenizer, NONTOXIC, last_n=4, progress=False)
+    return compute_caa(toxic, nontoxic), fit_probe(toxic, nontoxic, folds=2)
+
+
+def _direct(llama, tokenizer, vector, probe, name: str, alpha: float, prompt: str) -> str:
+    """The greedy completion under ``steering(..., mode=...)`` around ``generate``, one row."""
+    from steerlib.generation import decode_new_tokens, stop_token_ids
+    from steerlib.layers import num_layers
+    from steerlib.variants import variant
+
+    chosen = variant(name, multilayer_span=3)
+    kwargs = chosen.steering_kwargs(LAYER, num_layers(llama), "all", probe)
+    layers = kwargs.pop("layers")
+    ids = torch.tensor([encode_prompts(tokenizer, [prompt])[0]])
+    stops = stop_token_ids(llama, tokenizer)
+    with steering(llama, vector, alpha, layers, **kwargs), torch.no_grad():
+        out = llama.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    assert active_hook_count(llama) == 0
+    return decode_new_tokens(tokenizer, out[:, ids.shape[1] :], stops)[0][0]
+
+
+def test_every_variant_steers_as_the_engine_and_the_hook_do(llama, tokenizer, caa_and_probe):
+    from steerlib.variants import VARIANTS
+
+    vector, probe = caa_and_probe
+    explorer = AlphaExplorer(
+        llama,
+        tokenizer,
+        vector,
+        VowelScorer(),
+        layer=LAYER,
+        alpha=0.0,
+        prompt="you are a stupid",
+        max_new_tokens=8,
+        variants=list(VARIANTS),
+        probe=probe,
+        multilayer_span=3,
+    )
+    assert list(explorer.variant_menu.options) == list(VARIANTS)
+    assert explorer.variant == "caa" and "steerlib-variant" in explorer.variant_menu._dom_classes
+    steered: dict[str, str] = {}
+    unsteered: set[str] = set()
+    alpha = 3.0
+    for name in VARIANTS:
+        explorer.variant_menu.value = name
+        explorer.slider.value = alpha
+        result = explorer.generate()
+        assert active_hook_count(llama) == 0  # every hook removed after the press
+        assert result["variant"] == name and result["alpha"] == alpha
+        expected = _direct(llama, tokenizer, vector, probe, name, alpha, result["prompt"])
+        assert result["steered"] == expected, name
+        steered[name] = result["steered"]
+        unsteered.add(result["unsteered"])
+        page = explorer.output.value
+        assert f'data-variant="{name}"' in page and f"Steered ({name}, alpha = 3.00" in page
+        assert ("gate_fired" in result) == (name == "gated") == ("steerlib-gate" in page)
+        if name == "multilayer":
+            assert result["layers"] == [1, 2, 3] and "layers 1-3" in page
+    assert len(unsteered) == 1  # the unsteered side depends on no variant
+    assert len(set(steered.values())) > 2  # the menu changes what is generated
+    explorer.variant_menu.value = "gated"
+    result = explorer.generate()
+    assert 0 <= result["gate_fired"] <= result["gate_positions"] and result["gate_positions"] > 0
+
+
+def test_variants_that_cannot_steer_are_refused(llama, tokenizer, caa_and_probe):
+    vector, _ = caa_and_probe
+    with pytest.raises(ConfigError, match="probe"):
+        make_explorer(llama, tokenizer, vector, variants=["caa", "gated"])
+    with pytest.raises(ConfigError, match="non-toxic projections"):
+        make_explorer(llama, tokenizer, vector, variants=["caa", "clamp"])  # vector * 5 has none
+    with pytest.raises(ConfigError, match="unknown steering variant"):
+        make_explorer(llama, tokenizer, vector, variants=["caa", "sideways"])
+    with pytest.raises(ConfigError, match="not among"):
+        make_explorer(llama, tokenizer, vector, variants=["caa"], variant="ablate")
+
+
+def _variants_run(tmp_path: Path):
+    """A run whose step 06 recommends the gated variant (as in test_steering_modes)."""
+    from test_operating_point import CURSED, fake_run, kl_of
+
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.4, "human": 21.0}}
+    run = fake_run(
+        tmp_path,
+        cells,
+        n_resamples=200,
+        variants=["caa", "gated", "clamp", "multilayer"],
+        multilayer_span=3,
+    )
+    sweep = pd.read_parquet(run.paths.sweep)
+    gated = sweep[sweep["direction"] == "caa"].copy()
+    steered = gated["alpha"] != 0
+    gated.loc[steered, "toxicity"] = gated.loc[steered, "toxicity"] * 0.5
+    gated = gated.assign(variant="gated", gate_fired=3, gate_positions=10)
+    pd.concat([sweep, gated], ignore_index=True).to_parquet(run.paths.sweep)
+    kl = kl_of(cells)
+    pd.concat([kl, kl[kl["direction"] == "caa"].assign(variant="gated")]).to_parquet(run.paths.kl)
+    pipeline.analyze(run, save_figures=False)
+    return run
+
+
+def test_from_run_opens_at_the_recommended_variant_with_the_runs_probe(
+    tmp_path, llama, tokenizer, caa_and_probe
+):
+    vector, probe = caa_and_probe
+    run = _variants_run(tmp_path)
+    recommended = read_recommended(run.paths.summary)
+    assert recommended["variant"] == "gated" and recommended["alpha"] != 0
+    vector.save(run.paths.vectors)
+    probe.save(run.paths.probe)
+    explorer = _from_run(run, llama, tokenizer)
+    assert list(explorer.variant_menu.options) == ["caa", "gated", "clamp", "multilayer"]
+    assert explorer.variant == "gated" and explorer.multilayer_span == 3
+    assert explorer.layer == recommended["layer"]
+    assert explorer.alpha == pytest.approx(recommended["alpha"])
+    assert "(gated)" in explorer.status.value
+    assert explorer.probe is not None and explorer.probe.layers == probe.layers
+    result = explorer.generate()
+    assert result["variant"] == "gated" and "gate_fired" in result
+    assert active_hook_count(llama) == 0
+    # Another variant asked for: alpha 0 there (alphas mean different things per variant).
+    other = _from_run(run, llama, tokenizer, variant="clamp")
+    assert other.variant == "clamp" and other.alpha == 0.0
+    assert "recommends layer" in other.status.value and "(gated)" in other.status.value
+
+
+def test_from_run_without_probe_or_activations_leaves_gated_and_clamp_out(
+    tmp_path, llama, tokenizer, caa_and_probe
+):
+    vector, _ = caa_and_probe
+    run = _variants_run(tmp_path)
+    (vector * 1.0).save(run.paths.vectors)  # no non-toxic projections, no probe, no step 03
+    explorer = _from_run(run, llama, tokenizer)
+    assert list(explorer.variant_menu.options) == ["caa", "multilayer"]
+    assert explorer.variant == "caa" and explorer.alpha == 0.0
+    assert "gated and clamp not offered" in explorer.status.value
+    assert "activations" in explorer.status.value

@@ -10,6 +10,12 @@ matrix-multiply peak, activation capture for the contrastive sets, greedy parity
 and each scorer's throughput. Its last line is ``speedup: X.XX`` (engine over straightforward,
 generated tokens per second).
 
+``--variant`` picks the steering variant (:mod:`steerlib.variants`) both loops steer with
+(plain ``caa`` by default): the gated variant with a probe fitted on the captured contrastive
+sets (:func:`steerlib.probe.fit_probe`, as step 04 does), clamp with the vector's non-toxic
+projections, multilayer over ``--multilayer-span`` layers centred on ``--layer``. A gated run
+also reports how often the gate fired in the engine's last round.
+
 Over 500 lines (about 630): a script-like tool, one section per measurement it prints.
 """
 
@@ -48,7 +54,10 @@ from steerlib.generation import (
 from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
 from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model
+from steerlib.probe import ToxicityProbe, fit_probe
 from steerlib.subsets import pair_texts
+from steerlib.variants import VARIANTS, Variant
+from steerlib.variants import variant as make_variant
 from steerlib.vectors import SteeringVector, compute_caa
 
 __all__ = [
@@ -213,11 +222,15 @@ def straightforward_sweep(
     positions: Positions = "all",
     batch_prompts: int = 8,
     seed: int = 0,
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
 ) -> pd.DataFrame:
     """The reference experiment's sweep: per alpha, ``generate`` with ``num_return_sequences``.
 
     Prompts are batched in their given order (each batch pads to its longest prompt) and every
     sample re-encodes its prompt, as ``generate`` expands the inputs before the prefill.
+    ``variant`` (default plain CAA) and ``probe`` (for the gated variant) steer as the
+    engine's arguments of the same names do.
 
     Returns:
         One row per completion (``prompt_id``, ``alpha``, ``sample``, ``completion``,
@@ -229,11 +242,14 @@ def straightforward_sweep(
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     rows: list[dict[str, Any]] = []
+    steer: dict[str, Any] = {"layers": layer, "positions": positions}
+    if variant is not None:
+        steer = variant.steering_kwargs(layer, num_layers(model), positions, probe)
     for alpha in alphas:
         for start in range(0, len(encoded), batch_prompts):
             input_ids, mask = left_pad(encoded[start : start + batch_prompts], pad_id)
             torch.manual_seed(derive_seed(seed, "straightforward", alpha, start))
-            with steering(model, vector, float(alpha), layer, positions=positions):
+            with steering(model, vector, float(alpha), **steer):
                 generated = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=mask.to(device),
@@ -297,7 +313,7 @@ def _load_section(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrained
 
 def _capture_section(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_texts: int
-) -> SteeringVector:
+) -> tuple[SteeringVector, ToxicityProbe]:
     from steerlib.activations import capture_residuals
 
     pairs = load_prompts("bundled")
@@ -316,7 +332,8 @@ def _capture_section(
         f"{BUNDLED_PROMPTS.name}), all {num_layers(model)} layers in one forward pass per batch: "
         f"{seconds:.1f} s = {n / seconds:.1f} texts/s"
     )
-    return compute_caa(toxic_acts, nontoxic_acts, provenance={"texts_source": "bench"})
+    vector = compute_caa(toxic_acts, nontoxic_acts, provenance={"texts_source": "bench"})
+    return vector, fit_probe(toxic_acts, nontoxic_acts)
 
 
 def _parity_section(
@@ -326,6 +343,7 @@ def _parity_section(
     vector: SteeringVector,
     args: argparse.Namespace,
 ) -> None:
+    """Greedy engine against per-alpha ``generate``, both steered by ``args.steer``."""
     if args.parity_prompts < 1:
         return
     subset = prompts.iloc[: args.parity_prompts]
@@ -343,6 +361,7 @@ def _parity_section(
             prompt_format=args.prompt_format,
             positions=positions,
             progress=False,
+            **args.steer,
         )
         reference = straightforward_sweep(
             model,
@@ -358,12 +377,14 @@ def _parity_section(
             prompt_format=args.prompt_format,
             positions=positions,
             batch_prompts=1,
+            **args.steer,
         )
         merged = engine.merge(reference, on=["prompt_id", "alpha"], suffixes=("", "_ref"))
         checked += len(merged)
         identical += int((merged["completion"] == merged["completion_ref"]).sum())
     _print(
-        f"[parity] greedy engine vs per-alpha generate ({len(subset)} prompts x "
+        f"[parity] greedy engine vs per-alpha generate, variant {args.variant} "
+        f"({len(subset)} prompts x "
         f"{len(args.alphas)} alphas x 2 position modes): {identical}/{checked} identical"
     )
 
@@ -430,6 +451,7 @@ def _sweep_section(
                         positions=args.positions,
                         batch_prompts=args.baseline_batch_prompts,
                         seed=args.seed + round_index,
+                        **args.steer,
                     )
                 else:
                     table = run_sweep(
@@ -448,6 +470,7 @@ def _sweep_section(
                         seed=args.seed + round_index,
                         max_batch_rows=args.max_batch_rows,
                         progress=args.progress,
+                        **args.steer,
                     )
                     last_table = table
                 _sync(device)
@@ -499,6 +522,19 @@ def _parser() -> argparse.ArgumentParser:
         choices=["all", "generated"],
         default="all",
         help="steered positions: every token, or the generated ones only (default all)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default="caa",
+        help="steering variant both loops steer with (steerlib.variants; default caa): "
+        + ", ".join(VARIANTS),
+    )
+    parser.add_argument(
+        "--multilayer-span",
+        type=int,
+        default=5,
+        help="layers the multilayer variant steers, centred on --layer (default %(default)s)",
     )
     parser.add_argument(
         "--prompt-format",
@@ -553,7 +589,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("n_prompts", "samples", "max_new_tokens", "repeats", "baseline_batch_prompts"):
+    names = ("n_prompts", "samples", "max_new_tokens", "repeats", "baseline_batch_prompts")
+    for name in (*names, "multilayer_span"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be at least 1, got {getattr(args, name)}.")
@@ -596,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"shape: {args.n_prompts} prompts ({args.prompts}; {min(lengths)}-{max(lengths)} tokens, "
         f"mean {statistics.mean(lengths):.1f}) x {len(args.alphas)} alphas {args.alphas} x "
         f"{args.samples} samples x {args.max_new_tokens} new tokens = {completions} completions;"
-        f" layer {args.layer}, positions {args.positions}, format {args.prompt_format}, "
+        f" layer {args.layer}, variant {args.variant}, positions {args.positions}, "
+        f"format {args.prompt_format}, "
         f"temperature {args.temperature}, top_p {args.top_p}"
     )
     peak = matmul_peak(device, dtype, args.matmul_size)
@@ -605,7 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"[matmul] peak {str(dtype).replace('torch.', '')} {args.matmul_size}x{args.matmul_size}"
         f" matrix multiply: {peak / 1e9:.1f} GFLOP/s (best of 5)"
     )
-    vector = _capture_section(model, tokenizer, args.capture_texts)
+    vector, probe = _capture_section(model, tokenizer, args.capture_texts)
+    chosen = make_variant(args.variant, multilayer_span=args.multilayer_span)
+    args.steer = {"variant": chosen, "probe": probe if chosen.mode == "gated" else None}
     _parity_section(model, tokenizer, prompts, vector, args)
     if args.baseline_alphas and args.baseline_alphas < len(args.alphas):
         _print(
@@ -613,6 +653,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(args.alphas)} alphas (its tokens/s does not depend on the number of alphas)"
         )
     baseline, engine, table = _sweep_section(model, tokenizer, prompts, vector, args)
+    if "gate_fired" in table.columns:
+        steered = table[table["alpha"] != 0]
+        fired, looked = int(steered["gate_fired"].sum()), int(steered["gate_positions"].sum())
+        _print(
+            f"[gate] engine's last round: the probe fired at {fired} of {looked} steered "
+            f"positions ({100 * fired / max(looked, 1):.0f}%) over the alphas other than 0"
+        )
     names = [n.strip() for n in args.scorers.split(",") if n.strip()]
     _score_section(table["completion"].tolist(), names, args.device)
 
