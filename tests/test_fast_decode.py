@@ -171,9 +171,7 @@ def test_sync_free_sampling_overflow_redoes_the_batch_on_the_synced_path(llama, 
     assert torch.equal(synced, free)
 
 
-def test_sync_free_sampling_repeats_with_a_seed_and_cuda_graphs_are_a_cpu_no_op(
-    llama, tokenizer
-):
+def test_sync_free_sampling_repeats_with_a_seed_and_cuda_graphs_are_a_cpu_no_op(llama, tokenizer):
     on = DecodeOptions(sync_free=True, cuda_graphs=True)
     off = DecodeOptions(sync_free=True, cuda_graphs=False)
     assert on.resolve(torch.device("cpu")) == (True, False)
