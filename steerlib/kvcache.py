@@ -3,7 +3,10 @@
 ``transformers``' ``DynamicCache`` concatenates at every step, copying every layer's cache; on a
 2-core CPU with a batch of 640 rows that copying was a third of the sweep's time.
 :func:`preallocate_cache` swaps a prefilled cache's layers for :class:`PreallocatedLayer` s,
-which write each step's keys and values in place.
+which write each step's keys and values in place. :func:`static_cache` swaps them for
+:class:`StaticLayer` s instead: buffers of a fixed shape, written at a position held in a device
+tensor and attended over whole (unwritten positions masked), so that a decode step has the same
+shapes and addresses at every step and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-__all__ = ["PreallocatedLayer", "preallocate_cache"]
+__all__ = ["PreallocatedLayer", "StaticLayer", "preallocate_cache", "static_cache"]
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -111,10 +114,98 @@ class PreallocatedLayer(DynamicLayer):
         self.batch_select_indices(beam_idx.to(self._keys.device))
 
 
+class StaticLayer(PreallocatedLayer):
+    """A layer of fixed shape for graph-captured decoding: ``update`` returns the whole buffers.
+
+    The new keys and values are written at the position ``write_at`` holds (a one-element
+    device tensor shared by all layers, advanced by the caller), with ``index_copy_``, so a
+    step launches the same kernels on the same addresses every time. The buffers start zeroed
+    (never NaN), and the positions not yet written must be masked out by the caller's 4-D
+    attention mask.
+
+    Args:
+        keys: ``(batch, heads, length, head_dim)`` keys of the prefill.
+        values: Values of the same batch and length.
+        capacity: Positions of the buffers (prefill length plus the new tokens to come).
+        write_at: ``(1,)`` long tensor on the cache's device: the next position to write.
+        repeats: Rows each prefill row becomes.
+    """
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        capacity: int,
+        write_at: torch.Tensor,
+        repeats: int = 1,
+    ) -> None:
+        self.write_at = write_at
+        super().__init__(keys, values, capacity, repeats=repeats)
+
+    @staticmethod
+    def _buffer(
+        states: torch.Tensor, batch: int, heads: int, capacity: int, repeats: int
+    ) -> torch.Tensor:
+        length, dim = states.shape[2], states.shape[3]
+        buffer = states.new_zeros((batch, repeats, heads, capacity, dim))
+        buffer[:, :, :, :length] = states[:, None]
+        return buffer.view(batch * repeats, heads, capacity, dim)
+
+    def _expose(self) -> None:
+        self.keys = self._keys
+        self.values = self._values
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one position at ``write_at``; return the whole buffers."""
+        self._keys.index_copy_(2, self.write_at, key_states)
+        self._values.index_copy_(2, self.write_at, value_states)
+        self._length += key_states.shape[-2]
+        return self._keys, self._values
+
+
+def _plain(layer: Any, capacity: int) -> bool:
+    """A layer holding every position of a ``(batch, heads, length, dim)`` cache."""
+    if not (layer.is_initialized and getattr(layer, "keys", None) is not None):
+        return False
+    if layer.keys.dim() != 4:
+        return False
+    if type(layer) is DynamicLayer:
+        return True
+    # A sliding window longer than the decode (Phi-4-mini: 262,144) keeps every position.
+    window = getattr(layer, "sliding_window", None)
+    return type(layer) is DynamicSlidingWindowLayer and window is not None and window > capacity
+
+
+def static_cache(cache: Any, capacity: int, write_at: torch.Tensor, repeats: int = 1) -> bool:
+    """Move a prefilled ``DynamicCache``'s layers into :class:`StaticLayer` s, if all can move.
+
+    Args:
+        cache: The cache returned by the prefill (changed in place only when all layers move).
+        capacity: Positions per row (prefill length plus new tokens).
+        write_at: See :class:`StaticLayer`; set it to the prefill length before decoding.
+        repeats: Rows each cached row becomes.
+
+    Returns:
+        Whether every layer moved (else the cache is unchanged and the caller decodes with
+        :func:`preallocate_cache`).
+    """
+    if not all(_plain(layer, capacity) for layer in cache.layers):
+        return False
+    for index, layer in enumerate(cache.layers):
+        cache.layers[index] = StaticLayer(
+            layer.keys, layer.values, capacity, write_at, repeats=repeats
+        )
+    return True
+
+
 def preallocate_cache(cache: Any, capacity: int, repeats: int = 1) -> None:
     """Move a prefilled ``DynamicCache``'s plain layers into :class:`PreallocatedLayer` s.
 
-    Layers of other kinds (sliding-window, quantized, linear-attention) are only repeated.
+    Plain layers are full-attention layers and sliding-window layers whose window is longer
+    than ``capacity``. Layers of other kinds (short sliding windows, quantized,
+    linear-attention) are only repeated.
 
     Args:
         cache: The cache returned by the prefill (changed in place).
@@ -122,7 +213,7 @@ def preallocate_cache(cache: Any, capacity: int, repeats: int = 1) -> None:
         repeats: Rows each cached row becomes.
     """
     for index, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4:
+        if _plain(layer, capacity):
             cache.layers[index] = PreallocatedLayer(
                 layer.keys, layer.values, capacity, repeats=repeats
             )

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from steerlib.errors import ModelError
+from steerlib.random_models import is_random_model, load_random_model, random_config
 
 __all__ = [
     "EMBEDDED_GGUF_FILE",
@@ -211,8 +212,9 @@ def load_model(
     """Load a causal LM and its tokenizer, ready for batched left-padded generation.
 
     Args:
-        name_or_path: A hub id (``"microsoft/Phi-4-mini-instruct"``), a local folder, or
-            ``"smollm2-135m-instruct"`` (the embedded offline default).
+        name_or_path: A hub id (``"microsoft/Phi-4-mini-instruct"``), a local folder,
+            ``"smollm2-135m-instruct"`` (the embedded offline default), or ``"random:<shape>"``
+            (a randomly initialised model of a real shape, see :mod:`steerlib.random_models`).
         device: Target device; default CUDA, then MPS, then CPU.
         dtype: Weight dtype; default bfloat16 on CUDA, float16 on MPS, float32 on CPU.
         revision: Hub revision (branch, tag or commit) to pin.
@@ -234,6 +236,8 @@ def load_model(
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     torch_dtype = torch_dtype or default_dtype(target)
     name = str(name_or_path)
+    if is_random_model(name):
+        return load_random_model(name, target, torch_dtype)
     source: str | Path = name
     if name == EMBEDDED_MODEL:
         source = convert_embedded()
@@ -267,6 +271,8 @@ def load_tokenizer(
         ModelError: The tokenizer cannot be loaded.
     """
     name = str(name_or_path)
+    if is_random_model(name):
+        name = EMBEDDED_MODEL
     source: str | Path = convert_embedded() if name == EMBEDDED_MODEL else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -316,13 +322,16 @@ def model_shape(
     from transformers import AutoConfig
 
     name = str(name_or_path)
-    source: str | Path = convert_embedded() if name == EMBEDDED_MODEL else name
-    try:
-        config = AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error("model", name, exc) from exc
+    if is_random_model(name):
+        config = random_config(name)
+    else:
+        source: str | Path = convert_embedded() if name == EMBEDDED_MODEL else name
+        try:
+            config = AutoConfig.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise _load_error("model", name, exc) from exc
     config = getattr(config, "text_config", None) or config
     layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
     if layers is None:

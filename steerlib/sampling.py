@@ -1,15 +1,21 @@
 """Next-token sampling for the sweep engine: greedy, or temperature and tiered top-p.
 
-Top-p looks at the 64 most likely tokens first, then 1,024, then 8,192, and sorts the whole
-vocabulary only for rows whose nucleus is larger still; the distribution is that of
-``transformers``' ``TopPLogitsWarper``.
+:func:`sample_next` (the CPU path) looks at the 64 most likely tokens first, then 1,024, then
+8,192, and sorts the whole vocabulary only for rows whose nucleus is larger still.
+:func:`sample_static` (the accelerator path) does the same without a host sync and with fixed
+shapes (so it can be captured in a CUDA graph): one partial top-k for every row, and a full sort
+for a fixed number of rows, the least covered; it reports whether more rows needed one. Both
+give the distribution of ``transformers``' ``TemperatureLogitsWarper`` and ``TopPLogitsWarper``.
+Both draw a token as ``torch.multinomial`` draws one sample, ``argmax(p / q)`` with ``q`` from
+``Exponential(1)``; written out, that is the same draw without ``multinomial``'s host-side
+check.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_next"]
+__all__ = ["nucleus_candidates", "sample_next", "sample_static"]
 
 _TOP_K_TIERS = (64, 1024, 8192)
 """Partial top-k sizes tried in turn in top-p sampling before a full-vocabulary sort."""
@@ -83,3 +89,94 @@ def sample_next(
         if not remaining.numel():
             break
     return chosen
+
+
+def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row, with probability proportional to ``weights`` (no host sync).
+
+    The same draw as ``torch.multinomial(weights, 1, generator=generator)``, which for one
+    sample computes ``argmax(weights / q)`` with ``q ~ Exponential(1)``, but without its
+    validity check (a host sync).
+    """
+    q = torch.empty_like(weights).exponential_(1, generator=generator)
+    return (weights / q).argmax(-1, keepdim=True)
+
+
+def nucleus_candidates(
+    logits: torch.Tensor, *, temperature: float, top_p: float, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Temperature and top-p over each row's ``top_k`` most likely tokens, with fixed shapes.
+
+    Args:
+        logits: ``(rows, vocab)`` float32 scores (used as scratch space).
+        temperature: Sampling temperature (> 0).
+        top_p: Nucleus threshold in (0, 1].
+        top_k: Candidates per row.
+
+    Returns:
+        ``(probs, ids, covered, weights, total)``: ``(rows, top_k)`` probabilities of the
+        candidates inside the nucleus (0 outside it), their token ids, whether each row's
+        nucleus lies within its candidates (only then are ``probs`` its nucleus distribution),
+        the ``(rows, vocab)`` softmax numerators and their ``(rows, 1)`` sums.
+    """
+    top_k = min(top_k, logits.shape[-1])
+    scaled = logits.div_(temperature)
+    weights = scaled.sub_(scaled.amax(-1, keepdim=True)).exp_()
+    total = weights.sum(-1, keepdim=True)
+    top_w, ids = weights.topk(top_k, dim=-1)
+    probs = top_w / total
+    covered = probs.sum(-1) >= top_p
+    if top_k == logits.shape[-1]:
+        covered = torch.ones_like(covered)
+    probs = probs * _nucleus(probs, top_p)
+    return probs, ids, covered, weights, total
+
+
+def sample_static(
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    top_k: int,
+    sort_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token of each row without host syncs and with fixed shapes (CUDA-graph safe).
+
+    One partial top-k of ``top_k`` tokens serves every row whose nucleus it covers; the
+    ``sort_rows`` rows with the least mass in their top-k get a full-vocabulary sort, and their
+    draw replaces the top-k draw where the top-k did not cover the nucleus. A row is drawn
+    from exactly its nucleus distribution unless more than ``sort_rows`` rows needed a sort:
+    the returned flag says so, and the caller then decodes again with :func:`sample_next`.
+
+    Args:
+        logits: ``(rows, vocab)`` float32 scores (used as scratch space).
+        temperature: Sampling temperature; 0 for greedy decoding.
+        top_p: Nucleus threshold in (0, 1].
+        generator: Random generator on the logits' device.
+        top_k: Candidates per row in the common case.
+        sort_rows: Rows that may get a full sort per call (0: none).
+
+    Returns:
+        ``(tokens, overflow)``: ``(rows,)`` token ids and a 0-dim bool tensor, true when more
+        rows needed a full sort than ``sort_rows`` (their draws are then not exact).
+    """
+    if temperature == 0:
+        return logits.argmax(-1), torch.zeros((), dtype=torch.bool, device=logits.device)
+    if top_p >= 1.0:
+        weights = torch.softmax(logits.div_(temperature), dim=-1)
+        tokens = _draw(weights, generator).squeeze(1)
+        return tokens, torch.zeros((), dtype=torch.bool, device=logits.device)
+    probs, ids, covered, weights, total = nucleus_candidates(
+        logits, temperature=temperature, top_p=top_p, top_k=top_k
+    )
+    tokens = ids.gather(1, _draw(probs, generator)).squeeze(1)
+    uncovered = ~covered
+    n_sort = min(sort_rows, logits.shape[0])
+    if n_sort:
+        rows = probs.sum(-1).topk(n_sort, largest=False).indices
+        ordered, order = weights[rows].sort(dim=-1, descending=True)
+        ordered = ordered / total[rows]
+        picked = order.gather(1, _draw(ordered * _nucleus(ordered, top_p), generator)).squeeze(1)
+        tokens[rows] = torch.where(uncovered[rows], picked, tokens[rows])
+    return tokens, uncovered.sum() > n_sort

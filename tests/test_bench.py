@@ -51,6 +51,11 @@ def test_bench_report_format(tiny_llama_folder, capsys):
     assert re.fullmatch(r"speedup: \d+\.\d\d", lines[-1])
     for tag in ("[load] cold", "[load] cached", "[matmul] peak", "[capture]", "[score]"):
         assert tag in text, tag
+    assert "[logits] trained model" in text
+    assert re.search(r"\[sizes\] engine: 640 rows per batch, 16384 tokens per unit \(cpu", text)
+    assert "decode step: synced, finished rows dropped, CUDA graphs off" in text
+    assert re.search(r"summary on cpu \(.*\), float32", text)
+    assert re.search(r"in float32 .*: 18/18 identical$", text, re.MULTILINE)
     parity = re.search(r"\[parity\].*: (\d+)/(\d+) identical", text)
     assert parity and parity.group(1) == parity.group(2) == str(3 * 3 * 2)
     rounds = re.findall(r"\[sweep\] round (\d) (straightforward|engine)\s+(\d+) completions", text)
@@ -71,6 +76,8 @@ def test_bench_rejects_bad_flags(tiny_llama_folder):
 
     with pytest.raises(ConfigError, match="--samples"):
         main(["--model", str(tiny_llama_folder), "--samples", "0"])
+    with pytest.raises(ConfigError, match="--logit-scale"):
+        main(["--model", str(tiny_llama_folder), "--logit-scale", "big"])
 
 
 def test_flops_per_token_counts_linear_weights(llama):

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.data import BUNDLED_PROMPTS, load_prompts
-from steerlib.engine import DEFAULT_MAX_BATCH_ROWS, run_sweep
+from steerlib.engine import DecodeOptions, run_sweep
 from steerlib.errors import ConfigError, SteerlibError
 from steerlib.generation import (
     PromptFormat,
@@ -55,6 +55,13 @@ from steerlib.hooks import Positions, steering
 from steerlib.layers import num_layers
 from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model
 from steerlib.probe import ToxicityProbe, fit_probe
+from steerlib.random_models import (
+    calibrate_logit_scale,
+    is_random_model,
+    nucleus_sizes,
+    scale_logits,
+)
+from steerlib.sizing import choose_sizes
 from steerlib.subsets import pair_texts
 from steerlib.variants import VARIANTS, Variant
 from steerlib.variants import variant as make_variant
@@ -128,6 +135,13 @@ class _PeakMemory:
     def label(self) -> str:
         """What the peak measures."""
         return "GPU allocated" if self.device.type == "cuda" else "process RSS"
+
+
+def _device_name(device: torch.device) -> str:
+    """The device with its product name where torch knows it (``cuda (NVIDIA H200)``)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()})"
 
 
 def _sync(device: torch.device) -> None:
@@ -291,7 +305,7 @@ def _load_section(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrained
         with tempfile.TemporaryDirectory(prefix="steerlib-bench-") as tmp:
             os.environ["STEERLIB_CACHE"] = tmp
             try:
-                cold_model, cold = _timed(lambda: load_model(args.model, args.device))
+                cold_model, cold = _timed(lambda: load_model(args.model, args.device, args.dtype))
             finally:
                 if previous is None:
                     os.environ.pop("STEERLIB_CACHE", None)
@@ -305,10 +319,52 @@ def _load_section(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrained
         _print(f"[load] cold (GGUF dequantize): skipped ({why})")
     if args.model == EMBEDDED_MODEL:
         convert_embedded()
-    (model, tokenizer), cached = _timed(lambda: load_model(args.model, args.device))
+    (model, tokenizer), cached = _timed(lambda: load_model(args.model, args.device, args.dtype))
     ratio = f" ({cold / cached:.1f}x faster than cold)" if cold else ""
-    _print(f"[load] cached (safetensors): {cached:.1f} s{ratio}")
+    what = "random weights, seeded" if is_random_model(args.model) else "safetensors"
+    _print(f"[load] cached ({what}): {cached:.1f} s{ratio}")
     return model, tokenizer
+
+
+def _logit_scale_section(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    args: argparse.Namespace,
+) -> None:
+    """Scale a random model's logits so that sampling sees a realistic nucleus; say which."""
+    random = is_random_model(args.model)
+    if args.logit_scale is None and not random:
+        _print("[logits] trained model: logits as they are (no --logit-scale)")
+        return
+    if args.logit_scale is not None and not random:
+        raise ConfigError("--logit-scale is for random: models; a trained model's logits stand.")
+    device = next(model.parameters()).device
+    encoded = encode_prompts(tokenizer, prompts["prompt"].tolist()[:16], args.prompt_format)
+    input_ids, mask = left_pad(encoded, tokenizer.pad_token_id)
+
+    def last_logits() -> torch.Tensor:
+        with torch.inference_mode():
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+        return out.logits[:, -1, :].float()
+
+    logits = last_logits()
+    before = nucleus_sizes(logits, args.temperature, args.top_p).median()
+    if args.logit_scale == "auto":
+        scale = calibrate_logit_scale(logits, temperature=args.temperature, top_p=args.top_p)
+        how = "auto: median nucleus about 20 tokens"
+    elif args.logit_scale == "none":
+        _print(f"[logits] random model, flat logits (median nucleus {int(before)} tokens)")
+        return
+    else:
+        scale, how = float(args.logit_scale), "given"
+    scale_logits(model, scale)
+    after = nucleus_sizes(last_logits(), args.temperature, args.top_p).median()
+    _print(
+        f"[logits] random model, logit scale {scale:.2f} ({how}): median nucleus at temperature"
+        f" {args.temperature}, top_p {args.top_p} on {len(encoded)} prompts {int(before)} -> "
+        f"{int(after)} tokens"
+    )
 
 
 def _capture_section(
@@ -348,6 +404,7 @@ def _parity_section(
         return
     subset = prompts.iloc[: args.parity_prompts]
     checked = identical = 0
+    divergent: list[int] = []
     for positions in ("all", "generated"):
         engine = run_sweep(
             model,
@@ -362,6 +419,9 @@ def _parity_section(
             positions=positions,
             progress=False,
             **args.steer,
+            max_batch_rows=args.max_batch_rows,
+            tokens_per_unit=args.tokens_per_unit,
+            decode=args.decode,
         )
         reference = straightforward_sweep(
             model,
@@ -382,10 +442,29 @@ def _parity_section(
         merged = engine.merge(reference, on=["prompt_id", "alpha"], suffixes=("", "_ref"))
         checked += len(merged)
         identical += int((merged["completion"] == merged["completion_ref"]).sum())
+        for got, ref in zip(merged["completion"], merged["completion_ref"], strict=True):
+            if got != ref:
+                a, b = tokenizer(got)["input_ids"], tokenizer(ref)["input_ids"]
+                same = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+                divergent.append(next(same, min(len(a), len(b))))
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    where = (
+        f"; first divergent token (completions re-encoded; of {args.max_new_tokens}): median "
+        f"{statistics.median(divergent):.0f}, earliest {min(divergent)}"
+        if divergent
+        else ""
+    )
+    note = (
+        " (exact parity is expected in float32; in reduced precision the rounding depends on "
+        "the batch shape, so argmax near-ties flip)"
+        if dtype != "float32"
+        else ""
+    )
     _print(
-        f"[parity] greedy engine vs per-alpha generate, variant {args.variant} "
+        f"[parity] greedy engine vs per-alpha generate in {dtype} for variant {args.variant} "
         f"({len(subset)} prompts x "
         f"{len(args.alphas)} alphas x 2 position modes): {identical}/{checked} identical"
+        f"{where}{note}"
     )
 
 
@@ -469,8 +548,10 @@ def _sweep_section(
                         positions=args.positions,
                         seed=args.seed + round_index,
                         max_batch_rows=args.max_batch_rows,
+                        tokens_per_unit=args.tokens_per_unit,
                         progress=args.progress,
                         **args.steer,
+                        decode=args.decode,
                     )
                     last_table = table
                 _sync(device)
@@ -562,11 +643,31 @@ def _parser() -> argparse.ArgumentParser:
         "a separate loop of the same cost, so its tokens/s does not depend on N",
     )
     parser.add_argument(
-        "--max-batch-rows",
-        type=int,
-        default=DEFAULT_MAX_BATCH_ROWS,
-        help="most rows the sweep engine decodes together (bounds the KV cache; default "
-        "%(default)s)",
+        "--max-batch-rows", type=int, default=None, help="engine batch rows (default: device)"
+    )
+    parser.add_argument(
+        "--tokens-per-unit", type=int, default=None, help="engine unit size (default: device)"
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)"
+    )
+    parser.add_argument(
+        "--logit-scale",
+        default=None,
+        help="random: models only: multiply the logits by this number, 'auto' (default for "
+        "random: models: a median nucleus of about 20 tokens) or 'none' (flat logits)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="capture the engine's decode step in a CUDA graph (no-op off CUDA)",
+    )
+    parser.add_argument(
+        "--sync-free",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the engine's sync-free decode step (auto: on CUDA)",
     )
     parser.add_argument("--capture-texts", type=int, default=32, help="texts per contrastive set")
     parser.add_argument("--parity-prompts", type=int, default=4, help="0 skips the parity check")
@@ -596,6 +697,19 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {getattr(args, name)}.")
     if args.baseline_alphas < 0:
         raise ConfigError(f"--baseline-alphas must be 0 or more, got {args.baseline_alphas}.")
+    if args.logit_scale not in (None, "auto", "none"):
+        try:
+            float(args.logit_scale)
+        except ValueError:
+            raise ConfigError(
+                f"--logit-scale takes a number, 'auto' or 'none', not {args.logit_scale!r}."
+            ) from None
+    if args.logit_scale is None and is_random_model(args.model):
+        args.logit_scale = "auto"
+    choice = {"auto": "auto", "on": True, "off": False}
+    args.decode = DecodeOptions(
+        sync_free=choice[args.sync_free], cuda_graphs=choice[args.cuda_graphs]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -626,7 +740,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     lengths = [len(x) for x in encode_prompts(tokenizer, prompts["prompt"], args.prompt_format)]
     _print(
         f"model: {args.model} ({type(model).__name__}, {num_layers(model)} layers, "
-        f"{n_params / 1e6:.1f} M parameters) on {device} in {str(dtype).replace('torch.', '')}"
+        f"{n_params / 1e6:.1f} M parameters) on {_device_name(device)} in "
+        f"{str(dtype).replace('torch.', '')}"
+    )
+    _logit_scale_section(model, tokenizer, prompts, args)
+    sizes = choose_sizes(
+        model,
+        row_tokens=max(lengths) + args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens,
+        max_batch_rows=args.max_batch_rows,
+        tokens_per_unit=args.tokens_per_unit,
+    )
+    args.max_batch_rows, args.tokens_per_unit = sizes.max_batch_rows, sizes.tokens_per_unit
+    sync_free, graphs = args.decode.resolve(device)
+    _print(
+        f"[sizes] engine: {sizes.max_batch_rows} rows per batch, {sizes.tokens_per_unit} tokens "
+        f"per unit ({sizes.source}); decode step: "
+        f"{'sync-free' if sync_free else 'synced, finished rows dropped'}, CUDA graphs "
+        f"{'on' if graphs else 'off'}"
     )
     completions = args.n_prompts * len(args.alphas) * args.samples
     _print(
@@ -664,25 +795,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     _score_section(table["completion"].tolist(), names, args.device)
 
     a, b = _best(baseline), _best(engine)
-    _print(f"summary (best of {args.repeats} alternating rounds each):")
-    header = ("method", "completions", "tokens", "wall s", "tok/s", "peak MiB")
+    _print(
+        f"summary on {_device_name(device)}, {str(dtype).replace('torch.', '')} "
+        f"(best of {args.repeats} alternating rounds each):"
+    )
+    header = ("method", "completions", "tokens", "wall s", "tok/s", "peak MiB", "% peak")
+    per_token = flops_per_token(model)
+    peak = max(args.peaks)
     _print(
         "  "
         + header[0].ljust(16)
-        + "".join(h.rjust(w) for h, w in zip(header[1:], (12, 9, 9, 9, 10), strict=True))
+        + "".join(h.rjust(w) for h, w in zip(header[1:], (12, 9, 9, 9, 10, 8), strict=True))
     )
     for stats in (a, b):
+        share = 100 * stats.tokens_per_second * per_token / peak
         _print(
             f"  {stats.method:<16}{stats.completions:>12}{stats.tokens:>9}{stats.seconds:>9.1f}"
-            f"{stats.tokens_per_second:>9.1f}{stats.peak_bytes / 2**20:>10,.0f}"
+            f"{stats.tokens_per_second:>9.1f}{stats.peak_bytes / 2**20:>10,.0f}{share:>8.1f}"
         )
     speedup = b.tokens_per_second / a.tokens_per_second
     _print(
         f"  ratio engine / straightforward: tok/s {speedup:.2f}, wall time per token "
         f"{1 / speedup:.2f}, peak memory {b.peak_bytes / max(a.peak_bytes, 1):.2f}"
     )
-    per_token = flops_per_token(model)
-    peak = max(args.peaks)
     _print(
         f"  matmul peak: best {peak / 1e9:.1f} GFLOP/s of {len(args.peaks)} measurements "
         f"(one before each run; lowest {min(args.peaks) / 1e9:.1f})"
