@@ -17,11 +17,12 @@ import pandas as pd
 
 from steerlib._io import atomic_write_json, atomic_write_parquet
 from steerlib.errors import DataError, SteerlibError
+from steerlib.experiment.report import example_completions, verdict
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
 from steerlib.runs import RunPaths
 
-__all__ = ["Analysis", "analyze", "compare_runs", "side_by_side"]
+__all__ = ["Analysis", "analyze", "compare_runs", "side_by_side", "verdict"]
 
 
 @dataclass
@@ -42,12 +43,15 @@ class Analysis:
             is at least as fluent on the rule's fluency measure
             (:func:`controls.fluency_matched_control`), on all prompts.
         figures: Named plotly figures (also written to the run's ``figures/`` folder).
-        examples: Completions of a few challenging prompts side by side across alphas.
+        examples: The first completion of a few challenging prompts at every alpha of the
+            figures' layer, in full, with their scores
+            (:func:`~steerlib.experiment.report.example_completions`).
         confirmation: The confirmation half at the recommended point (or nearest miss), at
             alpha 0 and for the random control (:func:`operating_point.operating_point_table`).
         scorer_validity: AUC, precision and recall at 0.5 against Perspective, separately on
             prompts and on continuations (:func:`scoring.scorer_validity`).
         scorer_floor: The scorer's score of text without known words.
+        record: The body of ``summary.json`` (what :func:`verdict` reads).
     """
 
     summary: pd.DataFrame
@@ -60,6 +64,7 @@ class Analysis:
     confirmation: pd.DataFrame = field(default_factory=pd.DataFrame)
     scorer_validity: dict[str, Any] = field(default_factory=dict)
     scorer_floor: float | None = None
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
@@ -298,12 +303,13 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         control,
         matched,
         figures,
-        side_by_side(sweep, layer=layer),
+        example_completions(sweep, layer=layer),
         confirmation=operating_point.operating_point_table(
             summary, recommended if "error" not in recommended else {}
         ),
         scorer_validity=validity,
         scorer_floor=floor,
+        record=record,
     )
 
 
