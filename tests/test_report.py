@@ -110,6 +110,8 @@ def test_tables_format_numbers_and_show_alpha_0_once(tmp_path):
 def test_report_page_has_a_title_the_verdict_first_and_no_code(tmp_path):
     import papermill
 
+    from steerlib.experiment.kernels import kernel_options
+
     run = fake_run(tmp_path, GOOD, n_resamples=200)
     executed = tmp_path / "06_analysis.ipynb"
     papermill.execute_notebook(
@@ -119,12 +121,13 @@ def test_report_page_has_a_title_the_verdict_first_and_no_code(tmp_path):
         cwd=str(PROJECT_ROOT / "notebooks"),
         kernel_name="python3",
         progress_bar=False,
-        config=chain._kernel_config(),
+        **kernel_options(),
     )
     page = chain.render_report(executed, tmp_path / "report.html", title="steerlib report — x")
     html = page.read_text()
     assert "<title>steerlib report — x</title>" in html
-    assert "jp-InputArea" not in html and "Run.for_step" not in html
+    assert not re.search(r'class="[^"]*(hl-ipython3|jp-InputPrompt)', html)  # no code cells
+    assert "Run.for_step" not in html and "pipeline.analyze" not in html
     assert "= None  #" not in html  # the parameters cells
     assert "no runs to compare" not in html and "Comparison with other runs" not in html
     record = json.loads(run.paths.summary.read_text())

@@ -50,15 +50,6 @@ def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Pa
     return report.render_report(executed, dest, title=title)
 
 
-def _kernel_config() -> Any:
-    """Kernels talk to the runner over IPC sockets: local only, no plain-TCP warning."""
-    from traitlets.config import Config
-
-    config = Config()
-    config.KernelManager.transport = "ipc"
-    return config
-
-
 def run_chain(
     params: RunParams,
     *,
@@ -121,6 +112,8 @@ def _run_notebook(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from steerlib.experiment.kernels import kernel_options
+
     step = notebook.stem
     executed = paths.notebooks / notebook.name
     products = STEP_PRODUCTS[step](paths) if step in STEP_PRODUCTS else ()
@@ -148,7 +141,7 @@ def _run_notebook(
                 kernel_name="python3",
                 progress_bar=progress and not sweep,
                 request_save_on_cell_execute=True,
-                config=_kernel_config(),
+                **kernel_options(),
             )
     except PapermillExecutionError as exc:
         paths.set_status(step, "failed", error=f"{exc.ename}: {exc.evalue}")

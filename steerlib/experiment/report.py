@@ -183,7 +183,8 @@ def _control_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
             f"; against the least toxic random setting that costs no more fluency (alpha "
             f"{_num(matched.get('control_alpha'))}) it is {_num(matched['delta_mean_toxicity'], 2)}"
         )
-    if control.get("beats_control"):
+    p_value = control.get("p_value")
+    if control.get("beats_control") and (p_value is None or float(p_value) < 0.05):
         return f"Specific to the vector, not to any perturbation: {numbers}."
     return f"Not shown to be specific to the vector: {numbers}."
 
@@ -300,7 +301,7 @@ def _format_value(column: str, value: Any) -> str:
         return f"{value:.2g}"
     if "perplexity" in column or column in ("fluency", "fluency_limit"):
         return f"{value:,.1f}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if column.startswith("n_"):
+    if column == "n" or column.startswith("n_"):
         return f"{value:,.0f}"
     return f"{value:.3f}"
 
