@@ -45,8 +45,12 @@ def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Pa
     """Render an executed notebook 06 to a standalone HTML page without code.
 
     See :func:`steerlib.experiment.report.render_report` (inputs, prompts and the parameters
-    cells left out; ``title`` the page title).
+    cells left out). ``title`` defaults to ``steerlib report — <run>`` for a run's own copy
+    (``<run>/notebooks/06_analysis.ipynb``).
     """
+    executed = Path(executed)
+    if title is None and executed.parent.name == "notebooks":
+        title = report.report_title(executed.parent.parent.name)
     return report.render_report(executed, dest, title=title)
 
 
@@ -99,7 +103,7 @@ def run_chain(
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
         if analysis_copy.is_file():
-            render_report(analysis_copy, paths.report, title=report.report_title(paths.name))
+            render_report(analysis_copy, paths.report)
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
     _print_summary(paths)
     return 0
