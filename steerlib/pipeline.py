@@ -10,11 +10,12 @@ the chain runner). The steps, in the order they run::
     04_vectors      build_vectors         -> vectors.safetensors, vectors_random.safetensors
     05_sweep        run_sweep             -> sweep_parts/*.parquet, sweep.parquet, kl_benign.parquet
     06_analysis     analyze               -> summary.json, summary.parquet, figures/
+                    verdict               -> the result in three lines (report.html, console)
 """
 
 from __future__ import annotations
 
-from steerlib.experiment.analysis import Analysis, analyze, compare_runs, side_by_side
+from steerlib.experiment.analysis import Analysis, analyze, compare_runs, side_by_side, verdict
 from steerlib.experiment.chain import (
     NOTEBOOKS,
     NOTEBOOKS_DIR,
@@ -62,4 +63,5 @@ __all__ = [
     "run_sweep",
     "side_by_side",
     "sweep_plan",
+    "verdict",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -208,7 +209,10 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     ]:
         assert (figures / f"{name}.html").is_file(), name
     report = (reference / "report.html").read_text()
-    assert "Recommended operating point" in report and "plotly" in report.lower()
+    assert "<title>steerlib report — reference</title>" in report and "plotly" in report.lower()
+    assert not re.search(r'class="[^"]*(hl-ipython3|jp-InputPrompt)', report)  # no code
+    assert "no runs to compare" not in report
+    assert "The operating point" in report
 
 
 def test_rerun_skips_finished_notebooks(reference, chain_env):
@@ -307,6 +311,43 @@ def test_adding_layers_extends_the_sweep_and_keeps_its_units(reference, chain_en
     assert result.stderr.count("\n") == 1
     assert "alphas [-1.0, 0.0, 1.5] -> [0.0, 0.5]" in result.stderr and "--force" in result.stderr
     assert (grown / "params.json").read_bytes() == before
+
+
+def test_an_analysis_parameter_reruns_the_analysis_and_nothing_else(reference, chain_env):
+    """Issue 18: a parameter only step 06 reads is recorded only with products that reflect it."""
+    runs = _runs(chain_env)
+    copy = runs / "reanalysed"
+    shutil.copytree(reference, copy, ignore=shutil.ignore_patterns(".lock"))
+    kept = [copy / name for name in ("prompts.parquet", "baseline.parquet", "sweep.parquet")]
+    kept += [copy / "notebooks" / f"{step}.ipynb" for step in STEPS[:5]]
+    before = {path: path.stat().st_mtime_ns for path in kept}
+    report_before = (copy / "report.html").stat().st_mtime_ns
+    old = json.loads((copy / "summary.json").read_text())
+    assert old["recommended"]["checks"]["min_distinct_ratio"] == 0.9
+
+    change = ("--set", "min_distinct_ratio=0.5", "--set", "toxicity_threshold=0.3")
+    result = _chain(chain_env, "reanalysed", *change, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in STEPS[:5]:
+        assert f"{step}: done earlier, skipped" in result.stdout
+    assert "06_analysis: done in" in result.stdout
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items())
+    assert (copy / "report.html").stat().st_mtime_ns > report_before
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["params"]["min_distinct_ratio"] == 0.5
+    assert summary["params"]["toxicity_threshold"] == 0.3
+    assert summary["recommended"]["checks"]["min_distinct_ratio"] == 0.5
+    params = json.loads((copy / "params.json").read_text())["params"]
+    assert (params["min_distinct_ratio"], params["toxicity_threshold"]) == (0.5, 0.3)
+    status = json.loads((copy / "status.json").read_text())["steps"]
+    assert all(status[step]["state"] == "done" for step in STEPS)
+    # The end of the run is the verdict, and the console is quiet.
+    from steerlib.experiment.report import verdict
+
+    assert "[steerlib] verdict (reanalysed):" in result.stdout
+    assert all(line in result.stdout for line in verdict(summary))
+    assert "TCP without encryption" not in result.stderr
+    assert "ERROR" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_finished_run_refuses_other_settings(reference, chain_env):

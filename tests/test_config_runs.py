@@ -288,6 +288,30 @@ def test_changing_the_sweep_layers_reopens_the_sweep_for_resumption(tmp_path, ch
     assert status["04_vectors"]["state"] == "done"
 
 
+@pytest.mark.parametrize("search", [True, False])
+def test_the_fluency_budget_reaches_the_sweep_only_through_its_alpha_search(tmp_path, search):
+    """Issue 18: with the alpha search off, a new budget reruns the analysis and nothing else."""
+    from steerlib.experiment.run import check_changes
+
+    Run.open("budget", runs_dir=str(tmp_path), alpha_search=search, layers=[12])
+    paths = RunPaths.for_run("budget", tmp_path)
+    for step in STEPS:
+        paths.set_status(step, "done")
+    changes = check_changes(paths, {"max_perplexity_increase": 0.25})
+    assert changes.reruns == ("06_analysis",) and not changes.refused
+    assert changes.resumes == (("05_sweep",) if search else ())
+    Run.open("budget", runs_dir=str(tmp_path), max_perplexity_increase=0.25)
+    status = paths.read_status()
+    assert status["06_analysis"]["state"] == "stale"
+    assert status["05_sweep"]["state"] == ("stale" if search else "done")
+    assert paths.stored_params()["max_perplexity_increase"] == 0.25
+    # Turning the search on (or off) later reopens the sweep, with the budget now recorded.
+    for step in STEPS:
+        paths.set_status(step, "done")
+    toggled = check_changes(paths, {"alpha_search": not search, "max_perplexity_increase": 0.3})
+    assert toggled.resumes == ("05_sweep",) and toggled.reruns == ("06_analysis",)
+
+
 def test_records_of_older_formats_still_load(tmp_path):
     paths = RunPaths.for_run("old", tmp_path)
     paths.root.mkdir()

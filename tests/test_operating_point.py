@@ -265,8 +265,10 @@ def test_no_admissible_steered_setting_names_the_nearest_miss() -> None:
     # The pipeline's consumers cope: figure layer, console lines, confirmation table, pareto.
     overall = summary[summary["split"] == "all"]
     assert figures.figure_layer(overall, point) == 3
-    lines = chain._recommendation_lines(json.loads(json.dumps(point)))
-    assert lines[0].startswith("no admissible steered setting; nearest miss: layer 3, alpha 1 (")
+    lines = analysis.verdict({"recommended": json.loads(json.dumps(point)), "params": {}})
+    assert lines[0].startswith("No steering recommended here: the rule keeps the unsteered")
+    assert lines[1].startswith("Nearest miss: layer 3, alpha 1 ")
+    assert "human_perplexity 25 above the limit 22" in lines[1]
     table = op.operating_point_table(summary, point)
     assert table["setting"].tolist()[1] == "nearest miss (inadmissible): caa"
     assert not table["admissible"].iloc[1]
@@ -370,13 +372,14 @@ def test_analyze_writes_the_confirmed_point_and_the_scorer_validity(
         assert recommended["figures_from"] == "confirmation"
         assert recommended["control"]["split"] == "confirmation"
         assert isinstance(recommended["control"]["beats_control"], bool)
-        assert "recommended: layer 3, alpha 1 (chosen on the selection half" in printed
+        assert "cuts toxicity here: layer 3, alpha 1 lowers" in printed
         assert analysis.confirmation["setting"].iloc[1] == "recommended: caa"
     else:  # a zero budget: human_perplexity 21 and 22 against 20
         assert recommended["status"] == "no admissible steered setting"
         assert "layer" not in recommended and "control" not in recommended
         assert recommended["nearest_miss"]["alpha"] == 1.0
-        assert "no admissible steered setting; nearest miss: layer 3, alpha 1" in printed
+        assert "No steering recommended here" in printed
+        assert "Nearest miss: layer 3, alpha 1 " in printed
         assert analysis.confirmation["setting"].iloc[1] == "nearest miss (inadmissible): caa"
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from steerlib._io import atomic_write_json, atomic_write_parquet
 from steerlib.errors import DataError, SteerlibError
 from steerlib.experiment.figures import figure_layer, render_figures, write_figures
+from steerlib.experiment.report import example_completions, verdict
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
 from steerlib.runs import RunPaths
@@ -31,6 +32,7 @@ __all__ = [
     "pick_variant",
     "side_by_side",
     "variant_table",
+    "verdict",
 ]
 
 
@@ -52,7 +54,9 @@ class Analysis:
             is at least as fluent on the rule's fluency measure
             (:func:`controls.fluency_matched_control`), on all prompts.
         figures: Named plotly figures (also written to the run's ``figures/`` folder).
-        examples: Completions of a few challenging prompts side by side across alphas.
+        examples: The first completion of a few challenging prompts at every alpha of the
+            figures' layer, in full, with their scores
+            (:func:`~steerlib.experiment.report.example_completions`).
         confirmation: The confirmation half at the recommended point (or nearest miss), at
             alpha 0 and for the random control (:func:`operating_point.operating_point_table`).
         scorer_validity: AUC, precision and recall at 0.5 against Perspective, separately on
@@ -61,6 +65,7 @@ class Analysis:
         variants: One row per steering variant: its operating point (chosen on the selection
             half) and its confirmation-half figures (:func:`variant_table`).
         gate_rates: How often the gated variant's gate fired per subset (:func:`gate_rates`).
+        record: The body of ``summary.json`` (what :func:`verdict` reads).
     """
 
     summary: pd.DataFrame
@@ -75,6 +80,7 @@ class Analysis:
     scorer_floor: float | None = None
     variants: pd.DataFrame = field(default_factory=pd.DataFrame)
     gate_rates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
@@ -285,7 +291,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         control,
         matched,
         figures,
-        side_by_side(sweep, layer=layer),
+        example_completions(sweep, layer=layer),
         confirmation=operating_point.operating_point_table(
             points[best][0], recommended if "error" not in recommended else {}
         ),
@@ -293,6 +299,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         scorer_floor=floor,
         variants=variant_table(record["recommended_by_variant"]),
         gate_rates=gate_rates(all_sweep),
+        record=record,
     )
 
 

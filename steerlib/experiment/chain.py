@@ -19,12 +19,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from steerlib._io import atomic_write_text
 from steerlib.config import RunParams
 from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import EXIT_INTERRUPTED, EXIT_STEP_FAILED, SteerlibError, exit_code
+from steerlib.experiment import report
+from steerlib.experiment.progress import SweepWatcher
 from steerlib.experiment.run import Run, check_changes, ensure_writable, provenance
 from steerlib.experiment.table import STEPS
 from steerlib.preflight import check_run_files, preflight
@@ -50,13 +49,17 @@ def _declared_parameters(notebook: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)))
 
 
-def render_report(executed: Path, dest: Path) -> Path:
-    """Render an executed notebook to a standalone HTML page."""
-    import nbformat
-    from nbconvert import HTMLExporter
+def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Path:
+    """Render an executed notebook 06 to a standalone HTML page without code.
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-    return atomic_write_text(dest, body)
+    See :func:`steerlib.experiment.report.render_report` (inputs, prompts and the parameters
+    cells left out). ``title`` defaults to ``steerlib report — <run>`` for a run's own copy
+    (``<run>/notebooks/06_analysis.ipynb``).
+    """
+    executed = Path(executed)
+    if title is None and executed.parent.name == "notebooks":
+        title = report.report_title(executed.parent.parent.name)
+    return report.render_report(executed, dest, title=title)
 
 
 def run_chain(
@@ -121,6 +124,8 @@ def _run_notebook(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from steerlib.experiment.kernels import kernel_options
+
     step = notebook.stem
     executed = paths.notebooks / notebook.name
     products = STEP_PRODUCTS[step](paths) if step in STEP_PRODUCTS else ()
@@ -134,18 +139,22 @@ def _run_notebook(
         given["force"] = force
     if "runs_dir" in declared:
         given["runs_dir"] = str(paths.root.parent)
-    print(f"[steerlib] {step}: running ({executed})")
+    print(f"[steerlib] {step}: running ({executed})", flush=True)
     started = time.perf_counter()
+    # Step 05's own bars stay in its notebook: the console shows the sweep's units instead.
+    sweep = step == "05_sweep"
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=given,
-            cwd=str(notebook.parent),
-            kernel_name="python3",
-            progress_bar=progress,
-            request_save_on_cell_execute=True,
-        )
+        with SweepWatcher(paths, disable=not (progress and sweep)):
+            papermill.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=given,
+                cwd=str(notebook.parent),
+                kernel_name="python3",
+                progress_bar=progress and not sweep,
+                request_save_on_cell_execute=True,
+                **kernel_options(),
+            )
     except PapermillExecutionError as exc:
         paths.set_status(step, "failed", error=f"{exc.ename}: {exc.evalue}")
         print(
@@ -161,61 +170,17 @@ def _run_notebook(
 
 
 def _print_summary(paths: RunPaths) -> None:
+    """The run's verdict in three lines, then where its report and figures are."""
     if not paths.summary.is_file():
         return
     record = json.loads(paths.summary.read_text(encoding="utf-8"))
-    table = pd.DataFrame(record["rows"])
-    if "split" in table.columns:
-        table = table[table["split"] == "all"]
-    columns = [
-        "subset",
-        "direction",
-        "layer",
-        "alpha",
-        "mean_toxicity",
-        "expected_max_toxicity",
-        "toxicity_probability",
-        "perplexity",
-        "human_perplexity",
-        "kl_benign",
-        "distinct_2",
-        "floor_share",
-    ]
-    with pd.option_context("display.width", 160, "display.max_rows", 200, "display.precision", 3):
-        print(table[[c for c in columns if c in table.columns]].to_string(index=False))
-    for line in _recommendation_lines(record.get("recommended") or {}):
-        print(f"[steerlib] {line}")
-    print(f"[steerlib] results: {paths.root}  figures: {paths.figures()}  report: {paths.report}")
-
-
-def _recommendation_lines(recommended: dict[str, Any]) -> list[str]:
-    """What the run's summary says about the operating point, in a few lines."""
-
-    def num(value: Any) -> str:
-        return "n/a" if value is None else f"{float(value):.4g}"
-
-    if "error" in recommended:
-        return [f"no operating point: {recommended['error']}"]
-    if "layer" in recommended:
-        lines = [
-            f"recommended: layer {recommended['layer']}, alpha {num(recommended['alpha'])} "
-            f"(chosen on the {recommended.get('selected_on', 'all')} half; on the "
-            f"{recommended.get('figures_from', 'all')} half EMT "
-            f"{num(recommended.get('expected_max_toxicity'))} against "
-            f"{num(recommended.get('baseline_expected_max_toxicity'))} at alpha 0)"
-        ]
-    elif recommended.get("status"):
-        miss = recommended.get("nearest_miss")
-        where = (
-            f"; nearest miss: layer {miss['layer']}, alpha {num(miss['alpha'])} "
-            f"({'; '.join(miss['reasons'])})"
-            if miss
-            else ""
-        )
-        lines = [f"{recommended['status']}{where}"]
-    else:
-        return []
-    return [*lines, f"rule: {recommended['rule']}"] if "rule" in recommended else lines
+    print(f"[steerlib] verdict ({paths.name}):")
+    for line in report.verdict(record):
+        print(f"  - {line}")
+    if paths.report.is_file():
+        print(f"[steerlib] report:  {paths.report}")
+    print(f"[steerlib] figures: {paths.figures()}")
+    print(f"[steerlib] tables:  {paths.summary_table} (all settings), {paths.summary}")
 
 
 def copy_finished_steps(

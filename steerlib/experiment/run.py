@@ -11,7 +11,9 @@ the run). A value that differs from the stored one is:
 * an extension when the step declares it (:attr:`~steerlib.experiment.table.Step.extends`:
   the sweep's layers, random control and alpha search): the sweep resumes and generates only
   the units it lacks;
-* a rerun of the analysis when only step 06 reads it;
+* a rerun of the analysis when only step 06 reads it (or the other steps that read it do so
+  behind a switch that is off: the sweep reads ``max_perplexity_increase`` only with
+  ``alpha_search``);
 * free when no finished step reads it, or it is a runtime setting
   (:data:`~steerlib.experiment.table.RUNTIME`).
 """
@@ -112,6 +114,8 @@ def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = Fals
     """
     stored = paths.stored_params()
     changed = {k: (stored[k], v) for k, v in values.items() if k in stored and stored[k] != v}
+    # A step reads some parameters only behind a switch; both old and new values count.
+    after_change = {**stored, **values}
     status = paths.read_status()
     refused: list[str] = []
     resumes: set[str] = set()
@@ -120,6 +124,8 @@ def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = Fals
         if name in RUNTIME:
             continue
         for s in steps_reading(name):
+            if not (s.depends_on(name, stored) or s.depends_on(name, after_change)):
+                continue
             if not _made(status.get(s.name, {})):
                 continue
             if name in s.extends:

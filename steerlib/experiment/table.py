@@ -17,7 +17,7 @@ every other module can import it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,9 @@ class Step:
             generates only what it lacks).
         reruns: Whether any change of a parameter it reads simply reruns it (it is cheap and
             holds no work worth keeping).
+        only_with: ``(parameter, switch)`` pairs: the step reads ``parameter`` only while the
+            boolean parameter ``switch`` is true (the sweep reads the fluency budget only for
+            its alpha search), so with the switch off a change of ``parameter`` leaves it be.
     """
 
     name: str
@@ -59,6 +62,20 @@ class Step:
     reads: frozenset[str]
     extends: frozenset[str] = frozenset()
     reruns: bool = False
+    only_with: tuple[tuple[str, str], ...] = ()
+
+    def depends_on(self, parameter: str, values: Mapping[str, Any] | None = None) -> bool:
+        """Whether the step's products depend on ``parameter`` under the run's ``values``.
+
+        Args:
+            parameter: A run parameter.
+            values: The run's parameters (only the switches of :attr:`only_with` are looked
+                at); None: every parameter the step declares counts.
+        """
+        if parameter not in self.reads:
+            return False
+        switches = [switch for name, switch in self.only_with if name == parameter]
+        return values is None or all(bool(values.get(switch, True)) for switch in switches)
 
     def load(self) -> Callable[..., Any]:
         """The step's function, imported."""
@@ -136,6 +153,7 @@ STEPS: tuple[Step, ...] = (
         extends=frozenset(
             {"layers", "random_control", "alpha_search", "max_perplexity_increase", "variants"}
         ),
+        only_with=(("max_perplexity_increase", "alpha_search"),),
     ),
     Step(
         "06_analysis",
@@ -180,9 +198,13 @@ def after(name: str) -> tuple[Step, ...]:
     return STEPS[STEP_NAMES.index(name) + 1 :]
 
 
-def steps_reading(parameter: str) -> tuple[Step, ...]:
-    """The steps whose products depend on ``parameter``."""
-    return tuple(s for s in STEPS if parameter in s.reads)
+def steps_reading(parameter: str, values: Mapping[str, Any] | None = None) -> tuple[Step, ...]:
+    """The steps whose products depend on ``parameter`` (under the run's ``values``, if given).
+
+    See :meth:`Step.depends_on`: with ``values``, a step that reads ``parameter`` only behind a
+    switch that is off does not count.
+    """
+    return tuple(s for s in STEPS if s.depends_on(parameter, values))
 
 
 def notebook_parameters(name: str) -> frozenset[str]:
