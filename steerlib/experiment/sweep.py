@@ -29,7 +29,13 @@ __all__ = [
     "alpha_search_table",
     "check_unit_settings",
     "generation_settings",
+    "prepare_units",
     "run_sweep",
+    "saved_units",
+    "search_edge",
+    "searched_setting",
+    "starts_afresh",
+    "sweep_inputs",
     "sweep_plan",
 ]
 
@@ -123,6 +129,65 @@ def check_unit_settings(paths: RunPaths, params: RunParams) -> None:
 
 
 # -- 05 sweep --------------------------------------------------------------------------------
+def sweep_inputs(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The sweep's inputs: prompts, baseline and ``{direction: vector}``.
+
+    Raises:
+        DataError: A step before the sweep has not finished; the message names its notebook.
+    """
+    from steerlib.vectors import SteeringVector
+
+    prompts = pd.read_parquet(run.require("prompts"))
+    baseline = pd.read_parquet(run.require("baseline"))
+    vectors = {"caa": SteeringVector.load(run.require("vectors"))}
+    if run.params.random_control:
+        vectors["random"] = SteeringVector.load(run.require("control_vectors"))
+    return prompts, baseline, vectors
+
+
+def starts_afresh(run: Run, *, force: bool = False) -> bool:
+    """Whether the saved units must go: ``force``, or a stale sweep that may not resume."""
+    record = run.paths.read_status().get("05_sweep", {})
+    return force or (record.get("state") == "stale" and not record.get("resume", False))
+
+
+def prepare_units(run: Run, *, fresh: bool) -> None:
+    """Remove the saved units when ``fresh``; check (or record) the settings of the rest."""
+    if fresh and run.paths.sweep_parts.exists():
+        shutil.rmtree(run.paths.sweep_parts)
+    check_unit_settings(run.paths, run.params)
+
+
+def search_edge(
+    run: Run, model: Any, tokenizer: Any, kl_texts: list[str], vector: Any, layer: int
+) -> Any:
+    """The budget edge of ``layer`` (:func:`steerlib.search.search_alpha` with the run's rule)."""
+    from steerlib.search import search_alpha
+
+    p = run.params
+    return search_alpha(
+        model,
+        tokenizer,
+        kl_texts,
+        vector,
+        layer,
+        max_increase=p.max_perplexity_increase,
+        start=max((a for a in p.alphas if a > 0), default=1.0),
+        units=p.units,
+    )
+
+
+def searched_setting(alpha: float, grid: list[float]) -> tuple[float, str] | None:
+    """The alpha a layer's edge is generated at and its units' key prefix; None: no units.
+
+    An edge at alpha 0 or on a grid alpha generates nothing (those rows exist).
+    """
+    alpha = round(alpha, 4)
+    if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in grid):
+        return None
+    return alpha, f"search-a{alpha:g}-"
+
+
 def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     """Step 05: every (layer, alpha, direction) on both subsets, written batch by batch.
 
@@ -138,26 +203,18 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     from steerlib.engine import run_sweep as engine_sweep
     from steerlib.layers import num_layers
     from steerlib.subsets import pair_texts
-    from steerlib.vectors import SteeringVector
 
     paths, p = run.paths, run.params
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
         return pd.read_parquet(paths.sweep)
-    record = paths.read_status().get("05_sweep", {})
-    fresh = force or (record.get("state") == "stale" and not record.get("resume", False))
-    prompts = pd.read_parquet(run.require("prompts"))
-    baseline = pd.read_parquet(run.require("baseline"))
-    vectors = {"caa": SteeringVector.load(run.require("vectors"))}
-    if p.random_control:
-        vectors["random"] = SteeringVector.load(run.require("control_vectors"))
+    fresh = starts_afresh(run, force=force)
+    prompts, baseline, vectors = sweep_inputs(run)
     with run.step("05_sweep"):
         model, tokenizer = run.model()
         vectors["caa"].check_compatible(model)
         plan = sweep_plan(p, num_layers(model))
-        if fresh and paths.sweep_parts.exists():
-            shutil.rmtree(paths.sweep_parts)
-        check_unit_settings(paths, p)
-        saved = _saved_units(paths.sweep_parts, plan.alphas)
+        prepare_units(run, fresh=fresh)
+        saved = saved_units(paths.sweep_parts, plan.alphas)
         counts = {"rows": sum(len(table) for table in saved.values())}
 
         def on_unit(unit: Any, table: pd.DataFrame) -> None:
@@ -269,27 +326,17 @@ def _searched_alphas(
         coincides with a grid alpha).
     """
     from steerlib.engine import run_sweep as engine_sweep
-    from steerlib.search import search_alpha
 
     paths, p = run.paths, run.params
     traces, tables = [], []
     paths.search_parts.mkdir(parents=True, exist_ok=True)
     for layer in layers:
-        found = search_alpha(
-            model,
-            tokenizer,
-            kl_texts,
-            vectors["caa"],
-            layer,
-            max_increase=p.max_perplexity_increase,
-            start=max((a for a in p.alphas if a > 0), default=1.0),
-            units=p.units,
-        )
+        found = search_edge(run, model, tokenizer, kl_texts, vectors["caa"], layer)
         traces.append(found.trace.assign(layer=layer, chosen=found.alpha, budget=found.budget))
-        alpha = round(found.alpha, 4)
-        if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in p.alphas):
+        setting = searched_setting(found.alpha, p.alphas)
+        if setting is None:
             continue
-        prefix = f"search-a{alpha:g}-"
+        alpha, prefix = setting
         saved = {
             path.stem: pd.read_parquet(path)
             for path in sorted(paths.search_parts.glob(f"{prefix}*-L{layer}-*.parquet"))
@@ -325,7 +372,7 @@ def alpha_search_table(run: Run) -> pd.DataFrame:
     return table[["layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
 
 
-def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
+def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
     """The sweep units already on disk, by key; refuse units generated with other alphas.
 
     Unit keys name the direction, layer and prompt bucket, not the alphas, so a unit saved
