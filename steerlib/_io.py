@@ -1,7 +1,10 @@
 """Atomic file writes: a crash never leaves a truncated file that a later step would read.
 
 Each writer writes to a temporary file in the destination folder, flushes it to disk and
-renames it over the destination (``os.replace`` is atomic on POSIX and Windows).
+renames it over the destination (``os.replace`` is atomic on POSIX and Windows). With
+``replace=False`` the file is published with a hard link instead, which fails when the
+destination exists: a file that several processes may write (a sweep unit of torchrun workers)
+is then written once, by the first.
 """
 
 from __future__ import annotations
@@ -29,15 +32,23 @@ __all__ = [
 ]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], *, replace: bool = True
+) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``.
 
     Args:
         path: Destination file; its parent folder is created if needed.
         write: Function that writes the complete file to the temporary path it is given.
+        replace: Replace an existing ``path``; with False an existing one is kept and
+            :class:`FileExistsError` raised (a file system without hard links falls back to a
+            check before the rename, which two racing writers can both pass).
 
     Returns:
         The destination path.
+
+    Raises:
+        FileExistsError: ``replace`` is False and ``path`` exists.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -49,10 +60,25 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, dest)
+        if replace:
+            os.replace(tmp, dest)
+        else:
+            _publish_once(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def _publish_once(tmp: Path, dest: Path) -> None:
+    """Give ``tmp`` the name ``dest`` unless that exists (FileExistsError); ``tmp`` is kept."""
+    try:
+        os.link(tmp, dest)  # atomic, and refused when ``dest`` exists
+    except FileExistsError:
+        raise
+    except OSError:  # pragma: no cover - a file system without hard links
+        if dest.exists():
+            raise FileExistsError(dest) from None
+        os.replace(tmp, dest)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -71,9 +97,11 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_write_parquet(path: str | os.PathLike[str], df: pd.DataFrame) -> Path:
-    """Atomically write ``df`` as a parquet file (index dropped)."""
-    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+def atomic_write_parquet(
+    path: str | os.PathLike[str], df: pd.DataFrame, *, replace: bool = True
+) -> Path:
+    """Atomically write ``df`` as a parquet file (index dropped); see :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False), replace=replace)
 
 
 def _finite(obj: Any) -> Any:

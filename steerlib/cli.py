@@ -1,4 +1,4 @@
-"""Command line: ``python -m steerlib {prepare,run,status,bench,doctor,export,figures,browser}``.
+"""Command line: ``python -m steerlib COMMAND`` (the sub-commands are listed in ``COMMANDS``).
 
 Each sub-command forwards its remaining arguments to the ``main(argv)`` of its module, so that
 ``python -m steerlib run --help`` shows that command's own options. ``python -m steerlib
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "prepare": ("steerlib.models", "Install-time step: convert the embedded model once."),
     "run": ("steerlib.experiment.chain", "Run the notebook chain 01-06 with papermill."),
+    "worker": ("steerlib.experiment.workers", "One torchrun worker of a run's sweep."),
     "status": ("steerlib.status", "Progress of runs: step states, sweep units, time left."),
     "bench": ("steerlib.tools.bench", "Benchmark the sweep engine against the plain loop."),
     "doctor": ("steerlib.tools.doctor", "Check the set-up: Python, torch, device, model, scorers."),

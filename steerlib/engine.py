@@ -63,7 +63,7 @@ from steerlib.layers import num_layers
 from steerlib.partition import DEFAULT_TOKENS_PER_UNIT, SweepUnit, check_prompts, sweep_units
 from steerlib.probe import ToxicityProbe
 from steerlib.sampling import sample_next, sample_static
-from steerlib.sizing import CPU_MAX_BATCH_ROWS, choose_sizes
+from steerlib.sizing import CPU_MAX_BATCH_ROWS, SweepSizes, choose_sizes
 from steerlib.variants import Variant
 from steerlib.vectors import SteeringVector
 
@@ -78,6 +78,7 @@ __all__ = [
     "preallocate_cache",
     "run_sweep",
     "sample_next",
+    "sweep_sizes",
     "sweep_units",
 ]
 
@@ -722,6 +723,33 @@ def generate_unit(
     return out[COMPLETION_COLUMNS + extra + gate_columns].reset_index(drop=True)
 
 
+def sweep_sizes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    *,
+    max_new_tokens: int = 20,
+    prompt_format: PromptFormat = "raw",
+    tokens_per_unit: int | None = None,
+    max_batch_rows: int | None = None,
+) -> SweepSizes:
+    """The unit and batch sizes :func:`run_sweep` uses for ``prompts`` (given values win).
+
+    A caller that makes several sweeps of one step (or shares one out over workers) chooses
+    them once and passes them to each call, so every call names its units alike.
+    """
+    longest = max(
+        len(ids) for ids in encode_prompts(tokenizer, prompts["prompt"].tolist(), prompt_format)
+    )
+    return choose_sizes(
+        model,
+        row_tokens=longest + max_new_tokens,
+        max_new_tokens=max_new_tokens,
+        max_batch_rows=max_batch_rows,
+        tokens_per_unit=tokens_per_unit,
+    )
+
+
 def run_sweep(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -797,13 +825,12 @@ def run_sweep(
             f"vectors {unset} are None; the unsteered baseline comes from generate_completions."
         )
     if tokens_per_unit is None or max_batch_rows is None:
-        longest = max(
-            len(ids) for ids in encode_prompts(tokenizer, prompts["prompt"].tolist(), prompt_format)
-        )
-        sizes = choose_sizes(
+        sizes = sweep_sizes(
             model,
-            row_tokens=longest + max_new_tokens,
+            tokenizer,
+            prompts,
             max_new_tokens=max_new_tokens,
+            prompt_format=prompt_format,
             max_batch_rows=max_batch_rows,
             tokens_per_unit=tokens_per_unit,
         )

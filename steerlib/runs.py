@@ -8,7 +8,9 @@ again). A ``running`` or ``partial`` record names the process writing it (``pid`
 and ``owner_pid``, the chain runner holding the lock, when a notebook kernel writes it), so
 :func:`process_state` can tell a live run from one whose process is gone. A second process on
 the same run directory is refused by a lock file that names its holder; different run names
-run side by side.
+run side by side. A holder that launches torchrun workers records a launch token in the lock
+and hands it to them (``$STEERLIB_LAUNCH_TOKEN``): the run admits those workers, on any host,
+and nothing else (:func:`admit_worker`).
 
 A damaged file of a run (a truncated ``params.json`` or ``status.json``) raises
 :class:`~steerlib.errors.DamagedRunError`, whose message names the file and what to delete. A
@@ -41,6 +43,7 @@ from steerlib.errors import ConfigError, DamagedRunError
 from steerlib.experiment.table import STEPS
 
 __all__ = [
+    "LAUNCH_TOKEN_ENV",
     "PARAMS_FORMAT",
     "PROJECT_ROOT",
     "STATUS_FORMAT",
@@ -48,6 +51,7 @@ __all__ = [
     "RunLockedError",
     "RunPaths",
     "StepState",
+    "admit_worker",
     "clean_temporary_files",
     "lock_holder",
     "process_state",
@@ -69,6 +73,8 @@ LIVE_STATES = frozenset({"running", "partial"})
 """States written while a process works on the step; their records name that process."""
 LOCK_GRACE_S = 5.0
 """An empty or unreadable lock older than this is a crash's leftover (a holder writes at once)."""
+LAUNCH_TOKEN_ENV = "STEERLIB_LAUNCH_TOKEN"
+"""Environment variable that carries a launch's token from the lock holder to its workers."""
 TMP_GRACE_S = 60.0
 """A temporary file older than this, found when the lock is taken, was left by a killed write."""
 
@@ -286,12 +292,13 @@ STEP_PRODUCTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
 absent is not an error: the step reruns)."""
 
 
-def _holder() -> dict[str, Any]:
-    return {
+def _holder(token: str | None = None) -> dict[str, Any]:
+    holder = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    return {**holder, "token": token} if token else holder
 
 
 def _process() -> dict[str, Any]:
@@ -399,7 +406,7 @@ def clean_temporary_files(paths: RunPaths, older_than: float = TMP_GRACE_S) -> l
 
 
 @contextmanager
-def run_lock(paths: RunPaths) -> Iterator[None]:
+def run_lock(paths: RunPaths, *, token: str | None = None) -> Iterator[None]:
     """Hold the run directory for this process; refuse when a live process holds it.
 
     A lock left by a process that died (same host, pid gone) is taken over, and so is an
@@ -407,11 +414,19 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
     creating it and writing it). Taking the lock removes the temporary files that killed
     writes left behind (:func:`clean_temporary_files`).
 
+    The lock is re-entrant for the process that holds it, for the notebook kernels the chain
+    runner starts (``$STEERLIB_LOCK_OWNER``) and for the workers of its launch
+    (``$STEERLIB_LAUNCH_TOKEN`` equal to the holder's ``token``).
+
+    Args:
+        paths: The run.
+        token: A launch token to record in the lock (see :func:`admit_worker`).
+
     Raises:
         RunLockedError: Another live process holds the run; the message names it.
     """
     paths.root.mkdir(parents=True, exist_ok=True)
-    me = _holder()
+    me = _holder(token)
     while not _create_lock(paths.lock, me):
         holder = _read_holder(paths.lock)
         if holder is None:
@@ -424,9 +439,13 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
             )
         same_host = holder.get("host") == me["host"]
         owner = os.environ.get("STEERLIB_LOCK_OWNER", "")
-        if same_host and str(holder["pid"]) in {str(me["pid"]), owner}:
-            # Re-entrant: this process, or a notebook kernel started by the chain runner
-            # that holds the lock (it exports STEERLIB_LOCK_OWNER to its kernels).
+        launch = os.environ.get(LAUNCH_TOKEN_ENV, "")
+        if (same_host and str(holder["pid"]) in {str(me["pid"]), owner}) or (
+            launch and holder.get("token") == launch
+        ):
+            # Re-entrant: this process, a notebook kernel started by the chain runner that
+            # holds the lock (it exports STEERLIB_LOCK_OWNER to its kernels), or a worker of
+            # its torchrun launch (given the lock's token).
             yield
             return
         if same_host and not _alive(holder["pid"]):
@@ -442,3 +461,28 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         yield
     finally:
         paths.lock.unlink(missing_ok=True)
+
+
+def admit_worker(paths: RunPaths, token: str | None) -> None:
+    """Refuse a torchrun worker unless the run's lock holds the token of its launch.
+
+    Every worker checks this before it starts and again before it writes each unit, so a
+    worker whose launch ended (its lock released, or taken over by another command) writes
+    nothing more.
+
+    Raises:
+        RunLockedError: No lock, or a lock of another launch or process; the message says how
+            workers are started.
+    """
+    holder = _read_holder(paths.lock)
+    if token and holder is not None and holder.get("token") == token:
+        return
+    if holder is None:
+        why = "no process holds it"
+    else:
+        why = f"it is held by process {holder['pid']} on {holder.get('host')} for another launch"
+    raise RunLockedError(
+        f"run {paths.name!r} does not admit this worker ({why}): start workers with "
+        "`python -m steerlib run ... --workers N`, or with torchrun and no "
+        f"${LAUNCH_TOKEN_ENV} (rank 0 then takes the lock for the launch)."
+    )

@@ -6,6 +6,10 @@ is resolved once, here, and passed to every notebook as an absolute path (with
 ``$STEERLIB_RUNS_DIR`` exported for the kernels), so a relative folder means the same place for
 the runner and the notebooks. Finished notebooks are skipped, so an interrupted run resumes
 where it stopped.
+
+With ``--workers N`` the generation of the sweep (05) is shared by N torchrun workers
+(:mod:`steerlib.experiment.workers`) before its notebook runs: the workers write every unit and
+the step's products, and the notebook then finds the step done and only shows it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 import traceback
@@ -26,6 +31,7 @@ from steerlib.experiment import report
 from steerlib.experiment.progress import SweepWatcher
 from steerlib.experiment.run import Run, check_changes, ensure_writable, provenance
 from steerlib.experiment.table import STEPS
+from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 from steerlib.preflight import check_run_files, preflight
 from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
 
@@ -69,8 +75,12 @@ def run_chain(
     force: bool = False,
     notebooks: tuple[Path, ...] = NOTEBOOKS,
     progress: bool = True,
+    workers: int | None = None,
 ) -> int:
     """Execute notebooks 01-06 with papermill; skip those already done.
+
+    With ``workers``, the sweep's generation is first shared by that many torchrun workers
+    (a launch option: the products are the same with any number of workers).
 
     Every input is checked first: the run's own files
     (:func:`~steerlib.preflight.check_run_files`), the parameters it was made with
@@ -95,7 +105,8 @@ def run_chain(
     preflight(params, runs_dir=str(root))
     ensure_writable(paths.root)
     started = time.perf_counter()
-    with run_lock(paths):
+    token = secrets.token_urlsafe(16)  # admits the torchrun workers of this launch only
+    with run_lock(paths, token=token):
         os.environ["STEERLIB_LOCK_OWNER"] = str(os.getpid())
         os.environ["STEERLIB_RUNS_DIR"] = str(root)
         given = {k: v for k, v in values.items() if k != "run_name"}
@@ -106,7 +117,10 @@ def run_chain(
             paths.write_params(values, **provenance())
         paths.notebooks.mkdir(parents=True, exist_ok=True)
         for notebook in notebooks:
-            code = _run_notebook(notebook, paths, values, force=force, progress=progress)
+            launch = (workers, token) if workers else None
+            code = _run_notebook(
+                notebook, paths, values, force=force, progress=progress, launch=launch
+            )
             if code:
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
@@ -118,9 +132,19 @@ def run_chain(
 
 
 def _run_notebook(
-    notebook: Path, paths: RunPaths, values: dict[str, Any], *, force: bool, progress: bool
+    notebook: Path,
+    paths: RunPaths,
+    values: dict[str, Any],
+    *,
+    force: bool,
+    progress: bool,
+    launch: tuple[int, str] | None = None,
 ) -> int:
-    """Execute one notebook of the chain unless it is done; 0, or the failure's exit code."""
+    """Execute one notebook of the chain unless it is done; 0, or the failure's exit code.
+
+    With ``launch`` (workers, token), a step that workers can share is first run by torchrun
+    workers; its notebook then finds the step done (and is not forced again).
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -133,6 +157,23 @@ def _run_notebook(
     if not force and paths.step_state(step) == "done" and executed.is_file() and finished:
         print(f"[steerlib] {step}: done earlier, skipped")
         return 0
+    shared = next((name for name, chained in WORKER_STEPS.items() if chained == step), None)
+    if launch is not None and shared is not None:
+        workers, token = launch
+        # The workers draw no bars of their own: the console shows the step's units.
+        with SweepWatcher(paths, disable=not progress):
+            failed = launch_workers(
+                paths, shared, workers, token=token, force=force, progress=False
+            )
+        if failed:
+            paths.set_status(step, "failed", error=f"a torchrun worker of {step} failed")
+            print(
+                f"[steerlib] {step} FAILED in a torchrun worker (its error is printed above); "
+                "run the same command again: finished units are kept.",
+                file=sys.stderr,
+            )
+            return EXIT_STEP_FAILED
+        force = False  # the workers recomputed the step; the notebook only shows it
     declared = _declared_parameters(notebook)
     given = {k: v for k, v in values.items() if k in declared}
     if "force" in declared:
@@ -232,7 +273,7 @@ def copy_finished_steps(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m steerlib run [--config FILE] [--set key=value ...] [--run-name NAME]``."""
+    """``python -m steerlib run [--config FILE] [--set key=value ...] [--workers N] ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m steerlib run", description="Run the notebook chain 01-06 with papermill."
     )
@@ -263,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bars (for logs and CI)"
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="share the sweep's generation among N torchrun worker processes on this machine",
+    )
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
@@ -276,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"[steerlib] copied {', '.join(copied)} from run {args.from_run!r}")
         return run_chain(
-            params, runs_dir=args.runs_dir, force=args.force, progress=not args.no_progress
+            params,
+            runs_dir=args.runs_dir,
+            force=args.force,
+            progress=not args.no_progress,
+            workers=args.workers,
         )
     except SteerlibError as exc:
         report_error(exc)
@@ -287,6 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # pragma: no cover - an unexpected failure: show it whole
         traceback.print_exc()
         return EXIT_STEP_FAILED
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def report_error(exc: SteerlibError) -> None:

@@ -217,11 +217,14 @@ class Run:
         params: The run's parameters.
         paths: Its named products.
         notes: What :meth:`open` did about changed parameters, one line each.
+        writes_params: Whether this process records ``params.json`` (False for a torchrun
+            worker: its device is its own, and the launch recorded the parameters).
     """
 
     params: RunParams
     paths: RunPaths
     notes: list[str] = field(default_factory=list)
+    writes_params: bool = True
 
     @classmethod
     def open(
@@ -298,6 +301,8 @@ class Run:
 
     def write_params(self, **extra: Any) -> None:
         """Write ``params.json``: parameters, package versions, git commit, ``extra``."""
+        if not self.writes_params:
+            return
         self.paths.write_params(self.params.notebook_parameters(), **provenance(), **extra)
 
     # -- shared resources -------------------------------------------------------------------

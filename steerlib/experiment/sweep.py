@@ -4,12 +4,16 @@
 is cut into units; the sweep step and ``python -m steerlib status`` both use it. The units
 are written to ``sweep_parts/`` as they finish, with the generation settings they were made
 with (``sweep_parts/settings.json``): a resumed or extended sweep refuses units made with
-other settings.
+other settings. The step's helpers (:func:`variant_sweeps`, :func:`grid_family`,
+:func:`search_edge`, :func:`searched_family`, :func:`generate_family`) serve both one process
+(:func:`run_sweep`) and the torchrun workers that share the units out
+(:mod:`steerlib.experiment.workers`).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +30,26 @@ from steerlib.runs import RunPaths
 
 __all__ = [
     "SweepPlan",
+    "UnitFamily",
+    "VariantSweep",
     "alpha_search_table",
     "check_unit_settings",
+    "family_keys",
+    "generate_family",
     "generation_settings",
+    "grid_family",
+    "prepare_units",
     "run_sweep",
+    "saved_units",
+    "search_edge",
+    "searched_family",
+    "searched_setting",
+    "starts_afresh",
+    "sweep_inputs",
     "sweep_plan",
+    "unit_sizes",
     "variant_prefix",
+    "variant_sweeps",
     "with_variant",
 ]
 
@@ -143,8 +161,239 @@ def check_unit_settings(paths: RunPaths, params: RunParams) -> None:
 
 
 # -- 05 sweep --------------------------------------------------------------------------------
-def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
-    """Step 05: every (layer, alpha, direction) on both subsets, written batch by batch.
+# The helpers below are step 05's one code path: :func:`run_sweep` calls them in one process,
+# and the torchrun workers (:mod:`steerlib.experiment.workers`) share out the same units.
+@dataclass(frozen=True)
+class VariantSweep:
+    """One steering variant's part of step 05: what its engine calls, search and KL get.
+
+    Attributes:
+        name: The variant (``"caa"``: plain addition).
+        vectors: ``{direction: vector}`` swept for it (the random control with ``"caa"`` only).
+        steer: The ``variant`` and ``probe`` keyword arguments of the engine, the alpha search
+            and the benign KL.
+    """
+
+    name: str
+    vectors: dict[str, Any]
+    steer: dict[str, Any]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of its grid units (see :func:`variant_prefix`)."""
+        return variant_prefix(self.name)
+
+
+@dataclass(frozen=True)
+class UnitFamily:
+    """The units one engine call makes: a variant's layers x alphas under one key prefix.
+
+    Attributes:
+        sweep: The variant.
+        layers: Steered layers.
+        alphas: Its alphas (the grid's, or one layer's searched alpha).
+        folder: Where its unit files go (``sweep_parts/`` or ``sweep_parts/search/``).
+        prefix: Prefix of its unit keys.
+    """
+
+    sweep: VariantSweep
+    layers: list[int]
+    alphas: list[float]
+    folder: Path
+    prefix: str
+
+
+def sweep_inputs(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The sweep's inputs: prompts, baseline and ``{direction: vector}``.
+
+    Raises:
+        DataError: A step before the sweep has not finished; the message names its notebook.
+    """
+    from steerlib.vectors import SteeringVector
+
+    prompts = pd.read_parquet(run.require("prompts"))
+    baseline = pd.read_parquet(run.require("baseline"))
+    vectors = {"caa": SteeringVector.load(run.require("vectors"))}
+    if run.params.random_control:
+        vectors["random"] = SteeringVector.load(run.require("control_vectors"))
+    return prompts, baseline, vectors
+
+
+def variant_sweeps(run: Run, plan: SweepPlan, vectors: dict[str, Any]) -> list[VariantSweep]:
+    """Each variant of ``plan`` with its vectors and steering arguments, in the plan's order.
+
+    A gated or clamped variant needs the run's probe and the CAA vector's clamp levels
+    (:func:`steerlib.experiment.steps.variant_inputs`, which fits and saves a missing probe);
+    the CAA vector with the clamp levels is then every variant's.
+    """
+    from steerlib.experiment.steps import variant_inputs
+    from steerlib.variants import variant
+
+    probe = None
+    if set(plan.variants) & {"gated", "clamp"}:
+        probe, caa = variant_inputs(run, vectors["caa"])
+        vectors = {**vectors, "caa": caa}
+    sweeps = []
+    for name in plan.variants:
+        chosen = variant(name, multilayer_span=run.params.multilayer_span)
+        sweeps.append(
+            VariantSweep(
+                name=name,
+                vectors={d: vectors[d] for d in plan.directions_of(name)},
+                steer={"variant": None if name == "caa" else chosen, "probe": probe},
+            )
+        )
+    return sweeps
+
+
+def starts_afresh(run: Run, *, force: bool = False) -> bool:
+    """Whether the saved units must go: ``force``, or a stale sweep that may not resume."""
+    record = run.paths.read_status().get("05_sweep", {})
+    return force or (record.get("state") == "stale" and not record.get("resume", False))
+
+
+def prepare_units(run: Run, *, fresh: bool) -> None:
+    """Remove the saved units when ``fresh``; check (or record) the settings of the rest."""
+    if fresh and run.paths.sweep_parts.exists():
+        shutil.rmtree(run.paths.sweep_parts)
+    check_unit_settings(run.paths, run.params)
+
+
+def unit_sizes(run: Run, model: Any, tokenizer: Any, prompts: pd.DataFrame) -> Any:
+    """The step's unit and batch sizes (:func:`steerlib.engine.sweep_sizes`), chosen once.
+
+    Every engine call of the step gets them, so its units are named alike however many calls
+    (or workers) make them; on a CPU they are the engine's fixed defaults.
+    """
+    from steerlib.engine import sweep_sizes
+
+    return sweep_sizes(
+        model,
+        tokenizer,
+        eval_prompts(prompts),
+        max_new_tokens=run.params.max_new_tokens,
+        prompt_format=run.params.prompt_format,
+    )
+
+
+def grid_family(run: Run, plan: SweepPlan, sweep: VariantSweep) -> UnitFamily:
+    """The grid units of ``sweep``: every layer x the grid's steered alphas."""
+    return UnitFamily(sweep, plan.layers, plan.alphas, run.paths.sweep_parts, sweep.prefix)
+
+
+def family_keys(
+    run: Run, tokenizer: Any, prompts: pd.DataFrame, family: UnitFamily, sizes: Any
+) -> list[str]:
+    """The keys of ``family``'s units, as :func:`generate_family` names them."""
+    from steerlib.partition import sweep_units
+
+    decoding = DecodingSettings.of(run.params)
+    units = sweep_units(
+        eval_prompts(prompts),
+        layers=family.layers,
+        directions=list(family.sweep.vectors),
+        tokens_per_unit=sizes.tokens_per_unit,
+        alphas=family.alphas,
+        samples_per_prompt=decoding.samples_per_prompt,
+        max_new_tokens=decoding.max_new_tokens,
+        tokenizer=tokenizer,
+        prompt_format=decoding.prompt_format,
+        key_prefix=family.prefix,
+    )
+    return [unit.key for unit in units]
+
+
+def generate_family(
+    run: Run,
+    model: Any,
+    tokenizer: Any,
+    prompts: pd.DataFrame,
+    family: UnitFamily,
+    sizes: Any,
+    *,
+    done: set[str],
+    write: Callable[[Path, pd.DataFrame], None],
+    progress: bool = True,
+) -> None:
+    """Generate ``family``'s units not in ``done``; hand each, scored, to ``write``.
+
+    ``write(path, table)`` gets the unit's file (``<folder>/<key>.parquet``) and its rows with
+    the scores and the ``variant`` column.
+    """
+    from steerlib.engine import run_sweep as engine_sweep
+
+    def on_unit(unit: Any, table: pd.DataFrame) -> None:
+        scored = score(run, table).assign(variant=family.sweep.name)
+        write(family.folder / f"{unit.key}.parquet", scored)
+
+    engine_sweep(
+        model,
+        tokenizer,
+        eval_prompts(prompts),
+        family.sweep.vectors,
+        layers=family.layers,
+        alphas=family.alphas,
+        **DecodingSettings.of(run.params).as_kwargs(),
+        tokens_per_unit=sizes.tokens_per_unit,
+        max_batch_rows=sizes.max_batch_rows,
+        done=done,
+        on_unit=on_unit,
+        progress=progress,
+        key_prefix=family.prefix,
+        **family.sweep.steer,
+    )
+
+
+def search_edge(
+    run: Run, model: Any, tokenizer: Any, kl_texts: list[str], sweep: VariantSweep, layer: int
+) -> Any:
+    """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on its CAA vector).
+
+    See :func:`steerlib.search.search_alpha`.
+    """
+    from steerlib.search import search_alpha
+
+    p = run.params
+    return search_alpha(
+        model,
+        tokenizer,
+        kl_texts,
+        sweep.vectors["caa"],
+        layer,
+        max_increase=p.max_perplexity_increase,
+        start=max((a for a in p.alphas if a > 0), default=1.0),
+        units=p.units,
+        **sweep.steer,
+    )
+
+
+def searched_setting(
+    alpha: float, grid: list[float], variant: str = "caa"
+) -> tuple[float, str] | None:
+    """The alpha a layer's edge is generated at and its units' key prefix; None: no units.
+
+    An edge at alpha 0 or on a grid alpha generates nothing (those rows exist). Variants other
+    than ``"caa"`` have their name in front (``<variant>-search-a...``).
+    """
+    alpha = round(alpha, 4)
+    if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in grid):
+        return None
+    return alpha, f"{variant_prefix(variant)}search-a{alpha:g}-"
+
+
+def searched_family(run: Run, sweep: VariantSweep, layer: int, edge: float) -> UnitFamily | None:
+    """The units of ``layer`` at its searched ``edge`` for ``sweep``; None: no units."""
+    setting = searched_setting(edge, run.params.alphas, sweep.name)
+    if setting is None:
+        return None
+    alpha, prefix = setting
+    return UnitFamily(sweep, [layer], [alpha], run.paths.search_parts, prefix)
+
+
+def run_sweep(
+    run: Run, *, force: bool = False, edges: Mapping[tuple[str, int], Any] | None = None
+) -> pd.DataFrame:
+    """Step 05: every (variant, layer, alpha, direction) on both subsets, written unit by unit.
 
     Each unit of the sweep engine is scored and written to ``sweep_parts/<key>.parquet``
     atomically as soon as it is generated; a re-run skips the units already on disk, and the
@@ -154,69 +403,52 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
     again: its rows are step 02's completions, repeated under every (direction, layer). That
     saves one alpha's share of the sweep, and every layer is compared against the same
     unsteered samples.
+
+    Args:
+        run: The run.
+        force: Recompute the step (the saved units go).
+        edges: Alpha searches already made, by ``(variant, layer)``
+            (:class:`~steerlib.search.AlphaSearch`; the torchrun workers share them out);
+            the others are searched here.
     """
-    from steerlib.engine import run_sweep as engine_sweep
-    from steerlib.experiment.steps import variant_inputs
     from steerlib.layers import num_layers
     from steerlib.subsets import pair_texts
-    from steerlib.variants import variant
-    from steerlib.vectors import SteeringVector
 
     paths, p = run.paths, run.params
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
         return pd.read_parquet(paths.sweep)
-    record = paths.read_status().get("05_sweep", {})
-    fresh = force or (record.get("state") == "stale" and not record.get("resume", False))
-    prompts = pd.read_parquet(run.require("prompts"))
-    baseline = pd.read_parquet(run.require("baseline"))
-    vectors = {"caa": SteeringVector.load(run.require("vectors"))}
-    if p.random_control:
-        vectors["random"] = SteeringVector.load(run.require("control_vectors"))
+    fresh = starts_afresh(run, force=force)
+    prompts, baseline, vectors = sweep_inputs(run)
     with run.step("05_sweep"):
         model, tokenizer = run.model()
         vectors["caa"].check_compatible(model)
         plan = sweep_plan(p, num_layers(model))
-        probe = None
-        if set(plan.variants) & {"gated", "clamp"}:
-            probe, vectors["caa"] = variant_inputs(run, vectors["caa"])
-        chosen = {name: variant(name, multilayer_span=p.multilayer_span) for name in plan.variants}
-        if fresh and paths.sweep_parts.exists():
-            shutil.rmtree(paths.sweep_parts)
-        check_unit_settings(paths, p)
-        saved = _saved_units(paths.sweep_parts, plan.alphas)
+        sweeps = variant_sweeps(run, plan, vectors)
+        prepare_units(run, fresh=fresh)
+        saved = saved_units(paths.sweep_parts, plan.alphas)
+        sizes = unit_sizes(run, model, tokenizer, prompts)
         counts = {"rows": sum(len(table) for table in saved.values())}
 
-        for name, chosen_variant in chosen.items():
+        def write(path: Path, table: pd.DataFrame) -> None:
+            atomic_write_parquet(path, table)
+            saved[path.stem] = table
+            counts["rows"] += len(table)
+            paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=path.stem)
 
-            def on_unit(unit: Any, table: pd.DataFrame, name: str = name) -> None:
-                saved[unit.key] = score(run, table).assign(variant=name)
-                atomic_write_parquet(paths.sweep_parts / f"{unit.key}.parquet", saved[unit.key])
-                counts["rows"] += len(table)
-                paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=unit.key)
-
-            if plan.alphas:
-                engine_sweep(
-                    model,
-                    tokenizer,
-                    eval_prompts(prompts),
-                    {d: vectors[d] for d in plan.directions_of(name)},
-                    layers=plan.layers,
-                    alphas=plan.alphas,
-                    **DecodingSettings.of(p).as_kwargs(),
-                    done=set(saved),  # a copy: on_unit adds to ``saved`` as units finish
-                    on_unit=on_unit,
-                    key_prefix=variant_prefix(name),
-                    variant=None if name == "caa" else chosen_variant,
-                    probe=probe,
-                )
+        for sweep in sweeps if plan.alphas else []:
+            family = grid_family(run, plan, sweep)
+            # ``set(saved)`` is a copy: ``write`` adds to ``saved`` as units finish.
+            generate_family(
+                run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
+            )
         kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
         searched = (
             pd.concat(
                 [
                     _searched_alphas(
-                        run, model, tokenizer, prompts, vectors, plan, kl_texts, v, probe
+                        run, model, tokenizer, prompts, sweep, plan, kl_texts, sizes, edges or {}
                     )
-                    for v in chosen.values()
+                    for sweep in sweeps
                 ],
                 ignore_index=True,
             )
@@ -226,7 +458,7 @@ def run_sweep(run: Run, *, force: bool = False) -> pd.DataFrame:
         table = _sweep_table(saved, searched, baseline, plan, p.alphas)
         atomic_write_parquet(paths.sweep, table)
         kl = pd.concat(
-            [_kl_table(run, kl_texts, vectors, plan, searched, v, probe) for v in chosen.values()],
+            [_kl_table(run, kl_texts, plan, searched, sweep) for sweep in sweeps],
             ignore_index=True,
         )
         atomic_write_parquet(paths.kl, kl)
@@ -278,35 +510,35 @@ def with_variant(table: pd.DataFrame) -> pd.DataFrame:
 def _kl_table(
     run: Run,
     kl_texts: list[str],
-    vectors: dict[str, Any],
     plan: SweepPlan,
     searched: pd.DataFrame,
-    variant: Any,
-    probe: Any,
+    sweep: VariantSweep,
 ) -> pd.DataFrame:
-    """Benign KL of ``variant`` at every grid setting, and at each layer's searched alpha."""
+    """Benign KL of ``sweep``'s variant at every grid setting, and at each searched alpha."""
     from steerlib.fluency import benign_kl
 
     model, tokenizer = run.model()
-    units = run.params.units
-    chosen = {d: vectors[d] for d in plan.directions_of(variant.name)}
-    options = {
-        "units": units,
-        "variant": None if variant.name == "caa" else variant,
-        "probe": probe,
-    }
+    options = {"units": run.params.units, **sweep.steer}
     kl = benign_kl(
-        model, tokenizer, kl_texts, chosen, layers=plan.layers, alphas=run.params.alphas, **options
+        model,
+        tokenizer,
+        kl_texts,
+        sweep.vectors,
+        layers=plan.layers,
+        alphas=run.params.alphas,
+        **options,
     )
     if len(searched):
         searched = with_variant(searched)
-        searched = searched[searched["variant"] == variant.name]
+        searched = searched[searched["variant"] == sweep.name]
     extra = searched.groupby("layer")["alpha"].first() if len(searched) else {}
     tables = [kl] + [
-        benign_kl(model, tokenizer, kl_texts, chosen, layers=[layer], alphas=[alpha], **options)
+        benign_kl(
+            model, tokenizer, kl_texts, sweep.vectors, layers=[layer], alphas=[alpha], **options
+        )
         for layer, alpha in dict(extra).items()
     ]
-    return pd.concat(tables, ignore_index=True).assign(variant=variant.name)
+    return pd.concat(tables, ignore_index=True).assign(variant=sweep.name)
 
 
 def _searched_alphas(
@@ -314,19 +546,20 @@ def _searched_alphas(
     model: Any,
     tokenizer: Any,
     prompts: pd.DataFrame,
-    vectors: dict[str, Any],
+    sweep: VariantSweep,
     plan: SweepPlan,
     kl_texts: list[str],
-    variant: Any,
-    probe: Any,
+    sizes: Any,
+    edges: Mapping[tuple[str, int], Any],
 ) -> pd.DataFrame:
-    """Search each layer's budget edge for ``variant``, then generate it at that alpha.
+    """Search each layer's budget edge for ``sweep``'s variant, then generate it at that alpha.
 
     The edge is found on the CAA vector with the steered model's perplexity on the held-out
-    benign texts (:func:`steerlib.search.search_alpha`); the random control is generated at
-    the same alpha, so every searched CAA setting has its equal-alpha control. Units go to
-    ``sweep_parts/search/`` under keys that name the alpha (a changed budget makes new keys;
-    finished ones are kept and resumed), and the trace to ``alpha_search.parquet``.
+    benign texts (:func:`search_edge`; one given in ``edges`` is taken as found); the random
+    control is generated at the same alpha, so every searched CAA setting has its equal-alpha
+    control. Units go to ``sweep_parts/search/`` under keys that name the alpha (a changed
+    budget makes new keys; finished ones are kept and resumed), and the trace to
+    ``alpha_search.parquet``.
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
@@ -334,58 +567,33 @@ def _searched_alphas(
         is generated with ``"caa"`` only. Variants other than ``"caa"`` write their units
         and trace rows under their name (``<variant>-search-a...``).
     """
-    from steerlib.engine import run_sweep as engine_sweep
-    from steerlib.search import search_alpha
-
-    paths, p = run.paths, run.params
+    paths = run.paths
     traces, tables = [], []
     paths.search_parts.mkdir(parents=True, exist_ok=True)
-    steer = {"variant": None if variant.name == "caa" else variant, "probe": probe}
     for layer in plan.layers:
-        found = search_alpha(
-            model,
-            tokenizer,
-            kl_texts,
-            vectors["caa"],
-            layer,
-            max_increase=p.max_perplexity_increase,
-            start=max((a for a in p.alphas if a > 0), default=1.0),
-            units=p.units,
-            **steer,
-        )
+        found = edges.get((sweep.name, layer))
+        if found is None:
+            found = search_edge(run, model, tokenizer, kl_texts, sweep, layer)
         traces.append(
             found.trace.assign(
-                layer=layer, chosen=found.alpha, budget=found.budget, variant=variant.name
+                layer=layer, chosen=found.alpha, budget=found.budget, variant=sweep.name
             )
         )
-        alpha = round(found.alpha, 4)
-        if alpha <= 0 or any(abs(alpha - a) < 1e-6 for a in p.alphas):
+        family = searched_family(run, sweep, layer, found.alpha)
+        if family is None:
             continue
-        prefix = f"{variant_prefix(variant.name)}search-a{alpha:g}-"
         saved = {
             path.stem: pd.read_parquet(path)
-            for path in sorted(paths.search_parts.glob(f"{prefix}*-L{layer}-*.parquet"))
+            for path in sorted(paths.search_parts.glob(f"{family.prefix}*-L{layer}-*.parquet"))
         }
 
-        def on_unit(unit: Any, table: pd.DataFrame, saved: dict = saved) -> None:
-            saved[unit.key] = score(run, table).assign(variant=variant.name)
-            atomic_write_parquet(paths.search_parts / f"{unit.key}.parquet", saved[unit.key])
+        def write(path: Path, table: pd.DataFrame, saved: dict = saved) -> None:
+            atomic_write_parquet(path, table)
+            saved[path.stem] = table
 
-        engine_sweep(
-            model,
-            tokenizer,
-            eval_prompts(prompts),
-            {d: vectors[d] for d in plan.directions_of(variant.name)},
-            layers=[layer],
-            alphas=[alpha],
-            **DecodingSettings.of(p).as_kwargs(),
-            done=set(saved),
-            on_unit=on_unit,
-            key_prefix=prefix,
-            **steer,
-        )
-        tables += [with_variant(t).assign(variant=variant.name) for t in saved.values()]
-    _write_trace(paths, variant.name, pd.concat(traces, ignore_index=True))
+        generate_family(run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write)
+        tables += [with_variant(t).assign(variant=sweep.name) for t in saved.values()]
+    _write_trace(paths, sweep.name, pd.concat(traces, ignore_index=True))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -406,7 +614,7 @@ def alpha_search_table(run: Run) -> pd.DataFrame:
     return table[["variant", "layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
 
 
-def _saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
+def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
     """The sweep units already on disk, by key; refuse units generated with other alphas.
 
     Unit keys name the direction, layer and prompt bucket, not the alphas, so a unit saved
