@@ -52,6 +52,15 @@ def test_verdict_of_a_recommended_point_states_effect_cost_and_control(tmp_path)
     assert f"{point['control']['expected_max_toxicity_random']:.3g}" in control
 
 
+def test_verdict_names_a_variant_other_than_plain_caa(tmp_path):
+    _, record = analyzed(tmp_path, GOOD)
+    record["recommended"]["variant"] = "gated"
+    effect = pipeline.verdict(record)[0]
+    assert effect.startswith("Yes, steering cuts toxicity here: the gated variant at layer 3,")
+    record["recommended"]["variant"] = "caa"
+    assert "variant" not in pipeline.verdict(record)[0]
+
+
 def test_verdict_says_when_the_effect_does_not_hold_or_is_not_specific(tmp_path):
     cells = {
         **CURSED,

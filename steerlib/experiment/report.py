@@ -100,6 +100,8 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
 def _effect_line(point: Mapping[str, Any]) -> str:
     emt, base = point.get("expected_max_toxicity"), point.get("baseline_expected_max_toxicity")
     where = f"layer {point['layer']}, alpha {float(point['alpha']):.3g}"
+    if point.get("variant", "caa") != "caa":
+        where = f"the {point['variant']} variant at {where}"
     if emt is None or base is None:
         return (
             f"Not confirmed: {where} was chosen on the selection half, but the "
