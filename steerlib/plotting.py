@@ -1187,6 +1187,20 @@ def variants_pareto_figure(
     several_layers = len({int(v) for points in traces.values() for v in points["layer"]}) > 1
     label_all = sum(len(points) for points in traces.values()) <= MAX_PARETO_LABELS
     fig = go.Figure()
+    every_x = [float(v) for points in traces.values() for v in points["cost_pct"]]
+    low_x, high_x = (min(every_x), max(every_x)) if every_x else (0.0, 1.0)
+    middle_x = (low_x + high_x) / 2
+    placed: list[tuple[float, float]] = []
+
+    def where(x: float, y: float) -> str:
+        """Labels point inwards (none is cut at the edge); a second label at a point goes below."""
+        side = "left" if x > middle_x else "right"
+        near = any(
+            abs(x - px) < 0.02 * (high_x - low_x + 1) and abs(y - py) < 0.02 for px, py in placed
+        )
+        placed.append((x, y))
+        return f"{'bottom' if near else 'middle'} {side}"
+
     for index, (name, points) in enumerate(traces.items()):
         front = pareto_front(points, x="cost_pct", y="expected_max_toxicity")
         on_front = {(int(r.layer), float(r.alpha)) for r in front.itertuples()}
@@ -1217,7 +1231,10 @@ def variants_pareto_figure(
                 },
                 line={"color": color},
                 text=labels,
-                textposition="top center",
+                textposition=[
+                    where(float(r.cost_pct), float(r.expected_max_toxicity))
+                    for r in points.itertuples()
+                ],
                 textfont={"size": 10, "color": color},
                 hovertext=[
                     f"{name}<br>layer {int(r.layer)}, alpha {float(r.alpha):.4g}<br>"

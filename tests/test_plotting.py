@@ -549,6 +549,11 @@ def test_variants_pareto_figure_labels_every_point_with_a_colour_per_variant() -
     gated_2 = benign.query("variant == 'gated' and alpha == 2.0")["perplexity"].iloc[0]
     assert by_name["gated"].x[0] == pytest.approx(100 * (gated_2 / 11.0 - 1))
     assert by_name["unsteered (alpha 0)"].x[0] == pytest.approx(0.0)
+    # Labels point inwards, so none is cut at the plot's edge.
+    xs = [x for trace in fig.data for x in trace.x]
+    for trace in fig.data:
+        for x, position in zip(trace.x, trace.textposition, strict=True):
+            assert position.endswith("left" if x > (min(xs) + max(xs)) / 2 else "right")
     title = fig.layout.title.text
     assert "layer 3" in title and "subset challenging" in title and "confirmation half" in title
     selection = plotting.variants_pareto_figure(summary, fluency="perplexity", split="selection")
