@@ -98,6 +98,17 @@ def test_the_runner_prints_the_verdict_not_a_table(tmp_path, capsys):
     assert "mean_toxicity" not in printed  # no table of raw columns
 
 
+def test_the_runner_says_in_one_line_when_figures_are_html_only(tmp_path, capsys, monkeypatch):
+    from steerlib import figure_files
+
+    result, _ = analyzed(tmp_path, GOOD)
+    monkeypatch.setattr(figure_files, "find_browser", lambda: None)
+    chain._print_summary(result.paths)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "HTML only" in line]
+    assert len(lines) == 1
+    assert f"python -m steerlib figures {result.paths.name}" in lines[0]
+
+
 def test_tables_format_numbers_and_show_alpha_0_once(tmp_path):
     result, _ = analyzed(tmp_path, GOOD)
     settings = report.settings_table(result.summary)

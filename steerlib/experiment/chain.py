@@ -220,7 +220,12 @@ def _print_summary(paths: RunPaths) -> None:
         print(f"  - {line}")
     if paths.report.is_file():
         print(f"[steerlib] report:  {paths.report}")
-    print(f"[steerlib] figures: {paths.figures()}")
+    from steerlib.figure_files import static_export_status
+
+    link = PROJECT_ROOT / "figures" / paths.name
+    shown = f" (linked from {link})" if link.is_symlink() else ""
+    print(f"[steerlib] figures: {paths.figures()}{shown}")
+    print(f"[steerlib] {static_export_status(paths.name)}")
     print(f"[steerlib] tables:  {paths.summary_table} (all settings), {paths.summary}")
 
 
