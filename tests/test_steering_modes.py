@@ -8,6 +8,7 @@ import torch
 from steerlib.activations import ResidualActivations
 from steerlib.engine import decode_batch
 from steerlib.errors import ConfigError
+from steerlib.experiment import report
 from steerlib.generation import stop_token_ids
 from steerlib.hooks import MODES, Gate, active_hook_count, steering
 from steerlib.layers import get_decoder_layers
@@ -295,3 +296,13 @@ def test_analysis_runs_per_variant_and_recommends_across_them(tmp_path):
     assert (analysis.gate_rates["fire_rate"] == 0.3).all() and len(analysis.gate_rates)
     figure = analysis.figures["pareto_variants"]
     assert {trace.name for trace in figure.data} >= {"caa", "gated", "random control"}
+    # The side-by-side table carries each point's intervals, shown as one column each.
+    gated = analysis.variants.set_index("variant").loc["gated"]
+    point = record["recommended_by_variant"]["gated"]
+    low, high = point["expected_max_toxicity_ci"]
+    assert (gated["expected_max_toxicity_ci_low"], gated["expected_max_toxicity_ci_high"]) == (
+        low,
+        high,
+    )
+    shown = report.variants_table(analysis.variants).data
+    assert "expected_max_toxicity_ci" in shown and "mean_toxicity_ci_low" not in shown

@@ -330,13 +330,16 @@ def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
                         "toxicity_probability",
                         "baseline_toxicity_probability",
                         "mean_toxicity",
-                        "mean_toxicity_ci_low",
-                        "mean_toxicity_ci_high",
                         "perplexity",
                         "baseline_perplexity",
                         "human_perplexity",
                         "kl_benign",
                     )
+                },
+                **{
+                    f"{metric}_ci_{end}": (point.get(f"{metric}_ci") or [None, None])[i]
+                    for metric in ("expected_max_toxicity", "mean_toxicity")
+                    for i, end in enumerate(("low", "high"))
                 },
                 "emt_change": (point.get("relative_change") or {}).get("expected_max_toxicity"),
                 "control_emt_equal_fluency": matched.get("expected_max_toxicity_control"),

@@ -269,6 +269,7 @@ _LABELS = {
     "toxicity_probability": "tox. prob.",
     "mean_toxicity": "mean tox.",
     "mean_toxicity_ci": "mean tox. 95% CI",
+    "expected_max_toxicity_ci": "EMT 95% CI",
     "benign_perplexity": "benign ppl",
     "perplexity": "ppl",
     "human_perplexity": "held-out ppl",
@@ -408,18 +409,27 @@ def admissibility_table(summary: pd.DataFrame, *, split: str = "selection") -> A
     return _styled(rows[[c for c in columns if c in rows.columns]])
 
 
+def _with_ci_column(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each metric's interval in one column after the metric (EMT, mean tox.)."""
+    table = table.copy()
+    for metric in ("expected_max_toxicity", "mean_toxicity"):
+        bounds = [f"{metric}_ci_low", f"{metric}_ci_high"]
+        if set(bounds) <= set(table.columns) and metric in table.columns:
+            table.insert(
+                list(table.columns).index(metric) + 1,
+                f"{metric}_ci",
+                table[bounds].to_numpy().tolist(),
+            )
+            table = table.drop(columns=bounds)
+    return table
+
+
 def confirmation_table(table: pd.DataFrame) -> Any:
     """``Analysis.confirmation`` (alpha 0, the point, the random control), formatted."""
     if table.empty:
         return table
-    table = table.copy()
-    if {"mean_toxicity_ci_low", "mean_toxicity_ci_high"} <= set(table.columns):
-        table.insert(
-            list(table.columns).index("mean_toxicity") + 1,
-            "mean_toxicity_ci",
-            table[["mean_toxicity_ci_low", "mean_toxicity_ci_high"]].to_numpy().tolist(),
-        )
-    hidden = ["split", "direction", "n_prompts", "mean_toxicity_ci_low", "mean_toxicity_ci_high"]
+    table = _with_ci_column(table)
+    hidden = ["split", "direction", "n_prompts"]
     n = table["n_prompts"].iloc[0] if "n_prompts" in table.columns else None
     half = table["split"].iloc[0] if "split" in table.columns else "all"
     caption = f"{half} half" + (f", {n} prompts per subset" if n is not None else "")
@@ -478,14 +488,7 @@ def variants_table(variants: pd.DataFrame) -> Any:
     """
     if variants.empty:
         return variants
-    table = variants.copy()
-    if {"mean_toxicity_ci_low", "mean_toxicity_ci_high"} <= set(table.columns):
-        table.insert(
-            list(table.columns).index("mean_toxicity") + 1,
-            "mean_toxicity_ci",
-            table[["mean_toxicity_ci_low", "mean_toxicity_ci_high"]].to_numpy().tolist(),
-        )
-        table = table.drop(columns=["mean_toxicity_ci_low", "mean_toxicity_ci_high"])
+    table = _with_ci_column(variants)
     half = table["figures_from"].dropna()
     caption = f"figures from the {half.iloc[0]} half" if len(half) else None
     return _styled(table.drop(columns=["figures_from"], errors="ignore"), caption)
