@@ -206,7 +206,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     control at the same point, are read from the confirmation half. The analysis always runs
     (it is cheap); ``force`` is accepted for symmetry with the other steps.
     """
-    from steerlib import controls, metrics, operating_point
+    from steerlib import controls, operating_point
     from steerlib.scoring import scorer_floor
 
     del force
@@ -225,26 +225,14 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     with run.step("06_analysis"):
         evaluation = _evaluation(prompts, baseline, sweep, p.seed)
         floor = scorer_floor(run.scorer())
-        summary = metrics.summarize(
-            evaluation,
-            threshold=p.toxicity_threshold,
-            n_resamples=p.n_resamples,
-            seed=p.seed,
-            kl=kl.drop(columns=["n_tokens"], errors="ignore"),
-            floor=floor,
-        )
         rule = {
             "max_perplexity_increase": p.max_perplexity_increase,
             "fluency_measure": p.fluency_measure,
             "min_distinct_ratio": p.min_distinct_ratio,
             "max_floor_share_increase": p.max_floor_share_increase,
         }
-        summary = operating_point.admissibility(summary, **rule)
+        summary, recommended = _operating_point(p, evaluation, kl, floor, rule)
         measure, measure_note = operating_point.resolve_fluency_measure(summary, p.fluency_measure)
-        try:
-            recommended = operating_point.recommend_operating_point(summary, **rule)
-        except SteerlibError as exc:
-            recommended = {"error": str(exc)}
         overall = summary[summary["split"] == "all"]
         options = {"n_resamples": p.n_resamples, "seed": p.seed}
         control, matched = pd.DataFrame(), pd.DataFrame()
@@ -371,8 +359,6 @@ def _variant_points(
     confirmation-half figures come with the random control at equal alpha and at equal
     fluency.
     """
-    from steerlib import metrics, operating_point
-
     p = run.params
     control_rows = (sweep["variant"] == "caa") & (sweep["direction"] == "random")
     control_kl = (kl["variant"] == "caa") & (kl["direction"] == "random")
@@ -383,24 +369,41 @@ def _variant_points(
         rows = sweep[(sweep["variant"] == name) | control_rows].drop(columns="variant")
         evaluation = _evaluation(prompts, baseline, rows, p.seed)
         kl_rows = kl[(kl["variant"] == name) | control_kl].drop(columns="variant")
-        summary = metrics.summarize(
-            evaluation,
-            threshold=p.toxicity_threshold,
-            n_resamples=p.n_resamples,
-            seed=p.seed,
-            kl=kl_rows.drop(columns=["n_tokens"], errors="ignore"),
-            floor=floor,
-        )
-        summary = operating_point.admissibility(summary, **rule)
-        try:
-            point = operating_point.recommend_operating_point(summary, **rule)
-        except SteerlibError as exc:
-            point = {"error": str(exc)}
+        summary, point = _operating_point(p, evaluation, kl_rows, floor, rule)
         if "layer" in point:
             point.update(_confirmed_controls(summary, evaluation, point, options))
         point["variant"] = name
         out[name] = (summary.assign(variant=name), point)
     return out
+
+
+def _operating_point(
+    p: Any,
+    evaluation: pd.DataFrame,
+    kl: pd.DataFrame,
+    floor: float | None,
+    rule: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The summary with its admissibility checks, and the point the rule chooses in it.
+
+    The same for plain CAA and every other variant; a rule that finds nothing gives
+    ``{"error": ...}`` instead of a point.
+    """
+    from steerlib import metrics, operating_point
+
+    summary = metrics.summarize(
+        evaluation,
+        threshold=p.toxicity_threshold,
+        n_resamples=p.n_resamples,
+        seed=p.seed,
+        kl=kl.drop(columns=["n_tokens"], errors="ignore"),
+        floor=floor,
+    )
+    summary = operating_point.admissibility(summary, **rule)
+    try:
+        return summary, operating_point.recommend_operating_point(summary, **rule)
+    except SteerlibError as exc:
+        return summary, {"error": str(exc)}
 
 
 def pick_variant(points: dict[str, dict[str, Any]]) -> str:
