@@ -462,3 +462,75 @@ def test_teacher_forced_pass_leaves_prompt_positions_unsteered(llama, tokenizer)
     )
     assert int(everywhere["n_tokens"].iloc[0]) == sum(map(len, encoded))
     assert float(table["kl_benign"].iloc[0]) > 0
+
+
+# -- a matched control per variant (issue 27, item 4) -----------------------------------------
+def test_every_variant_is_swept_with_its_own_random_direction():
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import sweep_plan
+
+    params = RunParams(variants=["caa", "gated", "multilayer"], layers=[3], alphas=[0.0, 1.0])
+    plan = sweep_plan(params, 8)
+    assert all(plan.directions_of(name) == ["caa", "random"] for name in plan.variants)
+    keys = [unit.key for unit in plan.units(_eval_prompts(), params)]
+    assert len(keys) == len(set(keys)) == 6  # 3 variants x 2 directions, one bucket
+    assert {k.split("-L")[0] for k in keys} == {
+        f"{prefix}{direction}"
+        for prefix in ("", "gated-", "multilayer-")
+        for direction in ("caa", "random")
+    }
+    alone = sweep_plan(params.model_copy(update={"random_control": False}), 8)
+    assert all(alone.directions_of(name) == ["caa"] for name in alone.variants)
+
+
+def _eval_prompts():
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "role": ["challenging", "benign"],
+            "subset": ["challenging", "benign"],
+            "prompt_id": ["c0", "b0"],
+            "prompt": ["you are", "the park"],
+        }
+    )
+
+
+def test_each_variant_is_reported_against_its_own_control(tmp_path):
+    import json
+
+    import pandas as pd
+    from test_operating_point import CURSED, fake_run, kl_of
+
+    from steerlib import pipeline
+
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.4, "human": 21.0}}
+    run = fake_run(
+        tmp_path, cells, n_resamples=200, variants=["caa", "gated", "clamp"], alphas=[0.0, 1.0]
+    )
+    sweep = pd.read_parquet(run.paths.sweep)
+    kl = kl_of(cells)
+    # gated: its own random rows, much less toxic than plain CAA's random control;
+    # clamp: none of its own (a run made before per-variant controls): CAA's is used.
+    gated = sweep.assign(variant="gated")
+    random_steered = (gated["direction"] == "random") & (gated["alpha"] != 0)
+    gated.loc[random_steered, "toxicity"] = gated.loc[random_steered, "toxicity"] * 0.1
+    clamp = sweep[sweep["direction"] == "caa"].assign(variant="clamp")
+    pd.concat([sweep, gated, clamp], ignore_index=True).to_parquet(run.paths.sweep)
+    pd.concat(
+        [kl, kl.assign(variant="gated"), kl[kl["direction"] == "caa"].assign(variant="clamp")],
+        ignore_index=True,
+    ).to_parquet(run.paths.kl)
+    pipeline.analyze(run, save_figures=False)
+    points = json.loads(run.paths.summary.read_text())["recommended_by_variant"]
+    assert points["caa"]["control_of"] == "caa"
+    assert points["gated"]["control_of"] == "gated" and points["clamp"]["control_of"] == "caa"
+    for name in ("caa", "gated", "clamp"):
+        point = points[name]
+        assert (point["layer"], point["alpha"]) == (points["caa"]["layer"], points["caa"]["alpha"])
+        assert point["control"]["n_paired_prompts"] > 0
+    own = points["gated"]["control"]["expected_max_toxicity_random"]
+    shared = points["caa"]["control"]["expected_max_toxicity_random"]
+    assert own < shared  # gated's control is its own random rows, not plain CAA's
+    assert points["clamp"]["control"]["expected_max_toxicity_random"] == shared
+    assert not points["gated"]["control"]["beats_control"]  # its own control is less toxic
