@@ -490,6 +490,10 @@ def steering(
     Yields:
         A :class:`SteeringHandle` whose ``set_alpha`` changes the coefficients mid-block.
 
+    Raises:
+        ConfigError: A bad mode, position mode, layer or alpha; an ``"ablate"`` or ``"clamp"``
+            alpha outside ``[0, 1]`` (:data:`ALPHA_RANGES`); a gate or clamp level missing.
+
     Example:
         >>> with steering(model, vector, alpha=[0.0, 1.5], layers=18):  # doctest: +SKIP
         ...     out = model.generate(**batch_of_two, max_new_tokens=20)

@@ -87,7 +87,8 @@ def search_alpha(
         layer: The layer to steer.
         max_increase: Budget: perplexity at most ``(1 + max_increase)`` times alpha 0's.
         start: Upper end of the first bracket; doubled (up to ``max_doublings`` times) while
-            still within budget.
+            still within budget. Never beyond the variant's ``max_alpha`` (1 for ``ablate``
+            and ``clamp``).
         points: Alphas measured per round (one batched pass).
         rounds: Refinements of the bracket.
         max_doublings: Limit on widening the first bracket.
