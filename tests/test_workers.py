@@ -262,3 +262,26 @@ def test_run_takes_a_number_of_workers(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             chain.main(["--workers", bad])
         assert "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_clamps_control_is_clamped_to_the_random_directions_own_level(prepared):
+    from steerlib.activations import ResidualActivations
+    from steerlib.experiment.sweep import sweep_inputs, sweep_plan, variant_sweeps
+
+    run = Run.open("base", runs_dir=str(prepared))
+    _, _, vectors = sweep_inputs(run)
+    plan = sweep_plan(run.params, 4)
+    clamp = {s.name: s for s in variant_sweeps(run, plan, vectors)}["clamp"]
+    assert set(clamp.vectors) == {"caa", "random"}
+    nontoxic = ResidualActivations.load(run.paths.activations_nontoxic)
+    means, layers = nontoxic.mean(), nontoxic.layers
+    for name, vector in clamp.vectors.items():
+        for i, layer in enumerate(layers):
+            if layer in vector.directions:
+                unit = vector[layer] / vector[layer].norm()
+                assert vector.nontoxic_projections[layer] == pytest.approx(
+                    float(means[i] @ unit), rel=1e-5
+                ), name
+    random, caa = clamp.vectors["random"], clamp.vectors["caa"]
+    assert random.nontoxic_projections != pytest.approx(caa.nontoxic_projections)
