@@ -28,6 +28,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic.types import Strict
@@ -171,7 +172,13 @@ class RunParams(BaseModel):
     multilayer_span: StrictInt = Field(
         5, ge=1, description="Contiguous layers of the 'multilayer' variant, alpha split equally."
     )
-    random_control: StrictBool = Field(True, description="Also sweep a random same-norm direction.")
+    random_control: StrictBool = Field(
+        True,
+        description=(
+            "Also sweep a random same-norm direction: every variant its own, under its own "
+            "hook and at its own searched alphas."
+        ),
+    )
     samples_per_prompt: StrictInt = Field(
         1,
         ge=1,
@@ -258,8 +265,9 @@ class RunParams(BaseModel):
 
     @field_validator("variants")
     @classmethod
-    def _check_variants(cls, value: list[str]) -> list[str]:
+    def _check_variants(cls, value: list[str], info: ValidationInfo) -> list[str]:
         _distinct("variant", value)
+        _fraction_alphas(value, info.data.get("alphas") or [])
         if "caa" not in value:
             raise ValueError(
                 f"{short_repr(value)} lacks 'caa', the plain CAA every variant is compared with "
@@ -342,6 +350,22 @@ class RunParams(BaseModel):
     def notebook_parameters(self) -> dict[str, Any]:
         """The parameters as plain JSON values, for papermill."""
         return self.model_dump(mode="json")
+
+
+def _fraction_alphas(variants: list[str], alphas: list[float]) -> None:
+    """Refuse grid alphas outside [0, 1] for ``ablate`` and ``clamp`` (alpha: fraction removed)."""
+    capped = [name for name in variants if name in ("ablate", "clamp")]
+    outside = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if capped and outside:
+        past = {"ablate": "zero (ablate)", "clamp": "the non-toxic level (clamp)"}
+        raise ValueError(
+            f"{' and '.join(map(repr, capped))} take{'s' if len(capped) == 1 else ''} alpha in "
+            "[0, 1], the fraction of the toxic component removed (1 removes all of it; above 1 "
+            f"would push it past {' or '.join(past[name] for name in capped)}, a negative "
+            f"alpha amplify it), but alphas holds {short_repr(outside)}: keep alphas within [0, 1] "
+            "(e.g. [0, 0.5, 1], or [0] with alpha_search, which searches [0, 1] for them), or "
+            "leave these variants out"
+        )
 
 
 _TYPE_HINTS = {

@@ -4,7 +4,9 @@
   UNSTEERED model (the detoxification literature's fluency measure; any causal LM may judge).
 * :func:`benign_kl`: mean KL divergence ``KL(P_unsteered || P_steered)`` of the next-token
   distributions over held-out benign text, per (direction, layer, alpha): how far steering moves
-  the model where there is nothing to detoxify. Steering is applied at every position here.
+  the model where there is nothing to detoxify. Steering is applied at every position here,
+  except for a variant that steers generated positions only: given each text's prompt part
+  (``prefixes``), it is judged teacher-forced, the continuation steered and the prompt not.
 * :func:`repetition`: whether one text has collapsed into repeats (low distinct-2, or the same
   word n-gram several times in a row), the degenerate output a toxicity scorer rates as clean.
 """
@@ -33,7 +35,14 @@ if TYPE_CHECKING:
     from steerlib.probe import ToxicityProbe
     from steerlib.variants import Variant
 
-__all__ = ["KL_COLUMNS", "Repetition", "benign_kl", "continuation_perplexity", "repetition"]
+__all__ = [
+    "KL_COLUMNS",
+    "Repetition",
+    "benign_kl",
+    "continuation_perplexity",
+    "continuation_starts",
+    "repetition",
+]
 
 KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "human_perplexity", "n_tokens"]
 
@@ -163,6 +172,7 @@ def benign_kl(
     progress: bool = False,
     variant: Variant | None = None,
     probe: ToxicityProbe | None = None,
+    prefixes: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
     """Mean per-token KL(unsteered || steered) and the steered perplexity on benign text.
 
@@ -184,9 +194,20 @@ def benign_kl(
         max_length: Longest tokenized text.
         progress: Show a tqdm progress bar.
         variant: How the vector is applied (:mod:`steerlib.variants`; plain CAA when
-            ``None``). Every position is steered here, whatever the variant's positions: the
-            texts are scored in one pass, with no generated part.
+            ``None``). Every position is steered, except with a variant whose positions
+            are ``"generated"`` (``caa_generated``): it is judged with its own positions,
+            teacher-forced (see ``prefixes``).
         probe: The toxicity probe of a gated variant.
+        prefixes: The prompt part of each text (a string prefix of it: held-out texts are
+            prompt + continuation, :func:`steerlib.subsets.pair_texts`). Used only by a
+            variant that steers generated positions: the tokens the prefix covers are left
+            unsteered and the rest (the continuation) is steered, and the KL and perplexity
+            are taken over the steered positions only. A text that is no longer
+            than its prefix (no continuation) plays its first half of tokens as the prompt.
+            ``None``: every text is split at half its tokens.
+
+    Raises:
+        ConfigError: ``prefixes`` of another length than ``texts``.
 
     Returns:
         One row per (direction, layer, alpha) with :data:`KL_COLUMNS`.
@@ -196,6 +217,10 @@ def benign_kl(
     device = _device(model)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    teacher_forced = variant is not None and variant.positions == "generated"
+    first = (
+        continuation_starts(tokenizer, encoded, prefixes, max_length) if teacher_forced else None
+    )
     sums = {(d, layer, a): 0.0 for d in vectors for layer in layers for a in alphas}
     nll = dict.fromkeys(sums, 0.0)
     total_tokens = predicted = 0
@@ -205,12 +230,21 @@ def benign_kl(
     for start in starts:
         ids, mask = left_pad(encoded[start : start + batch_size], pad_id)
         ids, mask = ids.to(device), mask.to(device)
+        # Left padding shifts each row's continuation by its padding.
+        row_first = (
+            None
+            if first is None
+            else torch.tensor(first[start : start + batch_size]) + (mask == 0).sum(-1).cpu()
+        )
         base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         bar.update()
         real = mask.bool()
+        if row_first is not None:  # judged where it steers: the continuation's positions
+            positions = torch.arange(ids.shape[1])[None, :]
+            real &= (positions >= row_first[:, None]).to(real.device)
         total_tokens += int(real.sum())
-        # Position t predicts token t + 1; both must be real tokens.
-        scored = real[:, :-1] & real[:, 1:]
+        # Position t predicts token t + 1; both must be real tokens (and t a steered one).
+        scored = real[:, :-1] & mask.bool()[:, 1:]
         predicted += int(scored.sum())
         targets = ids[:, 1:].unsqueeze(-1)
         n_alpha = len(alphas)
@@ -221,7 +255,8 @@ def benign_kl(
             if variant is not None:
                 steer = variant.steering_kwargs(layer, num_layers(model), "all", probe)
                 steer["positions"] = "all"
-            with steering(model, vectors[direction], row_alphas, units=units, **steer):
+            with steering(model, vectors[direction], row_alphas, units=units, **steer) as handle:
+                handle.set_steer_from(row_first)
                 logits = model(input_ids=rep_ids, attention_mask=rep_mask).logits.float()
             steered = torch.log_softmax(logits, -1).view(n_alpha, *base.shape)
             kl = (base.exp() * (base - steered)).sum(-1)  # (alpha, batch, seq)
@@ -243,6 +278,47 @@ def benign_kl(
         for (d, layer, a), s in sums.items()
     ]
     return pd.DataFrame(rows, columns=KL_COLUMNS)
+
+
+def continuation_starts(
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[Sequence[int]],
+    prefixes: Sequence[str | None] | None,
+    max_length: int = 256,
+) -> list[int]:
+    """Index of each encoded text's first continuation token (after its prompt part).
+
+    The prompt part is the longest run of leading tokens the text shares with its prefix
+    encoded alone (a token merged across the seam counts as continuation). A text with no
+    token after its prefix, or with no prefix given (``None``), is split at half its tokens,
+    so every text has a steered part to judge. The index is at least 1: the first token (BOS or the
+    attention sink) is never the continuation.
+
+    Args:
+        tokenizer: The tokenizer that encoded the texts.
+        encoded: Token ids of each text (as the texts were encoded, special tokens included).
+        prefixes: The prompt part of each text, or ``None``.
+        max_length: The texts' truncation length.
+
+    Raises:
+        ConfigError: ``prefixes`` of another length than ``encoded``.
+    """
+    if prefixes is not None and len(prefixes) != len(encoded):
+        raise ConfigError(
+            f"got {len(prefixes)} prefixes for {len(encoded)} texts: give each held-out text's "
+            "prompt part, in the texts' order (or None to split each text at half its tokens)."
+        )
+    starts = []
+    for row, ids in enumerate(encoded):
+        shared = 0
+        if prefixes is not None and prefixes[row]:
+            head = tokenizer(prefixes[row], truncation=True, max_length=max_length)["input_ids"]
+            while shared < min(len(head), len(ids)) and head[shared] == ids[shared]:
+                shared += 1
+        if not 1 <= shared < len(ids):
+            shared = len(ids) // 2
+        starts.append(max(1, shared))
+    return starts
 
 
 @dataclass(frozen=True)

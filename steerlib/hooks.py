@@ -25,6 +25,11 @@ whose residual is ``h``; ``u = v / |v|``):
   non-toxic level, never pushed below it;
 * ``"norm_preserving"``: ``h' = h - alpha * v``, then rescaled to ``|h|``.
 
+``"ablate"`` and ``"clamp"`` take ``alpha`` in ``[0, 1]`` only (:data:`ALPHA_RANGES`): alpha is
+the fraction of the excess component removed, so 1 is full removal (the projection lands on 0,
+or on ``c``) and anything above 1 would push it past that (reflect it), which is neither
+ablation nor clamping; a negative alpha would amplify it. Both are refused.
+
 With several layers and ``split_alpha=True`` each layer gets ``alpha / n_layers``.
 
 **The gate's input.** The probe is fitted on 32-token means of content states
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
     from steerlib.vectors import SteeringVector
 
 __all__ = [
+    "ALPHA_RANGES",
     "MODES",
     "AlphaSpec",
     "ForwardHookFn",
@@ -89,6 +95,9 @@ SteeringMode: TypeAlias = Literal["add", "gated", "ablate", "clamp", "norm_prese
 MODES: tuple[str, ...] = ("add", "gated", "ablate", "clamp", "norm_preserving")
 """Every :data:`SteeringMode`."""
 
+ALPHA_RANGES: dict[str, tuple[float, float]] = {"ablate": (0.0, 1.0), "clamp": (0.0, 1.0)}
+"""Closed alpha range of the modes whose alpha is a fraction (1 = full removal); others: any."""
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -113,12 +122,22 @@ class Gate:
 VectorLike: TypeAlias = "SteeringVector | torch.Tensor | Mapping[int, torch.Tensor]"
 
 
-def _check_alpha(alpha: AlphaSpec) -> torch.Tensor:
+def _check_alpha(alpha: AlphaSpec, mode: str = "add") -> torch.Tensor:
     values = torch.as_tensor(alpha, dtype=torch.float32).flatten().cpu()
     if values.numel() == 0:
         raise ConfigError("alpha is empty: give a number or one number per batch row.")
     if not torch.isfinite(values).all():
         raise ConfigError(f"alpha must be finite, got {values.tolist()}.")
+    if mode in ALPHA_RANGES:
+        low, high = ALPHA_RANGES[mode]
+        outside = [float(a) for a in values if not low <= float(a) <= high]
+        if outside:
+            raise ConfigError(
+                f"mode={mode!r} takes alpha in [{low:g}, {high:g}] (the fraction of the toxic "
+                f"component removed; 1 removes all of it, more would reflect it past "
+                f"{'its non-toxic level' if mode == 'clamp' else 'zero'}), got {outside[0]:g}: "
+                "use an alpha within the range, or mode='add' for stronger steering."
+            )
     return values
 
 
@@ -130,6 +149,12 @@ class SteeringHandle:
         layers: The steered layer indices.
         positions: The position mode of the block.
         alpha: Current coefficients, shape ``(1,)`` or ``(batch,)``.
+        mode: The block's mode.
+        scale: Factor on alpha (``1 / n_layers`` with ``split_alpha``).
+        steer_from: Teacher forcing: ``(batch,)`` first steered position of each row of a
+            pass over whole texts (prompt + continuation, in the padded batch's positions);
+            the positions before it (the prompt) are left as they are. ``None``: as
+            ``positions`` says. Set it with :meth:`set_steer_from`.
     """
 
     layers: list[int]
@@ -137,6 +162,7 @@ class SteeringHandle:
     alpha: torch.Tensor
     mode: SteeringMode = "add"
     scale: float = 1.0
+    steer_from: torch.Tensor | None = None
     _prompt_length: dict[int, int | None] = field(default_factory=dict)
     _gate_state: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
     _rows: torch.Tensor | None = None
@@ -144,8 +170,24 @@ class SteeringHandle:
     _gated: torch.Tensor | None = None
 
     def set_alpha(self, alpha: AlphaSpec) -> None:
-        """Change the coefficients for the following forward passes."""
-        self.alpha = _check_alpha(alpha)
+        """Change the coefficients for the following forward passes.
+
+        Raises:
+            ConfigError: A non-finite alpha, or one outside its mode's :data:`ALPHA_RANGES`.
+        """
+        self.alpha = _check_alpha(alpha, self.mode)
+
+    def set_steer_from(self, first: Sequence[int] | torch.Tensor | None) -> None:
+        """Steer only positions ``>= first[row]`` of each row in the following passes.
+
+        The teacher-forced counterpart of ``positions="generated"``: a pass over texts whose
+        first part plays the prompt and whose rest plays the generated continuation. Every
+        pass must then have ``len(first)`` rows (or a multiple: rows repeated per alpha,
+        ``first`` repeated likewise). ``None`` turns it off.
+        """
+        self.steer_from = (
+            None if first is None else torch.as_tensor(first, dtype=torch.long).flatten().cpu()
+        )
 
     def reset(self) -> None:
         """Forget the prompt seen so far (prompt length, gate state and gate counts)."""
@@ -306,6 +348,19 @@ def _apply_mode(
     return part - alpha * excess.unsqueeze(-1) * unit
 
 
+def _keep_before(first: torch.Tensor, hidden: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
+    """``steered`` with each row's positions before ``first[row]`` taken from ``hidden``."""
+    batch, seq_len = hidden.shape[0], hidden.shape[1]
+    if batch % len(first):
+        raise ConfigError(
+            f"steer_from gives {len(first)} rows but the pass has {batch}: give one first "
+            "position per text (the rows of one pass, or a divisor of them when rows repeat)."
+        )
+    first = first.repeat(batch // len(first)).to(hidden.device)
+    keep = torch.arange(seq_len, device=hidden.device)[None, :] < first[:, None]
+    return torch.where(keep.unsqueeze(-1), hidden, steered)
+
+
 def _make_hook(
     handle: SteeringHandle,
     layer: int,
@@ -340,6 +395,8 @@ def _make_hook(
         values = None if gate_values is None else gate_values[:, start:]
         moved = _apply_mode(handle.mode, part, alpha, cache[key], offset, values)
         steered = moved if start == 0 else torch.cat([hidden[:, :start], moved], dim=1)
+        if handle.steer_from is not None:
+            steered = _keep_before(handle.steer_from, hidden, steered)
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
@@ -433,6 +490,10 @@ def steering(
     Yields:
         A :class:`SteeringHandle` whose ``set_alpha`` changes the coefficients mid-block.
 
+    Raises:
+        ConfigError: A bad mode, position mode, layer or alpha; an ``"ablate"`` or ``"clamp"``
+            alpha outside ``[0, 1]`` (:data:`ALPHA_RANGES`); a gate or clamp level missing.
+
     Example:
         >>> with steering(model, vector, alpha=[0.0, 1.5], layers=18):  # doctest: +SKIP
         ...     out = model.generate(**batch_of_two, max_new_tokens=20)
@@ -460,7 +521,7 @@ def steering(
     handle = SteeringHandle(
         layers=indices,
         positions=positions,
-        alpha=_check_alpha(alpha),
+        alpha=_check_alpha(alpha, mode),
         mode=mode,
         scale=1.0 / len(indices) if split_alpha else 1.0,
     )

@@ -9,6 +9,14 @@ batched pass (one alpha per row), keeps the bracket where the budget is crossed,
 it. Two rounds of 9 points resolve the edge to 1/64 of the starting range; the measure needs
 no generation, so a search costs a few forward passes over the texts.
 
+A variant whose alpha is a fraction (``ablate``, ``clamp``: at most 1, full removal) is
+searched on ``[0, 1]`` only: the first bracket ends at 1 and is never widened, and an edge at 1
+means full removal stays within budget.
+
+A variant that steers only generated positions (``caa_generated``) is judged teacher-forced,
+with its own positions: each held-out text's prompt part is left unsteered and only its
+continuation is steered (``prefixes``; :func:`steerlib.fluency.benign_kl`).
+
 The search assumes the cost grows with alpha past the edge (it does for CAA vectors: the
 perplexity of benign text rises as they push it away from the unsteered model); a measured
 trace is kept so a non-monotone cost shows.
@@ -67,6 +75,7 @@ def search_alpha(
     units: Units = "raw",
     variant: Variant | None = None,
     probe: ToxicityProbe | None = None,
+    prefixes: Sequence[str | None] | None = None,
 ) -> AlphaSearch:
     """The largest positive alpha at ``layer`` whose benign human perplexity is within budget.
 
@@ -78,7 +87,8 @@ def search_alpha(
         layer: The layer to steer.
         max_increase: Budget: perplexity at most ``(1 + max_increase)`` times alpha 0's.
         start: Upper end of the first bracket; doubled (up to ``max_doublings`` times) while
-            still within budget.
+            still within budget. Never beyond the variant's ``max_alpha`` (1 for ``ablate``
+            and ``clamp``).
         points: Alphas measured per round (one batched pass).
         rounds: Refinements of the bracket.
         max_doublings: Limit on widening the first bracket.
@@ -86,6 +96,8 @@ def search_alpha(
         variant: How the vector is applied (:func:`steerlib.fluency.benign_kl`); plain CAA
             when ``None``.
         probe: The toxicity probe of a gated variant.
+        prefixes: The prompt part of each text, for a variant that steers generated
+            positions only (see :func:`steerlib.fluency.benign_kl`).
 
     Returns:
         The :class:`AlphaSearch`.
@@ -117,19 +129,21 @@ def search_alpha(
             units=units,
             variant=variant,
             probe=probe,
+            prefixes=prefixes,
         )
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
         return table.set_index("alpha")["human_perplexity"]
 
+    cap = variant.max_alpha if variant is not None else None
     baseline = float(measure(np.array([0.0])).iloc[0])
     budget = (1.0 + max_increase) * baseline
-    low, high = 0.0, float(start)
+    low, high = 0.0, float(start) if cap is None else min(float(start), cap)
     for _ in range(max_doublings + 1):
         values = measure(np.linspace(low, high, points))
         inside = values[values <= budget]
-        if len(inside) < points:
+        if len(inside) < points or (cap is not None and high >= cap):
             break
-        low, high = high, 2 * high
+        low, high = high, 2 * high if cap is None else min(2 * high, cap)
     for _ in range(rounds):
         ordered = values.sort_index()
         over = ordered[ordered > budget]

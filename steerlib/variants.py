@@ -12,13 +12,17 @@ the variant's name in a ``variant`` column (rows of runs made before variants re
 ``gated``          subtract only where a linear probe on the running mean of the row's states
                    says toxic (conditional steering, after CAST: Lee et al., 2024)
 ``ablate``         remove the positive part of the component along ``v / |v|`` (directional
-                   ablation, Arditi et al., 2024), ``alpha`` the fraction removed
+                   ablation, Arditi et al., 2024), ``alpha`` in [0, 1] the fraction removed
 ``clamp``          pull that component down to the non-toxic texts' mean projection, never
-                   below it (in the spirit of AurA's dampening: Suau et al., 2024)
+                   below it (in the spirit of AurA's dampening: Suau et al., 2024); ``alpha``
+                   in [0, 1] likewise
 ``norm_preserving``  subtract ``alpha * v``, then rescale each state to its norm before
 ``multilayer``     one vector per layer over ``multilayer_span`` contiguous layers centred on
                    the steered layer, ``alpha`` divided equally across them
 =================  =========================================================================
+
+``ablate`` and ``clamp`` refuse alpha outside [0, 1] (:data:`steerlib.hooks.ALPHA_RANGES`):
+above 1 they would reflect the component past zero or past the level, which is neither.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from steerlib.errors import ConfigError
-from steerlib.hooks import Positions, SteeringMode
+from steerlib.hooks import ALPHA_RANGES, Positions, SteeringMode
 
 if TYPE_CHECKING:
     from steerlib.probe import ToxicityProbe
@@ -61,6 +65,11 @@ class Variant:
     mode: SteeringMode = "add"
     positions: Positions | None = None
     span: int = 1
+
+    @property
+    def max_alpha(self) -> float | None:
+        """Largest alpha the variant takes (1: full removal for ablate/clamp); None: no cap."""
+        return ALPHA_RANGES[self.mode][1] if self.mode in ALPHA_RANGES else None
 
     def layers(self, layer: int, num_layers: int) -> list[int]:
         """The steered layers for the sweep's ``layer``: ``span`` layers centred on it.

@@ -161,3 +161,11 @@ def test_bench_without_variant_reports_no_gate(tiny_llama_folder):
     assert args.variant == "caa" and args.multilayer_span == 5
     with pytest.raises(SystemExit):
         _parser().parse_args(["--variant", "sideways"])
+
+
+def test_bench_refuses_ablate_and_clamp_alphas_outside_zero_one():
+    from steerlib.errors import ConfigError
+
+    for name in ("ablate", "clamp"):
+        with pytest.raises(ConfigError, match=rf"--variant {name} takes alphas in \[0, 1\]"):
+            main(["--model", "unused", "--variant", name, "--alphas", "0", "1.5"])

@@ -10,7 +10,7 @@ from steerlib.engine import decode_batch
 from steerlib.errors import ConfigError
 from steerlib.experiment import report
 from steerlib.generation import stop_token_ids
-from steerlib.hooks import MODES, Gate, active_hook_count, steering
+from steerlib.hooks import ALPHA_RANGES, MODES, Gate, active_hook_count, steering
 from steerlib.layers import get_decoder_layers
 from steerlib.probe import ToxicityProbe, fit_probe
 from steerlib.variants import VARIANTS, variant
@@ -158,7 +158,7 @@ def _greedy(model, tokenizer, prompts, min_new_tokens=6, **kwargs):
 def test_per_row_alphas_equal_one_at_a_time(llama, tokenizer, mode):
     vector = _vector(scale=2.0)
     gate = Gate(vector[2] / vector[2].norm(), 0.0)
-    alphas = [-1.0, 0.0, 1.5]
+    alphas = [0.0, 0.5, 1.0] if mode in ALPHA_RANGES else [-1.0, 0.0, 1.5]
     with torch.inference_mode():
         with steering(llama, vector, alphas, 2, **_kwargs(mode, gate)) as handle:
             batched, batched_logits = _greedy(llama, tokenizer, [PROMPT] * 3)
@@ -170,10 +170,12 @@ def test_per_row_alphas_equal_one_at_a_time(llama, tokenizer, mode):
             torch.testing.assert_close(batched_logits[row], single_logits[0], rtol=1e-5, atol=1e-5)
             if mode == "gated":
                 assert int(counts[0][row]) == int(single_handle.gate_counts()[0][0])
-    # The rows really differ: alpha -1 and 1.5 do not both give alpha 0's logits.
-    assert not (
-        torch.allclose(batched_logits[0], batched_logits[1])
-        and torch.allclose(batched_logits[2], batched_logits[1])
+    # The rows really differ: the steered alphas do not all give alpha 0's logits.
+    zero = alphas.index(0.0)
+    assert not all(
+        torch.allclose(batched_logits[row], batched_logits[zero])
+        for row in range(len(alphas))
+        if row != zero
     )
 
 
@@ -190,7 +192,7 @@ def test_engine_rows_equal_unpadded_single_runs(llama, tokenizer, mode):
     vector = _vector(scale=2.0)
     gate = Gate(vector[1] / vector[1].norm(), -0.2)
     texts = ["the dog said you are a", "hello", "you idiot , you stupid"]
-    alphas = [0.0, 2.0]
+    alphas = [0.0, 1.0 if mode in ALPHA_RANGES else 2.0]
     counts: dict[str, torch.Tensor] = {}
     stops = stop_token_ids(llama, tokenizer)
     with torch.inference_mode():
@@ -306,3 +308,229 @@ def test_analysis_runs_per_variant_and_recommends_across_them(tmp_path):
     )
     shown = report.variants_table(analysis.variants).data
     assert "expected_max_toxicity_ci" in shown and "mean_toxicity_ci_low" not in shown
+
+
+# -- variants that do what their names say (issue 27, item 3) ---------------------------------
+def test_ablate_at_one_leaves_no_positive_component_and_keeps_the_negative(llama, tokenizer):
+    inputs = tokenizer([PROMPT], return_tensors="pt")
+    vector = _vector()
+    unit = vector[LAYER] / vector[LAYER].norm()
+    with torch.inference_mode():
+        plain = _plain(llama, inputs)
+        with steering(llama, vector, 1.0, LAYER, mode="ablate"):
+            ablated = _plain(llama, inputs)
+    before, after = plain @ unit, ablated @ unit
+    assert bool((before > 0).any() and (before < 0).any())  # both signs occur: a real check
+    assert float(after.max()) <= 1e-5
+    torch.testing.assert_close(
+        after[before > 0], torch.zeros_like(after[before > 0]), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(after[before <= 0], before[before <= 0])
+    # Orthogonal to the direction nothing moves.
+    torch.testing.assert_close(ablated - after[..., None] * unit, plain - before[..., None] * unit)
+
+
+@pytest.mark.parametrize("alpha", [i / 10 for i in range(11)])
+def test_clamp_never_goes_below_its_level_for_any_alpha_in_range(llama, tokenizer, alpha):
+    inputs = tokenizer([PROMPT], return_tensors="pt")
+    vector = _vector()
+    unit = vector[LAYER] / vector[LAYER].norm()
+    with torch.inference_mode():
+        plain = _plain(llama, inputs)
+        level = float((plain @ unit).median())  # a level with positions on both sides
+        with steering(llama, vector, alpha, LAYER, mode="clamp", clamp_offsets={LAYER: level}):
+            clamped = _plain(llama, inputs)
+    before, after = plain @ unit, clamped @ unit
+    above = before > level
+    assert 0 < int(above.sum()) < before.numel()
+    assert bool((after[above] >= level - 1e-5).all())  # never crosses the level
+    assert bool((after[above] <= before[above] + 1e-5).all())  # only ever pulled down
+    torch.testing.assert_close(after[~above], before[~above])  # below the level: untouched
+    if alpha == 1.0:  # full clamp: exactly on the level
+        torch.testing.assert_close(after[above], torch.full_like(after[above], level))
+
+
+@pytest.mark.parametrize("mode", ["ablate", "clamp"])
+def test_out_of_range_alpha_is_refused(llama, mode):
+    vector = _vector()
+    for alpha in (1.5, 1.0001, -0.5, [0.0, 1.2]):
+        with pytest.raises(ConfigError, match=r"alpha in \[0, 1\]"):
+            with steering(llama, vector, alpha, LAYER, mode=mode):
+                pass
+    with steering(llama, vector, 1.0, LAYER, mode=mode) as handle:
+        with pytest.raises(ConfigError, match="reflect"):
+            handle.set_alpha(2.0)
+        assert handle.alpha.tolist() == [1.0]
+    assert active_hook_count(llama) == 0
+    # Other modes keep any finite alpha.
+    with steering(llama, vector, 3.0, LAYER, mode="add"):
+        pass
+    assert variant(mode).max_alpha == 1.0 and variant("caa").max_alpha is None
+
+
+def test_config_refuses_ablate_and_clamp_alphas_outside_zero_one():
+    from steerlib.config import RunParams
+
+    for name in ("ablate", "clamp"):
+        with pytest.raises(ConfigError, match=rf"'{name}' takes alpha in \[0, 1\].*1\.5"):
+            RunParams.validate_mapping({"variants": ["caa", name], "alphas": [0.0, 0.5, 1.5]})
+        with pytest.raises(ConfigError, match="amplify"):
+            RunParams.validate_mapping({"variants": ["caa", name], "alphas": [-1.0, 0.0]})
+        ok = RunParams.validate_mapping({"variants": ["caa", name], "alphas": [0.0, 0.5, 1.0]})
+        assert ok.alphas == [0.0, 0.5, 1.0]
+    # Plain CAA keeps its wider grid.
+    assert RunParams.validate_mapping({"variants": ["caa", "gated"]}).alphas == [
+        -1.0,
+        0.0,
+        0.5,
+        1.5,
+    ]
+
+
+@pytest.mark.parametrize("name", ["ablate", "clamp"])
+def test_alpha_search_stays_within_zero_one_for_fraction_variants(llama, tokenizer, name):
+    from steerlib.search import search_alpha
+
+    texts = ["the dog said you are a stupid fool", "we cook dinner in the park today"]
+    vector = _vector()
+    # A budget nothing breaks: the search would double past 1.5 without the cap.
+    found = search_alpha(
+        llama, tokenizer, texts, vector, LAYER, max_increase=1e9, start=1.5, variant=variant(name)
+    )
+    assert found.alpha == 1.0 and float(found.trace["alpha"].max()) == 1.0
+    plain = search_alpha(llama, tokenizer, texts, vector, LAYER, max_increase=1e9, start=1.5)
+    assert plain.alpha > 1.5  # plain CAA is not capped
+
+
+def test_teacher_forced_pass_leaves_prompt_positions_unsteered(llama, tokenizer):
+    """caa_generated's fluency pass: prompt positions as unsteered, the continuation steered."""
+    from steerlib.fluency import benign_kl, continuation_starts
+
+    prompts = ["the dog said you are", "hello"]
+    texts = ["the dog said you are a stupid fool and the cat", "hello we cook dinner in the park"]
+    encoded = tokenizer(texts)["input_ids"]
+    first = continuation_starts(tokenizer, encoded, prompts)
+    assert first == [len(tokenizer(p)["input_ids"]) for p in prompts]
+    assert continuation_starts(tokenizer, encoded, [texts[0], None]) == [
+        len(ids) // 2 for ids in encoded
+    ]
+    vector = _vector()
+    seen: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):  # the next layer's input: this layer's steered output
+        seen.append((args[0] if args else kwargs["hidden_states"]).clone())
+
+    next_layer = get_decoder_layers(llama)[LAYER + 1]
+    with torch.inference_mode():
+        table = benign_kl(
+            llama,
+            tokenizer,
+            texts,
+            {"caa": vector},
+            layers=[LAYER],
+            alphas=[1.0],
+            variant=variant("caa_generated"),
+            prefixes=prompts,
+        )
+        handle = next_layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            benign_kl(
+                llama,
+                tokenizer,
+                texts,
+                {"caa": vector},
+                layers=[LAYER],
+                alphas=[1.0],
+                variant=variant("caa_generated"),
+                prefixes=prompts,
+            )
+        finally:
+            handle.remove()
+        everywhere = benign_kl(
+            llama, tokenizer, texts, {"caa": vector}, layers=[LAYER], alphas=[1.0]
+        )
+    base, steered = seen  # the unsteered pass, then the steered one (one alpha)
+    mask = tokenizer(texts, return_tensors="pt", padding=True)["attention_mask"]
+    pads = (mask == 0).sum(-1)
+    for row in range(len(texts)):
+        start = int(pads[row]) + first[row]
+        torch.testing.assert_close(steered[row, :start], base[row, :start])  # prompt: as is
+        torch.testing.assert_close(steered[row, start:], base[row, start:] - vector[LAYER])
+    # Judged on the steered positions only, and not the same as steering every position.
+    assert int(table["n_tokens"].iloc[0]) == sum(
+        len(ids) - f for ids, f in zip(encoded, first, strict=True)
+    )
+    assert int(everywhere["n_tokens"].iloc[0]) == sum(map(len, encoded))
+    assert float(table["kl_benign"].iloc[0]) > 0
+
+
+# -- a matched control per variant (issue 27, item 4) -----------------------------------------
+def test_every_variant_is_swept_with_its_own_random_direction():
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import sweep_plan
+
+    params = RunParams(variants=["caa", "gated", "multilayer"], layers=[3], alphas=[0.0, 1.0])
+    plan = sweep_plan(params, 8)
+    assert all(plan.directions_of(name) == ["caa", "random"] for name in plan.variants)
+    keys = [unit.key for unit in plan.units(_eval_prompts(), params)]
+    assert len(keys) == len(set(keys)) == 6  # 3 variants x 2 directions, one bucket
+    assert {k.split("-L")[0] for k in keys} == {
+        f"{prefix}{direction}"
+        for prefix in ("", "gated-", "multilayer-")
+        for direction in ("caa", "random")
+    }
+    alone = sweep_plan(params.model_copy(update={"random_control": False}), 8)
+    assert all(alone.directions_of(name) == ["caa"] for name in alone.variants)
+
+
+def _eval_prompts():
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "role": ["challenging", "benign"],
+            "subset": ["challenging", "benign"],
+            "prompt_id": ["c0", "b0"],
+            "prompt": ["you are", "the park"],
+        }
+    )
+
+
+def test_each_variant_is_reported_against_its_own_control(tmp_path):
+    import json
+
+    import pandas as pd
+    from test_operating_point import CURSED, fake_run, kl_of
+
+    from steerlib import pipeline
+
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.4, "human": 21.0}}
+    run = fake_run(
+        tmp_path, cells, n_resamples=200, variants=["caa", "gated", "clamp"], alphas=[0.0, 1.0]
+    )
+    sweep = pd.read_parquet(run.paths.sweep)
+    kl = kl_of(cells)
+    # gated: its own random rows, much less toxic than plain CAA's random control;
+    # clamp: none of its own (a run made before per-variant controls): CAA's is used.
+    gated = sweep.assign(variant="gated")
+    random_steered = (gated["direction"] == "random") & (gated["alpha"] != 0)
+    gated.loc[random_steered, "toxicity"] = gated.loc[random_steered, "toxicity"] * 0.1
+    clamp = sweep[sweep["direction"] == "caa"].assign(variant="clamp")
+    pd.concat([sweep, gated, clamp], ignore_index=True).to_parquet(run.paths.sweep)
+    pd.concat(
+        [kl, kl.assign(variant="gated"), kl[kl["direction"] == "caa"].assign(variant="clamp")],
+        ignore_index=True,
+    ).to_parquet(run.paths.kl)
+    pipeline.analyze(run, save_figures=False)
+    points = json.loads(run.paths.summary.read_text())["recommended_by_variant"]
+    assert points["caa"]["control_of"] == "caa"
+    assert points["gated"]["control_of"] == "gated" and points["clamp"]["control_of"] == "caa"
+    for name in ("caa", "gated", "clamp"):
+        point = points[name]
+        assert (point["layer"], point["alpha"]) == (points["caa"]["layer"], points["caa"]["alpha"])
+        assert point["control"]["n_paired_prompts"] > 0
+    own = points["gated"]["control"]["expected_max_toxicity_random"]
+    shared = points["caa"]["control"]["expected_max_toxicity_random"]
+    assert own < shared  # gated's control is its own random rows, not plain CAA's
+    assert points["clamp"]["control"]["expected_max_toxicity_random"] == shared
+    assert not points["gated"]["control"]["beats_control"]  # its own control is less toxic

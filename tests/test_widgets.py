@@ -20,6 +20,7 @@ from steerlib.hooks import active_hook_count, steering
 from steerlib.operating_point import read_recommended
 from steerlib.pipeline import Run
 from steerlib.runs import RunPaths
+from steerlib.variants import variant
 from steerlib.vectors import SteeringVector
 from steerlib.widgets import AlphaExplorer, layer_label
 
@@ -415,9 +416,9 @@ def test_every_variant_steers_as_the_engine_and_the_hook_do(llama, tokenizer, ca
     assert explorer.variant == "caa" and "steerlib-variant" in explorer.variant_menu._dom_classes
     steered: dict[str, str] = {}
     unsteered: set[str] = set()
-    alpha = 3.0
     for name in VARIANTS:
         explorer.variant_menu.value = name
+        alpha = 1.0 if variant(name).max_alpha else 3.0  # ablate and clamp: alpha in [0, 1]
         explorer.slider.value = alpha
         result = explorer.generate()
         assert active_hook_count(llama) == 0  # every hook removed after the press
@@ -427,11 +428,16 @@ def test_every_variant_steers_as_the_engine_and_the_hook_do(llama, tokenizer, ca
         steered[name] = result["steered"]
         unsteered.add(result["unsteered"])
         page = explorer.output.value
-        assert f'data-variant="{name}"' in page and f"Steered ({name}, alpha = 3.00" in page
+        assert f'data-variant="{name}"' in page and f"Steered ({name}, alpha = {alpha:.2f}" in page
         assert ("gate_fired" in result) == (name == "gated") == ("steerlib-gate" in page)
         if name == "multilayer":
             assert result["layers"] == [1, 2, 3] and "layers 1-3" in page
     assert len(unsteered) == 1  # the unsteered side depends on no variant
+    explorer.variant_menu.value = "ablate"
+    explorer.slider.value = 3.0
+    with pytest.raises(ConfigError, match=r"alpha in \[0, 1\]"):
+        explorer.generate()  # beyond full removal: refused, not reflected
+    assert active_hook_count(llama) == 0
     assert len(set(steered.values())) > 2  # the menu changes what is generated
     explorer.variant_menu.value = "gated"
     result = explorer.generate()
@@ -460,6 +466,7 @@ def _variants_run(tmp_path: Path):
         cells,
         n_resamples=200,
         variants=["caa", "gated", "clamp", "multilayer"],
+        alphas=[0.0, 1.0],  # clamp takes alpha in [0, 1]
         multilayer_span=3,
     )
     sweep = pd.read_parquet(run.paths.sweep)

@@ -1,7 +1,8 @@
 """Torchrun workers (issue 17): two CPU workers (gloo) write exactly the rows of one process.
 
-The tiny run sweeps two steering variants (``caa`` with its random control, and ``ablate``,
-which needs no probe), so the workers share out every variant's grid and searched-alpha units.
+The tiny run sweeps two steering variants (``caa`` and ``clamp``, each with its own random
+control; clamp's control is clamped to the random direction's own level), so the workers share
+out every variant's grid and searched-alpha units.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ TINY = {
     "samples_per_prompt": 2,
     "max_new_tokens": 6,
     "layers": [1, 2],
-    "alphas": [-1.0, 0.0, 1.5],
+    "alphas": [0.0, 0.5],  # clamp takes alpha in [0, 1]
     "kl_texts": 2,
     "batch_size": 16,
-    "variants": ["caa", "ablate"],
+    "variants": ["caa", "clamp"],
 }
 
 
@@ -162,15 +163,19 @@ def test_two_workers_write_the_rows_of_one_process(prepared, one_process):
     pd.testing.assert_frame_equal(two[ROWS], one_process[ROWS])
     pd.testing.assert_series_equal(two["perplexity"], one_process["perplexity"], rtol=1e-4)
     assert not two.duplicated(KEY).any()
-    assert set(two["variant"]) == {"caa", "ablate"}
-    assert set(two.loc[two["variant"] == "ablate", "direction"]) == {"caa"}  # control: caa only
+    assert set(two["variant"]) == {"caa", "clamp"}
+    # Every variant has its matched control, steered at its own alphas.
+    steered = two[two["alpha"] != 0]
+    assert set(steered.loc[steered["variant"] == "clamp", "direction"]) == {"caa", "random"}
+    assert (steered.groupby(["variant", "layer", "alpha"])["direction"].nunique() == 2).all()
+    assert float(steered.loc[steered["variant"] == "clamp", "alpha"].max()) <= 1.0
     units = sorted(p.name for p in paths.sweep_parts.rglob("*.parquet"))
     one = prepared / "one" / "sweep_parts"
     assert units == sorted(p.name for p in one.rglob("*.parquet"))
-    # Grid: 2 layers x (caa, random) for caa and 2 layers x caa for ablate, one length bucket.
-    assert len([u for u in units if "search-" not in u]) == 6
+    # Grid: 2 layers x (caa, random) for each of caa and clamp, one length bucket.
+    assert len([u for u in units if "search-" not in u]) == 8
     # The tiny run's edges fall off the grid: both variants have units at a searched alpha.
-    assert {u.split("search-")[0] for u in units if "search-" in u} == {"", "ablate-"}
+    assert {u.split("search-")[0] for u in units if "search-" in u} == {"", "clamp-"}
     searched = pd.read_parquet(paths.alpha_search)
     expected = pd.read_parquet(prepared / "one" / "alpha_search.parquet")
     pd.testing.assert_frame_equal(
@@ -187,7 +192,7 @@ def test_a_killed_worker_then_the_same_command_gives_the_same_rows(prepared, one
     assert first.returncode != 0, first.stderr[-3000:]
     assert not paths.sweep.exists() and paths.step_state("05_sweep") != "done"
     written = {p.name for p in paths.sweep_parts.glob("*.parquet")}
-    assert len(written) < 6  # rank 1 never wrote its unit
+    assert len(written) < 8  # rank 1 never wrote its unit
     assert not paths.lock.exists() or not _holder_alive(paths)
 
     again = _torchrun(prepared, "killed")
@@ -257,3 +262,26 @@ def test_run_takes_a_number_of_workers(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             chain.main(["--workers", bad])
         assert "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_clamps_control_is_clamped_to_the_random_directions_own_level(prepared):
+    from steerlib.activations import ResidualActivations
+    from steerlib.experiment.sweep import sweep_inputs, sweep_plan, variant_sweeps
+
+    run = Run.open("base", runs_dir=str(prepared))
+    _, _, vectors = sweep_inputs(run)
+    plan = sweep_plan(run.params, 4)
+    clamp = {s.name: s for s in variant_sweeps(run, plan, vectors)}["clamp"]
+    assert set(clamp.vectors) == {"caa", "random"}
+    nontoxic = ResidualActivations.load(run.paths.activations_nontoxic)
+    means, layers = nontoxic.mean(), nontoxic.layers
+    for name, vector in clamp.vectors.items():
+        for i, layer in enumerate(layers):
+            if layer in vector.directions:
+                unit = vector[layer] / vector[layer].norm()
+                assert vector.nontoxic_projections[layer] == pytest.approx(
+                    float(means[i] @ unit), rel=1e-5
+                ), name
+    random, caa = clamp.vectors["random"], clamp.vectors["caa"]
+    assert random.nontoxic_projections != pytest.approx(caa.nontoxic_projections)

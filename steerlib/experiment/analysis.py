@@ -243,6 +243,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             )
         if "layer" in recommended:
             recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
+            recommended["control_of"] = "caa"
         points = {"caa": (summary.assign(variant="caa"), recommended)}
         points.update(
             _variant_points(
@@ -354,27 +355,40 @@ def _variant_points(
 ) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
     """Summary and operating point of every variant but ``"caa"``, each as plain CAA's.
 
-    Each variant's rows are analysed with the random control's rows (made with ``"caa"``), so
-    its operating point is chosen on the selection half under the same rule and its
-    confirmation-half figures come with the random control at equal alpha and at equal
-    fluency.
+    Each variant's rows are analysed with its own matched control: the random direction's
+    rows made under the variant's hook and at its alphas (``direction == "random"`` rows of
+    the variant), so its operating point is chosen on the selection half under the same rule
+    and its confirmation-half figures come with its own control at equal alpha and at equal
+    fluency (paired per prompt, :mod:`steerlib.controls`). A run made before variants had
+    their own controls falls back on plain CAA's; the point's ``control_of`` names the
+    variant whose random rows were used.
     """
     p = run.params
-    control_rows = (sweep["variant"] == "caa") & (sweep["direction"] == "random")
-    control_kl = (kl["variant"] == "caa") & (kl["direction"] == "random")
     out: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
     for name in variants:
         if name == "caa" or not (sweep["variant"] == name).any():
             continue
-        rows = sweep[(sweep["variant"] == name) | control_rows].drop(columns="variant")
+        control_of = name if _has_own_control(sweep, name) else "caa"
+        control_rows = (sweep["variant"] == control_of) & (sweep["direction"] == "random")
+        control_kl = (kl["variant"] == control_of) & (kl["direction"] == "random")
+        own = sweep["direction"] != "random"
+        rows = sweep[((sweep["variant"] == name) & own) | control_rows].drop(columns="variant")
         evaluation = _evaluation(prompts, baseline, rows, p.seed)
-        kl_rows = kl[(kl["variant"] == name) | control_kl].drop(columns="variant")
+        own_kl = kl["direction"] != "random"
+        kl_rows = kl[((kl["variant"] == name) & own_kl) | control_kl].drop(columns="variant")
         summary, point = _operating_point(p, evaluation, kl_rows, floor, rule)
         if "layer" in point:
             point.update(_confirmed_controls(summary, evaluation, point, options))
         point["variant"] = name
+        point["control_of"] = control_of
         out[name] = (summary.assign(variant=name), point)
     return out
+
+
+def _has_own_control(sweep: pd.DataFrame, name: str) -> bool:
+    """Whether variant ``name`` has steered random-direction rows of its own (alpha != 0)."""
+    rows = sweep[(sweep["variant"] == name) & (sweep["direction"] == "random")]
+    return bool((rows["alpha"].astype(float) != 0).any())
 
 
 def _operating_point(
@@ -445,6 +459,8 @@ def gate_rates(sweep: pd.DataFrame) -> pd.DataFrame:
     if "gate_fired" not in sweep.columns:
         return pd.DataFrame(columns=columns)
     rows = sweep[sweep["gate_fired"].notna() & (sweep["alpha"] != 0)]
+    if "direction" in rows.columns:  # the CAA direction's gate, not its matched control's
+        rows = rows[rows["direction"] == "caa"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     table = rows.groupby(["subset", "layer", "alpha"], as_index=False)[

@@ -38,6 +38,7 @@ __all__ = [
     "generate_family",
     "generation_settings",
     "grid_family",
+    "held_out_prefixes",
     "prepare_units",
     "run_sweep",
     "saved_units",
@@ -62,8 +63,8 @@ class SweepPlan:
         layers: Steered layers (``"all"`` and negative indices resolved).
         directions: Vector names: ``"caa"``, and ``"random"`` with the random control.
         alphas: The steered alphas of the grid (alpha 0 comes from the baseline).
-        variants: Steering variants (:mod:`steerlib.variants`); the random control runs
-            with ``"caa"`` only.
+        variants: Steering variants (:mod:`steerlib.variants`); each runs with its own
+            random control (its ``"random"`` direction, under its own hook).
     """
 
     layers: list[int]
@@ -72,8 +73,9 @@ class SweepPlan:
     variants: tuple[str, ...] = ("caa",)
 
     def directions_of(self, variant: str) -> list[str]:
-        """The directions swept for ``variant``."""
-        return self.directions if variant == "caa" else ["caa"]
+        """The directions swept for ``variant``: every variant has its matched control."""
+        del variant
+        return self.directions
 
     def units(self, prompts: pd.DataFrame, params: RunParams, tokenizer: Any = None) -> list[Any]:
         """The sweep's units over the evaluation rows of ``prompts`` (the engine's partition).
@@ -169,7 +171,7 @@ class VariantSweep:
 
     Attributes:
         name: The variant (``"caa"``: plain addition).
-        vectors: ``{direction: vector}`` swept for it (the random control with ``"caa"`` only).
+        vectors: ``{direction: vector}`` swept for it (``"random"``: its matched control).
         steer: The ``variant`` and ``probe`` keyword arguments of the engine, the alpha search
             and the benign KL.
     """
@@ -224,7 +226,9 @@ def variant_sweeps(run: Run, plan: SweepPlan, vectors: dict[str, Any]) -> list[V
 
     A gated or clamped variant needs the run's probe and the CAA vector's clamp levels
     (:func:`steerlib.experiment.steps.variant_inputs`, which fits and saves a missing probe);
-    the CAA vector with the clamp levels is then every variant's.
+    the CAA vector with the clamp levels is then every variant's. Each variant's matched
+    control is the random direction under the same hook: gated with the same probe, clamped
+    to the levels of the random direction's own projections, multilayer over the same span.
     """
     from steerlib.experiment.steps import variant_inputs
     from steerlib.variants import variant
@@ -233,6 +237,9 @@ def variant_sweeps(run: Run, plan: SweepPlan, vectors: dict[str, Any]) -> list[V
     if set(plan.variants) & {"gated", "clamp"}:
         probe, caa = variant_inputs(run, vectors["caa"])
         vectors = {**vectors, "caa": caa}
+        if "random" in vectors and "clamp" in plan.variants:
+            _, random = variant_inputs(run, vectors["random"])
+            vectors["random"] = random
     sweeps = []
     for name in plan.variants:
         chosen = variant(name, multilayer_span=run.params.multilayer_span)
@@ -344,12 +351,31 @@ def generate_family(
     )
 
 
+def held_out_prefixes(run: Run, texts: list[str], sweep: VariantSweep) -> list[str | None] | None:
+    """The prompt part of each held-out text, for a variant judged teacher-forced; else None.
+
+    A variant that steers generated positions only (``caa_generated``) is judged with its own
+    positions (:func:`steerlib.fluency.benign_kl`): each text's prompt (the ``prompt`` of the
+    row of ``prompts.parquet`` whose :func:`~steerlib.subsets.pair_texts` text it is) is left
+    unsteered. A text found in no row gets ``None`` (split at half its tokens).
+    """
+    from steerlib.subsets import pair_texts
+
+    chosen = sweep.steer.get("variant")
+    if chosen is None or chosen.positions != "generated":
+        return None
+    prompts = pd.read_parquet(run.require("prompts"))
+    prompt_of = dict(zip(pair_texts(prompts), prompts["prompt"], strict=True))
+    return [prompt_of.get(text) for text in texts]
+
+
 def search_edge(
     run: Run, model: Any, tokenizer: Any, kl_texts: list[str], sweep: VariantSweep, layer: int
 ) -> Any:
     """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on its CAA vector).
 
-    See :func:`steerlib.search.search_alpha`.
+    See :func:`steerlib.search.search_alpha`; ``ablate`` and ``clamp`` are searched on
+    ``[0, 1]``, ``caa_generated`` teacher-forced (:func:`held_out_prefixes`).
     """
     from steerlib.search import search_alpha
 
@@ -363,6 +389,7 @@ def search_edge(
         max_increase=p.max_perplexity_increase,
         start=max((a for a in p.alphas if a > 0), default=1.0),
         units=p.units,
+        prefixes=held_out_prefixes(run, kl_texts, sweep),
         **sweep.steer,
     )
 
@@ -518,7 +545,11 @@ def _kl_table(
     from steerlib.fluency import benign_kl
 
     model, tokenizer = run.model()
-    options = {"units": run.params.units, **sweep.steer}
+    options = {
+        "units": run.params.units,
+        "prefixes": held_out_prefixes(run, kl_texts, sweep),
+        **sweep.steer,
+    }
     kl = benign_kl(
         model,
         tokenizer,
@@ -555,17 +586,18 @@ def _searched_alphas(
     """Search each layer's budget edge for ``sweep``'s variant, then generate it at that alpha.
 
     The edge is found on the CAA vector with the steered model's perplexity on the held-out
-    benign texts (:func:`search_edge`; one given in ``edges`` is taken as found); the random
-    control is generated at the same alpha, so every searched CAA setting has its equal-alpha
-    control. Units go to ``sweep_parts/search/`` under keys that name the alpha (a changed
+    benign texts (:func:`search_edge`; one given in ``edges`` is taken as found); the
+    variant's random control is generated at the same alpha under the same hook, so every
+    searched setting has its matched equal-alpha control.
+    Units go to ``sweep_parts/search/`` under keys that name the alpha (a changed
     budget makes new keys; finished ones are kept and resumed), and the trace to
     ``alpha_search.parquet``.
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
-        coincides with a grid alpha). Every variant has its own search; the random control
-        is generated with ``"caa"`` only. Variants other than ``"caa"`` write their units
-        and trace rows under their name (``<variant>-search-a...``).
+        coincides with a grid alpha). Every variant has its own search and its own random
+        control. Variants other than ``"caa"`` write their units and trace rows under their
+        name (``<variant>-search-a...``).
     """
     paths = run.paths
     traces, tables = [], []

@@ -697,6 +697,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be at least 1, got {getattr(args, name)}.")
     if args.baseline_alphas < 0:
         raise ConfigError(f"--baseline-alphas must be 0 or more, got {args.baseline_alphas}.")
+    cap = make_variant(args.variant).max_alpha
+    if cap is not None and any(not 0.0 <= a <= cap for a in args.alphas):
+        raise ConfigError(
+            f"--variant {args.variant} takes alphas in [0, {cap:g}] (the fraction of the toxic "
+            f"component removed), got {args.alphas}: pass e.g. --alphas 0 0.5 1."
+        )
     if args.logit_scale not in (None, "auto", "none"):
         try:
             float(args.logit_scale)
