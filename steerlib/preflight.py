@@ -342,7 +342,8 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
         ):
             problems.append(
                 f"parameter 'layers': {params.layers} names a layer twice (negative indices "
-                f"count from the end of the {shape.num_layers} layers); give each layer once"
+                f"count from the end of the {shape.num_layers} layers, fractions of the depth "
+                f"round to {layers}); give each layer once"
             )
     if params.perplexity_model not in (None, params.model):
         if (
