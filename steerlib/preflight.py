@@ -273,7 +273,12 @@ def _length_problems(
 
     problems = []
     longest, culprit = 0, None
-    if rows is not None and tokenizer is not None and len(rows):
+    if tokenizer is not None and params.prompt_format == "chat" and not tokenizer.chat_template:
+        problems.append(
+            f"parameter 'prompt_format': 'chat' needs a chat template and the tokenizer of "
+            f"{params.model!r} has none (a base model); use prompt_format: raw"
+        )
+    elif rows is not None and tokenizer is not None and len(rows):
         texts = rows["prompt"].tolist()
         lengths = [len(ids) for ids in encode_prompts(tokenizer, texts, params.prompt_format)]
         index = max(range(len(lengths)), key=lengths.__getitem__)

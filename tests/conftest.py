@@ -127,7 +127,12 @@ def make_gemma3(
         head_dim=8,
         query_pre_attn_scalar=8,
         sliding_window=sliding_window,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        layer_types=[
+            "sliding_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ],
         max_position_embeddings=256,
         initializer_range=0.2,
         **_common(tokenizer),
