@@ -91,12 +91,12 @@ def _model_problems(name: str, what: str, trust_remote_code: bool) -> Any:
     from steerlib import models
 
     problems = []
-    if name == models.EMBEDDED_MODEL:
+    if models.is_embedded(name):
         problem = models.cache_dir_problem()
         if problem:
             problems.append(f"parameter {what!r}: {problem}")
         try:
-            models.embedded_gguf_path()
+            models.converted_folder(name)  # the packages are installed
         except SteerlibError as exc:
             problems.append(str(exc))
     elif Path(name).exists():

