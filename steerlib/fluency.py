@@ -41,6 +41,8 @@ __all__ = [
     "benign_kl",
     "continuation_perplexity",
     "continuation_starts",
+    "judge_name",
+    "judge_prompt_format",
     "repetition",
 ]
 
@@ -49,6 +51,32 @@ KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "human_perplexity", "n
 
 def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
+
+
+def judge_name(model: str, perplexity_model: str | None) -> str:
+    """The model that judges continuation perplexity: ``perplexity_model``, else the model.
+
+    Example:
+        >>> judge_name("smollm2-135m-instruct", "gemma-3-270m")
+        'gemma-3-270m'
+    """
+    return perplexity_model or model
+
+
+def judge_prompt_format(
+    prompt_format: PromptFormat, model: str, perplexity_model: str | None
+) -> PromptFormat:
+    """How the judge reads the prompts: as generated when the model judges itself, else raw.
+
+    An external judge (another family, as DExperts judged with GPT-2 XL) scores the text a
+    reader sees, the raw prompt and its continuation, not the steered model's chat markup;
+    its tokenizer adds its own BOS token where it uses one.
+
+    Example:
+        >>> judge_prompt_format("chat", "smollm2-135m-instruct", "gemma-3-270m")
+        'raw'
+    """
+    return prompt_format if judge_name(model, perplexity_model) == model else "raw"
 
 
 @torch.inference_mode()

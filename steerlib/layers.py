@@ -6,6 +6,7 @@ every other module of steerlib hooks exactly those modules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -17,14 +18,16 @@ from steerlib.errors import ConfigError, ModelError
 __all__ = [
     "LAYER_ATTRIBUTES",
     "LayerSpec",
+    "depth_layer",
     "get_decoder_layers",
     "hidden_size",
     "num_layers",
     "resolve_layers",
 ]
 
-LayerSpec = int | Sequence[int] | Literal["all"]
-"""A layer index, a list of indices, or ``"all"``; negative indices count from the end."""
+LayerSpec = int | float | Sequence[int | float] | Literal["all"]
+"""A layer index, a list of indices, or ``"all"``; negative indices count from the end, and a
+float in [0, 1) is a fraction of the model's depth (:func:`depth_layer`)."""
 
 LAYER_ATTRIBUTES: tuple[str, ...] = (
     "model.layers",  # Llama, Mistral, Qwen2/3, Phi-3/Phi-4 (Phi3ForCausalLM), Gemma2/3 text
@@ -97,12 +100,26 @@ def hidden_size(model: nn.Module) -> int:
     raise ModelError(f"Could not tell the hidden size of {type(model).__name__} from its config.")
 
 
+def depth_layer(fraction: float, n: int) -> int:
+    """The layer at ``fraction`` of a model's ``n`` layers: ``round(fraction * n)``, at most n-1.
+
+    Lets one config name the same relative depths on models of different depth: ``[0.4, 0.6,
+    0.8]`` is layers 12, 18, 24 of a 30-layer model and 7, 11, 14 of an 18-layer one.
+
+    Example:
+        >>> depth_layer(0.6, 30), depth_layer(0.6, 18)
+        (18, 11)
+    """
+    return min(n - 1, math.floor(fraction * n + 0.5))
+
+
 def resolve_layers(model: nn.Module | int, layers: LayerSpec) -> list[int]:
     """Turn a layer specification into sorted, distinct, non-negative indices.
 
     Args:
         model: The model, or its number of layers.
-        layers: An index, a list of indices or ``"all"``; negative indices count from the end.
+        layers: An index, a list of indices or ``"all"``; negative indices count from the end;
+            a float in [0, 1) is a fraction of the depth (:func:`depth_layer`).
 
     Returns:
         Sorted list of valid layer indices.
@@ -122,13 +139,18 @@ def resolve_layers(model: nn.Module | int, layers: LayerSpec) -> list[int]:
                 f"layers must be an integer, a list of integers or 'all', not {layers!r}."
             )
         return list(range(n))
-    items = [layers] if isinstance(layers, int | torch.SymInt) else list(layers)
+    items = [layers] if isinstance(layers, int | float | torch.SymInt) else list(layers)
     if not items:
         raise ConfigError("layers is empty: give at least one layer index or 'all'.")
     resolved = set()
     for item in items:
+        if isinstance(item, float) and 0.0 <= item < 1.0:
+            item = depth_layer(item, n)
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ConfigError(f"layers must hold integers, got {item!r} ({type(item).__name__}).")
+            raise ConfigError(
+                f"layers must hold integers (indices) or fractions of the depth in [0, 1), got "
+                f"{item!r} ({type(item).__name__})."
+            )
         if not -n <= item < n:
             raise ConfigError(
                 f"layer {item} is out of range: this model has {n} decoder layers, "

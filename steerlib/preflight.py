@@ -91,12 +91,12 @@ def _model_problems(name: str, what: str, trust_remote_code: bool) -> Any:
     from steerlib import models
 
     problems = []
-    if name == models.EMBEDDED_MODEL:
+    if models.is_embedded(name):
         problem = models.cache_dir_problem()
         if problem:
             problems.append(f"parameter {what!r}: {problem}")
         try:
-            models.embedded_gguf_path()
+            models.converted_folder(name)  # the packages are installed
         except SteerlibError as exc:
             problems.append(str(exc))
     elif Path(name).exists():
@@ -273,7 +273,12 @@ def _length_problems(
 
     problems = []
     longest, culprit = 0, None
-    if rows is not None and tokenizer is not None and len(rows):
+    if tokenizer is not None and params.prompt_format == "chat" and not tokenizer.chat_template:
+        problems.append(
+            f"parameter 'prompt_format': 'chat' needs a chat template and the tokenizer of "
+            f"{params.model!r} has none (a base model); use prompt_format: raw"
+        )
+    elif rows is not None and tokenizer is not None and len(rows):
         texts = rows["prompt"].tolist()
         lengths = [len(ids) for ids in encode_prompts(tokenizer, texts, params.prompt_format)]
         index = max(range(len(lengths)), key=lengths.__getitem__)
@@ -342,7 +347,8 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
         ):
             problems.append(
                 f"parameter 'layers': {params.layers} names a layer twice (negative indices "
-                f"count from the end of the {shape.num_layers} layers); give each layer once"
+                f"count from the end of the {shape.num_layers} layers, fractions of the depth "
+                f"round to {layers}); give each layer once"
             )
     if params.perplexity_model not in (None, params.model):
         if (

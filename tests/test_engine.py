@@ -70,7 +70,7 @@ def _cut(row: list[int], stops: set[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("positions", ["all", "generated"])
-@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2", "gemma3"])
 def test_greedy_tokens_equal_per_alpha_generate(request, tokenizer, name, positions):
     model = request.getfixturevalue(name)
     layer = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_llama
+from conftest import make_gemma3, make_llama
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 import steerlib.sampling as sampling
@@ -149,6 +149,26 @@ def test_sync_free_greedy_equals_the_synced_step(request, monkeypatch, tokenizer
     monkeypatch.setattr(engine, "_synced_loop", refuse)
     free = _decode(model, tokenizer, SYNC_FREE, positions=positions)
     assert torch.equal(synced, free)
+
+
+@pytest.mark.parametrize("window", [6, 64])
+def test_gemma3_sync_free_equals_the_synced_step(monkeypatch, tokenizer, window):
+    """A window longer than the decode takes the static cache; a shorter one falls back."""
+    import steerlib.engine as engine
+
+    model = make_gemma3(tokenizer, sliding_window=window)
+    synced = _decode(model, tokenizer, SYNCED)
+    calls = []
+    original = engine._synced_loop
+
+    def spy(**kwargs):
+        calls.append(1)
+        return original(**kwargs)
+
+    monkeypatch.setattr(engine, "_synced_loop", spy)
+    free = _decode(model, tokenizer, SYNC_FREE)
+    assert torch.equal(synced, free)
+    assert bool(calls) == (window < 10 + max(len(tokenizer(t)["input_ids"]) for t in TEXTS))
 
 
 def test_sync_free_masks_rows_that_stop_like_the_synced_step_drops_them(tokenizer):

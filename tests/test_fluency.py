@@ -38,7 +38,7 @@ def test_perplexity_matches_model_loss(llama, tokenizer):
         continuation_perplexity(llama, tokenizer, PROMPTS, COMPLETIONS[:1])
 
 
-@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2", "gemma3"])
 def test_perplexity_with_shared_prompts_matches_one_pass_per_row(request, tokenizer, name):
     # A sweep's shape: several completions of different lengths per prompt, prompts of
     # different lengths, batches that split a prompt's completions.

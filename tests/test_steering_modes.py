@@ -186,9 +186,11 @@ def _cut(row: list[int], stops: set[int]) -> list[int]:
     return row
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
 @pytest.mark.parametrize("mode", ["gated", "clamp", "norm_preserving"])
-def test_engine_rows_equal_unpadded_single_runs(llama, tokenizer, mode):
+def test_engine_rows_equal_unpadded_single_runs(request, tokenizer, mode, name):
     """Left padding, alphas x samples expanded from one prefill, gate state carried along."""
+    llama = request.getfixturevalue(name)
     vector = _vector(scale=2.0)
     gate = Gate(vector[1] / vector[1].norm(), -0.2)
     texts = ["the dog said you are a", "hello", "you idiot , you stupid"]

@@ -477,11 +477,14 @@ def _summary_record(
     validity: dict[str, Any],
 ) -> dict[str, Any]:
     """The body of ``summary.json``: parameters, rows, the operating point, split, scorer."""
+    from steerlib.fluency import judge_name
+
     p = run.params
     return {
         "run_name": run.paths.name,
         "model": p.model,
         "scorer": p.scorer,
+        "judge": judge_name(p.model, p.perplexity_model),
         "params": p.notebook_parameters(),
         "rows": json.loads(summary.to_json(orient="records")),
         "recommended": recommended,

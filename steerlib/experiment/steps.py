@@ -45,7 +45,7 @@ def eval_prompts(prompts: pd.DataFrame, roles: tuple[str, ...] = EVAL_SUBSETS) -
 
 def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
     """Add ``toxicity`` and ``perplexity`` columns to a completions table."""
-    from steerlib.fluency import continuation_perplexity
+    from steerlib.fluency import continuation_perplexity, judge_prompt_format
 
     table = table.copy()
     table["toxicity"] = run.scorer().score(table["completion"].tolist())
@@ -55,7 +55,9 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
         judge_tokenizer,
         table["prompt"].tolist(),
         table["completion"].tolist(),
-        prompt_format=run.params.prompt_format,
+        prompt_format=judge_prompt_format(
+            run.params.prompt_format, run.params.model, run.params.perplexity_model
+        ),
         batch_size=run.params.batch_size,
     )
     return table

