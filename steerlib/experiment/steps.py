@@ -18,6 +18,7 @@ from steerlib.config import RunParams
 from steerlib.errors import ConfigError
 from steerlib.experiment.run import Run
 from steerlib.generation import DecodingSettings
+from steerlib.metrics import SECOND_SUFFIX
 from steerlib.preflight import split_arguments
 
 __all__ = [
@@ -44,11 +45,17 @@ def eval_prompts(prompts: pd.DataFrame, roles: tuple[str, ...] = EVAL_SUBSETS) -
 
 
 def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
-    """Add ``toxicity`` and ``perplexity`` columns to a completions table."""
+    """Add ``toxicity`` and ``perplexity`` columns to a completions table.
+
+    With a ``second_scorer`` the completions are scored by it too, in ``toxicity_second``.
+    """
     from steerlib.fluency import continuation_perplexity
 
     table = table.copy()
     table["toxicity"] = run.scorer().score(table["completion"].tolist())
+    second = run.second_scorer()
+    if second is not None:  # one more batched pass; its column carries the suffix
+        table[f"toxicity{SECOND_SUFFIX}"] = second.score(table["completion"].tolist())
     judge, judge_tokenizer = run.judge()
     table["perplexity"] = continuation_perplexity(
         judge,
