@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +68,24 @@ def rtp_dir(value: str | os.PathLike[str] | None = None) -> Path:
     return folder
 
 
-def labelled_texts(folder: Path, *, partition: bool) -> pd.DataFrame:
-    """Prompt and continuation texts with Perspective labels, in or outside the partition.
+def labelled_texts(files: Sequence[Path], *, keep: Callable[[str], bool]) -> pd.DataFrame:
+    """Prompt and continuation texts with Perspective labels of the records ``keep`` accepts.
+
+    Args:
+        files: RTP-schema files.
+        keep: Predicate on a record's ``prompt_id`` (e.g. :func:`in_scorer_partition`).
 
     Returns:
         Columns ``prompt_id``, ``kind`` (prompt/continuation), ``text``, ``toxic`` (bool,
         toxicity >= 0.5), ``profanity`` (float); texts without a toxicity score are left out.
     """
-    from steerlib.perspective import in_scorer_partition, perspective_attributes
+    from steerlib.perspective import perspective_attributes
 
     rows: list[dict[str, Any]] = []
-    for name in RTP_FILES:
-        table = perspective_attributes(folder / name)
+    for file in files:
+        table = perspective_attributes(file)
         for record in table.itertuples(index=False):
-            if in_scorer_partition(record.prompt_id) != partition:
+            if not keep(record.prompt_id):
                 continue
             for kind in ("prompt", "continuation"):
                 text = getattr(record, kind)
@@ -157,10 +161,11 @@ def train_head(
         LinearHead,
         SentenceEncoder,
     )
-    from steerlib.perspective import PARTITION_RULE, id_hash
+    from steerlib.perspective import PARTITION_RULE, id_hash, in_scorer_partition
 
     encoder = encoder if encoder is not None else SentenceEncoder(layers=layers)
-    train = labelled_texts(folder, partition=True)
+    files = [folder / name for name in RTP_FILES]
+    train = labelled_texts(files, keep=in_scorer_partition)
     y = train["toxic"].to_numpy()
     if np.unique(y).size < 2:
         raise DataError(f"The scorer partition of {folder} holds a single class; use the sample.")
@@ -184,7 +189,8 @@ def train_head(
     train_auc = float(roc_auc_score(y, head.probabilities(features)))
     scorer = EmbeddingHeadScorer.__new__(EmbeddingHeadScorer)
     scorer.name, scorer.head, scorer.encoder = MINILM_SCORER, head, encoder
-    held_out = held_out_validity(scorer, labelled_texts(folder, partition=False))
+    others = labelled_texts(files, keep=lambda pid: not in_scorer_partition(pid))
+    held_out = held_out_validity(scorer, others)
     head.provenance = {
         "scorer": MINILM_SCORER,
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI " + MINILM_PIP + ")",
