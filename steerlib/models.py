@@ -606,4 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = convert_embedded(alias, force=args.force)
         seconds = time.perf_counter() - started
         print(f"embedded model {alias!r} ready in {folder} ({seconds:.1f} s)")
+    from steerlib.embedding_scorer import minilm_problem, prepare_minilm
+
+    if minilm_problem() is None:
+        print(f"scorer encoder ready in {prepare_minilm(force=args.force)}")
+    else:
+        print(f"scorer encoder skipped: {minilm_problem()}")
     return 0

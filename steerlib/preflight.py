@@ -129,6 +129,13 @@ def _scorer_problems(scorer: str) -> list[str]:
                 "pip install alt-profanity-check"
             ]
         return []
+    if scorer == "minilm-toxicity":
+        from steerlib.embedding_scorer import HEAD_DIR, minilm_problem
+
+        problem = minilm_problem()
+        if problem is None and not (HEAD_DIR / f"{scorer}.safetensors").is_file():
+            problem = "its head is missing; rebuild it with `python -m steerlib train-scorer`"
+        return [] if problem is None else [f"parameter 'scorer': 'minilm-toxicity': {problem}"]
     source = UNBIASED_TOXIC_ROBERTA if scorer == "unbiased-toxic-roberta" else scorer
     folder = Path(scorer).is_dir()
     hub_like = source.count("/") == 1 and not source.startswith((".", "/", "~"))
@@ -357,6 +364,11 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
         ):
             problems.attempt(load_tokenizer, params.perplexity_model)
     problems.extend(_scorer_problems(params.scorer))
+    if params.second_scorer is not None:
+        problems.extend(
+            p.replace("parameter 'scorer'", "parameter 'second_scorer'", 1)
+            for p in _scorer_problems(params.second_scorer)
+        )
     problems.extend(_compare_problems(params, runs_dir))
     rows = None
     sources = {params.challenging_source, params.benign_source}

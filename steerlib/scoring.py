@@ -1,9 +1,11 @@
 """Toxicity scorers: text in, probability of toxicity out.
 
-Two kinds ship with steerlib:
+Three kinds ship with steerlib:
 
 - :class:`ProfanityCheckScorer` (``"profanity-check"``): the ``alt-profanity-check`` linear
   model; tiny, CPU-only and offline, the default.
+- ``"minilm-toxicity"``: a logistic head on MiniLM-L6 sentence features, trained on a reserved
+  partition of the RTP sample (:mod:`steerlib.embedding_scorer`); offline, not a word list.
 - :class:`ToxicityClassifierScorer`: any Hugging Face sequence classifier, by default
   ``unitary/unbiased-toxic-roberta`` (``"unbiased-toxic-roberta"``), or a local model folder.
 
@@ -227,11 +229,19 @@ class ToxicityClassifierScorer:
         )
 
 
+def _minilm(device: str | torch.device | None) -> Scorer:
+    """The non-lexical ``minilm-toxicity`` scorer (:mod:`steerlib.embedding_scorer`)."""
+    from steerlib.embedding_scorer import EmbeddingHeadScorer
+
+    return EmbeddingHeadScorer(device=device)
+
+
 SCORERS: dict[str, Callable[[str | torch.device | None], Scorer]] = {
     "profanity-check": lambda device: ProfanityCheckScorer(),
     "unbiased-toxic-roberta": lambda device: ToxicityClassifierScorer(
         UNBIASED_TOXIC_ROBERTA, device=device
     ),
+    "minilm-toxicity": lambda device: _minilm(device),
 }
 """Known scorer names and their factories (taking the device)."""
 
@@ -240,7 +250,7 @@ def load_scorer(name: str, device: str | torch.device | None = None) -> Scorer:
     """Build a scorer by name.
 
     Args:
-        name: A key of :data:`SCORERS` (``"profanity-check"``, ``"unbiased-toxic-roberta"``), an
+        name: A key of :data:`SCORERS` (``"profanity-check"``, ``"minilm-toxicity"``, ...), an
             existing local model folder, or a hub id containing ``"/"``.
         device: Torch device for classifier scorers (ignored by profanity-check).
 

@@ -113,6 +113,7 @@ PARAMETER_CASES = {
     "compare_with missing": (["compare_with=[nowhere]"], ["'compare_with'", "'nowhere'"]),
     "scorer path": (["scorer=models/my-scorer"], ["'scorer'", "models/my-scorer"]),
     "scorer unknown": (["scorer=perspective"], ["perspective", "profanity-check"]),
+    "second scorer unknown": (["second_scorer=perspective"], ["'second_scorer'", "perspective"]),
     "perplexity model": (["perplexity_model=banana"], ["'perplexity_model'", "banana"]),
     "unknown parameter": (["alpha=1"], ["unknown parameter 'alpha'", "'alphas'"]),
     # tracebacks before

@@ -65,6 +65,10 @@ class Analysis:
         variants: One row per steering variant: its operating point (chosen on the selection
             half) and its confirmation-half figures (:func:`variant_table`).
         gate_rates: How often the gated variant's gate fired per subset (:func:`gate_rates`).
+        strata: EMT per toxicity stratum of the challenging prompts, at alpha 0 and at the
+            recommended point, per scorer (:func:`strata.strata_table`).
+        side_by_side: The same challenging prompts at alpha 0 and at each variant's point,
+            with both scores (:func:`examples.side_by_side_examples`).
         record: The body of ``summary.json`` (what :func:`verdict` reads).
     """
 
@@ -81,6 +85,8 @@ class Analysis:
     variants: pd.DataFrame = field(default_factory=pd.DataFrame)
     gate_rates: pd.DataFrame = field(default_factory=pd.DataFrame)
     record: dict[str, Any] = field(default_factory=dict)
+    strata: pd.DataFrame = field(default_factory=pd.DataFrame)
+    side_by_side: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
@@ -210,6 +216,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     from steerlib.scoring import scorer_floor
 
     del force
+    from steerlib.experiment.scorer_checks import two_scorer_products
     from steerlib.experiment.sweep import with_variant
 
     paths, p = run.paths, run.params
@@ -258,6 +265,10 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         record = _summary_record(run, all_summaries, evaluation, recommended, validity)
         record["recommended_by_variant"] = {name: point for name, (_, point) in points.items()}
         record["gate_rates"] = _records(gate_rates(all_sweep))
+        scorer_record, strata, side_by_side = two_scorer_products(
+            run, points, all_sweep, recommended
+        )
+        record.update(scorer_record)
         record.update(
             fluency_measure=measure,
             fluency_measure_note=measure_note,
@@ -289,6 +300,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
         variants=variant_table(record["recommended_by_variant"]),
         gate_rates=gate_rates(all_sweep),
         record=record,
+        strata=strata,
+        side_by_side=side_by_side,
     )
 
 

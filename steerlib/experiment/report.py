@@ -30,7 +30,10 @@ __all__ = [
     "render_report",
     "report_title",
     "scorer_table",
+    "scorer_validity_table",
     "settings_table",
+    "side_by_side_table",
+    "strata_view",
     "variants_table",
     "verdict",
     "verdict_markdown",
@@ -91,7 +94,7 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     if "layer" not in recommended:
         return _no_point_lines(recommended, params)
     return [
-        _effect_line(recommended),
+        _effect_line(recommended) + _scorers_clause(recommended),
         _cost_line(recommended),
         _control_line(recommended, params),
     ]
@@ -126,6 +129,14 @@ def _effect_line(point: Mapping[str, Any]) -> str:
             "value."
         )
     return f"Yes, steering cuts toxicity here: {where} lowers {numbers}."
+
+
+def _scorers_clause(point: Mapping[str, Any]) -> str:
+    """The sentence on both scorers (with a leading space) when the run had two, else empty."""
+    check = point.get("cut_holds") or {}
+    if len(check.get("scorers") or {}) < 2:
+        return ""
+    return " " + str(check.get("sentence", ""))
 
 
 def _half(point: Mapping[str, Any]) -> str:
@@ -498,6 +509,56 @@ def scorer_table(validity: Mapping[str, Any]) -> Any:
     """The scorer against Perspective labels, one row per kind of text."""
     table = pd.DataFrame(validity).T.rename_axis("texts").reset_index()
     return _styled(table)
+
+
+def scorer_validity_table(record: Mapping[str, Any]) -> pd.DataFrame:
+    """Each scorer against Perspective on held-out RTP texts, overall and per profanity stratum.
+
+    Returns:
+        One row per (scorer, stratum) with ``auc``, ``precision``, ``recall``, ``n`` and
+        ``n_toxic``; empty when the run's prompts carry no Perspective labels.
+    """
+    by_scorer = dict(record.get("scorer_validity_by_scorer") or {})
+    by_scorer.pop("texts", None)
+    rows = [
+        {"scorer": name, "stratum": stratum, **metrics}
+        for name, strata in by_scorer.items()
+        for stratum, metrics in strata.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def strata_view(strata: pd.DataFrame) -> Any:
+    """:attr:`Analysis.strata`, formatted: EMT at alpha 0 and at the point with intervals."""
+    if strata.empty:
+        return strata
+    table = strata.copy()
+    for label in ("alpha0", "point"):
+        table[f"EMT {label}"] = [
+            "" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+            for v, lo, hi in zip(
+                table[f"emt_{label}"],
+                table[f"emt_{label}_ci_low"],
+                table[f"emt_{label}_ci_high"],
+                strict=True,
+            )
+        ]
+    shown = table[["stratum", "scorer", "n_prompts", "EMT alpha0", "EMT point", "note"]]
+    return _styled(shown, "EMT per stratum of the challenging prompts, both halves, 95% CI")
+
+
+def side_by_side_table(examples: pd.DataFrame) -> Any:
+    """:attr:`Analysis.side_by_side`, formatted: each prompt once, its settings below it."""
+    if examples.empty:
+        return examples
+    indexed = examples.drop(columns=["prompt_id"]).set_index(["prompt", "why", "setting"])
+    formats = {c: (lambda v, c=c: _format_value(c, v)) for c in indexed.columns}
+    return indexed.style.format(formats).set_table_styles(
+        [
+            {"selector": "td", "props": "white-space: pre-wrap; text-align: left;"},
+            {"selector": "th", "props": "text-align: left; vertical-align: top;"},
+        ]
+    )
 
 
 def example_completions(

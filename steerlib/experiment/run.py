@@ -339,6 +339,18 @@ class Run:
             _LOADED[key] = load_scorer(self.params.scorer, device=self.params.device)
         return _LOADED[key]
 
+    def second_scorer(self) -> Any:
+        """The run's ``second_scorer`` (None when unset), loaded once per process."""
+        from steerlib.scoring import load_scorer
+
+        name = self.params.second_scorer
+        if name is None:
+            return None
+        key = ("scorer", name, self.params.device)
+        if key not in _LOADED:
+            _LOADED[key] = load_scorer(name, device=self.params.device)
+        return _LOADED[key]
+
     # -- step bookkeeping -------------------------------------------------------------------
     def done(self, step: str, *products: Path) -> bool:
         """Whether ``step`` finished and its products exist."""

@@ -18,6 +18,7 @@ from steerlib.config import RunParams
 from steerlib.errors import ConfigError
 from steerlib.experiment.run import Run
 from steerlib.generation import DecodingSettings
+from steerlib.metrics import SECOND_SUFFIX
 from steerlib.preflight import split_arguments
 
 __all__ = [
@@ -44,11 +45,17 @@ def eval_prompts(prompts: pd.DataFrame, roles: tuple[str, ...] = EVAL_SUBSETS) -
 
 
 def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
-    """Add ``toxicity`` and ``perplexity`` columns to a completions table."""
+    """Add ``toxicity`` and ``perplexity`` columns to a completions table.
+
+    With a ``second_scorer`` the completions are scored by it too, in ``toxicity_second``.
+    """
     from steerlib.fluency import continuation_perplexity, judge_prompt_format
 
     table = table.copy()
     table["toxicity"] = run.scorer().score(table["completion"].tolist())
+    second = run.second_scorer()
+    if second is not None:  # one more batched pass; its column carries the suffix
+        table[f"toxicity{SECOND_SUFFIX}"] = second.score(table["completion"].tolist())
     judge, judge_tokenizer = run.judge()
     table["perplexity"] = continuation_perplexity(
         judge,
@@ -64,6 +71,29 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- 01 data ---------------------------------------------------------------------------------
+def drop_scorer_partition(
+    challenging: pd.DataFrame, benign: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop the records the ``minilm-toxicity`` head was trained on from both source tables.
+
+    Every draw (evaluation prompts, contrastive pairs, held-out benign texts) comes from these
+    tables, so no experiment text is one the head saw; one line says how many were dropped.
+    """
+    from steerlib.perspective import drop_scorer_records, scorer_manifest_hashes
+
+    hashes = scorer_manifest_hashes()
+    kept_challenging, n_challenging = drop_scorer_records(challenging, hashes)
+    kept_benign, n_benign = (
+        (kept_challenging, 0) if benign is challenging else drop_scorer_records(benign, hashes)
+    )
+    if n_challenging or n_benign:
+        print(
+            f"scorer partition: dropped {n_challenging} challenging-source and {n_benign} "
+            "benign-source records (the minilm-toxicity head's training records)"
+        )
+    return kept_challenging, kept_benign
+
+
 def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
     """Step 01: evaluation subsets, contrastive pair sets and held-out benign texts.
 
@@ -86,6 +116,7 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
             if p.benign_source == p.challenging_source
             else load_prompts(p.benign_source)
         )
+        challenging, benign = drop_scorer_partition(challenging, benign)
         tokenizer = load_tokenizer(p.model, trust_remote_code=p.trust_remote_code)
         split = split_prompts(
             challenging,

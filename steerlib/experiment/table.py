@@ -99,7 +99,7 @@ NOTEBOOK_ONLY = ("run_name", "runs_dir", "force")
 
 _SPLIT = {"n_prompts", "n_pairs", "seed", "benign_max_toxicity", "pair_toxic_min"}
 _DECODING = {"samples_per_prompt", "max_new_tokens", "temperature", "top_p", "prompt_format"}
-_SCORING = {"scorer", "perplexity_model", "batch_size"}
+_SCORING = {"scorer", "second_scorer", "perplexity_model", "batch_size"}
 _MODEL = {"model", "device", "dtype", "trust_remote_code"}
 _RULE = {"max_perplexity_increase", "fluency_measure", "min_distinct_ratio"}
 
@@ -163,7 +163,8 @@ STEPS: tuple[Step, ...] = (
         reads=frozenset(
             _RULE
             | {"toxicity_threshold", "max_floor_share_increase", "n_resamples", "compare_with"}
-            | {"seed", "alphas", "scorer", "device"}
+            | {"seed", "alphas", "scorer", "second_scorer", "device"}
+            | {"challenging_source", "benign_source"}
         ),
         reruns=True,
     ),

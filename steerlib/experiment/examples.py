@@ -1,0 +1,81 @@
+"""Examples side by side: the same challenging prompts unsteered and at each variant's point.
+
+The prompts are those whose mean toxicity (main scorer) fell most from alpha 0 to the
+recommended point, plus a few drawn at random (seeded), so the table is not only the best
+cases. Each row is one prompt under one setting with the first sample's completion and its
+scores under every scorer of the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["side_by_side_examples"]
+
+
+def side_by_side_examples(
+    sweep: pd.DataFrame,
+    points: dict[str, dict[str, Any]],
+    *,
+    n_top: int = 3,
+    n_random: int = 2,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """First-sample completions of the same prompts at alpha 0 and each variant's point.
+
+    Args:
+        sweep: All completion rows (with ``variant``; alpha-0 rows included).
+        points: ``{variant: recommended point}``; variants without a point are skipped.
+        n_top: Prompts whose mean toxicity fell most (at the first variant's point).
+        n_random: Further prompts drawn at random from the rest.
+        seed: Seed of the random draw.
+
+    Returns:
+        Columns ``prompt_id``, ``prompt``, ``why`` ("fell most" or "random"), ``setting``,
+        ``variant``, ``layer``, ``alpha``, ``completion``, ``toxicity`` (and
+        ``toxicity_second`` when scored), ``mean_toxicity_drop``; empty without a point.
+    """
+    chosen = {n: p for n, p in points.items() if p.get("status") == "recommended"}
+    if not chosen or sweep.empty:
+        return pd.DataFrame()
+    rows = sweep[sweep["subset"] == "challenging"]
+    first_name, first = next(iter(chosen.items()))
+
+    def at(variant: str, point: dict[str, Any], alpha: float) -> pd.DataFrame:
+        part = rows[
+            (rows["variant"] == variant)
+            & (rows["layer"] == int(point["layer"]))
+            & (rows["direction"] == point.get("direction", "caa"))
+        ]
+        return part[np.isclose(part["alpha"].astype(float), alpha)]
+
+    before = at(first_name, first, 0.0).groupby("prompt_id")["toxicity"].mean()
+    after = at(first_name, first, float(first["alpha"])).groupby("prompt_id")["toxicity"].mean()
+    drop = (before - after).dropna().sort_values(ascending=False, kind="stable")
+    top = list(drop.index[:n_top])
+    rest = [p for p in drop.index if p not in top]
+    rng = np.random.default_rng(seed)
+    extra = list(rng.choice(rest, size=min(n_random, len(rest)), replace=False)) if rest else []
+    tables = []
+    settings = [("alpha 0", first_name, first, 0.0)] + [
+        (f"{name} point", name, point, float(point["alpha"])) for name, point in chosen.items()
+    ]
+    for label, name, point, alpha in settings:
+        part = at(name, point, alpha)
+        part = part[part["sample"] == part["sample"].min()] if "sample" in part else part
+        part = part.drop_duplicates("prompt_id")
+        tables.append(part.assign(setting=label, variant=name))
+    table = pd.concat(tables, ignore_index=True)
+    order = {p: i for i, p in enumerate([*top, *extra])}
+    table = table[table["prompt_id"].isin(order)]
+    table = table.assign(
+        why=table["prompt_id"].map(lambda p: "fell most" if p in top else "random"),
+        mean_toxicity_drop=table["prompt_id"].map(drop),
+        _order=table["prompt_id"].map(order),
+    ).sort_values(["_order"], kind="stable")
+    columns = ["prompt_id", "prompt", "why", "setting", "variant", "layer", "alpha"]
+    columns += ["completion", "toxicity", "toxicity_second", "mean_toxicity_drop"]
+    return table[[c for c in columns if c in table.columns]].reset_index(drop=True)

@@ -1,0 +1,162 @@
+"""Two scorers in the summary, the cut under both, toxicity strata and side-by-side examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steerlib import metrics
+from steerlib.experiment.examples import side_by_side_examples
+from steerlib.experiment.report import verdict
+from steerlib.experiment.scorer_checks import cut_holds
+from steerlib.experiment.strata import MIN_PROMPTS, prompt_strata, strata_table
+
+
+def sweep_rows(n_prompts: int, alphas: tuple[float, ...], *, seed: int = 0) -> pd.DataFrame:
+    """Completions of ``n_prompts`` challenging prompts, 3 samples each, two scorers.
+
+    The main score falls with alpha; the second scorer's falls only for even prompts.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_prompts):
+        base = rng.uniform(0.4, 0.9)
+        for alpha in alphas:
+            for sample in range(3):
+                noise = rng.uniform(-0.05, 0.05)
+                rows.append(
+                    {
+                        "subset": "challenging",
+                        "prompt_id": f"p{i:02d}",
+                        "prompt": f"prompt {i}",
+                        "layer": 3,
+                        "alpha": alpha,
+                        "direction": "caa",
+                        "variant": "caa",
+                        "sample": sample,
+                        "completion": f"text {i} {sample}",
+                        "toxicity": float(np.clip(base - 0.3 * alpha + noise, 0, 1)),
+                        "toxicity_second": float(
+                            np.clip(base - (0.3 * alpha if i % 2 == 0 else 0) + noise, 0, 1)
+                        ),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_second_scorer_columns_are_the_first_metrics_on_its_scores():
+    sweep = sweep_rows(10, (0.0, 1.0))
+    summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=200)
+    alone = metrics.summarize(
+        sweep.drop(columns=["variant", "toxicity"]).rename(columns={"toxicity_second": "toxicity"}),
+        n_resamples=200,
+    )
+    for name in ("expected_max_toxicity", "toxicity_probability", "mean_toxicity"):
+        for end in ("", "_ci_low", "_ci_high"):
+            np.testing.assert_allclose(summary[f"{name}_second{end}"], alone[f"{name}{end}"])
+    old = metrics.summarize(sweep.drop(columns=["variant", "toxicity_second"]), n_resamples=200)
+    assert not any(c.endswith("_second") for c in old.columns)
+
+
+def point(alpha: float = 1.0) -> dict:
+    return {
+        "status": "recommended",
+        "layer": 3,
+        "alpha": alpha,
+        "direction": "caa",
+        "subset": "challenging",
+        "figures_from": "all",
+    }
+
+
+def test_cut_holds_names_the_scorer_it_fails():
+    sweep = sweep_rows(30, (0.0, 1.0))
+    summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=300)
+    check = cut_holds(summary, point(), {"": "lexical", "_second": "embedding"})
+    assert check["scorers"]["lexical"]["holds"] is True
+    assert check["holds_under_all"] is True
+    # The second scorer's cut is half as large; with every prompt unchanged it fails.
+    flat = sweep.assign(
+        toxicity_second=sweep.groupby("prompt_id")["toxicity_second"].transform("max")
+    )
+    flat_summary = metrics.summarize(flat.drop(columns="variant"), n_resamples=300)
+    failed = cut_holds(flat_summary, point(), {"": "lexical", "_second": "embedding"})
+    assert failed["scorers"]["embedding"]["holds"] is False
+    assert "does not hold under embedding" in failed["sentence"]
+    assert cut_holds(summary, {"status": "no admissible steered setting"}, {"": "x"}) == {}
+
+
+def test_verdict_adds_the_two_scorer_clause_only_with_two_scorers():
+    sweep = sweep_rows(30, (0.0, 1.0))
+    summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=300)
+    row = summary[(summary["alpha"] == 1.0)].iloc[0]
+    base = summary[(summary["alpha"] == 0.0)].iloc[0]
+    recommended = {
+        **point(),
+        "expected_max_toxicity": row["expected_max_toxicity"],
+        "expected_max_toxicity_ci": [
+            row["expected_max_toxicity_ci_low"],
+            row["expected_max_toxicity_ci_high"],
+        ],
+        "baseline_expected_max_toxicity": base["expected_max_toxicity"],
+        "n_prompts": 30,
+    }
+    one = verdict({"recommended": recommended, "params": {}})
+    recommended["cut_holds"] = cut_holds(summary, point(), {"": "a", "_second": "b"})
+    two = verdict({"recommended": recommended, "params": {}})
+    assert len(one) == len(two) == 3
+    assert "both scorers" not in one[0] and "The cut holds under both scorers" in two[0]
+
+
+def attributes(n: int) -> pd.DataFrame:
+    """Perspective attributes of ``n`` prompts: every third non-profane, every fourth a threat."""
+    ids = [f"p{i:02d}" for i in range(n)]
+    return pd.DataFrame(
+        {
+            "prompt_id": ids,
+            "prompt_toxicity": [0.9] * n,
+            "prompt_profanity": [0.1 if i % 3 == 0 else 0.8 for i in range(n)],
+            "prompt_identity_attack": [0.1] * n,
+            "prompt_threat": [0.7 if i % 4 == 0 else 0.1 for i in range(n)],
+            "prompt_insult": [np.nan] * n,
+        }
+    )
+
+
+def test_strata_split_prompts_by_their_attributes():
+    strata = prompt_strata(attributes(24))
+    assert len(strata["non_profane_toxic"]) == 8 and len(strata["profane_toxic"]) == 16
+    assert strata["non_profane_toxic"].isdisjoint(strata["profane_toxic"])
+    assert len(strata["threat"]) == 6 and not strata["insult"] and not strata["identity_attack"]
+
+
+def test_strata_table_gives_figures_only_to_strata_large_enough():
+    sweep = sweep_rows(24, (0.0, 1.0))
+    table = strata_table(
+        sweep, prompt_strata(attributes(24)), point(), {"": "a", "_second": "b"}, n_resamples=200
+    )
+    assert set(table["scorer"]) == {"a", "b"} and len(table) == 10
+    small = table[table["n_prompts"] < MIN_PROMPTS]
+    assert small["emt_point"].isna().all() and small["note"].str.contains("fewer").all()
+    row = table[(table["stratum"] == "non_profane_toxic") & (table["scorer"] == "a")].iloc[0]
+    ids = prompt_strata(attributes(24))["non_profane_toxic"]
+    expected = sweep[(sweep["alpha"] == 1.0) & sweep["prompt_id"].isin(ids)]
+    assert row["emt_point"] == pytest.approx(metrics.expected_max_toxicity(expected))
+    assert row["emt_point_ci_low"] <= row["emt_point"] <= row["emt_point_ci_high"]
+    assert row["emt_point"] < row["emt_alpha0"]
+
+
+def test_side_by_side_shows_the_biggest_drops_and_random_prompts():
+    sweep = sweep_rows(12, (0.0, 1.0))
+    drop = sweep[sweep["alpha"] == 1.0].index
+    sweep.loc[drop, "toxicity"] = sweep.loc[drop, "toxicity"] * np.where(
+        sweep.loc[drop, "prompt_id"].isin(["p03", "p07", "p09"]), 0.0, 1.0
+    )
+    table = side_by_side_examples(sweep, {"caa": point()}, n_top=3, n_random=2)
+    top = set(table.loc[table["why"] == "fell most", "prompt_id"])
+    assert top == {"p03", "p07", "p09"}
+    assert table.loc[table["why"] == "random", "prompt_id"].nunique() == 2
+    assert set(table["setting"]) == {"alpha 0", "caa point"}
+    assert {"toxicity", "toxicity_second", "completion"} <= set(table.columns)
+    assert side_by_side_examples(sweep, {"caa": {"status": "none"}}).empty
