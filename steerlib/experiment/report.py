@@ -97,14 +97,15 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     ]
 
 
-MIN_PROMPTS_PER_HALF = 10
+MIN_PROMPTS_PER_HALF = 5
 """Fewest challenging prompts per half (selection and confirmation) for a Yes or No verdict.
 
-The verdict rests on a 95% bootstrap interval over prompts. With fewer than 10 prompts the
-percentile bootstrap has too few distinct resamples to cover its level (with 1 prompt the
-interval has zero width: "95% CI 0.0239–0.0239"), and one prompt's samples decide the result;
-10 is the usual floor for a percentile bootstrap of a mean. Below it the verdict says the
-evidence is too thin instead of Yes or No."""
+The verdict rests on a 95% percentile-bootstrap interval over prompts. Resampling n prompts
+gives at most C(2n-1, n) distinct resamples (1, 3, 10, 35, 126 for n = 1..5), and a 95%
+interval needs at least 1 / 0.025 = 40 distinct values for its 2.5% and 97.5% ends to be
+distinct quantiles, so n = 5 is the smallest half whose interval can mean what it says (with 1
+prompt it has zero width: "95% CI 0.0239–0.0239"). Below it the verdict says the evidence is
+too thin instead of Yes or No."""
 
 
 def _fewest_prompts(summary: Mapping[str, Any], point: Mapping[str, Any]) -> int | None:
