@@ -46,7 +46,7 @@ from steerlib.experiment.run import (
     provenance,
     step_identity,
 )
-from steerlib.experiment.table import STEP_NAMES, STEPS
+from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 from steerlib.preflight import check_run_files, preflight
 from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
@@ -157,14 +157,17 @@ def _forced_from(changes: Changes, *, force: bool) -> str | None:
     """The first step ``--force`` recomputes: the first changed one, or all when none changed.
 
     ``--force`` with changed parameters redoes the first step whose products depend on them
-    and the ones after it (what the runner announces); with no change it redoes every step.
-    A change that only extends a step (the sweep's layers) needs no force.
+    and the ones after it (what the runner announces); with no change (or only runtime
+    settings such as ``device``) it redoes every step; a change no finished step depends on
+    forces nothing.
     """
     if not force:
         return None
-    if changes.reruns:
-        return changes.reruns[0]
-    return None if changes.changed else STEP_NAMES[0]
+    affected = sorted({*changes.reruns, *changes.resumes}, key=STEP_NAMES.index)
+    if affected:
+        return affected[0]
+    meaningful = [name for name in changes.changed if name not in RUNTIME]
+    return None if meaningful else STEP_NAMES[0]
 
 
 def _report_is_stale(paths: RunPaths, executed: Path) -> bool:
