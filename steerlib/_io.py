@@ -5,10 +5,16 @@ renames it over the destination (``os.replace`` is atomic on POSIX and Windows).
 ``replace=False`` the file is published with a hard link instead, which fails when the
 destination exists: a file that several processes may write (a sweep unit of torchrun workers)
 is then written once, by the first.
+
+Every parquet file written here carries a checksum of its rows in its own metadata
+(:data:`CHECKSUM_KEY`, see :func:`frame_checksum`); :func:`read_checked_parquet` verifies it,
+so a unit or product edited in place, or one written by other tools, is reported instead of
+being used. :func:`file_sha256` fingerprints whole files (the chain runner records them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,13 +27,20 @@ import pandas as pd
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+CHECKSUM_KEY = b"steerlib.checksum"
+"""Parquet schema-metadata key holding :func:`frame_checksum` of the file's rows."""
+
 __all__ = [
+    "CHECKSUM_KEY",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_parquet",
     "atomic_write_text",
+    "file_sha256",
+    "frame_checksum",
     "load_tensors",
+    "read_checked_parquet",
     "save_tensors",
 ]
 
@@ -97,11 +110,99 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2
     return atomic_write_text(path, text + "\n")
 
 
+def frame_checksum(df: pd.DataFrame) -> str:
+    """SHA-256 of a table's column names and values (row order counts; dtypes do not).
+
+    The same rows give the same checksum before writing and after reading back, whatever
+    type pandas gives the strings; a changed value, row or column changes it.
+    """
+    digest = hashlib.sha256()
+    for name in df.columns:
+        column = df[name]
+        try:
+            hashed = pd.util.hash_pandas_object(column, index=False)
+        except TypeError:  # cells that pandas cannot hash (lists, arrays): their JSON text
+            hashed = pd.util.hash_pandas_object(column.map(_cell_text), index=False)
+        digest.update(str(name).encode("utf-8") + b"\0")
+        digest.update(hashed.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cell_text(value: Any) -> str:
+    """A list-like cell as JSON text (a list written comes back as an array)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return json.dumps(value, default=str)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def atomic_write_parquet(
     path: str | os.PathLike[str], df: pd.DataFrame, *, replace: bool = True
 ) -> Path:
-    """Atomically write ``df`` as a parquet file (index dropped); see :func:`atomic_write`."""
-    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False), replace=replace)
+    """Atomically write ``df`` as a parquet file (index dropped); see :func:`atomic_write`.
+
+    The file's schema metadata holds :func:`frame_checksum` of ``df`` (:data:`CHECKSUM_KEY`).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(tmp: Path) -> None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), CHECKSUM_KEY: frame_checksum(df).encode()}
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+    return atomic_write(path, write, replace=replace)
+
+
+def read_checked_parquet(
+    path: str | os.PathLike[str], what: str, fix: str, *, required: bool = True
+) -> pd.DataFrame:
+    """Read a parquet file written by :func:`atomic_write_parquet` and verify its checksum.
+
+    Args:
+        path: The file.
+        what: What it holds, for the message (``"sweep unit"``).
+        fix: What to do about a damaged file, for the message.
+        required: Refuse a file without a checksum (not written by steerlib, or rewritten by
+            another tool); with False such a file is read unchecked.
+
+    Raises:
+        DamagedRunError: The file cannot be read, has no checksum (``required``), or its rows
+            differ from its checksum; one line naming the file and ``fix``.
+    """
+    import pyarrow.parquet as pq
+
+    from steerlib.errors import DamagedRunError
+
+    source = Path(path)
+    try:
+        table = pq.read_table(source)
+        df = table.to_pandas()
+    except Exception as exc:  # pyarrow raises several error types for a damaged file
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+        raise DamagedRunError(f"{what} {source} is damaged ({reason}); {fix}.") from None
+    recorded = (table.schema.metadata or {}).get(CHECKSUM_KEY)
+    if recorded is None:
+        if not required:
+            return df
+        raise DamagedRunError(
+            f"{what} {source} has no steerlib checksum (it was rewritten by another tool or "
+            f"by hand); {fix}."
+        )
+    if recorded.decode() != frame_checksum(df):
+        raise DamagedRunError(
+            f"{what} {source} does not match its checksum (edited or damaged after it was "
+            f"written); {fix}."
+        )
+    return df
 
 
 def _finite(obj: Any) -> Any:

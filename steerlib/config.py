@@ -40,6 +40,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MIN_TEMPERATURE",
     "RUN_NAME_MAX",
+    "RUN_NAME_MAX_BYTES",
     "SEED_MAX",
     "RunParams",
     "run_name_problem",
@@ -61,6 +62,9 @@ MAX_CONFIG_BYTES = 1_000_000
 """Largest parameter file read (a parameter file is a few hundred bytes)."""
 _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RUN_NAME_MAX_BYTES = 200
+"""A run name's length limit in UTF-8 bytes: its folder's name, and names derived from it
+(temporary files, links), must fit a file system's 255 bytes."""
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
@@ -93,6 +97,12 @@ def run_name_problem(name: Any) -> str | None:
         return "a run name must not begin or end with a space"
     if len(name) > RUN_NAME_MAX:
         return f"a run name has at most {RUN_NAME_MAX} characters, this one {len(name)}"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > RUN_NAME_MAX_BYTES:
+        return (
+            f"a run name takes at most {RUN_NAME_MAX_BYTES} bytes in UTF-8 (a file name holds "
+            f"255, less room for the names steerlib derives from it), this one {size}"
+        )
     if "/" in name or "\\" in name or name.startswith("."):
         return "a run name is a plain folder name: no '/' or '\\', not starting with '.'"
     return None

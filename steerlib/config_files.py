@@ -76,6 +76,24 @@ _ParamLoader.add_implicit_resolver(
 )
 
 
+def _construct_float(loader: _ParamLoader, node: Any) -> float:
+    """A YAML float; one too small for a float (``1e-400``, read as 0) is refused, not 0."""
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    mantissa = re.split(r"[eE]", str(node.value))[0]
+    if value == 0.0 and re.search(r"[1-9]", mantissa):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.value} is too small for a float and would be read as 0 (underflow); write 0, "
+            "or a value of at least 1e-300",
+            node.start_mark,
+        )
+    return value
+
+
+_ParamLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
 def _position(text: str, index: int) -> tuple[int, int]:
     """1-based ``(line, column)`` of character ``index`` of ``text``."""
     before = text[:index]

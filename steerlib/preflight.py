@@ -81,6 +81,46 @@ def _device_problems(params: RunParams) -> list[str]:
     return problems
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether a model name is a file-system path rather than a hub id (``org/model``)."""
+    return (
+        name.startswith(("/", "./", "../", "~", "."))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.endswith("/")
+    )
+
+
+def _combination_problems(params: RunParams, num_layers: int | None) -> list[str]:
+    """Parameters valid one by one that cannot work together (they failed late before).
+
+    * ``alpha_search`` measures the fluency budget on the held-out benign texts, so it needs
+      ``kl_texts`` of at least 1;
+    * ``pair_source: matched`` pairs each prompt's most and least toxic completion, so it
+      needs at least two samples per prompt;
+    * ``multilayer_span`` larger than the model's layers would be cut silently to the model.
+    """
+    problems = []
+    if params.alpha_search and params.kl_texts < 1:
+        problems.append(
+            "parameter 'kl_texts': 0 held-out texts, but alpha_search measures its fluency "
+            "budget on them; set kl_texts to at least 1 (16 by default) or alpha_search: false"
+        )
+    if params.pair_source == "matched" and params.samples_per_prompt < 2:
+        problems.append(
+            "parameter 'samples_per_prompt': pair_source 'matched' pairs a prompt's most and "
+            f"least toxic completions, which needs at least 2 samples per prompt, not "
+            f"{params.samples_per_prompt}; raise samples_per_prompt or use another pair_source"
+        )
+    span = getattr(params, "multilayer_span", 1)
+    if num_layers is not None and "multilayer" in (params.variants or []) and span > num_layers:
+        problems.append(
+            f"parameter 'multilayer_span': {span} is more layers than the model's {num_layers}; "
+            f"give at most {num_layers}"
+        )
+    return problems
+
+
 def _model_problems(name: str, what: str, trust_remote_code: bool) -> Any:
     """The model's :class:`~steerlib.models.ModelShape`; a local folder is checked first.
 
@@ -99,6 +139,11 @@ def _model_problems(name: str, what: str, trust_remote_code: bool) -> Any:
             models.converted_folder(name)  # the packages are installed
         except SteerlibError as exc:
             problems.append(str(exc))
+    elif _looks_like_path(name) and not Path(name).expanduser().exists():
+        problems.append(
+            f"parameter {what!r}: there is no folder {name} (it names a path, not a Hugging Face "
+            "repo id); check the path, or give a hub id such as 'org/model'"
+        )
     elif Path(name).exists():
         if not Path(name).is_dir():
             problems.append(
@@ -376,6 +421,7 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
         tables = {source: problems.attempt(load_prompts, source) for source in sources}
         if all(table is not None for table in tables.values()):
             rows = problems.attempt(_generation_rows, tables, params)
+    problems.extend(_combination_problems(params, shape.num_layers if shape else None))
     if shape is not None:
         problems.extend(_length_problems(params, rows, tokenizer, shape))
     if problems:
@@ -403,12 +449,27 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def _unit_problems(paths: RunPaths) -> list[str]:
+    """One line per saved sweep unit (grid or search) that is damaged or fails its checksum."""
+    from steerlib.experiment.sweep import read_unit
+
+    problems = []
+    for part in sorted(paths.sweep_parts.rglob("*.parquet")):
+        try:
+            read_unit(part)
+        except DamagedRunError as exc:
+            problems.append(f"run {paths.name!r}: {exc}".rstrip("."))
+    return problems
+
+
 def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
     """Refuse to start on a run whose records or products are damaged; say what to delete.
 
-    ``params.json`` and ``status.json`` must parse. The products of the steps marked done,
-    and the sweep's saved units, must have readable headers; with ``force`` they are all
-    recomputed, so only the records are checked.
+    ``params.json`` and ``status.json`` must parse, and the lock must be a file. The products
+    of the steps marked done must have readable headers and match the checksums recorded when
+    their step was recorded whole, and every saved sweep unit (grid and search) must match the
+    checksum written inside it; with ``force`` they are all recomputed, so only the records
+    are checked.
 
     Raises:
         DamagedRunError: One line per damaged file, naming it and the way out.
@@ -416,6 +477,12 @@ def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
     if not paths.root.is_dir():
         return
     problems = []
+    if paths.lock.is_dir():
+        problems.append(
+            f"run {paths.name!r}: its lock {paths.lock} is a folder, not a lock file; remove it "
+            f"(rmdir {paths.lock}) if no steerlib process is running, and run the same command "
+            "again"
+        )
     for read in (paths.read_params, paths.read_status):
         try:
             read()
@@ -433,12 +500,7 @@ def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
                         f"run {paths.name!r}: {product} is damaged ({reason}); delete it and run "
                         "the same command again (that step and the ones after it run again)"
                     )
-        for part in sorted(paths.sweep_parts.glob("*.parquet")):
-            reason = _header_problem(part)
-            if reason:
-                problems.append(
-                    f"run {paths.name!r}: sweep unit {part} is damaged ({reason}); delete it and "
-                    "run the same command again (only that unit is generated again)"
-                )
+        problems += paths.product_problems()
+        problems += _unit_problems(paths)
     if problems:
         raise DamagedRunError("\n".join(problems))

@@ -22,6 +22,14 @@ This module is the only reader and writer of a run's records: ``params.json`` (f
 ``status.json`` (format :data:`STATUS_FORMAT`: ``{"format", "steps"}``) and the sweep units'
 generation settings (``sweep_parts/settings.json``). Files written before the format was
 versioned (nested without ``format``, or a flat mapping of parameters) still load.
+
+A step's ``done`` record also carries the run's **identity** as that step saw it: ``params``,
+the values of the parameters the step's products depend on (recorded by the process that made
+them), and, once the chain runner has seen its notebook end, ``complete: true`` with the
+``checksums`` (SHA-256) of its products. The identity outlives a deleted or rewritten
+``params.json`` (the run cannot adopt other values), and the checksums let the runner,
+``status``, ``figures`` and ``export`` tell a product changed after its step from a whole one
+(:meth:`RunPaths.product_problems`).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from steerlib._io import atomic_write_json
+from steerlib._io import atomic_write_json, file_sha256
 from steerlib.config import RunParams, run_name_problem, short_repr
 from steerlib.errors import ConfigError, DamagedRunError
 from steerlib.experiment.table import STEPS
@@ -284,6 +292,75 @@ class RunPaths:
         """The recorded state of ``step``, or ``None``."""
         return self.read_status().get(step, {}).get("state")
 
+    def record_complete(self, step: str) -> None:
+        """Record ``step`` whole: done, with the SHA-256 of each of its products, last.
+
+        Called by the chain runner after the step's notebook has ended and its executed copy
+        is in place; the runner skips only steps recorded this way.
+        """
+        record = {
+            k: v
+            for k, v in self.read_status().get(step, {}).items()
+            if k not in ("state", "updated")
+        }
+        checksums = {
+            product.name: file_sha256(product)
+            for product in STEP_PRODUCTS[step](self)
+            if product.is_file()
+        }
+        self.set_status(step, "done", **{**record, "complete": True, "checksums": checksums})
+
+    def is_complete(self, step: str) -> bool:
+        """Whether ``step`` is recorded whole (:meth:`record_complete`) and its products exist."""
+        record = self.read_status().get(step, {})
+        products = STEP_PRODUCTS[step](self)
+        return (
+            record.get("state") == "done"
+            and record.get("complete") is True
+            and all(product.is_file() for product in products)
+        )
+
+    def product_problems(self, steps: tuple[str, ...] | None = None) -> list[str]:
+        """One line per product of a finished step that differs from its recorded checksum.
+
+        Args:
+            steps: The steps to check (default: all).
+
+        Returns:
+            Lines naming the file, the step and the way out; empty when all are whole.
+        """
+        status = self.read_status()
+        problems = []
+        for step, record in status.items():
+            if steps is not None and step not in steps:
+                continue
+            checksums = record.get("checksums") if record.get("state") == "done" else None
+            if not isinstance(checksums, dict) or step not in STEP_PRODUCTS:
+                continue
+            for product in STEP_PRODUCTS[step](self):
+                wanted = checksums.get(product.name)
+                if wanted is None:
+                    continue
+                if not product.is_file():
+                    why = "is missing"
+                elif file_sha256(product) != wanted:
+                    why = "differs from the file step " + step + " wrote (truncated or edited)"
+                else:
+                    continue
+                problems.append(
+                    f"run {self.name!r}: {product} {why}; delete it and run the same command "
+                    f"again (step {step} and the ones after it run again)"
+                )
+        return problems
+
+    def recorded_identity(self) -> dict[str, dict[str, Any]]:
+        """The parameters each finished step recorded as its products' identity, by step."""
+        return {
+            step: dict(record["params"])
+            for step, record in self.read_status().items()
+            if isinstance(record, dict) and isinstance(record.get("params"), dict)
+        }
+
 
 STEP_PRODUCTS: dict[str, Callable[[RunPaths], tuple[Path, ...]]] = {
     s.name: (lambda paths, s=s: tuple(getattr(paths, name) for name in s.outputs)) for s in STEPS
@@ -426,6 +503,11 @@ def run_lock(paths: RunPaths, *, token: str | None = None) -> Iterator[None]:
         RunLockedError: Another live process holds the run; the message names it.
     """
     paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.lock.is_dir():
+        raise DamagedRunError(
+            f"run {paths.name!r}: its lock {paths.lock} is a folder, not a lock file; remove it "
+            f"(rmdir {paths.lock}) if no steerlib process is running, and try again."
+        )
     me = _holder(token)
     while not _create_lock(paths.lock, me):
         holder = _read_holder(paths.lock)

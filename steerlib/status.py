@@ -4,7 +4,9 @@ A sweep on real prompts can take hours on a CPU; ``python -m steerlib status [RU
 a run directory (never the model) and says how far it is, which layers are complete (each
 with its control direction) and, from the times its units were written, when it should end.
 A step recorded as ``running`` or ``partial`` is checked against its process: alive, or
-"stale: process N is gone, rerun the same command to resume".
+"stale: process N is gone, rerun the same command to resume". A run whose products or sweep
+units differ from what their step wrote (checksums) is reported as damaged (exit 3), and a run
+name with no run exits 2.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from steerlib.errors import (
 from steerlib.experiment.sweep import sweep_plan
 from steerlib.experiment.table import STEPS
 from steerlib.partition import SweepUnit
+from steerlib.preflight import check_run_files
 from steerlib.runs import LIVE_STATES, RunPaths, lock_holder, process_state, runs_root
 
 __all__ = ["SweepProgress", "liveness", "main", "sweep_progress"]
@@ -197,9 +200,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             # A run that cannot be read gets its own line; the others are still reported.
             try:
+                paths = RunPaths.for_run(name, args.runs_dir)
+                if not paths.params.is_file():
+                    print(
+                        f"steerlib: no run {name!r} at {paths.root}; the runs there are listed "
+                        f"by `python -m steerlib status{_runs_dir_option(args.runs_dir)}`.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    code = max(code, EXIT_BAD_INPUT)
+                    continue
                 print(report(name, args.runs_dir), flush=True)
+                # Products and units whose files differ from what their step wrote.
+                check_run_files(paths)
             except DamagedRunError as exc:
-                print(f"steerlib: {exc}", file=sys.stderr, flush=True)
+                for line in str(exc).splitlines():
+                    print(f"steerlib: {line}", file=sys.stderr, flush=True)
                 code = max(code, EXIT_DAMAGED_RUN)
             except SteerlibError as exc:
                 print(f"steerlib: {exc}", file=sys.stderr, flush=True)
@@ -208,3 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print("steerlib: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
+
+
+def _runs_dir_option(runs_dir: str | None) -> str:
+    """`` --runs-dir DIR`` when one was given, for a suggested command."""
+    return f" --runs-dir {runs_dir}" if runs_dir else ""

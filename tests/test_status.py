@@ -72,8 +72,8 @@ def test_status_command_prints_each_run(run, capsys):
     assert "long" in out and "05_sweep        partial" in out
     assert "01_data         not run" in out and out.index("01_data") < out.index("06_analysis")
     assert "sweep units     0/4" in out and "complete layers none yet" in out
-    assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 0
-    assert "no run at" in capsys.readouterr().out
+    assert status.main(["missing", "--runs-dir", str(paths.root.parent)]) == 2  # issue 26
+    assert "no run 'missing' at" in capsys.readouterr().err
 
 
 def test_status_counts_the_units_of_the_sweeps_own_plan(run):

@@ -5,7 +5,10 @@ parameters the run was made with, then :func:`~steerlib.preflight.preflight`). T
 is resolved once, here, and passed to every notebook as an absolute path (with
 ``$STEERLIB_RUNS_DIR`` exported for the kernels), so a relative folder means the same place for
 the runner and the notebooks. Finished notebooks are skipped, so an interrupted run resumes
-where it stopped.
+where it stopped: a step counts as finished only when the runner has recorded it whole (its
+notebook ended, its executed copy moved into place, its products' checksums recorded, in that
+order), so a kill at any point leaves the step to run again. ``--force`` recomputes the first
+step a changed parameter affects and the ones after it (every step when nothing changed).
 
 With ``--workers N`` the generation of the sweep (05) is shared by N torchrun workers
 (:mod:`steerlib.experiment.workers`) before its notebook runs: the workers write every unit and
@@ -24,13 +27,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from steerlib.config import RunParams
+from steerlib.config import RunParams, short_repr
 from steerlib.config_files import load_params, parse_overrides
-from steerlib.errors import EXIT_INTERRUPTED, EXIT_STEP_FAILED, SteerlibError, exit_code
+from steerlib.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_STEP_FAILED,
+    DamagedRunError,
+    SteerlibError,
+    exit_code,
+)
 from steerlib.experiment import report
 from steerlib.experiment.progress import SweepWatcher
-from steerlib.experiment.run import Run, check_changes, ensure_writable, provenance
-from steerlib.experiment.table import STEPS
+from steerlib.experiment.run import (
+    Changes,
+    Run,
+    check_changes,
+    ensure_writable,
+    provenance,
+    step_identity,
+)
+from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 from steerlib.preflight import check_run_files, preflight
 from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
@@ -101,7 +117,7 @@ def run_chain(
     paths = RunPaths.for_run(params.run_name, root)
     values = params.notebook_parameters()
     check_run_files(paths, force=force)
-    check_changes(paths, values, force=force)
+    forced_from = _forced_from(check_changes(paths, values, force=force), force=force)
     preflight(params, runs_dir=str(root))
     ensure_writable(paths.root)
     started = time.perf_counter()
@@ -118,17 +134,49 @@ def run_chain(
         paths.notebooks.mkdir(parents=True, exist_ok=True)
         for notebook in notebooks:
             launch = (workers, token) if workers else None
+            forced = forced_from is not None and _order(notebook.stem) >= _order(forced_from)
             code = _run_notebook(
-                notebook, paths, values, force=force, progress=progress, launch=launch
+                notebook, paths, values, force=forced, progress=progress, launch=launch
             )
             if code:
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
-        if analysis_copy.is_file():
+        if analysis_copy.is_file() and _report_is_stale(paths, analysis_copy):
             render_report(analysis_copy, paths.report)
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
     _print_summary(paths)
     return 0
+
+
+def _order(step_name: str) -> int:
+    """Position of a step in the chain (a notebook outside the table comes last)."""
+    return STEP_NAMES.index(step_name) if step_name in STEP_NAMES else len(STEP_NAMES)
+
+
+def _forced_from(changes: Changes, *, force: bool) -> str | None:
+    """The first step ``--force`` recomputes: the first changed one, or all when none changed.
+
+    ``--force`` with changed parameters redoes the first step whose products depend on them
+    and the ones after it (what the runner announces); with no change (or only runtime
+    settings such as ``device``) it redoes every step; a change no finished step depends on
+    forces nothing.
+    """
+    if not force:
+        return None
+    affected = sorted({*changes.reruns, *changes.resumes}, key=STEP_NAMES.index)
+    if affected:
+        return affected[0]
+    meaningful = [name for name in changes.changed if name not in RUNTIME]
+    return None if meaningful else STEP_NAMES[0]
+
+
+def _report_is_stale(paths: RunPaths, executed: Path) -> bool:
+    """Whether ``report.html`` is missing or older than the analysis it renders."""
+    if not paths.report.is_file():
+        return True
+    made = paths.report.stat().st_mtime
+    inputs = [executed, paths.summary, paths.summary_table]
+    return any(path.is_file() and path.stat().st_mtime > made for path in inputs)
 
 
 def _run_notebook(
@@ -152,9 +200,10 @@ def _run_notebook(
 
     step = notebook.stem
     executed = paths.notebooks / notebook.name
-    products = STEP_PRODUCTS[step](paths) if step in STEP_PRODUCTS else ()
-    finished = all(product.is_file() for product in products)
-    if not force and paths.step_state(step) == "done" and executed.is_file() and finished:
+    # Skipped only when recorded whole: the runner records that last, after the notebook
+    # ended and its executed copy was put in place (a kill inside the notebook leaves the
+    # step to run again, whatever the notebook itself recorded).
+    if not force and executed.is_file() and step in STEP_PRODUCTS and paths.is_complete(step):
         print(f"[steerlib] {step}: done earlier, skipped")
         return 0
     shared = next((name for name, chained in WORKER_STEPS.items() if chained == step), None)
@@ -184,11 +233,14 @@ def _run_notebook(
     started = time.perf_counter()
     # Step 05's own bars stay in its notebook: the console shows the sweep's units instead.
     sweep = step == "05_sweep"
+    # The notebook is executed into a partial copy that replaces the executed one only when
+    # papermill ends, so an executed copy is always whole (or a finished failure).
+    partial = executed.with_name(f".partial-{executed.name}")
     try:
         with SweepWatcher(paths, disable=not (progress and sweep)):
             papermill.execute_notebook(
                 str(notebook),
-                str(executed),
+                str(partial),
                 parameters=given,
                 cwd=str(notebook.parent),
                 kernel_name="python3",
@@ -197,6 +249,7 @@ def _run_notebook(
                 **kernel_options(),
             )
     except PapermillExecutionError as exc:
+        os.replace(partial, executed)  # the failure, in place, where the message says
         paths.set_status(step, "failed", error=f"{exc.ename}: {exc.evalue}")
         print(
             f"[steerlib] {step} FAILED: {exc.ename}: {exc.evalue}\n"
@@ -204,8 +257,13 @@ def _run_notebook(
             file=sys.stderr,
         )
         return EXIT_STEP_FAILED
+    os.replace(partial, executed)
     if paths.step_state(step) != "done":
-        paths.set_status(step, "done", seconds=round(time.perf_counter() - started, 1))
+        seconds = round(time.perf_counter() - started, 1)
+        identity = step_identity(step, values) if step in STEP_NAMES else {}
+        paths.set_status(step, "done", seconds=seconds, params=identity)
+    if step in STEP_PRODUCTS:
+        paths.record_complete(step)
     print(f"[steerlib] {step}: done in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -214,7 +272,13 @@ def _print_summary(paths: RunPaths) -> None:
     """The run's verdict in three lines, then where its report and figures are."""
     if not paths.summary.is_file():
         return
-    record = json.loads(paths.summary.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(paths.summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DamagedRunError(
+            f"run {paths.name!r}: {paths.summary} is damaged ({type(exc).__name__}); delete it "
+            "and run the same command again (the analysis runs again)."
+        ) from None
     print(f"[steerlib] verdict ({paths.name}):")
     for line in report.verdict(record):
         print(f"  - {line}")
@@ -230,51 +294,89 @@ def _print_summary(paths: RunPaths) -> None:
 
 
 def copy_finished_steps(
-    source: RunPaths, dest: RunPaths, *, through: str = "04_vectors"
+    source: RunPaths,
+    dest: RunPaths,
+    *,
+    through: str = "04_vectors",
+    values: dict[str, Any] | None = None,
 ) -> list[str]:
     """Start run ``dest`` from the finished steps of ``source`` up to ``through``.
 
-    The steps' products (with their JSON sidecars) are copied, the parameters they were made
-    with are recorded as ``dest``'s (so the chain refuses a config that contradicts them), and
-    each copied step is recorded ``done`` with ``copied_from``. The later steps then run in
-    ``dest`` from these products.
+    Everything is checked before anything is copied: ``source``'s records and the checksums of
+    the products to copy, and (with ``values``, the new run's parameters) that the steps to
+    copy were made with the same values of the parameters they depend on. The steps' products
+    (with their JSON sidecars) are then copied, each atomically, the parameters recorded as
+    ``dest``'s, and each copied step recorded ``done`` with ``copied_from`` and ``source``'s
+    identity and checksums, last. A copy that was interrupted is resumed by the same command
+    (the steps already recorded are kept; the others are copied again); a run that already
+    holds the copied steps is left as it is.
 
     Returns:
-        The copied steps.
+        The steps copied now (empty when ``dest`` already had them all).
 
     Raises:
-        ConfigError: ``dest`` already has steps, or ``source`` has no finished step to copy.
+        ConfigError: ``dest`` has steps of its own, ``source`` has no finished step to copy,
+            or its steps were made with other values than ``values``.
+        DamagedRunError: A product of ``source`` to copy is damaged or differs from its
+            checksum.
     """
     import shutil
 
+    from steerlib._io import atomic_write
     from steerlib.errors import ConfigError
-    from steerlib.experiment.table import STEP_NAMES
 
-    if dest.read_status():
-        raise ConfigError(
-            f"run {dest.name!r} already has steps; --from-run only starts a new run (choose "
-            "another run_name or delete its folder)."
-        )
     status = source.read_status()
     wanted = STEP_NAMES[: STEP_NAMES.index(through) + 1]
     copied = [name for name in wanted if status.get(name, {}).get("state") == "done"]
     copied = [name for i, name in enumerate(copied) if name == wanted[i]]
     if not copied:
         raise ConfigError(f"run {source.name!r} has no finished step to copy (from 01_data on).")
+    held = dest.read_status() if dest.root.is_dir() else {}
+    own = [name for name, record in held.items() if record.get("copied_from") != source.name]
+    if own and set(own) & set(copied):
+        raise ConfigError(
+            f"run {dest.name!r} already has steps of its own ({', '.join(sorted(own))}); "
+            "--from-run only starts a new run (choose another run_name)."
+        )
+    check_run_files(source)
+    problems = source.product_problems(tuple(copied))
+    if problems:
+        raise DamagedRunError("\n".join(problems))
+    if values is not None:
+        changes = check_changes(source, {**values, "run_name": source.name}, force=True)
+        clash = [name for name in changes.reruns if name in copied]
+        if clash:
+            listed = ", ".join(
+                f"{k} {short_repr(old, 40)} -> {short_repr(new, 40)}"
+                for k, (old, new) in changes.changed.items()
+            )
+            raise ConfigError(
+                f"run {source.name!r} made {clash[0]} with other values ({listed}); --from-run "
+                "copies only steps made with the new run's values: drop those --set values or "
+                "run without --from-run."
+            )
+    todo = [name for name in copied if held.get(name, {}).get("state") != "done"]
+    if not todo:
+        return []
     dest.root.mkdir(parents=True, exist_ok=True)
-    for name in copied:
+
+    def copy(path: Path) -> None:
+        atomic_write(dest.root / path.name, lambda tmp: shutil.copyfile(path, tmp))
+
+    for name in todo:
         for product in STEP_PRODUCTS[name](source):
             for path in (product, product.with_suffix(".json")):
                 if path.is_file() and path != source.params:
-                    shutil.copy2(path, dest.root / path.name)
+                    copy(path)
     if source.probe.is_file():
         for path in (source.probe, source.probe.with_suffix(".json")):
-            shutil.copy2(path, dest.root / path.name)
+            if path.is_file():
+                copy(path)
     dest.write_params({**source.stored_params(), "run_name": dest.name}, **provenance())
-    for name in copied:
-        seconds = status[name].get("seconds")
-        dest.set_status(name, "done", seconds=seconds, copied_from=source.name)
-    return copied
+    for name in todo:
+        record = {k: v for k, v in status[name].items() if k not in ("state", "updated")}
+        dest.set_status(name, "done", **{**record, "copied_from": source.name})
+    return todo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,10 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.config, overrides)
         if args.from_run:
             root = absolute(args.runs_dir) if args.runs_dir else runs_root()
+            # Everything is checked before anything is copied.
+            preflight(params, runs_dir=str(root))
             copied = copy_finished_steps(
-                RunPaths.for_run(args.from_run, root), RunPaths.for_run(params.run_name, root)
+                RunPaths.for_run(args.from_run, root),
+                RunPaths.for_run(params.run_name, root),
+                values=params.notebook_parameters(),
             )
-            print(f"[steerlib] copied {', '.join(copied)} from run {args.from_run!r}")
+            if copied:
+                print(f"[steerlib] copied {', '.join(copied)} from run {args.from_run!r}")
         return run_chain(
             params,
             runs_dir=args.runs_dir,

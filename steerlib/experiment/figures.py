@@ -295,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m steerlib figures RUN [--runs-dir DIR]``: redraw a finished run's figures."""
     from steerlib.experiment.chain import render_report, report_error
     from steerlib.figure_files import static_export_status
+    from steerlib.preflight import check_run_files
 
     parser = argparse.ArgumentParser(
         prog="python -m steerlib figures",
@@ -316,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"no run {args.run!r} in {paths.root.parent}; pass --runs-dir or check "
                 "`python -m steerlib status`."
             )
+        check_run_files(paths)  # a truncated or edited product is named, not drawn
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         with run_lock(paths):
             written = write_figures(paths, formats=["html", *formats])

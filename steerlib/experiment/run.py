@@ -35,14 +35,22 @@ from steerlib.errors import ConfigError, DataError
 from steerlib.experiment.table import (
     RUNTIME,
     STEP_NAMES,
+    STEPS,
     after,
     producer,
     step,
-    steps_reading,
 )
 from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
 
-__all__ = ["Changes", "Run", "check_changes", "ensure_writable", "invalidate_after", "provenance"]
+__all__ = [
+    "Changes",
+    "Run",
+    "check_changes",
+    "ensure_writable",
+    "invalidate_after",
+    "provenance",
+    "step_identity",
+]
 
 _PACKAGES = ("steerlib", "torch", "transformers", "numpy", "pandas", "scipy", "plotly", "papermill")
 _LOADED: dict[tuple[Any, ...], Any] = {}
@@ -72,6 +80,20 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def step_identity(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters step ``name``'s products depend on, with their values in ``values``.
+
+    Runtime settings (:data:`~steerlib.experiment.table.RUNTIME`) are left out; so are
+    parameters the step reads only behind a switch that is off.
+    """
+    s = step(name)
+    return {
+        k: values[k]
+        for k in sorted(s.reads)
+        if k in values and k not in RUNTIME and s.depends_on(k, values)
+    }
 
 
 def _made(record: dict[str, Any]) -> bool:
@@ -113,21 +135,28 @@ def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = Fals
         ConfigError: One line naming each refused parameter with its stored and new value.
     """
     stored = paths.stored_params()
-    changed = {k: (stored[k], v) for k, v in values.items() if k in stored and stored[k] != v}
+    status = paths.read_status()
+    changed: dict[str, tuple[Any, Any]] = {
+        k: (stored[k], v) for k, v in values.items() if k in stored and stored[k] != v
+    }
     # A step reads some parameters only behind a switch; both old and new values count.
     after_change = {**stored, **values}
-    status = paths.read_status()
     refused: list[str] = []
     resumes: set[str] = set()
     reruns: set[str] = set()
-    for name in changed:
-        if name in RUNTIME:
+    for s in STEPS:
+        record = status.get(s.name, {})
+        if not _made(record):
             continue
-        for s in steps_reading(name):
-            if not (s.depends_on(name, stored) or s.depends_on(name, after_change)):
+        # The identity the step recorded beside its products wins over params.json, which
+        # may have been deleted or rewritten since.
+        made_with = {**stored, **(record.get("params") or {})}
+        for name in sorted(s.reads & values.keys()):
+            if name in RUNTIME or name not in made_with or made_with[name] == values[name]:
                 continue
-            if not _made(status.get(s.name, {})):
+            if not (s.depends_on(name, made_with) or s.depends_on(name, after_change)):
                 continue
+            changed.setdefault(name, (made_with[name], values[name]))
             if name in s.extends:
                 resumes.add(s.name)
             elif s.reruns or force:
@@ -388,6 +417,13 @@ class Run:
             except BaseException as exc:
                 self.paths.set_status(name, "failed", error=f"{type(exc).__name__}: {exc}")
                 raise
-            self.paths.set_status(name, "done", seconds=round(time.perf_counter() - started, 1))
+            identity = (
+                {"params": step_identity(name, self.params.notebook_parameters())}
+                if name in STEP_NAMES
+                else {}
+            )
+            self.paths.set_status(
+                name, "done", seconds=round(time.perf_counter() - started, 1), **identity
+            )
             if name in STEP_NAMES:
                 invalidate_after(self.paths, name, f"{name} was recomputed")

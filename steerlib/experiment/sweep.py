@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from steerlib._io import atomic_write_parquet
+from steerlib._io import atomic_write_parquet, read_checked_parquet
 from steerlib.config import RunParams, short_repr
-from steerlib.errors import ConfigError, DamagedRunError
+from steerlib.errors import ConfigError
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts, score
 from steerlib.generation import DecodingSettings
@@ -40,6 +40,7 @@ __all__ = [
     "grid_family",
     "held_out_prefixes",
     "prepare_units",
+    "read_unit",
     "run_sweep",
     "saved_units",
     "search_edge",
@@ -615,7 +616,7 @@ def _searched_alphas(
         if family is None:
             continue
         saved = {
-            path.stem: pd.read_parquet(path)
+            path.stem: read_unit(path)
             for path in sorted(paths.search_parts.glob(f"{family.prefix}*-L{layer}-*.parquet"))
         }
 
@@ -652,15 +653,7 @@ def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
     Unit keys name the direction, layer and prompt bucket, not the alphas, so a unit saved
     under other alphas would otherwise be taken as done.
     """
-    saved = {}
-    for path in sorted(folder.glob("*.parquet")):
-        try:
-            saved[path.stem] = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several error types for a damaged file
-            raise DamagedRunError(
-                f"sweep unit {path} is damaged ({type(exc).__name__}); delete it and run the "
-                "same command again (only that unit is generated again)."
-            ) from None
+    saved = {path.stem: read_unit(path) for path in sorted(folder.glob("*.parquet"))}
     for key, table in saved.items():
         found = sorted(set(table["alpha"].astype(float)))
         if found != sorted(float(a) for a in alphas):
@@ -670,3 +663,17 @@ def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
                 "(`python -m steerlib run --force`) or use a new run_name."
             )
     return saved
+
+
+def read_unit(path: Path) -> pd.DataFrame:
+    """A saved sweep unit, its checksum verified (:func:`~steerlib._io.read_checked_parquet`).
+
+    Raises:
+        DamagedRunError: The unit is truncated, edited, or has no checksum; one line saying to
+            delete it (only that unit is generated again).
+    """
+    return read_checked_parquet(
+        path,
+        "sweep unit",
+        "delete it and run the same command again (only that unit is generated again)",
+    )
