@@ -76,7 +76,7 @@ def kl_of(cells: dict[tuple[str, float], dict[str, Any]], layer: int = 3) -> pd.
             "direction": direction,
             "layer": layer,
             "alpha": alpha,
-            "kl_benign": abs(alpha) / 10,
+            "kl_benign": abs(alpha) / 100,  # within the default KL budget (ln 1.1)
             "n_tokens": 40,
             "human_perplexity": spec.get("human", 20.0),
         }
@@ -296,9 +296,14 @@ def test_fluency_measure_human_perplexity_and_its_fallback() -> None:
     by_human = op.recommend_operating_point(summary)
     assert by_human["alpha"] == 1.0 and by_human["fluency_measure"] == "human_perplexity"
     assert by_human["baseline_human_perplexity"] == pytest.approx(20.0)
+    # Naming the continuation measure does not let alpha 2 slip past the human-text budget:
+    # every measure is checked (issue 27); the named one is only the reported ``fluency``.
     by_continuation = op.recommend_operating_point(summary, fluency_measure="perplexity")
-    assert by_continuation["alpha"] == 2.0 and by_continuation["fluency_measure"] == "perplexity"
-    assert by_continuation["selection"]["fluency"] == pytest.approx(10.5)
+    assert by_continuation["alpha"] == 1.0 and by_continuation["fluency_measure"] == "perplexity"
+    assert by_continuation["selection"]["fluency"] == pytest.approx(10.0)
+    table = op.admissibility(summary, fluency_measure="perplexity")
+    two = table[(table["direction"] == "caa") & (table["alpha"] == 2.0)]
+    assert (two["fluency_failed"] == "human_perplexity").all() and not two["admissible"].any()
     # A kl table from before human_perplexity existed: the rule falls back and says so.
     old = summary_of(cells, kl=kl_of(cells).drop(columns="human_perplexity"))
     assert old["human_perplexity"].isna().all()
