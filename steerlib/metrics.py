@@ -595,6 +595,10 @@ def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.
         column = pd.to_numeric(own[name], errors="coerce").astype(float).to_numpy()
         fallback = pd.to_numeric(overall[name], errors="coerce").astype(float).to_numpy()
         empty[name] = pd.Series(np.where(found, column, fallback), index=summary.index)
+    # Which held-out texts the row's values come from: its half's own, or all of them.
+    empty["held_out_texts"] = pd.Series(
+        np.where(found, left["split"].to_numpy(), "all"), index=summary.index, dtype=object
+    )
     return empty
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "LengthFn",
     "PromptSplit",
     "count_words",
+    "held_out_halves",
     "match_lengths",
     "pair_texts",
     "perspective_labels",
@@ -352,6 +353,31 @@ def pair_texts(df: pd.DataFrame) -> list[str]:
         else:
             texts.append(f"{prompt} {cont}")
     return texts
+
+
+def held_out_halves(held_out: pd.DataFrame, seed: int) -> tuple[list[str], list[str]]:
+    """The held-out benign texts and the half of each: the *search* or the *report* half.
+
+    The halves follow :func:`steerlib.operating_point.assign_split` (a BLAKE2b hash of the seed
+    and the text's ``prompt_id``, first half rounded up), so a text's half depends only on its
+    id, the seed and the pool, never on row order or on the process. They are named after the
+    prompt halves they serve: the search half is ``"selection"`` (the alpha search and the
+    admissibility of the selection half use it), the report half ``"confirmation"`` (the
+    confirmation figure). The two are disjoint.
+
+    Args:
+        held_out: The held-out rows (``role == "kl_benign"`` of the prompts table).
+        seed: The run's seed.
+
+    Returns:
+        ``(texts, halves)``, one half name per text, in the rows' order.
+    """
+    from steerlib.operating_point import assign_split
+
+    if held_out.empty:
+        return [], []
+    rows = held_out[["prompt_id"]].assign(subset="kl_benign")
+    return pair_texts(held_out), [str(h) for h in assign_split(rows, seed)]
 
 
 def perspective_labels(
