@@ -616,3 +616,42 @@ def test_lone_surrogate_and_unreadable_files_name_the_file(tmp_path: Path) -> No
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(DataError, match="symbolic link"):
         load_prompts(str(tmp_path / "loop"))
+
+
+def test_held_out_all_takes_every_benign_text_the_evaluation_and_pairs_leave(
+    bundled: pd.DataFrame,
+) -> None:
+    """Issue 27: ``n_kl="all"`` holds out the rest of the benign pool, disjoint from the others."""
+    split = split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl="all")
+    held = split.kl_benign
+    assert len(held) > 16  # more than the old fixed 16
+    for ids, texts in _ids_and_texts(split):
+        assert not ids & set(held["prompt_id"]) and not texts & set(held["prompt"])
+    # every benign candidate is used somewhere: evaluation, the non-toxic pair side or held out
+    tox = pd.to_numeric(bundled["prompt_toxicity"], errors="coerce")
+    candidates = bundled[~bundled["challenging"].astype(bool) & ((tox < 0.1) | tox.isna())]
+    used = set(split.benign["prompt"]) | set(split.pairs_nontoxic["prompt"]) | set(held["prompt"])
+    assert set(candidates["prompt"]) <= used | set(split.pairs_toxic["prompt"])
+    # a number still takes that many, drawn before the pairs (older runs keep their split)
+    assert (
+        len(split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl=16).kl_benign)
+        == 16
+    )
+
+
+def test_held_out_halves_are_disjoint_balanced_and_stable(bundled: pd.DataFrame) -> None:
+    held = split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl="all").kl_benign
+    texts, halves = subsets.held_out_halves(held, seed=4)
+    assert texts == subsets.pair_texts(held)
+    search = {pid for pid, h in zip(held["prompt_id"], halves, strict=True) if h == "selection"}
+    report = {pid for pid, h in zip(held["prompt_id"], halves, strict=True) if h == "confirmation"}
+    assert search and report and not search & report and len(search) + len(report) == len(held)
+    assert 0 <= len(search) - len(report) <= 1
+    shuffled = held.sample(frac=1.0, random_state=1)
+    _, again = subsets.held_out_halves(shuffled, seed=4)
+    assert dict(zip(shuffled["prompt_id"], again, strict=True)) == dict(
+        zip(held["prompt_id"], halves, strict=True)
+    )
+    _, other = subsets.held_out_halves(held, seed=5)
+    assert other != halves
+    assert subsets.held_out_halves(held.iloc[:0], seed=4) == ([], [])
