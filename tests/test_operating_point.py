@@ -497,7 +497,7 @@ def test_within_human_budget_but_over_continuation_budget_is_refused() -> None:
     assert any(reason.startswith("perplexity 13 above the limit 11") for reason in miss["reasons"])
     lines = pipeline.verdict({"recommended": none, "params": {"model": "m"}})
     assert "Fluency measures over budget: perplexity of benign continuations" in lines[1]
-    assert "judged by self-judged" in lines[1]
+    assert "judge: self-judged" in lines[1]
 
 
 def test_recommended_point_has_every_measure_with_an_interval_containing_it() -> None:

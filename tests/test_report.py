@@ -49,7 +49,7 @@ def test_verdict_of_a_recommended_point_states_effect_cost_and_control(tmp_path)
     assert "budget +10%" in cost
     # every measure with its change and budget, the judge named, none failing (issue 27)
     assert "perplexity of benign continuations 10 → 10 (+0%, 95% CI 10–10; budget +10%)" in cost
-    assert "judged by self-judged (the steered model's own weights" in cost
+    assert "judge: self-judged (the steered model's own weights" in cost
     assert "KL on held-out benign text 0.01 nats/token (budget 0.095)" in cost
     assert cost.endswith("Every measure within budget on the confirmation half.")
     assert set(point["fluency_budget"]) == {"human_perplexity", "perplexity", "kl_benign"}

@@ -173,7 +173,7 @@ def _budget_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
                 + ")"
             )
         if name == "perplexity":
-            text += f", judged by {judge_name(params)}"
+            text += f", judge: {judge_name(params)}"
         if entry.get("within") is False:
             failing.append(_MEASURES.get(name, name))
             text += " — over budget"
@@ -267,7 +267,7 @@ def _no_point_lines(recommended: Mapping[str, Any], params: Mapping[str, Any]) -
         if failed:
             names = ", ".join(_MEASURES.get(name, name) for name in failed)
             judge = (
-                f" (continuations judged by {judge_name(params)})" if "perplexity" in failed else ""
+                f" (continuations' judge: {judge_name(params)})" if "perplexity" in failed else ""
             )
             second += f" Fluency measures over budget: {names}{judge}."
     else:
