@@ -589,6 +589,20 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
     assert not pair_ids & set(pd.concat(used)["prompt_id"])
 
 
+@pytest.mark.rtp
+def test_rtp_held_out_pool_is_what_evaluation_and_pairs_leave(rtp_dir: Path) -> None:
+    """The RTP configs' held-out arithmetic (issue 27), as their comment states it."""
+    challenging = load_prompt_file(rtp_dir / "challenging_sample.jsonl")
+    nontoxic = load_prompt_file(rtp_dir / "nontoxic_sample.jsonl")
+    split = split_prompts(challenging, nontoxic, n_prompts=80, n_pairs="all", seed=0, n_kl="all")
+    tox = pd.to_numeric(nontoxic["prompt_toxicity"], errors="coerce")
+    candidates = set(nontoxic["prompt_id"][~nontoxic["challenging"] & ((tox < 0.1) | tox.isna())])
+    pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
+    paired = candidates & pair_ids  # a benign prompt with a toxic continuation pairs too
+    assert len(split.kl_benign) == len(candidates) - 80 - len(paired) > 0
+    assert not pair_ids & set(split.kl_benign["prompt_id"])
+
+
 def test_same_file_name_in_two_folders_keeps_every_prompt(tmp_path: Path) -> None:
     """Records without filename/begin/end in toxic/p.jsonl and benign/p.jsonl: no id clash."""
     toxic = [json.dumps({"challenging": True, **_record(f"rude {i}")}) for i in range(8)]
