@@ -1,9 +1,27 @@
 """Admissible settings of the operating-point rule (see :mod:`steerlib.operating_point`).
 
 A steered setting (direction, layer, alpha != 0) is admissible on a half when, on every subset
-of that half, its fluency cost stays within the budget, it does not collapse the text
-(distinct-2), and it does not push samples to the scorer's floor. :func:`admissibility` adds
-these checks, with the reasons a setting fails, to a summary table.
+of that half, EVERY fluency measure the run has stays within its budget, it does not collapse
+the text (distinct-2), and it does not push samples to the scorer's floor. :func:`admissibility`
+adds these checks, with the reasons a setting fails, to a summary table.
+
+The fluency measures (issue 27: no setting may pay on one while the rule looks at another):
+
+* ``human_perplexity``: the steered model's perplexity on the held-out benign human texts of
+  the half being judged (the search half for the selection half, the report half for the
+  confirmation half; all texts for older runs), at most ``1 + max_perplexity_increase`` times
+  alpha 0's;
+* ``perplexity``: the benign subset's continuation perplexity under the judge model
+  (``perplexity_model``) in the same half, at most ``1 + max_perplexity_increase`` times alpha
+  0's;
+* ``kl_benign``: mean KL(unsteered || steered) per token on the same held-out texts, at most
+  ``max_kl_benign`` nats. Its default, ``ln(1 + max_perplexity_increase)`` (0.0953 for +10%), is
+  the rise in cross-entropy that the perplexity budget allows: KL is the steered model's excess
+  cross-entropy on text drawn from the unsteered model, so the default puts the model's own
+  text under the same budget as human text. It is derived from the perplexity budget, not
+  fitted to any sample.
+
+A measure the summary does not have (a run made before it was measured) is not applied.
 """
 
 from __future__ import annotations
@@ -18,10 +36,12 @@ from steerlib.errors import ConfigError
 from steerlib.metrics import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
 
 __all__ = [
+    "BUDGETED",
     "FLUENCY_MEASURES",
     "FluencyMeasure",
     "admissibility",
     "format_number",
+    "kl_budget",
     "resolve_fluency_measure",
     "unsteered_rows",
 ]
@@ -33,6 +53,18 @@ FLUENCY_MEASURES = {
     "perplexity": "benign-subset continuation perplexity",
 }
 """The fluency measures the rule can use, with the words its sentences use for them."""
+BUDGETED = {
+    **FLUENCY_MEASURES,
+    "kl_benign": "KL(unsteered || steered) per token on the held-out benign texts",
+}
+"""Every measure with a budget (all are checked; see the module docstring)."""
+
+
+def kl_budget(max_perplexity_increase: float, max_kl_benign: float | None) -> float:
+    """The KL budget in nats per token: ``max_kl_benign``, else ln(1 + max_perplexity_increase)."""
+    if max_kl_benign is not None:
+        return float(max_kl_benign)
+    return math.log1p(max_perplexity_increase)
 
 
 def resolve_fluency_measure(
@@ -90,17 +122,20 @@ def admissibility(
     min_distinct_ratio: float = 0.9,
     max_floor_share_increase: float = 0.05,
     fluency_measure: FluencyMeasure = "human_perplexity",
+    max_kl_benign: float | None = None,
 ) -> pd.DataFrame:
     """Add the admissibility columns of the operating-point rule to a summary.
 
     Every row is compared with the alpha-0 row of the same split, subset, direction and layer
     (the unsteered ``direction == "none"`` row of the same split and subset when that is
-    absent). ``human_perplexity`` is a property of the setting, not of a subset or half; its
-    alpha-0 value is the one of the same direction and layer (else any alpha-0 value: alpha 0 is
-    the unsteered model whatever the layer). With ``perplexity`` the cost of a setting is the
-    benign subset's continuation perplexity in the same half (the row's own subset when the
-    summary has no benign rows). Checks whose inputs are absent (no ``distinct_2`` or
-    ``floor_share`` column, or all NaN) are not applied.
+    absent). ``human_perplexity`` and ``kl_benign`` belong to the setting and the half, not to
+    a subset; the alpha-0 value of ``human_perplexity`` is the one of the same half, direction
+    and layer (else any alpha-0 value of the half: alpha 0 is the unsteered model whatever the
+    layer). ``perplexity`` is the benign subset's continuation perplexity in the same half (the
+    row's own subset when the summary has no benign rows). Every measure of :data:`BUDGETED`
+    the summary has is checked; ``fluency_measure`` only names the one reported as
+    ``fluency`` (the random control is matched on it). Checks whose inputs are absent (no
+    ``distinct_2`` or ``floor_share`` column, or all NaN) are not applied.
 
     Args:
         summary: Output of :func:`steerlib.metrics.summarize`.
@@ -110,10 +145,15 @@ def admissibility(
             the scorer's floor over alpha 0.
         fluency_measure: ``"human_perplexity"`` or ``"perplexity"``; see
             :func:`resolve_fluency_measure` for the fallback.
+        max_kl_benign: KL budget (nats per token); None: :func:`kl_budget`'s default.
 
     Returns:
-        A copy with the columns ``fluency_measure`` (the one used), ``fluency`` (the setting's
-        value of it), ``fluency_limit`` (its budget), ``distinct_2_ratio``,
+        A copy with the columns ``fluency_measure`` (the named one), ``fluency`` (the setting's
+        value of it), ``fluency_limit`` (its budget), for each measure of :data:`BUDGETED` the
+        summary has ``<measure>_budget`` (its limit; for ``perplexity`` the benign subset's,
+        whose value is ``benign_continuation_perplexity``), ``fluency_checked`` (the measures
+        checked, "; "-joined), ``fluency_failed`` (those the setting breaks on some subset of its
+        half, "" when none), ``distinct_2_ratio``,
         ``floor_share_increase``, ``shortfall`` (how far the setting is from admissible: the sum
         of the relative fluency overrun, the relative distinct-2 deficit and the floor-share
         overrun, worst subset; 0 when admissible), ``admissible`` (True when the setting passes
@@ -141,6 +181,21 @@ def admissibility(
     out["fluency_measure"] = measure
     out["fluency"] = value
     out["fluency_limit"] = (1.0 + max_perplexity_increase) * base
+    steered = ((out["_alpha"] != 0) & ~unsteered_rows(out)).to_numpy()
+    budgets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in BUDGETED:
+        if name not in out.columns or not np.isfinite(out.loc[steered, name].astype(float)).any():
+            continue
+        if name == "kl_benign":
+            limit = np.full(len(out), kl_budget(max_perplexity_increase, max_kl_benign))
+            budgets[name] = (out[name].to_numpy(float), limit)
+        else:
+            got, zero = _fluency(out, name)
+            budgets[name] = (got, (1.0 + max_perplexity_increase) * zero)
+        out[f"{name}_budget"] = budgets[name][1]
+    if "perplexity" in budgets:
+        out["benign_continuation_perplexity"] = budgets["perplexity"][0]
+    out["fluency_checked"] = "; ".join(budgets)
     zero_d2 = _alpha_zero(out, "distinct_2")
     zero_floor = _alpha_zero(out, "floor_share")
     out["distinct_2_ratio"] = math.nan
@@ -151,12 +206,11 @@ def admissibility(
     out["floor_share_increase"] = math.nan
     if zero_floor is not None:
         out["floor_share_increase"] = out["floor_share"].to_numpy(float) - zero_floor
-    steered = ((out["_alpha"] != 0) & ~unsteered_rows(out)).to_numpy()
     limits = {"min_distinct_ratio": min_distinct_ratio, "max_floor": max_floor_share_increase}
     found = [
         _check(
             row,
-            measure,
+            {name: (got[i], limit[i]) for name, (got, limit) in budgets.items()},
             d2_zero=None if zero_d2 is None else zero_d2[i],
             check_floor=zero_floor is not None,
             **limits,
@@ -173,21 +227,25 @@ def admissibility(
     keys = list(out[_SETTING].itertuples(index=False, name=None))
     out["inadmissible_because"] = ["; ".join(joined.loc[key]) for key in keys]
     out["admissible"] = out["inadmissible_because"] == ""
+    out["fluency_failed"] = [
+        "; ".join(name for name in budgets if _names(reasons, name))
+        for reasons in out["inadmissible_because"]
+    ]
     return out.drop(columns=["_alpha", "_reasons", "_shortfall"])
 
 
 def _fluency(out: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
     """Each row's setting's value of the fluency measure, and that measure at alpha 0."""
     zero = out[out["_alpha"] == 0]
-    if measure == "human_perplexity":  # a property of the setting: no subset, no half
-        keys = ["direction", "layer", "_alpha"]
+    if measure in ("human_perplexity", "kl_benign"):  # held-out texts: per half, no subset
+        keys = ["split", "direction", "layer", "_alpha"]
         values = _lookup(out[out[measure].notna()], keys, measure)
-        own_zero = _lookup(zero[zero[measure].notna()], keys[:2], measure)
-        any_zero = zero[measure].dropna()  # alpha 0 is the unsteered model at any layer
-        fallback = float(any_zero.iloc[0]) if len(any_zero) else math.nan
+        own_zero = _lookup(zero[zero[measure].notna()], keys[:3], measure)
+        # alpha 0 is the unsteered model at any layer: any alpha-0 value of the half stands in
+        any_zero = _lookup(zero[zero[measure].notna()], keys[:1], measure)
         rows = [tuple(k) for k in out[keys].to_numpy()]
         value = [values.get(key, math.nan) for key in rows]
-        base = [own_zero.get(key[:2], fallback) for key in rows]
+        base = [own_zero.get(key[:3], any_zero.get(key[:1], math.nan)) for key in rows]
         return np.asarray(value, dtype=float), np.asarray(base, dtype=float)
     # Continuation perplexity of the benign subset in the same half; without benign rows,
     # each subset pays its own.
@@ -222,9 +280,14 @@ def _alpha_zero(out: pd.DataFrame, column: str) -> np.ndarray | None:
     return np.asarray([own.get(key, unsteered.get(key[:2], math.nan)) for key in rows], dtype=float)
 
 
+def _names(reasons: str, measure: str) -> bool:
+    """Whether the joined ``reasons`` hold a failed check of ``measure``."""
+    return any(part.startswith((f"{measure} ", f"no {measure} ")) for part in reasons.split("; "))
+
+
 def _check(
     row: Any,
-    measure: str,
+    fluency: dict[str, tuple[float, float]],
     *,
     d2_zero: float | None,
     check_floor: bool,
@@ -233,16 +296,17 @@ def _check(
 ) -> tuple[float, list[str]]:
     """The shortfall of one steered row and the checks it fails (none when admissible).
 
-    ``d2_zero`` is distinct-2 at alpha 0 (None: the check is not applied).
+    ``fluency`` maps each checked measure to the row's ``(value, limit)``; ``d2_zero`` is
+    distinct-2 at alpha 0 (None: the check is not applied).
     """
     total, reasons = 0.0, []
-    value, limit = float(row.fluency), float(row.fluency_limit)
-    if not (math.isfinite(value) and math.isfinite(limit)):
-        total = math.inf
-        reasons.append(f"no {measure} value for this setting or its alpha 0")
-    elif value > limit:
-        total += value / limit - 1.0 if limit > 0 else math.inf
-        reasons.append(f"{measure} {_fmt(value)} above the limit {_fmt(limit)}")
+    for measure, (value, limit) in fluency.items():
+        if not (math.isfinite(value) and math.isfinite(limit)):
+            total = math.inf
+            reasons.append(f"no {measure} value for this setting or its alpha 0")
+        elif value > limit:  # relative overrun (a zero budget: the value itself)
+            total += value / limit - 1.0 if limit > 0 else value
+            reasons.append(f"{measure} {_fmt(value)} above the limit {_fmt(limit)}")
     if d2_zero is not None:
         d2 = float(row.distinct_2)
         if not math.isfinite(d2_zero):

@@ -244,7 +244,30 @@ class RunParams(BaseModel):
     perplexity_model: StrictStr | None = Field(
         None, description="Perplexity judge; None: the model."
     )
-    kl_texts: StrictInt = Field(16, ge=0, description="Held-out benign texts for KL; 0: skip.")
+    kl_texts: Annotated[StrictInt, Field(ge=0)] | Literal["all"] = Field(
+        16,
+        description=(
+            "Held-out benign texts (human-text perplexity and KL), split by hash into a search "
+            "and a report half; 'all': every benign text left after the evaluation prompts and "
+            "pairs; 0: skip."
+        ),
+    )
+    max_kl_benign: Annotated[StrictFloat, Field(ge=0.0)] | None = Field(
+        None,
+        description=(
+            "Admissible: mean KL(unsteered || steered) on the held-out benign texts at most "
+            "this (nats/token); None: ln(1 + max_perplexity_increase), the cross-entropy rise "
+            "the perplexity budget allows."
+        ),
+    )
+    search_step_backs: StrictInt = Field(
+        3,
+        ge=0,
+        description=(
+            "Alpha search: bisections toward 0 when the searched edge breaks the benign "
+            "continuation budget on the selection half; 0: no check."
+        ),
+    )
     n_resamples: StrictInt = Field(2000, ge=100, description="Bootstrap resamples.")
     compare_with: list[StrictStr] = Field(
         default_factory=list, description="Other runs to compare in 06, e.g. another pair_source."

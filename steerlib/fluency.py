@@ -28,7 +28,7 @@ from steerlib.errors import ConfigError
 from steerlib.generation import PromptFormat, encode_prompts, left_pad, model_cache
 from steerlib.hooks import Units, steering
 from steerlib.layers import num_layers
-from steerlib.metrics import distinct_n_ngrams
+from steerlib.metrics import distinct_n_ngrams, run_bootstrap
 from steerlib.vectors import SteeringVector
 
 if TYPE_CHECKING:
@@ -46,7 +46,15 @@ __all__ = [
     "repetition",
 ]
 
-KL_COLUMNS = ["direction", "layer", "alpha", "kl_benign", "human_perplexity", "n_tokens"]
+KL_COLUMNS = [
+    "direction",
+    "layer",
+    "alpha",
+    "kl_benign",
+    "human_perplexity",
+    "n_tokens",
+    "n_texts",
+]
 
 
 def _device(model: PreTrainedModel) -> torch.device:
@@ -201,6 +209,9 @@ def benign_kl(
     variant: Variant | None = None,
     probe: ToxicityProbe | None = None,
     prefixes: Sequence[str | None] | None = None,
+    halves: Sequence[str] | None = None,
+    n_resamples: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Mean per-token KL(unsteered || steered) and the steered perplexity on benign text.
 
@@ -233,13 +244,25 @@ def benign_kl(
             are taken over the steered positions only. A text that is no longer
             than its prefix (no continuation) plays its first half of tokens as the prompt.
             ``None``: every text is split at half its tokens.
+        halves: One half name per text (e.g. ``"selection"``/``"confirmation"``, see
+            :func:`steerlib.subsets.held_out_halves`); each half then gets its own rows.
+        n_resamples: Bootstrap resamples of the intervals (0: none). The texts are the
+            clusters: :func:`steerlib.metrics.run_bootstrap` (BCa) resamples whole texts, the
+            statistic being the pooled per-token value (``exp`` of the pooled NLL for the
+            perplexity).
+        seed: Seed of the bootstrap.
 
     Raises:
-        ConfigError: ``prefixes`` of another length than ``texts``.
+        ConfigError: ``prefixes`` or ``halves`` of another length than ``texts``.
 
     Returns:
-        One row per (direction, layer, alpha) with :data:`KL_COLUMNS`.
+        One row per (direction, layer, alpha) with :data:`KL_COLUMNS`; with ``halves``, one per
+        (split, direction, layer, alpha), ``split`` being ``"all"`` or a half. With
+        ``n_resamples``, also ``human_perplexity_ci_low/_high`` and ``kl_benign_ci_low/_high``
+        (NaN for fewer than two texts); ``n_texts`` is the number of texts of the row.
     """
+    if halves is not None and len(halves) != len(texts):
+        raise ConfigError(f"halves has {len(halves)} names for {len(texts)} texts; give one each.")
     if not texts:
         return pd.DataFrame(columns=KL_COLUMNS)
     device = _device(model)
@@ -249,9 +272,10 @@ def benign_kl(
     first = (
         continuation_starts(tokenizer, encoded, prefixes, max_length) if teacher_forced else None
     )
-    sums = {(d, layer, a): 0.0 for d in vectors for layer in layers for a in alphas}
-    nll = dict.fromkeys(sums, 0.0)
-    total_tokens = predicted = 0
+    n_texts = len(encoded)
+    sums = {(d, layer, a): np.zeros(n_texts) for d in vectors for layer in layers for a in alphas}
+    nll = {key: np.zeros(n_texts) for key in sums}
+    tokens, predicted = np.zeros(n_texts), np.zeros(n_texts)
     jobs = [(d, layer) for d in vectors for layer in layers]
     starts = list(range(0, len(encoded), batch_size))
     bar = tqdm(total=len(starts) * (len(jobs) + 1), desc="benign KL", disable=not progress)
@@ -270,10 +294,11 @@ def benign_kl(
         if row_first is not None:  # judged where it steers: the continuation's positions
             positions = torch.arange(ids.shape[1])[None, :]
             real &= (positions >= row_first[:, None]).to(real.device)
-        total_tokens += int(real.sum())
+        here = slice(start, start + ids.shape[0])
+        tokens[here] = real.sum(-1).cpu().numpy()
         # Position t predicts token t + 1; both must be real tokens (and t a steered one).
         scored = real[:, :-1] & mask.bool()[:, 1:]
-        predicted += int(scored.sum())
+        predicted[here] = scored.sum(-1).cpu().numpy()
         targets = ids[:, 1:].unsqueeze(-1)
         n_alpha = len(alphas)
         rep_ids, rep_mask = ids.repeat(n_alpha, 1), mask.repeat(n_alpha, 1)
@@ -289,23 +314,71 @@ def benign_kl(
             steered = torch.log_softmax(logits, -1).view(n_alpha, *base.shape)
             kl = (base.exp() * (base - steered)).sum(-1)  # (alpha, batch, seq)
             token_logp = steered[:, :, :-1].gather(-1, targets.expand(n_alpha, -1, -1, -1))
+            per_kl = (kl * real).sum(-1).cpu().numpy()  # (alpha, batch)
+            per_nll = -(token_logp.squeeze(-1) * scored).sum(-1).cpu().numpy()
             for k, alpha in enumerate(alphas):
-                sums[(direction, layer, alpha)] += float(kl[k][real].sum())
-                nll[(direction, layer, alpha)] -= float(token_logp[k].squeeze(-1)[scored].sum())
+                sums[(direction, layer, alpha)][here] = per_kl[k]
+                nll[(direction, layer, alpha)][here] = per_nll[k]
             bar.update()
     bar.close()
-    rows = [
-        {
-            "direction": d,
-            "layer": int(layer),
-            "alpha": float(a),
-            "kl_benign": s / total_tokens,
-            "human_perplexity": math.exp(nll[(d, layer, a)] / max(predicted, 1)),
-            "n_tokens": total_tokens,
-        }
-        for (d, layer, a), s in sums.items()
-    ]
-    return pd.DataFrame(rows, columns=KL_COLUMNS)
+    names = np.asarray(["all"] * n_texts if halves is None else list(halves), dtype=object)
+    groups = [("all", np.ones(n_texts, dtype=bool))]
+    if halves is not None:
+        groups += [(str(h), names == h) for h in sorted(set(names))]
+    rows = []
+    for split, chosen in groups:
+        for (d, layer, a), kl_sums in sums.items():
+            row = {
+                "split": split,
+                "direction": d,
+                "layer": int(layer),
+                "alpha": float(a),
+                **_pooled(
+                    nll[(d, layer, a)][chosen],
+                    predicted[chosen],
+                    kl_sums[chosen],
+                    tokens[chosen],
+                    n_resamples=n_resamples,
+                    seed=seed,
+                ),
+            }
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    return table if halves is not None else table.drop(columns="split")
+
+
+def _pooled(
+    nll: np.ndarray,
+    predicted: np.ndarray,
+    kl: np.ndarray,
+    tokens: np.ndarray,
+    *,
+    n_resamples: int,
+    seed: int,
+) -> dict[str, float]:
+    """Pooled human perplexity and KL of a group of texts, with text-cluster intervals."""
+    out = {
+        "kl_benign": float(kl.sum() / max(tokens.sum(), 1)),
+        "human_perplexity": math.exp(float(nll.sum() / max(predicted.sum(), 1))),
+        "n_tokens": int(tokens.sum()),
+        "n_texts": len(nll),
+    }
+    if n_resamples <= 0:
+        return out
+    options = {"confidence": 0.95, "n_resamples": n_resamples, "seed": seed, "method": "BCa"}
+    for name, (values, counts), transform in (
+        ("human_perplexity", (nll, predicted), np.exp),
+        ("kl_benign", (kl, tokens), lambda x: x),
+    ):
+        low = high = math.nan
+        if len(values) >= 2 and counts.sum() > 0:
+
+            def statistic(v: np.ndarray, c: np.ndarray, axis: int = -1, f: Any = transform) -> Any:
+                return f(np.sum(v, axis=axis) / np.maximum(np.sum(c, axis=axis), 1))
+
+            low, high = run_bootstrap((values, counts), statistic, vectorized=True, **options)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+    return out
 
 
 def continuation_starts(

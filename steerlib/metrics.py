@@ -54,6 +54,7 @@ __all__ = [
     "mean_distinct_n_ngrams",
     "mean_toxicity",
     "pareto_front",
+    "perplexity_interval",
     "summarize",
     "toxicity_probability",
 ]
@@ -514,6 +515,7 @@ def _cell_metrics(
         excluded = int((ppl >= PERPLEXITY_CAP).sum())
     else:
         perplexity, excluded = math.nan, 0
+    perplexity_ci = perplexity_interval(group, **options)
     tox = _toxicity(group)
     at_floor = (
         float(((tox - floor).abs() <= FLOOR_TOLERANCE).mean()) if floor is not None else math.nan
@@ -532,6 +534,8 @@ def _cell_metrics(
         "toxicity_probability_ci_low": tp_ci[0],
         "toxicity_probability_ci_high": tp_ci[1],
         "perplexity": perplexity,
+        "perplexity_ci_low": perplexity_ci[0],
+        "perplexity_ci_high": perplexity_ci[1],
         "perplexity_excluded": excluded,
         "distinct_1": mean_distinct_n(group, 1),
         "distinct_2": mean_distinct_n(group, 2),
@@ -542,8 +546,51 @@ def _cell_metrics(
     }
 
 
-_KL_VALUES = ("kl_benign", "human_perplexity")
-"""Columns of the KL table merged into the summary (``human_perplexity`` when present)."""
+def perplexity_interval(
+    group: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Prompt-cluster bootstrap interval (BCa) of the mean continuation perplexity of a group.
+
+    The statistic is the summary's ``perplexity``: the mean of the per-sample perplexities
+    below :data:`PERPLEXITY_CAP`, pooled over prompts (each prompt's kept sum over its kept
+    count), so the interval resamples whole prompts with all their samples.
+
+    Args:
+        group: Sweep rows of one condition, with ``prompt_id`` and ``perplexity``.
+        confidence: Confidence level in (0, 1).
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        ``(low, high)``; NaN without a perplexity column or kept values, ``(value, value)``
+        when fewer than two prompts have kept values or they all agree.
+    """
+    if "perplexity" not in group.columns:
+        return math.nan, math.nan
+    ppl = pd.to_numeric(group["perplexity"], errors="coerce").astype(float)
+    kept = ppl.where(ppl < PERPLEXITY_CAP)
+    per_prompt = pd.DataFrame({"prompt_id": group["prompt_id"].to_numpy(), "v": kept.to_numpy()})
+    per_prompt = per_prompt.groupby("prompt_id")["v"].agg(["sum", "count"])
+    per_prompt = per_prompt[per_prompt["count"] > 0]
+    if per_prompt.empty:
+        return math.nan, math.nan
+    sums, counts = per_prompt["sum"].to_numpy(float), per_prompt["count"].to_numpy(float)
+    value = float(sums.sum() / counts.sum())
+    if len(per_prompt) < 2 or np.ptp(sums / counts) == 0:
+        return value, value
+    options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    return run_bootstrap((sums, counts), _ratio, vectorized=True, method="BCa", **options)
+
+
+_KL_VALUES = (
+    "kl_benign",
+    "human_perplexity",
+    "kl_benign_ci_low",
+    "kl_benign_ci_high",
+    "human_perplexity_ci_low",
+    "human_perplexity_ci_high",
+)
+"""Columns of the KL table merged into the summary (those present; intervals since issue 27)."""
 
 
 def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.Series]:
@@ -553,20 +600,35 @@ def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.
         return empty
     require_columns(kl, ["layer", "alpha", "direction", "kl_benign"], what="kl table")
     keys = ["layer", "alpha", "direction"]
+    # A kl table with halves (issue 27: the held-out texts split into a search half, named
+    # "selection", and a report half, "confirmation") gives each summary half its own texts'
+    # value; a split it lacks (and every split of an older table) reads the all-texts value.
+    has_split = "split" in kl.columns
     values = [name for name in _KL_VALUES if name in kl.columns]
-    table = kl[[*keys, *values]].copy()
+    table = kl[[*keys, *values, *(["split"] if has_split else [])]].copy()
+    if not has_split:
+        table["split"] = "all"
     table["layer"] = table["layer"].astype(int)
     table["alpha"] = table["alpha"].astype(float).round(ALPHA_DECIMALS)
-    if table.duplicated(keys).any():
+    if table.duplicated([*keys, "split"]).any():
         raise DataError(
-            "The kl table has several rows for one (layer, alpha, direction); keep one each."
+            "The kl table has several rows for one (split, layer, alpha, direction); keep one each."
         )
     left = summary[keys].copy()
     left["alpha"] = left["alpha"].round(ALPHA_DECIMALS)
-    merged = left.merge(table, on=keys, how="left")
+    left["split"] = summary["split"] if "split" in summary.columns else "all"
+    own = left.merge(table.assign(_found=True), on=[*keys, "split"], how="left")
+    overall = table[table["split"] == "all"].drop(columns="split")
+    overall = left[keys].merge(overall, on=keys, how="left")
+    found = own["_found"].notna().to_numpy()
     for name in values:
-        column = pd.to_numeric(merged[name], errors="coerce").astype(float).to_numpy()
-        empty[name] = pd.Series(column, index=summary.index)
+        column = pd.to_numeric(own[name], errors="coerce").astype(float).to_numpy()
+        fallback = pd.to_numeric(overall[name], errors="coerce").astype(float).to_numpy()
+        empty[name] = pd.Series(np.where(found, column, fallback), index=summary.index)
+    # Which held-out texts the row's values come from: its half's own, or all of them.
+    empty["held_out_texts"] = pd.Series(
+        np.where(found, left["split"].to_numpy(), "all"), index=summary.index, dtype=object
+    )
     return empty
 
 

@@ -44,9 +44,11 @@ import numpy as np
 import pandas as pd
 
 from steerlib.admissibility import (
+    BUDGETED,
     FLUENCY_MEASURES,
     FluencyMeasure,
     admissibility,
+    kl_budget,
     resolve_fluency_measure,
     unsteered_rows,
 )
@@ -154,6 +156,7 @@ _FIGURES = (
     "mean_toxicity",
     "mean_toxicity_ci",
     "perplexity",
+    "perplexity_ci",
     "perplexity_excluded",
     "fluency",
     "distinct_2",
@@ -162,8 +165,9 @@ _FIGURES = (
     "floor_share_increase",
 )
 """Figures of a setting read from one half (``perplexity`` from the benign subset)."""
-_HELD_OUT = ("human_perplexity", "kl_benign")
-"""Figures measured on the fixed held-out benign texts: the same for both halves."""
+_HELD_OUT = ("human_perplexity", "human_perplexity_ci", "kl_benign", "kl_benign_ci")
+"""Figures measured on the held-out benign texts: those of the half's own texts (the report
+half for the confirmation half) when the kl table has halves, else all texts for both halves."""
 _CHANGED = (
     "expected_max_toxicity",
     "toxicity_probability",
@@ -182,7 +186,10 @@ _BASELINE = (
     "distinct_2",
     "floor_share",
     "human_perplexity",
+    "kl_benign",
 )
+_BASELINE_CI = ("perplexity_ci", "human_perplexity_ci")
+"""Intervals of the alpha-0 figures also reported (``baseline_<name>``)."""
 
 
 def _row_at(
@@ -210,7 +217,8 @@ def _number(row: pd.Series | None, column: str) -> Any:
     if column.endswith("_ci"):
         if row is None or f"{column}_low" not in row.index:
             return None
-        return [float(row[f"{column}_low"]), float(row[f"{column}_high"])]
+        bounds = [float(row[f"{column}_low"]), float(row[f"{column}_high"])]
+        return bounds if all(math.isfinite(b) for b in bounds) else None
     if row is None or column not in row.index:
         return math.nan
     value = row[column]
@@ -225,8 +233,8 @@ def _figures(
     has_benign = (table["subset"] == "benign").any()
     benign = _row_at(table, split, "benign", direction, layer, alpha) if has_benign else row
     out = {name: _number(row, name) for name in _FIGURES}
-    out["perplexity"] = _number(benign, "perplexity")
-    out["perplexity_excluded"] = _number(benign, "perplexity_excluded")
+    for name in ("perplexity", "perplexity_ci", "perplexity_excluded"):
+        out[name] = _number(benign, name)
     out.update({name: _number(row, name) for name in _HELD_OUT})
     return out
 
@@ -242,6 +250,7 @@ def recommend_operating_point(
     fluency_measure: FluencyMeasure = "human_perplexity",
     min_distinct_ratio: float = 0.9,
     max_floor_share_increase: float = 0.05,
+    max_kl_benign: float | None = None,
     subset: str = "challenging",
     direction: str = "caa",
     select_on: str = "selection",
@@ -268,6 +277,8 @@ def recommend_operating_point(
         min_distinct_ratio: Smallest allowed distinct-2 relative to alpha 0.
         max_floor_share_increase: Largest allowed rise of the share of samples at the scorer's
             floor (absolute).
+        max_kl_benign: KL budget in nats per token (None: ln(1 + max_perplexity_increase);
+            see :func:`steerlib.admissibility.kl_budget`).
         subset: Subset whose EMT is minimized.
         direction: Steering direction to choose from.
         select_on: Half the setting is chosen on.
@@ -298,8 +309,12 @@ def recommend_operating_point(
         "max_perplexity_increase": max_perplexity_increase,
         "min_distinct_ratio": min_distinct_ratio,
         "max_floor_share_increase": max_floor_share_increase,
+        "max_kl_benign": max_kl_benign,
     }
     table = admissibility(summary, fluency_measure=fluency_measure, **checks)
+    checks["max_kl_benign"] = kl_budget(max_perplexity_increase, max_kl_benign)
+    checked = str(table["fluency_checked"].iloc[0]).split("; ") if len(table) else []
+    checked = [name for name in checked if name]
     measure, measure_note = resolve_fluency_measure(summary, fluency_measure)
     halves = set(table["split"])
     split_note = None
@@ -340,16 +355,24 @@ def recommend_operating_point(
         if (table["subset"] == "benign").any() or measure == "human_perplexity"
         else f"{subset}-subset perplexity (no benign rows were available)"
     )
+    budgets = [
+        f"{FLUENCY_MEASURES[name] if name != measure else source} at most "
+        f"{1 + max_perplexity_increase:.3g} × its alpha-0 value"
+        if name != "kl_benign"
+        else f"{BUDGETED[name]} at most {checks['max_kl_benign']:.3g} nats"
+        for name in checked or [measure]
+    ]
     criteria = (
         f"{direction} settings (alpha != 0) that lower the {subset} expected maximum toxicity "
-        f"below alpha 0 of the same layer and are admissible on every subset: {source} at most "
-        f"{1 + max_perplexity_increase:.3g} × its alpha-0 value, distinct-2 at least "
+        f"below alpha 0 of the same layer and are admissible on every subset: "
+        f"{', '.join(budgets)}, distinct-2 at least "
         f"{min_distinct_ratio:g} × alpha 0's, and a share of samples at the scorer's floor at "
         f"most {max_floor_share_increase:g} above alpha 0's"
     )
     common: dict[str, Any] = {
         "selected_on": select_on,
         "fluency_measure": measure,
+        "fluency_measures_checked": checked,
         "fluency_measure_note": measure_note,
         "split_note": split_note,
         "checks": checks,
@@ -367,8 +390,19 @@ def recommend_operating_point(
             f"control's) on the {report_on} prompts to confirm it."
         )
     baseline = _figures(table, report_on, subset, direction, layer, 0.0)
-    from_report = [name for name in _FIGURES if not (measure in _HELD_OUT and name == "fluency")]
-    from_report += [f"baseline_{name}" for name in _BASELINE if name not in _HELD_OUT]
+    report_row = _row_at(table, report_on, subset, direction, layer, alpha)
+    own_texts = report_row is not None and report_row.get("held_out_texts") == report_on
+    held_out = _HELD_OUT if own_texts else ()  # else the same texts as the selection half
+    from_report = [*_FIGURES, *held_out]
+    from_report += [
+        f"baseline_{name}"
+        for name in (*_BASELINE, *_BASELINE_CI)
+        if own_texts or name.removesuffix("_ci") not in _HELD_OUT
+    ]
+    if not own_texts:
+        from_report = [
+            name for name in from_report if not (measure in _HELD_OUT and name == "fluency")
+        ]
     rule = (
         f"Chosen on the {select_on} half ({n_select} {subset} prompts): the lowest {subset} "
         f"EMT among {criteria}. Layer {layer}, alpha {_fmt(alpha)}: EMT "
@@ -378,7 +412,9 @@ def recommend_operating_point(
         f"{_fmt(figures['expected_max_toxicity'])} (alpha 0: "
         f"{_fmt(baseline['expected_max_toxicity'])}), benign perplexity "
         f"{_fmt(figures['perplexity'])} (alpha 0: {_fmt(baseline['perplexity'])}); "
-        "human_perplexity and kl_benign are measured on the fixed held-out benign texts."
+        "human_perplexity and kl_benign are measured on the held-out benign texts of each "
+        "half (search half for the selection, report half for the confirmation, where the run "
+        "split them)."
     )
     return {
         "status": "recommended",
@@ -391,15 +427,53 @@ def recommend_operating_point(
         "figures_from": report_on,
         "confirmation_figures": from_report if report_on != select_on else [],
         **figures,
-        **{f"baseline_{name}": baseline[name] for name in _BASELINE},
+        **{f"baseline_{name}": baseline[name] for name in (*_BASELINE, *_BASELINE_CI)},
+        "fluency_budget": _budget_record(figures, baseline, checks, checked),
         "relative_change": {name: _change(figures[name], baseline[name]) for name in _CHANGED},
         "selection": _selection(best, base_emt[layer]),
     }
 
 
+def _budget_record(
+    figures: dict[str, Any],
+    baseline: dict[str, Any],
+    checks: dict[str, Any],
+    checked: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Each checked fluency measure on the reported half: value, interval, alpha 0, limit.
+
+    ``within`` says whether the reported half keeps the measure within its budget (the rule
+    checked the selection half; this is the confirmation).
+    """
+    out = {}
+    for name in checked:
+        value, base = figures.get(name, math.nan), baseline.get(name, math.nan)
+        if name == "kl_benign":
+            limit, change = float(checks["max_kl_benign"]), math.nan
+        else:
+            limit = (1.0 + float(checks["max_perplexity_increase"])) * float(base)
+            change = _change(float(value), float(base))
+        finite = math.isfinite(float(value)) and math.isfinite(limit)
+        out[name] = {
+            "value": _or_none(value),
+            "ci": figures.get(f"{name}_ci"),
+            "baseline": _or_none(base),
+            "baseline_ci": baseline.get(f"{name}_ci"),
+            "change": _or_none(change),
+            "limit": _or_none(limit),
+            "within": bool(float(value) <= limit) if finite else None,
+        }
+    return out
+
+
+def _or_none(value: Any) -> float | None:
+    """``value`` as a float, None when it is not a finite number (as summary.json stores it)."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
 def _selection(row: pd.Series, base_emt: float) -> dict[str, Any]:
     """The numbers the rule checked on the selection half for one setting."""
-    return {
+    out = {
         "n_prompts": _number(row, "n_prompts"),
         "expected_max_toxicity": float(row["expected_max_toxicity"]),
         "baseline_expected_max_toxicity": base_emt,
@@ -408,6 +482,13 @@ def _selection(row: pd.Series, base_emt: float) -> dict[str, Any]:
         "distinct_2_ratio": float(row["distinct_2_ratio"]),
         "floor_share_increase": float(row["floor_share_increase"]),
     }
+    value_of = {"perplexity": "benign_continuation_perplexity"}
+    for name in BUDGETED:
+        if f"{name}_budget" in row.index:
+            out[name] = float(row[value_of.get(name, name)])
+            out[f"{name}_limit"] = float(row[f"{name}_budget"])
+    out["fluency_failed"] = [n for n in str(row.get("fluency_failed", "")).split("; ") if n]
+    return out
 
 
 def _no_winner(

@@ -76,6 +76,7 @@ def search_alpha(
     variant: Variant | None = None,
     probe: ToxicityProbe | None = None,
     prefixes: Sequence[str | None] | None = None,
+    max_kl: float | None = None,
 ) -> AlphaSearch:
     """The largest positive alpha at ``layer`` whose benign human perplexity is within budget.
 
@@ -98,6 +99,8 @@ def search_alpha(
         probe: The toxicity probe of a gated variant.
         prefixes: The prompt part of each text, for a variant that steers generated
             positions only (see :func:`steerlib.fluency.benign_kl`).
+        max_kl: KL budget (nats per token) on the same texts; an alpha is within budget only
+            when its ``kl_benign`` is at most this too (None: perplexity only).
 
     Returns:
         The :class:`AlphaSearch`.
@@ -118,7 +121,7 @@ def search_alpha(
         )
     measured: list[pd.DataFrame] = []
 
-    def measure(alphas: np.ndarray) -> pd.Series:
+    def measure(alphas: np.ndarray) -> pd.DataFrame:
         table = benign_kl(
             model,
             tokenizer,
@@ -132,30 +135,39 @@ def search_alpha(
             prefixes=prefixes,
         )
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
-        return table.set_index("alpha")["human_perplexity"]
+        return table.set_index("alpha")
 
     cap = variant.max_alpha if variant is not None else None
-    baseline = float(measure(np.array([0.0])).iloc[0])
+    baseline = float(measure(np.array([0.0]))["human_perplexity"].iloc[0])
     budget = (1.0 + max_increase) * baseline
+
+    def cost(alphas: np.ndarray) -> pd.Series:
+        """Each alpha's cost over its budget: at most 1 is within budget on every measure."""
+        table = measure(alphas)
+        ratio = table["human_perplexity"] / budget
+        if max_kl is not None:
+            ratio = np.maximum(ratio, table["kl_benign"] / max(max_kl, 1e-12))
+        return ratio
+
     low, high = 0.0, float(start) if cap is None else min(float(start), cap)
     for _ in range(max_doublings + 1):
-        values = measure(np.linspace(low, high, points))
-        inside = values[values <= budget]
+        values = cost(np.linspace(low, high, points))
+        inside = values[values <= 1.0]
         if len(inside) < points or (cap is not None and high >= cap):
             break
         low, high = high, 2 * high if cap is None else min(2 * high, cap)
     for _ in range(rounds):
         ordered = values.sort_index()
-        over = ordered[ordered > budget]
-        best = float(ordered[ordered <= budget].index.max()) if (ordered <= budget).any() else 0.0
+        over = ordered[ordered > 1.0]
+        best = float(ordered[ordered <= 1.0].index.max()) if (ordered <= 1.0).any() else 0.0
         if over.empty:
             low = best
             break
         first_over = float(over.index[over.index > best].min())
         low, high = best, first_over
-        values = measure(np.linspace(low, high, points))
+        values = cost(np.linspace(low, high, points))
     ordered = values.sort_index()
-    within = ordered[ordered <= budget]
+    within = ordered[ordered <= 1.0]
     alpha = max(low, float(within.index.max())) if len(within) else low
     trace = pd.concat(measured, ignore_index=True).drop_duplicates("alpha").sort_values("alpha")
     return AlphaSearch(int(layer), float(alpha), baseline, budget, trace.reset_index(drop=True))

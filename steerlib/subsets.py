@@ -22,6 +22,7 @@ __all__ = [
     "LengthFn",
     "PromptSplit",
     "count_words",
+    "held_out_halves",
     "match_lengths",
     "pair_texts",
     "perspective_labels",
@@ -196,7 +197,7 @@ def split_prompts(
     benign_max_toxicity: float = 0.1,
     pair_toxic_min: float = 0.5,
     pair_nontoxic_max: float = 0.25,
-    n_kl: int = 0,
+    n_kl: int | Literal["all"] = 0,
     length: LengthFn = count_words,
 ) -> PromptSplit:
     """Draw the evaluation prompts, the KL texts and the contrastive pairs, all disjoint.
@@ -207,7 +208,9 @@ def split_prompts(
     score). Each pool is shuffled with its own child of ``numpy.random.SeedSequence(seed)``
     and the evaluation prompts are its first ``n_prompts`` rows, so they depend on neither
     ``n_pairs`` nor the pair thresholds. ``n_kl`` of the remaining benign candidates are held
-    out for the KL measure.
+    out for the KL measure; ``n_kl="all"`` holds out every benign candidate left once the
+    evaluation prompts and the contrastive pairs are drawn (the pairs are then drawn first, so
+    the held-out pool takes only what they leave).
 
     The contrastive texts come from everything left, of both tables, labelled by
     :func:`text_labels` (``pair_toxic_min``, ``pair_nontoxic_max``): the toxic side is shuffled
@@ -227,7 +230,8 @@ def split_prompts(
         benign_max_toxicity: Upper bound (exclusive) on a benign prompt's toxicity.
         pair_toxic_min: A toxic text's continuation toxicity is at least this.
         pair_nontoxic_max: A non-toxic text's prompt and continuation toxicity are below this.
-        n_kl: Benign texts held out for the KL measure.
+        n_kl: Benign texts held out for the KL measure and the human-text perplexity, or
+            ``"all"`` (every benign candidate the evaluation prompts and pairs leave).
         length: Text length for the matching (:func:`count_words`, or a tokenizer's count).
 
     Returns:
@@ -268,7 +272,9 @@ def split_prompts(
     benign_eval, benign_rest = _take(
         benign_pool, rng_benign, n_prompts, f"benign (toxicity < {benign_max_toxicity})", n_pairs
     )
-    kl = benign_rest.iloc[: max(n_kl, 0)].sort_values("prompt_id").reset_index(drop=True)
+    take_all = n_kl == "all"
+    kl = benign_rest.iloc[: 0 if take_all else max(int(n_kl), 0)]
+    kl = kl.sort_values("prompt_id").reset_index(drop=True)
 
     used = pd.concat([challenging_eval, benign_eval, kl])
     rest = _dedupe(pd.concat([challenging, benign], ignore_index=True))
@@ -291,6 +297,13 @@ def split_prompts(
             "prompt source."
         )
     pairs_toxic, pairs_nontoxic = match_lengths(toxic_texts, nontoxic_texts, wanted, length)
+    if take_all:  # what the evaluation prompts and both sides of the pairs leave
+        paired = pd.concat([pairs_toxic, pairs_nontoxic])
+        kl = benign_rest[
+            ~benign_rest["prompt_id"].isin(paired["prompt_id"])
+            & ~benign_rest["prompt"].isin(paired["prompt"])
+        ]
+        kl = kl.sort_values("prompt_id").reset_index(drop=True)
     columns = list(PROMPT_COLUMNS)
     return PromptSplit(
         challenging=challenging_eval[columns],
@@ -340,6 +353,31 @@ def pair_texts(df: pd.DataFrame) -> list[str]:
         else:
             texts.append(f"{prompt} {cont}")
     return texts
+
+
+def held_out_halves(held_out: pd.DataFrame, seed: int) -> tuple[list[str], list[str]]:
+    """The held-out benign texts and the half of each: the *search* or the *report* half.
+
+    The halves follow :func:`steerlib.operating_point.assign_split` (a BLAKE2b hash of the seed
+    and the text's ``prompt_id``, first half rounded up), so a text's half depends only on its
+    id, the seed and the pool, never on row order or on the process. They are named after the
+    prompt halves they serve: the search half is ``"selection"`` (the alpha search and the
+    admissibility of the selection half use it), the report half ``"confirmation"`` (the
+    confirmation figure). The two are disjoint.
+
+    Args:
+        held_out: The held-out rows (``role == "kl_benign"`` of the prompts table).
+        seed: The run's seed.
+
+    Returns:
+        ``(texts, halves)``, one half name per text, in the rows' order.
+    """
+    from steerlib.operating_point import assign_split
+
+    if held_out.empty:
+        return [], []
+    rows = held_out[["prompt_id"]].assign(subset="kl_benign")
+    return pair_texts(held_out), [str(h) for h in assign_split(rows, seed)]
 
 
 def perspective_labels(

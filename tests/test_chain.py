@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -121,15 +122,22 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert (
         len(grid) == 2 * 3 * 2 * 3 * 2 * 2
     )  # subsets × prompts × samples × alphas × layers × dirs
-    # The alpha search adds, per layer, its budget edge (both directions), unless that is 0.
+    # The alpha search adds, per layer, its budget edge (both directions), unless that is 0,
+    # and every alpha its step back generated (issue 27: each checked on the continuations).
     search = pd.read_parquet(reference / "alpha_search.parquet")
     chosen = search.groupby("layer")["chosen"].first().round(4)
     searched = sweep[~sweep["alpha"].isin([-1.0, 0.0, 1.5])]
+    checked = search[search["stage"] == "step_back"]
     expected_alphas = {(layer, a) for layer, a in chosen.items() if a > 0}
+    expected_alphas |= set(zip(checked["layer"], checked["alpha"].round(4), strict=True))
     assert set(zip(searched["layer"], searched["alpha"], strict=True)) == expected_alphas
     assert len(searched) == 2 * 3 * 2 * 2 * len(expected_alphas)
-    at_edge = search[search["alpha"] <= search["chosen"] + 1e-9]
+    steps = search[search["stage"] == "search"]
+    at_edge = steps[steps["alpha"] <= steps["chosen"] + 1e-9]
     assert (at_edge["human_perplexity"] <= at_edge["budget"] + 1e-9).all()
+    # the chosen alpha of a layer that stepped back is within the continuation budget
+    kept = checked[np.isclose(checked["alpha"], checked["chosen"])]
+    assert (kept["benign_continuation_perplexity"] <= kept["benign_budget"] + 1e-9).all()
     assert not sweep.duplicated(KEY).any()
     assert sweep["toxicity"].between(0, 1).all() and (sweep["perplexity"].dropna() > 1).all()
     # Alpha 0 is not generated again: every (direction, layer) carries the baseline's rows.

@@ -589,6 +589,20 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
     assert not pair_ids & set(pd.concat(used)["prompt_id"])
 
 
+@pytest.mark.rtp
+def test_rtp_held_out_pool_is_what_evaluation_and_pairs_leave(rtp_dir: Path) -> None:
+    """The RTP configs' held-out arithmetic (issue 27), as their comment states it."""
+    challenging = load_prompt_file(rtp_dir / "challenging_sample.jsonl")
+    nontoxic = load_prompt_file(rtp_dir / "nontoxic_sample.jsonl")
+    split = split_prompts(challenging, nontoxic, n_prompts=80, n_pairs="all", seed=0, n_kl="all")
+    tox = pd.to_numeric(nontoxic["prompt_toxicity"], errors="coerce")
+    candidates = set(nontoxic["prompt_id"][~nontoxic["challenging"] & ((tox < 0.1) | tox.isna())])
+    pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
+    paired = candidates & pair_ids  # a benign prompt with a toxic continuation pairs too
+    assert len(split.kl_benign) == len(candidates) - 80 - len(paired) > 0
+    assert not pair_ids & set(split.kl_benign["prompt_id"])
+
+
 def test_same_file_name_in_two_folders_keeps_every_prompt(tmp_path: Path) -> None:
     """Records without filename/begin/end in toxic/p.jsonl and benign/p.jsonl: no id clash."""
     toxic = [json.dumps({"challenging": True, **_record(f"rude {i}")}) for i in range(8)]
@@ -616,3 +630,42 @@ def test_lone_surrogate_and_unreadable_files_name_the_file(tmp_path: Path) -> No
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(DataError, match="symbolic link"):
         load_prompts(str(tmp_path / "loop"))
+
+
+def test_held_out_all_takes_every_benign_text_the_evaluation_and_pairs_leave(
+    bundled: pd.DataFrame,
+) -> None:
+    """Issue 27: ``n_kl="all"`` holds out the rest of the benign pool, disjoint from the others."""
+    split = split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl="all")
+    held = split.kl_benign
+    assert len(held) > 16  # more than the old fixed 16
+    for ids, texts in _ids_and_texts(split):
+        assert not ids & set(held["prompt_id"]) and not texts & set(held["prompt"])
+    # every benign candidate is used somewhere: evaluation, the non-toxic pair side or held out
+    tox = pd.to_numeric(bundled["prompt_toxicity"], errors="coerce")
+    candidates = bundled[~bundled["challenging"].astype(bool) & ((tox < 0.1) | tox.isna())]
+    used = set(split.benign["prompt"]) | set(split.pairs_nontoxic["prompt"]) | set(held["prompt"])
+    assert set(candidates["prompt"]) <= used | set(split.pairs_toxic["prompt"])
+    # a number still takes that many, drawn before the pairs (older runs keep their split)
+    assert (
+        len(split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl=16).kl_benign)
+        == 16
+    )
+
+
+def test_held_out_halves_are_disjoint_balanced_and_stable(bundled: pd.DataFrame) -> None:
+    held = split_prompts(bundled, bundled, n_prompts=20, n_pairs=15, seed=4, n_kl="all").kl_benign
+    texts, halves = subsets.held_out_halves(held, seed=4)
+    assert texts == subsets.pair_texts(held)
+    search = {pid for pid, h in zip(held["prompt_id"], halves, strict=True) if h == "selection"}
+    report = {pid for pid, h in zip(held["prompt_id"], halves, strict=True) if h == "confirmation"}
+    assert search and report and not search & report and len(search) + len(report) == len(held)
+    assert 0 <= len(search) - len(report) <= 1
+    shuffled = held.sample(frac=1.0, random_state=1)
+    _, again = subsets.held_out_halves(shuffled, seed=4)
+    assert dict(zip(shuffled["prompt_id"], again, strict=True)) == dict(
+        zip(held["prompt_id"], halves, strict=True)
+    )
+    _, other = subsets.held_out_halves(held, seed=5)
+    assert other != halves
+    assert subsets.held_out_halves(held.iloc[:0], seed=4) == ([], [])

@@ -114,3 +114,36 @@ def test_benign_kl_reports_the_steered_perplexity_of_the_human_text(llama, token
     for alpha, total in nll.items():
         got = kl.loc[kl.alpha == alpha, "human_perplexity"].iloc[0]
         assert got == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_benign_kl_halves_and_text_cluster_intervals(llama, tokenizer):
+    """Issue 27: each half of the held-out texts gets its own value and a bootstrap interval."""
+    vector = SteeringVector({1: torch.randn(32, generator=torch.Generator().manual_seed(1))})
+    texts = [f"the {w} walked to the shop and bought some bread" for w in "abcdefgh"]
+    texts += ["we cook rice on sunday", "hello there, how are you", "a quiet morning at home"]
+    halves = ["selection" if i % 2 else "confirmation" for i in range(len(texts))]
+    table = benign_kl(
+        llama,
+        tokenizer,
+        texts,
+        {"caa": vector},
+        layers=[1],
+        alphas=[0.0, 2.0],
+        halves=halves,
+        n_resamples=200,
+        seed=0,
+    )
+    assert set(table["split"]) == {"all", "selection", "confirmation"}
+    by = table.set_index(["split", "alpha"])
+    assert by.loc[("selection", 2.0), "n_texts"] + by.loc[("confirmation", 2.0), "n_texts"] == 11
+    for name in ("human_perplexity", "kl_benign"):
+        low, high = table[f"{name}_ci_low"], table[f"{name}_ci_high"]
+        assert (low <= table[name] + 1e-9).all() and (table[name] <= high + 1e-9).all()
+    steered = table[table["alpha"] == 2.0]
+    assert (steered["human_perplexity_ci_high"] > steered["human_perplexity_ci_low"]).all()
+    # a half's value is that of its own texts alone
+    own = [t for t, h in zip(texts, halves, strict=True) if h == "selection"]
+    alone = benign_kl(llama, tokenizer, own, {"caa": vector}, layers=[1], alphas=[2.0])
+    assert by.loc[("selection", 2.0), "human_perplexity"] == pytest.approx(
+        alone["human_perplexity"].iloc[0], rel=1e-4
+    )

@@ -350,7 +350,7 @@ def summary_rows(
             "expected_max_toxicity": emt,
             "toxicity_probability": emt / 4,
             "perplexity": ppl,
-            "kl_benign": alpha / 10,
+            "kl_benign": alpha / 100,  # within the default KL budget (ln 1.1)
         }
         for alpha, emt, ppl in zip(alphas, emts, ppls, strict=True)
     ]
@@ -380,7 +380,7 @@ def test_recommend_operating_point_uses_benign_perplexity() -> None:
     assert point["fluency"] == pytest.approx(11.0)
     assert point["baseline_perplexity"] == pytest.approx(10.0)
     assert point["baseline_expected_max_toxicity"] == pytest.approx(0.5)
-    assert point["kl_benign"] == pytest.approx(0.2)
+    assert point["kl_benign"] == pytest.approx(0.02)
     assert point["selection"]["fluency_limit"] == pytest.approx(11.0)
     assert point["fluency_measure"] == "perplexity" and "human_perplexity" in str(
         point["fluency_measure_note"]
@@ -398,8 +398,12 @@ def test_recommend_operating_point_uses_benign_perplexity() -> None:
     # nearest miss: layer 5 alpha 1 (10.2 against 10, +2%) before layer 3 alpha 1 (+5%)
     miss = strict["nearest_miss"]
     assert (miss["layer"], miss["alpha"]) == (5, 1.0) and miss["lowers_emt"]
-    assert miss["reasons"] == ["perplexity 10.2 above the limit 10"]
-    assert miss["shortfall"] == pytest.approx(0.02)
+    # a zero budget is also a zero KL budget: both measures are named
+    assert miss["reasons"] == [
+        "perplexity 10.2 above the limit 10",
+        "kl_benign 0.01 above the limit 0",
+    ]
+    assert miss["shortfall"] == pytest.approx(0.02 + 0.01)
 
 
 def test_recommend_operating_point_falls_back_to_subset_perplexity() -> None:

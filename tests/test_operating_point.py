@@ -76,7 +76,7 @@ def kl_of(cells: dict[tuple[str, float], dict[str, Any]], layer: int = 3) -> pd.
             "direction": direction,
             "layer": layer,
             "alpha": alpha,
-            "kl_benign": abs(alpha) / 10,
+            "kl_benign": abs(alpha) / 100,  # within the default KL budget (ln 1.1)
             "n_tokens": 40,
             "human_perplexity": spec.get("human", 20.0),
         }
@@ -296,9 +296,14 @@ def test_fluency_measure_human_perplexity_and_its_fallback() -> None:
     by_human = op.recommend_operating_point(summary)
     assert by_human["alpha"] == 1.0 and by_human["fluency_measure"] == "human_perplexity"
     assert by_human["baseline_human_perplexity"] == pytest.approx(20.0)
+    # Naming the continuation measure does not let alpha 2 slip past the human-text budget:
+    # every measure is checked (issue 27); the named one is only the reported ``fluency``.
     by_continuation = op.recommend_operating_point(summary, fluency_measure="perplexity")
-    assert by_continuation["alpha"] == 2.0 and by_continuation["fluency_measure"] == "perplexity"
-    assert by_continuation["selection"]["fluency"] == pytest.approx(10.5)
+    assert by_continuation["alpha"] == 1.0 and by_continuation["fluency_measure"] == "perplexity"
+    assert by_continuation["selection"]["fluency"] == pytest.approx(10.0)
+    table = op.admissibility(summary, fluency_measure="perplexity")
+    two = table[(table["direction"] == "caa") & (table["alpha"] == 2.0)]
+    assert (two["fluency_failed"] == "human_perplexity").all() and not two["admissible"].any()
     # A kl table from before human_perplexity existed: the rule falls back and says so.
     old = summary_of(cells, kl=kl_of(cells).drop(columns="human_perplexity"))
     assert old["human_perplexity"].isna().all()
@@ -462,3 +467,85 @@ def test_project_figures_link_to_the_run(tmp_path: Any) -> None:
     elsewhere = RunPaths(tmp_path / "runs" / "r")
     elsewhere.figures().mkdir(parents=True)
     assert figures.link_project_figures(elsewhere, project_root=project) is None
+
+
+# ---------------------------------------------------------------- every fluency measure (issue 27)
+
+
+def test_within_human_budget_but_over_continuation_budget_is_refused() -> None:
+    cells = {
+        **CURSED,
+        # alpha 2: best EMT, human-text perplexity within +10%, benign continuations +30%
+        ("caa", 2.0): {"tox": 0.1, "ppl": 13.0, "human": 21.0},
+    }
+    summary = summary_of(cells)
+    table = op.admissibility(summary)
+    two = table[(table["direction"] == "caa") & (table["alpha"] == 2.0)]
+    assert (two["fluency"] <= two["fluency_limit"]).all()  # the human-text measure passes
+    assert not two["admissible"].any() and (two["fluency_failed"] == "perplexity").all()
+    assert (two["fluency_checked"] == "human_perplexity; perplexity; kl_benign").all()
+    point = op.recommend_operating_point(summary)
+    assert point["alpha"] == 1.0  # the rule moves to the setting within budget on both
+    assert point["selection"]["perplexity"] <= point["selection"]["perplexity_limit"]
+    assert point["fluency_measures_checked"] == ["human_perplexity", "perplexity", "kl_benign"]
+    # with alpha 1 gone too, the answer is "none", and the nearest miss names the measure
+    del cells[("caa", 1.0)]
+    none = op.recommend_operating_point(summary_of(cells))
+    assert none["status"] == op.NO_ADMISSIBLE
+    miss = none["nearest_miss"]
+    assert miss["alpha"] == 2.0 and miss["fluency_failed"] == ["perplexity"]
+    assert any(reason.startswith("perplexity 13 above the limit 11") for reason in miss["reasons"])
+    lines = pipeline.verdict({"recommended": none, "params": {"model": "m"}})
+    assert "Fluency measures over budget: perplexity of benign continuations" in lines[1]
+    assert "judge: self-judged" in lines[1]
+
+
+def test_recommended_point_has_every_measure_with_an_interval_containing_it() -> None:
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.3, "ppl": 10.5, "human": 21.0}}
+    sweep = make_sweep(cells)
+    # per-prompt variation, so the perplexity interval is not a single point
+    sweep["perplexity"] = sweep["perplexity"] + sweep["prompt_id"].str[1:].astype(int) * 0.1
+    kl = kl_of(cells)
+    for name in ("human_perplexity", "kl_benign"):  # as benign_kl writes them with n_resamples
+        kl[f"{name}_ci_low"], kl[f"{name}_ci_high"] = kl[name] * 0.9, kl[name] * 1.1
+    summary = metrics.summarize(sweep, n_resamples=200, kl=kl, floor=FLOOR)
+    point = op.recommend_operating_point(summary)
+    assert point["status"] == "recommended"
+    for name in ("perplexity", "human_perplexity", "kl_benign"):
+        low, high = point[f"{name}_ci"]
+        assert low <= point[name] <= high, name
+        entry = point["fluency_budget"][name]
+        assert entry["value"] == pytest.approx(point[name]) and entry["within"] is True
+    low, high = point["baseline_perplexity_ci"]
+    assert low <= point["baseline_perplexity"] <= high
+    assert point["perplexity_ci"][0] < point["perplexity_ci"][1]
+
+
+def test_held_out_halves_judge_their_own_half() -> None:
+    """A kl table with halves: selection rows read the search half, confirmation the report."""
+    cells = {**CURSED, ("caa", 1.0): {"tox": 0.3, "human": 21.0}}
+    base = kl_of(cells)
+    halves = pd.concat(
+        [
+            base.assign(split="all"),
+            base.assign(split="selection"),
+            # the report half finds alpha 1 over budget (25 against 1.1 x 20)
+            base.assign(
+                split="confirmation",
+                human_perplexity=np.where(base["alpha"] == 1.0, 25.0, base["human_perplexity"]),
+            ),
+        ],
+        ignore_index=True,
+    )
+    summary = summary_of(cells, kl=halves)
+    caa1 = summary[(summary["direction"] == "caa") & (summary["alpha"] == 1.0)]
+    got = caa1.groupby("split")["human_perplexity"].first().to_dict()
+    assert got == {"all": 21.0, "selection": 21.0, "confirmation": 25.0}
+    assert set(caa1["held_out_texts"]) == {"all", "selection", "confirmation"}
+    point = op.recommend_operating_point(summary)
+    assert point["alpha"] == 1.0  # chosen on the search half, where it is within budget
+    assert point["human_perplexity"] == 25.0  # reported from the report half
+    assert point["fluency_budget"]["human_perplexity"]["within"] is False
+    assert "human_perplexity" in point["confirmation_figures"]
+    cost = pipeline.verdict({"recommended": point, "params": {}})[1]
+    assert "over budget" in cost and "Fails on perplexity on held-out benign text" in cost

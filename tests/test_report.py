@@ -47,6 +47,12 @@ def test_verdict_of_a_recommended_point_states_effect_cost_and_control(tmp_path)
     assert "6 challenging prompts of the confirmation half" in effect
     assert cost.startswith("Fluency cost: perplexity on held-out benign text 20 → 21 (+5%")
     assert "budget +10%" in cost
+    # every measure with its change and budget, the judge named, none failing (issue 27)
+    assert "perplexity of benign continuations 10 → 10 (+0%, 95% CI 10–10; budget +10%)" in cost
+    assert "judge: self-judged (the steered model's own weights" in cost
+    assert "KL on held-out benign text 0.01 nats/token (budget 0.095)" in cost
+    assert cost.endswith("Every measure within budget on the confirmation half.")
+    assert set(point["fluency_budget"]) == {"human_perplexity", "perplexity", "kl_benign"}
     assert point["control"]["beats_control"] is True
     assert control.startswith("Specific to the vector")
     assert f"{point['control']['expected_max_toxicity_random']:.3g}" in control

@@ -57,3 +57,42 @@ def test_search_refuses_without_texts(llama, tokenizer, texts, vector):
         search_alpha(llama, tokenizer, [], vector, 1)
     with pytest.raises(ConfigError, match="points"):
         search_alpha(llama, tokenizer, texts, vector, 1, points=2)
+
+
+def test_search_keeps_the_kl_budget_too(llama, tokenizer, texts, vector):
+    """Issue 27: with a KL budget the edge is within it as well as within the perplexity one."""
+    free = search_alpha(llama, tokenizer, texts, vector, 1, max_increase=0.1, start=1.0)
+    kl_at_free = benign_kl(
+        llama, tokenizer, texts, {"caa": vector}, layers=[1], alphas=[free.alpha]
+    )["kl_benign"].iloc[0]
+    tight = kl_at_free / 4
+    bound = search_alpha(
+        llama, tokenizer, texts, vector, 1, max_increase=0.1, start=1.0, max_kl=tight
+    )
+    assert 0 <= bound.alpha < free.alpha
+    at = benign_kl(llama, tokenizer, texts, {"caa": vector}, layers=[1], alphas=[bound.alpha])
+    assert at["kl_benign"].iloc[0] <= tight and at["human_perplexity"].iloc[0] <= bound.budget
+
+
+def test_step_back_bisects_down_until_the_continuations_fit():
+    """The searched edge breaks the continuation budget: bisect between 0 and the edge."""
+    import pandas as pd
+
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import _step_back
+
+    def rows_at(layer, alpha):
+        return pd.DataFrame({"alpha": [alpha]})
+
+    def check(rows):  # continuation perplexity 10 * (1 + alpha / 2): budget +10% -> alpha <= 0.2
+        return 10 * (1 + float(rows["alpha"].iloc[0]) / 2), 11.0
+
+    params = RunParams(search_step_backs=4)
+    chosen, steps = _step_back(check, rows_at, 12, 1.6, rows_at(12, 1.6), params)
+    assert [s["alpha"] for s in steps] == [1.6, 0.8, 0.4, 0.2, 0.3]  # 0.2 fits, 0.3 does not
+    assert chosen == 0.2 and all(s["stage"] == "step_back" for s in steps)
+    assert check(rows_at(12, chosen))[0] <= 11.0
+    inside, steps = _step_back(check, rows_at, 12, 0.1, rows_at(12, 0.1), params)
+    assert inside == 0.1 and len(steps) == 1  # within budget: no step back
+    none, _ = _step_back(check, rows_at, 12, 1.6, rows_at(12, 1.6), RunParams(search_step_backs=0))
+    assert none == 0.0  # over budget and no bisection allowed: nothing steered is kept

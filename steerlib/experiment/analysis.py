@@ -237,6 +237,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             "fluency_measure": p.fluency_measure,
             "min_distinct_ratio": p.min_distinct_ratio,
             "max_floor_share_increase": p.max_floor_share_increase,
+            "max_kl_benign": p.max_kl_benign,
         }
         summary, recommended = _operating_point(p, evaluation, kl, floor, rule)
         measure, measure_note = operating_point.resolve_fluency_measure(summary, p.fluency_measure)
@@ -305,6 +306,10 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     )
 
 
+_FLUENCY_CI = ("perplexity", "human_perplexity", "kl_benign")
+"""Fluency measures whose intervals the variants table shows (issue 27)."""
+
+
 def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per variant: its operating point and the figures of the half they come from.
 
@@ -340,7 +345,7 @@ def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 },
                 **{
                     f"{metric}_ci_{end}": (point.get(f"{metric}_ci") or [None, None])[i]
-                    for metric in ("expected_max_toxicity", "mean_toxicity")
+                    for metric in ("expected_max_toxicity", "mean_toxicity", *_FLUENCY_CI)
                     for i, end in enumerate(("low", "high"))
                 },
                 "emt_change": (point.get("relative_change") or {}).get("expected_max_toxicity"),

@@ -27,6 +27,7 @@ __all__ = [
     "example_completions",
     "examples_table",
     "heading",
+    "judge_name",
     "render_report",
     "report_title",
     "scorer_table",
@@ -42,6 +43,7 @@ __all__ = [
 _MEASURES = {
     "human_perplexity": "perplexity on held-out benign text",
     "perplexity": "perplexity of benign continuations",
+    "kl_benign": "KL on held-out benign text",
 }
 
 
@@ -96,7 +98,9 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     return [
         _effect_line(recommended, fewest=_fewest_prompts(summary, recommended))
         + _scorers_clause(recommended),
-        _cost_line(recommended),
+        _budget_line(recommended, params)
+        if recommended.get("fluency_budget")
+        else _cost_line(recommended),
         _control_line(recommended, params),
     ]
 
@@ -177,6 +181,54 @@ def _half(point: Mapping[str, Any]) -> str:
     )
 
 
+def judge_name(params: Mapping[str, Any]) -> str:
+    """The model that judged continuation perplexity, or "self-judged" for the steered one's."""
+    judge, model = params.get("perplexity_model"), params.get("model")
+    if judge in (None, "", model):
+        return f"self-judged (the steered model's own weights, {model or 'the model'})"
+    return str(judge)
+
+
+def _budget_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The fluency line of a run that checks every measure: each with change, CI and budget."""
+    budget = dict(point.get("fluency_budget") or {})
+    allowed = (point.get("checks") or {}).get("max_perplexity_increase")
+    parts, failing = [], []
+    for name, entry in budget.items():
+        value, base, ci = entry.get("value"), entry.get("baseline"), entry.get("ci")
+        interval = f", 95% CI {_num(ci[0])}–{_num(ci[1])}" if ci else ""
+        if name == "kl_benign":
+            text = (
+                f"{_MEASURES[name]} {_num(value, 2)} nats/token ({interval.lstrip(', ')}"
+                f"{'; ' if interval else ''}budget {_num(entry.get('limit'), 2)})"
+            )
+        else:
+            change = entry.get("change")
+            text = (
+                f"{_MEASURES.get(name, name)} {_num(base)} → {_num(value)} "
+                f"({_pct(float(change)) if change is not None else 'n/a'}{interval}; budget "
+                + (f"{_pct(float(allowed))}" if allowed is not None else "n/a")
+                + ")"
+            )
+        if name == "perplexity":
+            text += f", judge: {judge_name(params)}"
+        if entry.get("within") is False:
+            failing.append(_MEASURES.get(name, name))
+            text += " — over budget"
+        parts.append(text)
+    ratio = point.get("distinct_2_ratio")
+    if ratio is not None:
+        parts.append(f"distinct-2 ×{float(ratio):.2f} of alpha 0's")
+    half = point.get("figures_from", "confirmation")
+    where = f" on the {half} half" if half != "all" else ""
+    verdict = (
+        f"fails on {', '.join(failing)}{where} (the rule checked the selection half)"
+        if failing
+        else f"every measure within budget{where}"
+    )
+    return "Fluency cost: " + "; ".join(parts) + f". {verdict[0].upper()}{verdict[1:]}."
+
+
 def _cost_line(point: Mapping[str, Any]) -> str:
     measure = str(point.get("fluency_measure") or "perplexity")
     value, base = point.get("fluency"), point.get("baseline_fluency")
@@ -249,6 +301,13 @@ def _no_point_lines(recommended: Mapping[str, Any], params: Mapping[str, Any]) -
             f"Nearest miss: layer {miss['layer']}, alpha {float(miss['alpha']):.3g} {lowers} but "
             f"fails: {'; '.join(miss.get('reasons') or ['a check'])}."
         )
+        failed = (miss.get("fluency_failed") or []) if isinstance(miss, Mapping) else []
+        if failed:
+            names = ", ".join(_MEASURES.get(name, name) for name in failed)
+            judge = (
+                f" (continuations' judge: {judge_name(params)})" if "perplexity" in failed else ""
+            )
+            second += f" Fluency measures over budget: {names}{judge}."
     else:
         second = "Nearest miss: none (the run has no steered setting to compare)."
     budget = (recommended.get("checks") or {}).get("max_perplexity_increase")

@@ -12,6 +12,7 @@ other settings. The step's helpers (:func:`variant_sweeps`, :func:`grid_family`,
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from steerlib._io import atomic_write_parquet, read_checked_parquet
+from steerlib.admissibility import kl_budget
 from steerlib.config import RunParams, short_repr
 from steerlib.errors import ConfigError
 from steerlib.experiment.run import Run
@@ -44,6 +46,7 @@ __all__ = [
     "run_sweep",
     "saved_units",
     "search_edge",
+    "search_texts",
     "searched_family",
     "searched_setting",
     "starts_afresh",
@@ -391,8 +394,17 @@ def search_edge(
         start=max((a for a in p.alphas if a > 0), default=1.0),
         units=p.units,
         prefixes=held_out_prefixes(run, kl_texts, sweep),
+        max_kl=kl_budget(p.max_perplexity_increase, p.max_kl_benign),
         **sweep.steer,
     )
+
+
+def search_texts(prompts: pd.DataFrame, seed: int) -> list[str]:
+    """The search half of the held-out benign texts (:func:`steerlib.subsets.held_out_halves`)."""
+    from steerlib.subsets import held_out_halves
+
+    texts, halves = held_out_halves(prompts[prompts["role"] == "kl_benign"], seed)
+    return [text for text, half in zip(texts, halves, strict=True) if half == "selection"]
 
 
 def searched_setting(
@@ -440,7 +452,7 @@ def run_sweep(
             the others are searched here.
     """
     from steerlib.layers import num_layers
-    from steerlib.subsets import pair_texts
+    from steerlib.subsets import held_out_halves
 
     paths, p = run.paths, run.params
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
@@ -469,12 +481,21 @@ def run_sweep(
             generate_family(
                 run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
             )
-        kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
+        held_out = held_out_halves(prompts[prompts["role"] == "kl_benign"], p.seed)
         searched = (
             pd.concat(
                 [
                     _searched_alphas(
-                        run, model, tokenizer, prompts, sweep, plan, kl_texts, sizes, edges or {}
+                        run,
+                        model,
+                        tokenizer,
+                        prompts,
+                        sweep,
+                        plan,
+                        search_texts(prompts, p.seed),
+                        sizes,
+                        edges or {},
+                        baseline=baseline,
                     )
                     for sweep in sweeps
                 ],
@@ -486,7 +507,7 @@ def run_sweep(
         table = _sweep_table(saved, searched, baseline, plan, p.alphas)
         atomic_write_parquet(paths.sweep, table)
         kl = pd.concat(
-            [_kl_table(run, kl_texts, plan, searched, sweep) for sweep in sweeps],
+            [_kl_table(run, held_out, plan, searched, sweep) for sweep in sweeps],
             ignore_index=True,
         )
         atomic_write_parquet(paths.kl, kl)
@@ -535,26 +556,39 @@ def with_variant(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(variant=table["variant"].fillna("caa"))
 
 
+KL_RESAMPLES = 2000
+"""Bootstrap resamples of the held-out texts' intervals (fixed: step 05 does not read
+``n_resamples``, so changing it does not redo the sweep)."""
+
+
 def _kl_table(
     run: Run,
-    kl_texts: list[str],
+    held_out: tuple[list[str], list[str]],
     plan: SweepPlan,
     searched: pd.DataFrame,
     sweep: VariantSweep,
 ) -> pd.DataFrame:
-    """Benign KL of ``sweep``'s variant at every grid setting, and at each searched alpha."""
+    """Benign KL and human-text perplexity of ``sweep``'s variant, with intervals.
+
+    At every grid setting and every searched alpha; on all held-out texts and on each half
+    (``split``: the search half is ``"selection"``, the report half ``"confirmation"``).
+    """
     from steerlib.fluency import benign_kl
 
     model, tokenizer = run.model()
+    texts, halves = held_out
     options = {
         "units": run.params.units,
-        "prefixes": held_out_prefixes(run, kl_texts, sweep),
+        "prefixes": held_out_prefixes(run, texts, sweep),
+        "halves": halves,
+        "n_resamples": KL_RESAMPLES,
+        "seed": run.params.seed,
         **sweep.steer,
     }
     kl = benign_kl(
         model,
         tokenizer,
-        kl_texts,
+        texts,
         sweep.vectors,
         layers=plan.layers,
         alphas=run.params.alphas,
@@ -563,12 +597,16 @@ def _kl_table(
     if len(searched):
         searched = with_variant(searched)
         searched = searched[searched["variant"] == sweep.name]
-    extra = searched.groupby("layer")["alpha"].first() if len(searched) else {}
+    extra = (
+        searched[["layer", "alpha"]].drop_duplicates().itertuples(index=False)
+        if len(searched)
+        else []
+    )
     tables = [kl] + [
         benign_kl(
-            model, tokenizer, kl_texts, sweep.vectors, layers=[layer], alphas=[alpha], **options
+            model, tokenizer, texts, sweep.vectors, layers=[int(layer)], alphas=[alpha], **options
         )
-        for layer, alpha in dict(extra).items()
+        for layer, alpha in extra
     ]
     return pd.concat(tables, ignore_index=True).assign(variant=sweep.name)
 
@@ -583,16 +621,25 @@ def _searched_alphas(
     kl_texts: list[str],
     sizes: Any,
     edges: Mapping[tuple[str, int], Any],
+    baseline: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Search each layer's budget edge for ``sweep``'s variant, then generate it at that alpha.
 
-    The edge is found on the CAA vector with the steered model's perplexity on the held-out
-    benign texts (:func:`search_edge`; one given in ``edges`` is taken as found); the
-    variant's random control is generated at the same alpha under the same hook, so every
-    searched setting has its matched equal-alpha control.
-    Units go to ``sweep_parts/search/`` under keys that name the alpha (a changed
-    budget makes new keys; finished ones are kept and resumed), and the trace to
-    ``alpha_search.parquet``.
+    The edge is found on the CAA vector with the steered model's perplexity (and KL) on the
+    search half of the held-out benign texts (:func:`search_edge`; one given in ``edges`` is
+    taken as found); the variant's random control is generated at the same alpha under the
+    same hook, so every searched setting has its matched equal-alpha control. Units go to
+    ``sweep_parts/search/`` under keys that name the alpha (a changed budget makes new keys;
+    finished ones are kept and resumed), and the trace to ``alpha_search.parquet``.
+
+    **Step back.** The edge is then checked against the benign continuations of the selection
+    half (their mean perplexity under the judge, against alpha 0's from ``baseline``, budget
+    ``max_perplexity_increase``). When it breaks the budget, the search bisects between 0
+    (within budget by definition) and the edge: it generates the midpoint, keeps it as the new
+    lower end when within budget and as the new upper end otherwise, ``search_step_backs``
+    times; the layer's chosen alpha is the last lower end (0: none found). Every alpha
+    generated stays in the sweep (the rule judges each), and the trace records each check
+    (``stage`` ``"step_back"``, ``benign_continuation_perplexity`` and its ``benign_budget``).
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
@@ -600,21 +647,15 @@ def _searched_alphas(
         control. Variants other than ``"caa"`` write their units and trace rows under their
         name (``<variant>-search-a...``).
     """
-    paths = run.paths
+    paths, p = run.paths, run.params
     traces, tables = [], []
     paths.search_parts.mkdir(parents=True, exist_ok=True)
-    for layer in plan.layers:
-        found = edges.get((sweep.name, layer))
-        if found is None:
-            found = search_edge(run, model, tokenizer, kl_texts, sweep, layer)
-        traces.append(
-            found.trace.assign(
-                layer=layer, chosen=found.alpha, budget=found.budget, variant=sweep.name
-            )
-        )
-        family = searched_family(run, sweep, layer, found.alpha)
+    check = _continuation_check(run, prompts, baseline) if p.search_step_backs else None
+
+    def generate_at(layer: int, alpha: float) -> pd.DataFrame | None:
+        family = searched_family(run, sweep, layer, alpha)
         if family is None:
-            continue
+            return None
         saved = {
             path.stem: read_unit(path)
             for path in sorted(paths.search_parts.glob(f"{family.prefix}*-L{layer}-*.parquet"))
@@ -625,9 +666,104 @@ def _searched_alphas(
             saved[path.stem] = table
 
         generate_family(run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write)
-        tables += [with_variant(t).assign(variant=sweep.name) for t in saved.values()]
+        rows = [with_variant(t).assign(variant=sweep.name) for t in saved.values()]
+        tables.extend(rows)
+        return pd.concat(rows, ignore_index=True)
+
+    for layer in plan.layers:
+        found = edges.get((sweep.name, layer))
+        if found is None:
+            found = search_edge(run, model, tokenizer, kl_texts, sweep, layer)
+        rows = generate_at(layer, found.alpha)
+        chosen, steps = found.alpha, []
+        if check is not None and rows is not None:
+            chosen, steps = _step_back(check, generate_at, layer, found.alpha, rows, p)
+        traces.append(
+            found.trace.assign(
+                layer=layer, chosen=chosen, budget=found.budget, variant=sweep.name, stage="search"
+            )
+        )
+        if steps:
+            traces.append(
+                pd.DataFrame(steps).assign(
+                    layer=layer, chosen=chosen, budget=found.budget, variant=sweep.name
+                )
+            )
     _write_trace(paths, sweep.name, pd.concat(traces, ignore_index=True))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _continuation_check(
+    run: Run, prompts: pd.DataFrame, baseline: pd.DataFrame | None
+) -> Callable[[pd.DataFrame], tuple[float, float]] | None:
+    """``rows -> (benign continuation perplexity, its budget)`` on the selection half.
+
+    None without a baseline with perplexities (nothing to compare with).
+    """
+    from steerlib.metrics import PERPLEXITY_CAP
+    from steerlib.operating_point import assign_split
+
+    if baseline is None or "perplexity" not in baseline.columns:
+        return None
+    benign = eval_prompts(prompts)
+    benign = benign[benign["subset"] == "benign"][["subset", "prompt_id"]]
+    if benign.empty:
+        return None
+    selection = set(benign["prompt_id"][assign_split(benign, run.params.seed) == "selection"])
+
+    def mean_ppl(rows: pd.DataFrame) -> float:
+        picked = rows[(rows["subset"] == "benign") & rows["prompt_id"].isin(selection)]
+        ppl = pd.to_numeric(picked["perplexity"], errors="coerce").astype(float)
+        kept = ppl[ppl < PERPLEXITY_CAP]
+        return float(kept.mean()) if len(kept) else float("nan")
+
+    budget = (1.0 + run.params.max_perplexity_increase) * mean_ppl(baseline)
+
+    def check(rows: pd.DataFrame) -> tuple[float, float]:
+        caa = rows[rows["direction"] == "caa"] if "direction" in rows.columns else rows
+        return mean_ppl(caa), budget
+
+    return check
+
+
+def _step_back(
+    check: Callable[[pd.DataFrame], tuple[float, float]],
+    generate_at: Callable[[int, float], pd.DataFrame | None],
+    layer: int,
+    edge: float,
+    rows: pd.DataFrame,
+    p: RunParams,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Bisect down from ``edge`` while its benign continuations break the budget.
+
+    Returns:
+        The chosen alpha and one trace record per alpha checked.
+    """
+    value, budget = check(rows)
+    steps = [_step(edge, value, budget)]
+    if math.isnan(value) or value <= budget:  # nothing to judge, or within budget
+        return edge, steps
+    low, high = 0.0, edge
+    for _ in range(p.search_step_backs):
+        middle = round((low + high) / 2, 4)
+        if middle <= low or middle >= high:
+            break
+        found = generate_at(layer, middle)
+        if found is None:  # a grid alpha: its rows are judged by the rule itself
+            break
+        value, budget = check(found)
+        steps.append(_step(middle, value, budget))
+        low, high = (middle, high) if value <= budget else (low, middle)
+    return low, steps
+
+
+def _step(alpha: float, value: float, budget: float) -> dict[str, Any]:
+    return {
+        "alpha": alpha,
+        "benign_continuation_perplexity": value,
+        "benign_budget": budget,
+        "stage": "step_back",
+    }
 
 
 def _write_trace(paths: RunPaths, variant: str, trace: pd.DataFrame) -> None:
@@ -644,7 +780,9 @@ def alpha_search_table(run: Run) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=["layer", "alpha", "human_perplexity", "budget", "chosen"])
     table = with_variant(pd.read_parquet(path))
-    return table[["variant", "layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]]
+    columns = ["variant", "layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]
+    extra = ["stage", "benign_continuation_perplexity", "benign_budget"]
+    return table[columns + [c for c in extra if c in table.columns]]
 
 
 def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:

@@ -101,7 +101,7 @@ _SPLIT = {"n_prompts", "n_pairs", "seed", "benign_max_toxicity", "pair_toxic_min
 _DECODING = {"samples_per_prompt", "max_new_tokens", "temperature", "top_p", "prompt_format"}
 _SCORING = {"scorer", "second_scorer", "perplexity_model", "batch_size"}
 _MODEL = {"model", "device", "dtype", "trust_remote_code"}
-_RULE = {"max_perplexity_increase", "fluency_measure", "min_distinct_ratio"}
+_RULE = {"max_perplexity_increase", "fluency_measure", "min_distinct_ratio", "max_kl_benign"}
 
 STEPS: tuple[Step, ...] = (
     Step(
@@ -149,6 +149,7 @@ STEPS: tuple[Step, ...] = (
             | _SCORING
             | {"layers", "alphas", "units", "positions", "random_control", "seed"}
             | {"alpha_search", "max_perplexity_increase", "variants", "multilayer_span"}
+            | {"max_kl_benign", "search_step_backs"}
         ),
         extends=frozenset(
             {"layers", "random_control", "alpha_search", "max_perplexity_increase", "variants"}

@@ -288,6 +288,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         run_sweep,
         saved_units,
         search_edge,
+        search_texts,
         searched_family,
         starts_afresh,
         sweep_inputs,
@@ -296,7 +297,6 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         variant_sweeps,
     )
     from steerlib.layers import num_layers
-    from steerlib.subsets import pair_texts
 
     paths, p = run.paths, run.params
     if group.agree(not force and run.done("05_sweep", paths.sweep, paths.kl)):
@@ -355,7 +355,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         generate([grid_family(run, plan, sweep) for sweep in sweeps])
     edges: dict[tuple[str, int], Any] = {}
     if p.alpha_search:
-        kl_texts = pair_texts(prompts[prompts["role"] == "kl_benign"])
+        kl_texts = search_texts(prompts, p.seed)  # the search half of the held-out texts
         pairs = [(sweep, layer) for sweep in sweeps for layer in plan.layers]
         found = {
             (sweep.name, layer): search_edge(run, model, tokenizer, kl_texts, sweep, layer)
