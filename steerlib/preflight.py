@@ -101,10 +101,11 @@ def _combination_problems(params: RunParams, num_layers: int | None) -> list[str
     * ``multilayer_span`` larger than the model's layers would be cut silently to the model.
     """
     problems = []
-    if params.alpha_search and params.kl_texts < 1:
+    if params.alpha_search and params.kl_texts != "all" and params.kl_texts < 1:
         problems.append(
             "parameter 'kl_texts': 0 held-out texts, but alpha_search measures its fluency "
-            "budget on them; set kl_texts to at least 1 (16 by default) or alpha_search: false"
+            "budget on them; set kl_texts to 'all' (every benign text the draws leave), at "
+            "least 1, or alpha_search: false"
         )
     if params.pair_source == "matched" and params.samples_per_prompt < 2:
         problems.append(
