@@ -591,16 +591,35 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
 
 @pytest.mark.rtp
 def test_rtp_held_out_pool_is_what_evaluation_and_pairs_leave(rtp_dir: Path) -> None:
-    """The RTP configs' held-out arithmetic (issue 27), as their comment states it."""
-    challenging = load_prompt_file(rtp_dir / "challenging_sample.jsonl")
-    nontoxic = load_prompt_file(rtp_dir / "nontoxic_sample.jsonl")
-    split = split_prompts(challenging, nontoxic, n_prompts=80, n_pairs="all", seed=0, n_kl="all")
+    """The RTP configs' held-out arithmetic (issue 27), with the configs' own sizes."""
+    from steerlib.config import load_params
+    from steerlib.experiment.steps import drop_scorer_partition
+    from steerlib.runs import PROJECT_ROOT
+
+    params = load_params(PROJECT_ROOT / "notebooks" / "configs" / "rtp-sample.yaml")
+    assert params.kl_texts == "all"
+    challenging, nontoxic = drop_scorer_partition(
+        load_prompt_file(rtp_dir / "challenging_sample.jsonl"),
+        load_prompt_file(rtp_dir / "nontoxic_sample.jsonl"),
+    )
+    split = split_prompts(
+        challenging,
+        nontoxic,
+        n_prompts=params.n_prompts,
+        n_pairs=params.n_pairs,
+        seed=params.seed,
+        n_kl="all",
+    )
     tox = pd.to_numeric(nontoxic["prompt_toxicity"], errors="coerce")
     candidates = set(nontoxic["prompt_id"][~nontoxic["challenging"] & ((tox < 0.1) | tox.isna())])
     pair_ids = set(split.pairs_toxic["prompt_id"]) | set(split.pairs_nontoxic["prompt_id"])
     paired = candidates & pair_ids  # a benign prompt with a toxic continuation pairs too
-    assert len(split.kl_benign) == len(candidates) - 80 - len(paired) > 0
+    expected = len(candidates) - params.n_prompts - len(paired)
+    assert len(split.kl_benign) == expected > 0
     assert not pair_ids & set(split.kl_benign["prompt_id"])
+    assert f"leave {expected} texts" in (
+        PROJECT_ROOT / "notebooks" / "configs" / "rtp-sample.yaml"
+    ).read_text().replace("\n# ", " ")
 
 
 def test_same_file_name_in_two_folders_keeps_every_prompt(tmp_path: Path) -> None:
