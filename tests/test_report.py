@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -186,3 +187,14 @@ def test_sweep_watcher_counts_units_as_they_are_written(tmp_path):
     assert (watcher.done, watcher.total) == (len(units), len(units))
     drawn = out.getvalue()
     assert f"{len(units)}/{len(units)}" in drawn and "tok/s" in drawn and "sweep" in drawn
+
+
+def test_each_kernel_gets_sockets_of_its_own(monkeypatch, tmp_path):
+    """Two runs started at once from one folder must not share IPC socket names."""
+    from steerlib.experiment.kernels import kernel_options
+
+    monkeypatch.chdir(tmp_path)
+    first, second = (kernel_options()["config"].KernelManager for _ in range(2))
+    assert first.transport == second.transport == "ipc"
+    assert first.ip != second.ip
+    assert os.path.isabs(first.ip) and not str(first.ip).startswith(str(tmp_path))
