@@ -95,9 +95,10 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
         ]
     if "layer" not in recommended:
         return _no_point_lines(recommended, params)
+    fewest = _fewest_prompts(summary, recommended)
+    thin = fewest is not None and fewest < MIN_PROMPTS_PER_HALF
     return [
-        _effect_line(recommended, fewest=_fewest_prompts(summary, recommended))
-        + _scorers_clause(recommended),
+        _effect_line(recommended, fewest=fewest) + ("" if thin else _scorers_clause(recommended)),
         _budget_line(recommended, params)
         if recommended.get("fluency_budget")
         else _cost_line(recommended),
