@@ -455,9 +455,10 @@ def _unit_problems(paths: RunPaths) -> list[str]:
     from steerlib.experiment.sweep import read_unit
 
     problems = []
+    required = not paths.made_before_checksums()  # a pre-checksum run's units have none
     for part in sorted(paths.sweep_parts.rglob("*.parquet")):
         try:
-            read_unit(part)
+            read_unit(part, required=required)
         except DamagedRunError as exc:
             problems.append(f"run {paths.name!r}: {exc}".rstrip("."))
     return problems

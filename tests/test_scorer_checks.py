@@ -109,7 +109,6 @@ def test_verdict_adds_the_two_scorer_clause_only_with_two_scorers():
     assert "both scorers" not in one[0] and "The cut holds under both scorers" in two[0]
 
 
-
 def test_a_scorer_without_figures_is_not_measured_rather_than_failed():
     sweep = sweep_rows(30, (0.0, 1.0)).drop(columns="toxicity_second")
     summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=300)

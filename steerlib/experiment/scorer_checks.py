@@ -90,8 +90,7 @@ def cut_holds(
         }
         if thin:
             out[name]["reason"] = (
-                f"too few prompts ({int(n_prompts)} in the half, fewer than "
-                f"{MIN_PROMPTS_PER_HALF})"
+                f"too few prompts ({int(n_prompts)} in the half, fewer than {MIN_PROMPTS_PER_HALF})"
             )
     verdicts = [entry["holds"] for entry in out.values()]
     out_all = all(v is True for v in verdicts) if verdicts else None
