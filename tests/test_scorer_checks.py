@@ -184,6 +184,27 @@ def test_strata_table_gives_figures_only_to_strata_large_enough():
     assert row["emt_point"] < row["emt_alpha0"]
 
 
+def test_strata_on_the_confirmation_half_count_only_its_prompts():
+    from steerlib.operating_point import assign_split
+
+    sweep = sweep_rows(48, (0.0, 1.0))
+    strata = prompt_strata(attributes(48))
+    table = strata_table(
+        sweep, strata, point(), {"": "a"}, n_resamples=200, seed=3, half="confirmation"
+    )
+    confirmation = set(sweep.loc[assign_split(sweep, 3) == "confirmation", "prompt_id"])
+    assert 0 < len(confirmation) < 48
+    for _, row in table.iterrows():
+        assert row["n_prompts"] == len(strata[row["stratum"]] & confirmation)
+    row = table[table["stratum"] == "profane_toxic"].iloc[0]
+    ids = strata["profane_toxic"] & confirmation
+    expected = sweep[(sweep["alpha"] == 1.0) & sweep["prompt_id"].isin(ids)]
+    assert row["emt_point"] == pytest.approx(metrics.expected_max_toxicity(expected))
+    both = strata_table(sweep, strata, point(), {"": "a"}, n_resamples=200, seed=3)
+    assert (both["n_prompts"] >= table["n_prompts"]).all()
+    assert (both["n_prompts"] > table["n_prompts"]).any()
+
+
 def test_side_by_side_shows_the_biggest_drops_and_random_prompts():
     sweep = sweep_rows(12, (0.0, 1.0))
     drop = sweep[sweep["alpha"] == 1.0].index

@@ -224,11 +224,15 @@ def two_scorer_products(
         ids = prompt_strata(perspective_attributes(challenging[0]))
         variant = best.get("variant", "caa")
         rows = sweep[sweep["variant"] == variant] if "variant" in sweep else sweep
-        strata = strata_table(rows, ids, best, columns, n_resamples=p.n_resamples, seed=p.seed)
+        half = best.get("figures_from")
+        half = half if half in ("selection", "confirmation") else None
+        strata = strata_table(
+            rows, ids, best, columns, n_resamples=p.n_resamples, seed=p.seed, half=half
+        )
         record["strata"] = {
             "variant": variant,
             "min_prompts": MIN_PROMPTS,
-            "halves": "both (all evaluation prompts)",
+            "halves": f"the {half} half only" if half else "both halves (all evaluation prompts)",
             "rows": json.loads(strata.to_json(orient="records")),
         }
     else:
