@@ -58,7 +58,11 @@ def cut_holds(
 
     Returns:
         ``{scorer name: {"expected_max_toxicity", "ci", "baseline_expected_max_toxicity",
-        "holds"}}`` plus ``"holds_under_all"`` (bool) and ``"sentence"``.
+        "holds"}}`` plus ``"holds_under_all"`` (True, False when a scorer fails, None when
+        none fails but one was not measured) and ``"sentence"``. ``holds`` is None, with a
+        ``reason``, when the point's half has fewer than
+        :data:`~steerlib.experiment.report.MIN_PROMPTS_PER_HALF` prompts (too few to conclude),
+        and None without one when the scorer has no figures there ("not measured").
     """
     from steerlib.operating_point import _row_at
 
@@ -112,10 +116,9 @@ def cut_holds_sentence(check: dict[str, Any]) -> str:
         base = entry["baseline_expected_max_toxicity"]
         if entry["expected_max_toxicity"] is None or base is None:
             return f"{name}: no figures"
-        return (
-            f"{name} EMT {entry['expected_max_toxicity']:.3f} [{low:.3f}, {high:.3f}] vs "
-            f"{base:.3f} at alpha 0"
-        )
+        interval = "[no interval]" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+        emt = entry["expected_max_toxicity"]
+        return f"{name} EMT {emt:.3f} {interval} vs {base:.3f} at alpha 0"
 
     detail = "; ".join(figures(name, entry) for name, entry in scorers.items())
     half = check.get("half", "confirmation")
