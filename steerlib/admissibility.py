@@ -123,6 +123,7 @@ def admissibility(
     max_floor_share_increase: float = 0.05,
     fluency_measure: FluencyMeasure = "human_perplexity",
     max_kl_benign: float | None = None,
+    max_alpha: float | None = None,
 ) -> pd.DataFrame:
     """Add the admissibility columns of the operating-point rule to a summary.
 
@@ -146,6 +147,10 @@ def admissibility(
         fluency_measure: ``"human_perplexity"`` or ``"perplexity"``; see
             :func:`resolve_fluency_measure` for the fallback.
         max_kl_benign: KL budget (nats per token); None: :func:`kl_budget`'s default.
+        max_alpha: The largest alpha the summary's variant takes (1 for ``ablate`` and
+            ``clamp``: full removal, :data:`steerlib.hooks.ALPHA_RANGES`); a steered row
+            beyond it (made before the range was enforced) is inadmissible, with that reason.
+            None: no cap.
 
     Returns:
         A copy with the columns ``fluency_measure`` (the named one), ``fluency`` (the setting's
@@ -219,6 +224,13 @@ def admissibility(
         else (0.0, [])
         for i, row in enumerate(out.itertuples(index=False))
     ]
+    if max_alpha is not None:
+        found = [
+            _beyond_range(alpha, max_alpha, total, reasons) if steered[i] else (total, reasons)
+            for i, (alpha, (total, reasons)) in enumerate(
+                zip(out["_alpha"].to_numpy(float), found, strict=True)
+            )
+        ]
     out["_shortfall"] = [total for total, _ in found]
     out["_reasons"] = [reasons for _, reasons in found]
     grouped = out.groupby(_SETTING, sort=False, dropna=False)
@@ -283,6 +295,19 @@ def _alpha_zero(out: pd.DataFrame, column: str) -> np.ndarray | None:
 def _names(reasons: str, measure: str) -> bool:
     """Whether the joined ``reasons`` hold a failed check of ``measure``."""
     return any(part.startswith((f"{measure} ", f"no {measure} ")) for part in reasons.split("; "))
+
+
+def _beyond_range(
+    alpha: float, max_alpha: float, total: float, reasons: list[str]
+) -> tuple[float, list[str]]:
+    """Add the reason (and shortfall) of an alpha past its variant's largest one."""
+    if abs(alpha) <= max_alpha:
+        return total, reasons
+    reason = (
+        f"alpha {_fmt(alpha)} above {_fmt(max_alpha)}, the most its variant takes "
+        f"({_fmt(max_alpha)} = full removal; beyond it the variant is not what its name says)"
+    )
+    return total + abs(alpha) / max_alpha - 1.0, [*reasons, reason]
 
 
 def _check(

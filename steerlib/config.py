@@ -135,7 +135,7 @@ class RunParams(BaseModel):
     second_scorer: StrictStr | None = Field(
         None,
         description="A second toxicity scorer (e.g. 'minilm-toxicity'): every completion is "
-        "scored by it too, its columns carry the suffix '_2'; the operating point is chosen "
+        "scored by it too, its columns carry the suffix '_second'; the operating point is chosen "
         "with 'scorer'.",
     )
     challenging_source: StrictStr = Field(

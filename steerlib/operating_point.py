@@ -251,6 +251,7 @@ def recommend_operating_point(
     min_distinct_ratio: float = 0.9,
     max_floor_share_increase: float = 0.05,
     max_kl_benign: float | None = None,
+    max_alpha: float | None = None,
     subset: str = "challenging",
     direction: str = "caa",
     select_on: str = "selection",
@@ -279,6 +280,8 @@ def recommend_operating_point(
             floor (absolute).
         max_kl_benign: KL budget in nats per token (None: ln(1 + max_perplexity_increase);
             see :func:`steerlib.admissibility.kl_budget`).
+        max_alpha: Largest alpha of the summary's variant (1 for ``ablate``/``clamp``); a
+            setting beyond it is inadmissible (:func:`steerlib.admissibility.admissibility`).
         subset: Subset whose EMT is minimized.
         direction: Steering direction to choose from.
         select_on: Half the setting is chosen on.
@@ -311,8 +314,10 @@ def recommend_operating_point(
         "max_floor_share_increase": max_floor_share_increase,
         "max_kl_benign": max_kl_benign,
     }
-    table = admissibility(summary, fluency_measure=fluency_measure, **checks)
+    table = admissibility(summary, fluency_measure=fluency_measure, max_alpha=max_alpha, **checks)
     checks["max_kl_benign"] = kl_budget(max_perplexity_increase, max_kl_benign)
+    if max_alpha is not None:
+        checks["max_alpha"] = max_alpha
     checked = str(table["fluency_checked"].iloc[0]).split("; ") if len(table) else []
     checked = [name for name in checked if name]
     measure, measure_note = resolve_fluency_measure(summary, fluency_measure)

@@ -94,18 +94,19 @@ def _looks_like_path(name: str) -> bool:
 def _combination_problems(params: RunParams, num_layers: int | None) -> list[str]:
     """Parameters valid one by one that cannot work together (they failed late before).
 
-    * ``alpha_search`` measures the fluency budget on the held-out benign texts, so it needs
-      ``kl_texts`` of at least 1;
+    * ``alpha_search`` measures the fluency budget on the held-out benign texts, one half for
+      the search and one for the reported figure, so it needs ``kl_texts`` of at least 2;
     * ``pair_source: matched`` pairs each prompt's most and least toxic completion, so it
       needs at least two samples per prompt;
     * ``multilayer_span`` larger than the model's layers would be cut silently to the model.
     """
     problems = []
-    if params.alpha_search and params.kl_texts != "all" and params.kl_texts < 1:
+    if params.alpha_search and params.kl_texts != "all" and params.kl_texts < 2:
         problems.append(
-            "parameter 'kl_texts': 0 held-out texts, but alpha_search measures its fluency "
-            "budget on them; set kl_texts to 'all' (every benign text the draws leave), at "
-            "least 1, or alpha_search: false"
+            f"parameter 'kl_texts': {params.kl_texts} held-out text(s), but alpha_search "
+            "measures its fluency budget on them, one half for the search and one for the "
+            "reported figure; set kl_texts to 'all' (every benign text the draws leave), at "
+            "least 2, or alpha_search: false"
         )
     if params.pair_source == "matched" and params.samples_per_prompt < 2:
         problems.append(
@@ -290,16 +291,48 @@ def kv_cache_bytes(params: RunParams, kv_values_per_token: int, longest_prompt: 
     return float(rows * (longest_prompt + params.max_new_tokens) * kv_values_per_token * size)
 
 
-def _generation_rows(tables: dict[str, pd.DataFrame], params: RunParams) -> pd.DataFrame:
-    """The prompts the run completes: its evaluation subsets (and pair prompts, when used)."""
+def _draw(tables: dict[str, pd.DataFrame], params: RunParams, tokenizer: Any) -> Any:
+    """Step 01's draw (:func:`steerlib.subsets.split_prompts`) from the tables it will use.
+
+    The records the ``minilm-toxicity`` head was trained on are dropped first, as step 01
+    does (:func:`~steerlib.experiment.steps.drop_scorer_partition`, its line kept quiet here),
+    and the pairs are length-matched with the run's tokenizer when it loaded.
+    """
+    import contextlib
+    import io
+
+    from steerlib.experiment.steps import drop_scorer_partition
     from steerlib.subsets import split_prompts
 
-    split = split_prompts(
-        tables[params.challenging_source],
-        tables[params.benign_source],
-        n_kl=params.kl_texts,
-        **split_arguments(params),
-    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        challenging, benign = drop_scorer_partition(
+            tables[params.challenging_source], tables[params.benign_source]
+        )
+    if tokenizer is not None:
+        return split_prompts(
+            challenging,
+            benign,
+            n_kl=params.kl_texts,
+            length=lambda texts: [len(ids) for ids in tokenizer(texts)["input_ids"]],
+            **split_arguments(params),
+        )
+    return split_prompts(challenging, benign, n_kl=params.kl_texts, **split_arguments(params))
+
+
+def _held_out_problems(params: RunParams, held_out: int) -> list[str]:
+    """The alpha search needs a held-out benign text in each half (search and report)."""
+    if not params.alpha_search or held_out >= 2:
+        return []
+    return [
+        f"parameter 'kl_texts': the draws leave {held_out} held-out benign text(s) "
+        f"(kl_texts {params.kl_texts!r}), but alpha_search needs at least 2, one for its search "
+        "half and one for the reported figure; lower n_prompts or n_pairs, give a "
+        "benign_source with more benign texts, or set alpha_search: false"
+    ]
+
+
+def _generation_rows(split: Any, params: RunParams) -> pd.DataFrame:
+    """The prompts the run completes: its evaluation subsets (and pair prompts, when used)."""
     parts = [split.challenging, split.benign]
     if params.pair_source != "prompts":
         parts += [split.pairs_toxic, split.pairs_nontoxic]
@@ -421,7 +454,10 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
     if "hub" not in sources:
         tables = {source: problems.attempt(load_prompts, source) for source in sources}
         if all(table is not None for table in tables.values()):
-            rows = problems.attempt(_generation_rows, tables, params)
+            split = problems.attempt(_draw, tables, params, tokenizer)
+            if split is not None:
+                rows = _generation_rows(split, params)
+                problems.extend(_held_out_problems(params, len(split.kl_benign)))
     problems.extend(_combination_problems(params, shape.num_layers if shape else None))
     if shape is not None:
         problems.extend(_length_problems(params, rows, tokenizer, shape))
@@ -455,9 +491,10 @@ def _unit_problems(paths: RunPaths) -> list[str]:
     from steerlib.experiment.sweep import read_unit
 
     problems = []
+    required = not paths.made_before_checksums()  # a pre-checksum run's units have none
     for part in sorted(paths.sweep_parts.rglob("*.parquet")):
         try:
-            read_unit(part)
+            read_unit(part, required=required)
         except DamagedRunError as exc:
             problems.append(f"run {paths.name!r}: {exc}".rstrip("."))
     return problems

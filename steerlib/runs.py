@@ -320,6 +320,19 @@ class RunPaths:
             and all(product.is_file() for product in products)
         )
 
+    def made_before_checksums(self) -> bool:
+        """Whether the run was recorded before steps were recorded whole, with checksums.
+
+        Such a run (made before issue 26) has finished steps and no step record carrying
+        ``complete``; its sweep units hold no checksum, so they are read unchecked (a truncated
+        unit is still refused) until the chain runner stamps them
+        (:func:`steerlib.experiment.sweep.stamp_old_units`).
+        """
+        records = [r for r in self.read_status().values() if isinstance(r, dict)]
+        return any(r.get("state") == "done" for r in records) and not any(
+            "complete" in r for r in records
+        )
+
     def product_problems(self, steps: tuple[str, ...] | None = None) -> list[str]:
         """One line per product of a finished step that differs from its recorded checksum.
 

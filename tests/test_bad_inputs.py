@@ -429,3 +429,51 @@ def test_ctrl_c_is_one_line(capsys, runs, monkeypatch):
     code, message, _ = _run(capsys)
     assert code == EXIT_INTERRUPTED
     assert message == "steerlib: interrupted; resume with the same command."
+
+
+# -- the draw preflight checks is step 01's (review 6) ----------------------------------------
+def _small_source(tmp_path: Path, n_benign: int) -> Path:
+    """9 + 2 challenging prompts with toxic continuations, ``n_benign`` benign ones."""
+
+    def record(text: str, i: int, toxicity: float) -> str:
+        return json.dumps(
+            {
+                "filename": f"f{i}",
+                "begin": 0,
+                "end": 1,
+                "challenging": toxicity > 0.5,
+                "prompt": {"text": text, "toxicity": toxicity},
+                "continuation": {"text": f"{text} goes on", "toxicity": toxicity},
+            }
+        )
+
+    source = tmp_path / "small.jsonl"
+    records = [record(f"the dog {i}", i, 0.9) for i in range(11)]
+    records += [record(f"the tree {i}", 20 + i, 0.01) for i in range(n_benign)]
+    source.write_text("\n".join(records) + "\n")
+    return source
+
+
+def test_kl_texts_all_leaving_under_two_held_out_texts_is_refused(
+    capsys, runs, tmp_path, tiny_model
+):
+    source = _small_source(tmp_path, n_benign=10)  # 9 evaluation prompts: at most 1 left
+    sets = [f"challenging_source={source}", f"benign_source={source}", "n_prompts=9", "n_pairs=1"]
+    message = _fails(capsys, runs, *_tiny(tiny_model), *sets, "kl_texts=all", "alpha_search=true")
+    assert "'kl_texts'" in message and "held-out benign text" in message
+    assert "at least 2" in message
+
+
+def test_preflight_draws_without_the_scorer_heads_training_records(
+    capsys, runs, tmp_path, tiny_model, monkeypatch
+):
+    from steerlib import perspective
+
+    source = _small_source(tmp_path, n_benign=9)
+    trained = frozenset(perspective.id_hash(f"f{20 + i}:0-1") for i in range(9))
+    monkeypatch.setattr(perspective, "scorer_manifest_hashes", lambda name="": trained)
+    sets = [f"challenging_source={source}", f"benign_source={source}", "n_prompts=9"]
+    message = _fails(
+        capsys, runs, *_tiny(tiny_model), *sets, "n_pairs=1", "kl_texts=0", "alpha_search=false"
+    )
+    assert "benign" in message  # every benign record is the head's: step 01 would find none

@@ -518,3 +518,30 @@ def test_the_run_command_refuses_a_finished_run_with_other_settings(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "samples_per_prompt 1 -> 3" in err
     assert run.paths.params.read_bytes() == before
+
+
+@pytest.mark.parametrize("search", [True, False])
+def test_a_parameter_added_since_a_run_was_made_counts_with_its_old_value(tmp_path, search):
+    """Review 3: a run recorded before ``second_scorer`` and the search's step back existed."""
+    from steerlib.experiment.run import check_changes
+
+    Run.open("old", runs_dir=str(tmp_path), alpha_search=search, layers=[12])
+    paths = RunPaths.for_run("old", tmp_path)
+    added = ("second_scorer", "search_step_backs", "max_kl_benign")
+    paths.write_params({k: v for k, v in paths.stored_params().items() if k not in added})
+    for step in STEPS:
+        paths.set_status(step, "done")
+    with pytest.raises(ConfigError, match="second_scorer None -> 'minilm-toxicity'"):
+        check_changes(paths, {"second_scorer": "minilm-toxicity"})
+    forced = check_changes(paths, {"second_scorer": "minilm-toxicity"}, force=True)
+    assert forced.reruns[0] == "02_baseline"
+    assert not check_changes(paths, {"second_scorer": None, "search_step_backs": 0}).refused
+    # The step back and the KL limit shape only a searched sweep.
+    if search:
+        with pytest.raises(ConfigError, match="search_step_backs 0 -> 3"):
+            check_changes(paths, {"search_step_backs": 3})
+        with pytest.raises(ConfigError, match="max_kl_benign"):
+            check_changes(paths, {"max_kl_benign": None})
+    else:
+        changes = check_changes(paths, {"search_step_backs": 3, "max_kl_benign": None})
+        assert not changes.refused and "05_sweep" not in changes.reruns

@@ -549,3 +549,45 @@ def test_held_out_halves_judge_their_own_half() -> None:
     assert "human_perplexity" in point["confirmation_figures"]
     cost = pipeline.verdict({"recommended": point, "params": {}})[1]
     assert "over budget" in cost and "Fails on perplexity on held-out benign text" in cost
+
+
+def test_alpha_past_full_removal_is_not_admissible_for_ablate_or_clamp() -> None:
+    """Review 9: an old variants run's ablate/clamp rows with alpha > 1 are not admitted."""
+    cells = {
+        ("caa", 0.0): {"tox": 0.6},
+        ("caa", 1.0): {"tox": 0.4},
+        ("caa", 1.74): {"tox": 0.05},  # the cleanest, but it reflects the component
+        ("random", 0.0): {"tox": 0.6},
+        ("random", 1.0): {"tox": 0.55},
+        ("random", 1.74): {"tox": 0.5},
+    }
+    summary = summary_of(cells)
+    assert op.recommend_operating_point(summary)["alpha"] == 1.74  # uncapped (plain CAA)
+    table = op.admissibility(summary, max_alpha=1.0)
+    beyond = table[table["alpha"] == 1.74]
+    assert not beyond["admissible"].any()
+    assert beyond["inadmissible_because"].str.contains("alpha 1.74 above 1").all()
+    assert table.loc[table["alpha"] == 1.0, "admissible"].all()
+    point = op.recommend_operating_point(summary, max_alpha=1.0)
+    assert point["alpha"] == 1.0 and point["checks"]["max_alpha"] == 1.0
+
+
+def test_the_analysis_caps_an_old_ablate_run_at_full_removal(tmp_path: Any) -> None:
+    cells = {
+        ("caa", 0.0): {"tox": 0.6},
+        ("caa", 1.0): {"tox": 0.4},
+        ("caa", 1.74): {"tox": 0.05},
+        ("random", 0.0): {"tox": 0.6},
+        ("random", 1.0): {"tox": 0.55},
+        ("random", 1.74): {"tox": 0.5},
+    }
+    run = fake_run(tmp_path, cells, n_resamples=200, variants=["caa", "ablate"], alphas=[0.0, 1.0])
+    sweep = make_sweep(cells).drop(columns="split")
+    both = pd.concat([sweep.assign(variant=v) for v in ("caa", "ablate")], ignore_index=True)
+    both.to_parquet(run.paths.sweep)  # as an old variants run wrote it: ablate at 1.74
+    kl = kl_of(cells)
+    pd.concat([kl.assign(variant=v) for v in ("caa", "ablate")]).to_parquet(run.paths.kl)
+    pipeline.analyze(run, save_figures=False)
+    record = json.loads(run.paths.summary.read_text())
+    assert record["recommended_by_variant"]["caa"]["alpha"] == 1.74  # additive: no cap
+    assert record["recommended_by_variant"]["ablate"]["alpha"] == 1.0

@@ -19,18 +19,22 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from steerlib import export, pipeline, status
-from steerlib._io import atomic_write_json, atomic_write_parquet
-from steerlib.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_RUN, ConfigError
+from steerlib._io import CHECKSUM_KEY, atomic_write_json, atomic_write_parquet
+from steerlib.config import RunParams
+from steerlib.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_RUN, ConfigError, DamagedRunError
 from steerlib.experiment import figures
-from steerlib.experiment.chain import copy_finished_steps
+from steerlib.experiment.chain import copy_finished_steps, run_chain
 from steerlib.experiment.report import MIN_PROMPTS_PER_HALF, verdict
 from steerlib.experiment.run import Run, check_changes
+from steerlib.experiment.sweep import read_unit
 from steerlib.hooks import steering
 from steerlib.layers import get_decoder_layers
+from steerlib.preflight import check_run_files
 from steerlib.runs import RunPaths
 from steerlib.vectors import SteeringVector, model_provenance
 
@@ -161,6 +165,52 @@ def test_status_and_figures_report_a_product_changed_after_its_step(capsys, runs
     assert "summary.json" in _one_line(capsys.readouterr().err)
     assert figures.main(["r"]) == EXIT_DAMAGED_RUN
     assert "summary.json" in _one_line(capsys.readouterr().err)
+
+
+# -- runs made before checksums (review 1) -------------------------------------------------
+def _pre_merge_run(tiny_model: Path) -> tuple[RunPaths, list[Path]]:
+    """A finished run as recorded before issue 26: units without checksums, no "complete"."""
+    paths = _finished_analysis(tiny_model, {"recommended": {}})
+    units = [_unit(paths, "caa-L1-b0.parquet"), _unit(paths, "search/caa-search-a1-L1-b0.parquet")]
+    for unit in units:  # rewritten the way the old code wrote them: no checksum inside
+        pd.read_parquet(unit).to_parquet(unit, index=False)
+        assert CHECKSUM_KEY not in (pq.read_schema(unit).metadata or {})
+    for step, record in paths.read_status().items():
+        old = {k: v for k, v in record.items() if k not in ("state", "updated", "complete")}
+        old.pop("checksums", None)
+        paths.set_status(step, record["state"], **old)
+    assert paths.made_before_checksums()
+    return paths, units
+
+
+def test_a_run_made_before_checksums_is_accepted_and_its_units_stamped(capsys, runs, tiny_model):
+    paths, units = _pre_merge_run(tiny_model)
+    check_run_files(paths)  # what run, status, figures and export check first
+    assert status.main(["r"]) == 0
+    assert figures.main(["r"]) != EXIT_DAMAGED_RUN
+    params = RunParams.validate_mapping({"run_name": "r", "model": str(tiny_model), "layers": [1]})
+    assert run_chain(params, runs_dir=str(runs), notebooks=(), progress=False) == 0
+    assert "2 of its units checked readable and stamped" in capsys.readouterr().out
+    for unit in units:
+        assert CHECKSUM_KEY in pq.read_schema(unit).metadata
+        read_unit(unit)  # checked from now on
+
+
+def test_a_truncated_unit_of_a_run_made_before_checksums_is_still_refused(capsys, runs, tiny_model):
+    paths, units = _pre_merge_run(tiny_model)
+    units[0].write_bytes(units[0].read_bytes()[:40])
+    assert status.main(["r"]) == EXIT_DAMAGED_RUN
+    assert "caa-L1-b0.parquet" in _one_line(capsys.readouterr().err)
+    with pytest.raises(DamagedRunError, match=r"caa-L1-b0\.parquet"):
+        check_run_files(paths)
+
+
+def test_a_unit_without_checksum_in_a_run_recorded_with_checksums_is_refused(runs, tiny_model):
+    paths, _ = _pre_merge_run(tiny_model)
+    paths.record_complete("06_analysis")  # recorded by the current runner
+    assert not paths.made_before_checksums()
+    with pytest.raises(DamagedRunError, match="no steerlib checksum"):
+        check_run_files(paths)
 
 
 # -- identity ------------------------------------------------------------------------------

@@ -109,6 +109,43 @@ def test_verdict_adds_the_two_scorer_clause_only_with_two_scorers():
     assert "both scorers" not in one[0] and "The cut holds under both scorers" in two[0]
 
 
+def test_a_scorer_without_figures_is_not_measured_rather_than_failed():
+    sweep = sweep_rows(30, (0.0, 1.0)).drop(columns="toxicity_second")
+    summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=300)
+    check = cut_holds(summary, point(), {"": "lexical", "_second": "embedding"})
+    assert check["scorers"]["embedding"]["holds"] is None
+    assert check["holds_under_all"] is None
+    assert "Not measured under embedding" in check["sentence"]
+    assert "does not hold" not in check["sentence"]
+
+
+def test_thin_evidence_gives_no_scorer_verdict():
+    from steerlib.experiment.report import MIN_PROMPTS_PER_HALF
+
+    n = MIN_PROMPTS_PER_HALF - 1
+    sweep = sweep_rows(n, (0.0, 1.0))
+    summary = metrics.summarize(sweep.drop(columns="variant"), n_resamples=300)
+    thin_point = {**point(), "n_prompts": n}
+    check = cut_holds(summary, thin_point, {"": "a", "_second": "b"})
+    assert all(entry["holds"] is None for entry in check["scorers"].values())
+    assert "too few prompts" in check["sentence"] and "holds under" not in check["sentence"]
+    row = summary[summary["alpha"] == 1.0].iloc[0]
+    base = summary[summary["alpha"] == 0.0].iloc[0]
+    recommended = {
+        **thin_point,
+        "expected_max_toxicity": row["expected_max_toxicity"],
+        "expected_max_toxicity_ci": [
+            row["expected_max_toxicity_ci_low"],
+            row["expected_max_toxicity_ci_high"],
+        ],
+        "baseline_expected_max_toxicity": base["expected_max_toxicity"],
+        # a cut_holds made before the minimum applied: the verdict leaves it out all the same
+        "cut_holds": {**check, "sentence": "The cut holds under both scorers (x)."},
+    }
+    line = verdict({"recommended": recommended, "params": {}})[0]
+    assert line.startswith("Too few prompts to conclude") and "scorers" not in line
+
+
 def attributes(n: int) -> pd.DataFrame:
     """Perspective attributes of ``n`` prompts: every third non-profane, every fourth a threat."""
     ids = [f"p{i:02d}" for i in range(n)]
@@ -145,6 +182,27 @@ def test_strata_table_gives_figures_only_to_strata_large_enough():
     assert row["emt_point"] == pytest.approx(metrics.expected_max_toxicity(expected))
     assert row["emt_point_ci_low"] <= row["emt_point"] <= row["emt_point_ci_high"]
     assert row["emt_point"] < row["emt_alpha0"]
+
+
+def test_strata_on_the_confirmation_half_count_only_its_prompts():
+    from steerlib.operating_point import assign_split
+
+    sweep = sweep_rows(48, (0.0, 1.0))
+    strata = prompt_strata(attributes(48))
+    table = strata_table(
+        sweep, strata, point(), {"": "a"}, n_resamples=200, seed=3, half="confirmation"
+    )
+    confirmation = set(sweep.loc[assign_split(sweep, 3) == "confirmation", "prompt_id"])
+    assert 0 < len(confirmation) < 48
+    for _, row in table.iterrows():
+        assert row["n_prompts"] == len(strata[row["stratum"]] & confirmation)
+    row = table[table["stratum"] == "profane_toxic"].iloc[0]
+    ids = strata["profane_toxic"] & confirmation
+    expected = sweep[(sweep["alpha"] == 1.0) & sweep["prompt_id"].isin(ids)]
+    assert row["emt_point"] == pytest.approx(metrics.expected_max_toxicity(expected))
+    both = strata_table(sweep, strata, point(), {"": "a"}, n_resamples=200, seed=3)
+    assert (both["n_prompts"] >= table["n_prompts"]).all()
+    assert (both["n_prompts"] > table["n_prompts"]).any()
 
 
 def test_side_by_side_shows_the_biggest_drops_and_random_prompts():

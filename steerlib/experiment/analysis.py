@@ -394,7 +394,12 @@ def _variant_points(
         evaluation = _evaluation(prompts, baseline, rows, p.seed)
         own_kl = kl["direction"] != "random"
         kl_rows = kl[((kl["variant"] == name) & own_kl) | control_kl].drop(columns="variant")
-        summary, point = _operating_point(p, evaluation, kl_rows, floor, rule)
+        # ablate/clamp rows past full removal (alpha > 1, from runs made before the range was
+        # enforced) are inadmissible, with that reason
+        from steerlib.variants import variant
+
+        cap = {"max_alpha": variant(name, multilayer_span=p.multilayer_span).max_alpha}
+        summary, point = _operating_point(p, evaluation, kl_rows, floor, {**rule, **cap})
         if "layer" in point:
             point.update(_confirmed_controls(summary, evaluation, point, options))
         point["variant"] = name

@@ -46,6 +46,7 @@ from steerlib.experiment.run import (
     provenance,
     step_identity,
 )
+from steerlib.experiment.sweep import stamp_old_units
 from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 from steerlib.preflight import check_run_files, preflight
@@ -124,6 +125,12 @@ def run_chain(
     token = secrets.token_urlsafe(16)  # admits the torchrun workers of this launch only
     with run_lock(paths, token=token):
         os.environ["STEERLIB_LOCK_OWNER"] = str(os.getpid())
+        stamped = stamp_old_units(paths)
+        if stamped:
+            print(
+                f"[steerlib] run {paths.name!r} was made before sweep units carried checksums: "
+                f"{stamped} of its units checked readable and stamped with one"
+            )
         os.environ["STEERLIB_RUNS_DIR"] = str(root)
         given = {k: v for k, v in values.items() if k != "run_name"}
         run = Run.open(params.run_name, runs_dir=str(root), force=force, **given)

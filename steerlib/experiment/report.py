@@ -95,9 +95,10 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
         ]
     if "layer" not in recommended:
         return _no_point_lines(recommended, params)
+    fewest = _fewest_prompts(summary, recommended)
+    thin = fewest is not None and fewest < MIN_PROMPTS_PER_HALF
     return [
-        _effect_line(recommended, fewest=_fewest_prompts(summary, recommended))
-        + _scorers_clause(recommended),
+        _effect_line(recommended, fewest=fewest) + ("" if thin else _scorers_clause(recommended)),
         _budget_line(recommended, params)
         if recommended.get("fluency_budget")
         else _cost_line(recommended),
@@ -614,8 +615,13 @@ def scorer_validity_table(record: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def strata_view(strata: pd.DataFrame) -> Any:
-    """:attr:`Analysis.strata`, formatted: EMT at alpha 0 and at the point with intervals."""
+def strata_view(strata: pd.DataFrame, halves: str = "both halves") -> Any:
+    """:attr:`Analysis.strata`, formatted: EMT at alpha 0 and at the point with intervals.
+
+    Args:
+        strata: The strata table.
+        halves: Which prompts it counts (``summary.json``'s ``strata.halves``), for the caption.
+    """
     if strata.empty:
         return strata
     table = strata.copy()
@@ -630,7 +636,7 @@ def strata_view(strata: pd.DataFrame) -> Any:
             )
         ]
     shown = table[["stratum", "scorer", "n_prompts", "EMT alpha0", "EMT point", "note"]]
-    return _styled(shown, "EMT per stratum of the challenging prompts, both halves, 95% CI")
+    return _styled(shown, f"EMT per stratum of the challenging prompts, {halves}, 95% CI")
 
 
 def side_by_side_table(examples: pd.DataFrame) -> Any:

@@ -33,6 +33,7 @@ from typing import Any
 from steerlib.config import RunParams, short_repr
 from steerlib.errors import ConfigError, DataError
 from steerlib.experiment.table import (
+    OLD_VALUES,
     RUNTIME,
     STEP_NAMES,
     STEPS,
@@ -150,10 +151,17 @@ def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = Fals
             continue
         # The identity the step recorded beside its products wins over params.json, which
         # may have been deleted or rewritten since.
-        made_with = {**stored, **(record.get("params") or {})}
+        identity = record.get("params") or {}
+        made_with = {**stored, **identity}
+        # A parameter added since the step was made counts with the value that reproduces
+        # what the step did then (OLD_VALUES), where that work depended on it.
+        before = {k: v for k, v in OLD_VALUES.items() if k not in made_with}
+        made_with = {**before, **made_with}
         for name in sorted(s.reads & values.keys()):
             if name in RUNTIME or name not in made_with or made_with[name] == values[name]:
                 continue
+            if name in before and not s.depends_on(name, made_with):
+                continue  # e.g. a search parameter of a sweep made without the search
             if not (s.depends_on(name, made_with) or s.depends_on(name, after_change)):
                 continue
             changed.setdefault(name, (made_with[name], values[name]))

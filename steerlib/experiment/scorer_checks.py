@@ -58,7 +58,11 @@ def cut_holds(
 
     Returns:
         ``{scorer name: {"expected_max_toxicity", "ci", "baseline_expected_max_toxicity",
-        "holds"}}`` plus ``"holds_under_all"`` (bool) and ``"sentence"``.
+        "holds"}}`` plus ``"holds_under_all"`` (True, False when a scorer fails, None when
+        none fails but one was not measured) and ``"sentence"``. ``holds`` is None, with a
+        ``reason``, when the point's half has fewer than
+        :data:`~steerlib.experiment.report.MIN_PROMPTS_PER_HALF` prompts (too few to conclude),
+        and None without one when the scorer has no figures there ("not measured").
     """
     from steerlib.operating_point import _row_at
 
@@ -72,6 +76,10 @@ def cut_holds(
     )
     steered = _row_at(summary, *where, float(point["alpha"]))
     unsteered = _row_at(summary, *where, 0.0)
+    from steerlib.experiment.report import MIN_PROMPTS_PER_HALF
+
+    n_prompts = point.get("n_prompts")
+    thin = n_prompts is not None and int(n_prompts) < MIN_PROMPTS_PER_HALF
     out: dict[str, Any] = {}
     for suffix, name in scorers.items():
         column = f"expected_max_toxicity{suffix}"
@@ -82,10 +90,16 @@ def cut_holds(
             "expected_max_toxicity": emt,
             "ci": [low, high],
             "baseline_expected_max_toxicity": base,
-            "holds": None if high is None or base is None else bool(high < base),
+            "holds": None if thin or high is None or base is None else bool(high < base),
         }
+        if thin:
+            out[name]["reason"] = (
+                f"too few prompts ({int(n_prompts)} in the half, fewer than {MIN_PROMPTS_PER_HALF})"
+            )
     verdicts = [entry["holds"] for entry in out.values()]
     out_all = all(v is True for v in verdicts) if verdicts else None
+    if verdicts and not out_all and not any(v is False for v in verdicts):
+        out_all = None  # nothing failed: some scorer was not measured, or too thinly
     result: dict[str, Any] = {"scorers": out, "holds_under_all": out_all, "half": where[0]}
     result["sentence"] = cut_holds_sentence(result)
     return result
@@ -102,21 +116,28 @@ def cut_holds_sentence(check: dict[str, Any]) -> str:
         base = entry["baseline_expected_max_toxicity"]
         if entry["expected_max_toxicity"] is None or base is None:
             return f"{name}: no figures"
-        return (
-            f"{name} EMT {entry['expected_max_toxicity']:.3f} [{low:.3f}, {high:.3f}] vs "
-            f"{base:.3f} at alpha 0"
-        )
+        interval = "[no interval]" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+        emt = entry["expected_max_toxicity"]
+        return f"{name} EMT {emt:.3f} {interval} vs {base:.3f} at alpha 0"
 
     detail = "; ".join(figures(name, entry) for name, entry in scorers.items())
     half = check.get("half", "confirmation")
-    failed = [name for name, entry in scorers.items() if entry["holds"] is not True]
-    if not failed:
+    failed = [name for name, entry in scorers.items() if entry["holds"] is False]
+    unmeasured = [name for name, entry in scorers.items() if entry["holds"] is None]
+    thin = [entry["reason"] for entry in scorers.values() if entry.get("reason")]
+    if not failed and not unmeasured:
         both = "both scorers" if len(scorers) == 2 else "every scorer"
         return f"The cut holds under {both} ({half} half: {detail})."
-    return (
-        f"The cut does not hold under {' and '.join(failed)}: the interval's upper end is not "
-        f"below alpha 0 ({half} half: {detail})."
-    )
+    sentences = []
+    if failed:
+        sentences.append(
+            f"The cut does not hold under {' and '.join(failed)}: the interval's upper end is "
+            "not below alpha 0"
+        )
+    if unmeasured:
+        why = thin[0] if thin else "no figures at this setting or at alpha 0"
+        sentences.append(f"Not measured under {' and '.join(unmeasured)} ({why})")
+    return "; ".join(sentences) + f" ({half} half: {detail})."
 
 
 def source_files(params: Any) -> list[Path]:
@@ -206,11 +227,15 @@ def two_scorer_products(
         ids = prompt_strata(perspective_attributes(challenging[0]))
         variant = best.get("variant", "caa")
         rows = sweep[sweep["variant"] == variant] if "variant" in sweep else sweep
-        strata = strata_table(rows, ids, best, columns, n_resamples=p.n_resamples, seed=p.seed)
+        half = best.get("figures_from")
+        half = half if half in ("selection", "confirmation") else None
+        strata = strata_table(
+            rows, ids, best, columns, n_resamples=p.n_resamples, seed=p.seed, half=half
+        )
         record["strata"] = {
             "variant": variant,
             "min_prompts": MIN_PROMPTS,
-            "halves": "both (all evaluation prompts)",
+            "halves": f"the {half} half only" if half else "both halves (all evaluation prompts)",
             "rows": json.loads(strata.to_json(orient="records")),
         }
     else:

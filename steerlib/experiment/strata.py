@@ -3,8 +3,10 @@
 Strata (a prompt may be in several): ``profane_toxic`` (toxicity >= 0.5 and profanity >= 0.5),
 ``non_profane_toxic`` (toxicity >= 0.5, profanity < 0.5), ``identity_attack``, ``threat`` and
 ``insult`` (each >= 0.5). A stratum with fewer than :data:`MIN_PROMPTS` evaluation prompts gets
-its count and no figures. EMT, with its cluster-bootstrap interval, is computed over both
-halves at alpha 0 and at the recommended point, under every scorer of the run.
+its count and no figures. EMT, with its cluster-bootstrap interval, is computed at alpha 0 and at
+the recommended point, under every scorer of the run, on the half of the prompts the point's
+figures come from (the confirmation half, which played no part in choosing it; both halves only
+for a run without halves), so the strata are not tilted toward the chosen point.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def strata_table(
     *,
     n_resamples: int = 2000,
     seed: int = 0,
+    half: str | None = None,
 ) -> pd.DataFrame:
-    """EMT per stratum at alpha 0 and at the point, per scorer, over both halves.
+    """EMT per stratum at alpha 0 and at the point, per scorer, on one half or both.
 
     Args:
         sweep: Completion rows of the point's variant (``subset``, ``layer``, ``alpha``,
@@ -65,7 +68,9 @@ def strata_table(
             only the alpha-0 figures are given.
         scorers: ``{column suffix: scorer name}``.
         n_resamples: Bootstrap resamples.
-        seed: Bootstrap seed.
+        seed: The run's seed (the bootstrap's, and the halves' with ``half``).
+        half: ``"selection"`` or ``"confirmation"``: only the prompts of that half
+            (:func:`steerlib.operating_point.assign_split`) count; None: every prompt.
 
     Returns:
         One row per (stratum, scorer): ``stratum``, ``scorer``, ``n_prompts``,
@@ -75,6 +80,10 @@ def strata_table(
     from steerlib.metrics import bootstrap_ci, expected_max_toxicity
 
     rows = sweep[sweep["subset"] == "challenging"]
+    if half is not None and not rows.empty:
+        from steerlib.operating_point import assign_split
+
+        rows = rows[assign_split(rows, seed) == half]
     has_point = "layer" in point and point.get("status", "recommended") == "recommended"
     layer = int(point["layer"]) if has_point else None
     direction = point.get("direction", "caa")

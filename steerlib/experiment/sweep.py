@@ -49,6 +49,7 @@ __all__ = [
     "search_texts",
     "searched_family",
     "searched_setting",
+    "stamp_old_units",
     "starts_afresh",
     "sweep_inputs",
     "sweep_plan",
@@ -803,8 +804,13 @@ def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:
     return saved
 
 
-def read_unit(path: Path) -> pd.DataFrame:
+def read_unit(path: Path, *, required: bool = True) -> pd.DataFrame:
     """A saved sweep unit, its checksum verified (:func:`~steerlib._io.read_checked_parquet`).
+
+    Args:
+        path: The unit.
+        required: Refuse a unit without a checksum; False for the units of a run made before
+            units carried one (:meth:`~steerlib.runs.RunPaths.made_before_checksums`).
 
     Raises:
         DamagedRunError: The unit is truncated, edited, or has no checksum; one line saying to
@@ -814,4 +820,33 @@ def read_unit(path: Path) -> pd.DataFrame:
         path,
         "sweep unit",
         "delete it and run the same command again (only that unit is generated again)",
+        required=required,
     )
+
+
+def stamp_old_units(paths: RunPaths) -> int:
+    """Give the saved units of a run made before units carried checksums their checksum.
+
+    Called by the chain runner, holding the run's lock, before the run's steps: afterwards the
+    run's units are checked like any other run's. Nothing happens to a run recorded with
+    checksums (:meth:`~steerlib.runs.RunPaths.made_before_checksums`).
+
+    Returns:
+        How many units were stamped.
+
+    Raises:
+        DamagedRunError: A unit is not a readable parquet file (truncated).
+    """
+    import pyarrow.parquet as pq
+
+    from steerlib._io import CHECKSUM_KEY
+
+    if not paths.made_before_checksums() or not paths.sweep_parts.is_dir():
+        return 0
+    stamped = 0
+    for part in sorted(paths.sweep_parts.rglob("*.parquet")):
+        table = read_unit(part, required=False)
+        if CHECKSUM_KEY not in (pq.read_schema(part).metadata or {}):
+            atomic_write_parquet(part, table)
+            stamped += 1
+    return stamped

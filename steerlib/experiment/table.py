@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "NOTEBOOK_ONLY",
+    "OLD_VALUES",
     "RUNTIME",
     "STEPS",
     "STEP_NAMES",
@@ -94,6 +95,18 @@ RUNTIME = frozenset({"run_name", "device", "dtype", "batch_size", "trust_remote_
 ``dtype`` is here because a run moved to another machine may need another one; its products
 were made with the recorded one (``params.json`` keeps the history of its ``versions``).
 """
+OLD_VALUES: dict[str, Any] = {
+    "second_scorer": None,
+    "search_step_backs": 0,
+    "max_kl_benign": "no limit (made before max_kl_benign existed)",
+}
+"""Parameters added after runs were made, with the value that reproduces what such a run did.
+
+A run recorded without one of them is compared against this value, so adding it to an old run
+redoes (or refuses) the steps that read it instead of reusing work made without it: no second
+scorer, no step back of the alpha search, and no KL limit in the search (which no current
+value reproduces, so an old searched sweep is refused with ``max_kl_benign``).
+"""
 NOTEBOOK_ONLY = ("run_name", "runs_dir", "force")
 """Names every notebook declares besides its step's parameters."""
 
@@ -154,7 +167,11 @@ STEPS: tuple[Step, ...] = (
         extends=frozenset(
             {"layers", "random_control", "alpha_search", "max_perplexity_increase", "variants"}
         ),
-        only_with=(("max_perplexity_increase", "alpha_search"),),
+        only_with=(
+            ("max_perplexity_increase", "alpha_search"),
+            ("max_kl_benign", "alpha_search"),
+            ("search_step_backs", "alpha_search"),
+        ),
     ),
     Step(
         "06_analysis",
