@@ -199,6 +199,14 @@ class RunParams(BaseModel):
             "hook and at its own searched alphas."
         ),
     )
+    control_search: StrictBool = Field(
+        True,
+        description=(
+            "With the alpha search and the random control: search each variant's random "
+            "direction too (same hook, budget, texts, cap and step back) and generate it at its "
+            "own budget edge (the equal-fluency control), besides the variant's edge (equal alpha)."
+        ),
+    )
     samples_per_prompt: StrictInt = Field(
         1,
         ge=1,

@@ -11,6 +11,7 @@ q-values over the cells of a subset (:func:`scipy.stats.false_discovery_control`
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -192,6 +193,7 @@ def fluency_matched_control(
     n_resamples: int = 2000,
     seed: int = 0,
     n_permutations: int = N_PERMUTATIONS,
+    always: Mapping[int, Iterable[float]] | None = None,
 ) -> pd.DataFrame:
     """Compare CAA with the random control at equal fluency instead of equal alpha.
 
@@ -224,6 +226,9 @@ def fluency_matched_control(
         n_resamples: Bootstrap resamples per interval.
         seed: Seed of the bootstrap and of the permutation test.
         n_permutations: Random sign flips of the permutation test.
+        always: Random-direction alphas by layer admissible whatever their cost: the
+            control's own budget edge, found by the same search within the same budget as
+            CAA's (so the control is not held to CAA's measured cost, which favours CAA).
 
     Returns:
         One row per CAA (layer, alpha != 0) with a random direction at that layer; columns
@@ -254,10 +259,12 @@ def fluency_matched_control(
         if candidates.empty:
             continue
         admissible = []
+        edges = [float(a) for a in (always or {}).get(layer, ())]
         for position, cand in enumerate(candidates.itertuples(index=False)):
             cand_alpha = float(cand.alpha)
             cand_ppl = float(getattr(cand, cost))
-            if cand_alpha == 0.0 or (math.isfinite(own) and cand_ppl <= own):
+            own_edge = any(abs(cand_alpha - edge) < 1e-6 for edge in edges)
+            if cand_alpha == 0.0 or own_edge or (math.isfinite(own) and cand_ppl <= own):
                 key = (float(getattr(cand, metric)), abs(cand_alpha), cand_alpha)
                 admissible.append((key, position, cand_ppl))
         if not admissible:

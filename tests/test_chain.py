@@ -122,16 +122,26 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert (
         len(grid) == 2 * 3 * 2 * 3 * 2 * 2
     )  # subsets × prompts × samples × alphas × layers × dirs
-    # The alpha search adds, per layer, its budget edge (both directions), unless that is 0,
-    # and every alpha its step back generated (issue 27: each checked on the continuations).
+    # The alpha search adds, per layer, its budget edge (both directions), unless that is 0
+    # or a grid alpha, and every alpha its step back generated (issue 27: each checked on the
+    # continuations); the random control's own search adds its own edge and step back, alone.
     search = pd.read_parquet(reference / "alpha_search.parquet")
-    chosen = search.groupby("layer")["chosen"].first().round(4)
-    searched = sweep[~sweep["alpha"].isin([-1.0, 0.0, 1.5])]
+    grid_alphas = [-1.0, 0.0, 1.5]
+    searched = sweep[~sweep["alpha"].isin(grid_alphas)]
+    expected = {}
+    for direction in ("caa", "random"):
+        trace = search[search["direction"] == direction]
+        chosen = trace.groupby("layer")["chosen"].first().round(4)
+        checked = trace[trace["stage"] == "step_back"]
+        alphas = {(layer, a) for layer, a in chosen.items() if a > 0}
+        alphas |= set(zip(checked["layer"], checked["alpha"].round(4), strict=True))
+        expected[direction] = {(layer, a) for layer, a in alphas if a not in grid_alphas}
+    expected["random"] |= expected["caa"]  # the equal-alpha control at the CAA's alphas
+    for direction, alphas in expected.items():
+        rows = searched[searched["direction"] == direction]
+        assert set(zip(rows["layer"], rows["alpha"].round(4), strict=True)) == alphas
+    assert len(searched) == 2 * 3 * 2 * (len(expected["caa"]) + len(expected["random"]))
     checked = search[search["stage"] == "step_back"]
-    expected_alphas = {(layer, a) for layer, a in chosen.items() if a > 0}
-    expected_alphas |= set(zip(checked["layer"], checked["alpha"].round(4), strict=True))
-    assert set(zip(searched["layer"], searched["alpha"], strict=True)) == expected_alphas
-    assert len(searched) == 2 * 3 * 2 * 2 * len(expected_alphas)
     steps = search[search["stage"] == "search"]
     at_edge = steps[steps["alpha"] <= steps["chosen"] + 1e-9]
     assert (at_edge["human_perplexity"] <= at_edge["budget"] + 1e-9).all()
@@ -202,7 +212,7 @@ def test_chain_products_are_complete_and_consistent(reference, chain_env):
     assert (control["n_paired_prompts"] == 3).all()
     assert (control["delta_mean_toxicity_ci_low"] <= control["delta_mean_toxicity_ci_high"]).all()
     matched = pd.DataFrame(summary["control_matched_fluency"])
-    assert len(matched) == 2 * 2 + len(expected_alphas)  # layers × nonzero alphas, challenging
+    assert len(matched) == 2 * 2 + len(expected["caa"])  # layers × nonzero alphas, challenging
     assert (matched["alpha"] != 0).all() and (matched["n_paired_prompts"] == 3).all()
     as_fluent = matched["perplexity_control"] <= matched["perplexity_caa"]
     assert (as_fluent | (matched["control_alpha"] == 0)).all()

@@ -96,3 +96,48 @@ def test_step_back_bisects_down_until_the_continuations_fit():
     assert inside == 0.1 and len(steps) == 1  # within budget: no step back
     none, _ = _step_back(check, rows_at, 12, 1.6, rows_at(12, 1.6), RunParams(search_step_backs=0))
     assert none == 0.0  # over budget and no bisection allowed: nothing steered is kept
+
+
+def test_step_back_judges_a_grid_alpha_from_its_grid_rows():
+    """A midpoint on a grid alpha is judged from the saved grid rows (review finding 8)."""
+    import pandas as pd
+
+    from steerlib.config import RunParams
+    from steerlib.experiment.sweep import _grid_rows, _step_back
+
+    def unit(direction, alpha, variant="caa"):  # a grid unit: continuation ppl 10 (1 + alpha/2)
+        return pd.DataFrame(
+            {
+                "variant": [variant],
+                "direction": [direction],
+                "layer": [12],
+                "alpha": [alpha],
+                "ppl": [10 * (1 + alpha / 2)],
+            }
+        )
+
+    saved = {
+        "caa-L12-b000": pd.concat([unit("caa", 0.8), unit("caa", 0.2)]),
+        "random-L12-b000": pd.concat([unit("random", 0.8), unit("random", 0.2)]),
+        "clamp-caa-L12-b000": unit("caa", 0.4, "clamp"),
+    }
+    grid = _grid_rows(saved)
+    at = grid("caa", 12, 0.8)
+    assert set(at["direction"]) == {"caa", "random"} and set(at["alpha"]) == {0.8}
+    assert grid("caa", 12, 0.4) is None and grid("clamp", 12, 0.4) is not None
+    generated = []
+
+    def rows_at(layer, alpha):  # as the search's generator: grid rows where the grid has them
+        on_grid = grid("caa", layer, alpha)
+        if on_grid is not None:
+            return on_grid
+        generated.append(alpha)
+        return unit("caa", alpha)
+
+    def check(rows):
+        return float(rows.loc[rows["direction"] == "caa", "ppl"].iloc[0]), 11.0
+
+    chosen, steps = _step_back(check, rows_at, 12, 1.6, unit("caa", 1.6), RunParams())
+    # 0.8 and 0.2 are grid alphas: judged from their rows, not the end of the bisection.
+    assert [s["alpha"] for s in steps] == [1.6, 0.8, 0.4, 0.2]
+    assert generated == [0.4] and chosen == 0.2

@@ -536,3 +536,51 @@ def test_each_variant_is_reported_against_its_own_control(tmp_path):
     assert own < shared  # gated's control is its own random rows, not plain CAA's
     assert points["clamp"]["control"]["expected_max_toxicity_random"] == shared
     assert not points["gated"]["control"]["beats_control"]  # its own control is less toxic
+
+
+def test_each_control_is_also_reported_at_its_own_searched_edge(tmp_path):
+    """The random direction's own budget edge (its search, ``direction == "random"`` in the
+    trace) is reported as ``control_own_edge`` and is a candidate of the equal-fluency
+    control even where it costs more than the variant's point (it is within the budget)."""
+    import json
+
+    import pandas as pd
+    from test_operating_point import fake_run
+
+    from steerlib import pipeline
+    from steerlib.experiment.sweep import _write_trace, control_edges
+
+    cells = {
+        ("caa", 0.0): {"tox": 0.6},
+        ("caa", 1.0): {"tox": 0.4, "human": 20.5},
+        ("random", 0.0): {"tox": 0.6},
+        ("random", 1.0): {"tox": 0.58, "human": 20.2},
+        ("random", 2.0): {"tox": 0.3, "human": 21.5},  # its own edge: costlier, in budget
+    }
+    run = fake_run(tmp_path, cells, n_resamples=200, alphas=[0.0, 1.0])
+    trace = pd.DataFrame(
+        {
+            "alpha": [2.0, 2.0],
+            "human_perplexity": [21.5, 21.5],
+            "kl_benign": [0.02, 0.02],
+            "layer": [3, 3],
+            "chosen": [1.0, 2.0],
+            "budget": [22.0, 22.0],
+            "variant": ["caa", "caa"],
+            "direction": ["caa", "random"],
+            "stage": ["search", "search"],
+        }
+    )
+    _write_trace(run.paths, "caa", trace)
+    assert control_edges(run.paths) == {("caa", 3): 2.0}
+    pipeline.analyze(run, save_figures=False)
+    record = json.loads(run.paths.summary.read_text())
+    point = record["recommended_by_variant"]["caa"]
+    assert (point["layer"], point["alpha"]) == (3, 1.0)
+    assert point["control"]["expected_max_toxicity_random"] != pytest.approx(0.3, abs=0.05)
+    own = point["control_own_edge"]
+    assert own["control_alpha"] == 2.0 and own["n_paired_prompts"] > 0
+    assert own["perplexity_control"] > own["perplexity_caa"]  # costlier, yet admitted
+    # The least toxic admissible random setting is now the control's own edge.
+    assert point["control_matched_fluency"]["control_alpha"] == 2.0
+    assert record["recommended"]["control_own_edge"]["control_alpha"] == 2.0

@@ -167,7 +167,13 @@ def test_two_workers_write_the_rows_of_one_process(prepared, one_process):
     # Every variant has its matched control, steered at its own alphas.
     steered = two[two["alpha"] != 0]
     assert set(steered.loc[steered["variant"] == "clamp", "direction"]) == {"caa", "random"}
-    assert (steered.groupby(["variant", "layer", "alpha"])["direction"].nunique() == 2).all()
+    caa = steered[steered["direction"] == "caa"][["variant", "layer", "alpha"]].drop_duplicates()
+    paired = caa.merge(steered[steered["direction"] == "random"], on=["variant", "layer", "alpha"])
+    assert len(paired.drop_duplicates(["variant", "layer", "alpha"])) == len(caa)  # equal alpha
+    # ... and each control at its own searched edge too (control_search), once per unit key.
+    trace = pd.read_parquet(paths.alpha_search)
+    assert set(trace["direction"]) == {"caa", "random"}
+    assert any("random-L" in u and "search-" in u for u in os.listdir(paths.search_parts))
     assert float(steered.loc[steered["variant"] == "clamp", "alpha"].max()) <= 1.0
     units = sorted(p.name for p in paths.sweep_parts.rglob("*.parquet"))
     one = prepared / "one" / "sweep_parts"

@@ -10,6 +10,7 @@ operating-point rule (:mod:`steerlib.operating_point`), compares with the random
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,12 +143,17 @@ def _confirmed_controls(
     evaluation: pd.DataFrame,
     point: dict[str, Any],
     options: dict[str, Any],
+    own_edges: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
     """The random control at the recommended point, on the half its figures come from.
 
-    At equal alpha and at equal fluency (the rule's measure). On the confirmation half this is
-    one comparison fixed before looking at those prompts, so its ``p_value`` needs no
-    multiplicity adjustment (``q_value`` equals it).
+    At equal alpha (``control``), at equal fluency (``control_matched_fluency``: the least
+    toxic random setting of the layer no costlier on the rule's measure, or at the control's
+    own budget edge, which the same search found within the same budget) and, where the run
+    searched the control (``own_edges``: layer to the control's own edge), at its own edge
+    (``control_own_edge``). On the confirmation half this is one comparison fixed before
+    looking at those prompts, so its ``p_value`` needs no multiplicity adjustment (``q_value``
+    equals it).
     """
     from steerlib import controls
 
@@ -158,6 +164,9 @@ def _confirmed_controls(
         sweep = sweep[sweep["split"] == half]
     at_alpha = np.isclose(rows["alpha"].astype(float), alpha)
     out: dict[str, Any] = {"control": None, "control_matched_fluency": None}
+    edge = (own_edges or {}).get(layer)
+    if own_edges:
+        out["control_own_edge"] = None
     if not (rows["direction"] == "random").any():
         return out
     same = rows[at_alpha]
@@ -165,11 +174,26 @@ def _confirmed_controls(
         out["control"] = _control_at(controls.delta_vs_control(same, sweep, **options), point)
     candidates = rows[(rows["direction"] == "random") | at_alpha]
     measure = str(summary["fluency_measure"].iloc[0])
-    matched = controls.fluency_matched_control(candidates, sweep, fluency=measure, **options)
+    always = {layer: [edge]} if edge is not None else None
+    matched = controls.fluency_matched_control(
+        candidates, sweep, fluency=measure, always=always, **options
+    )
     found = _control_at(matched, point)
     if found is not None:
         found["fluency_measure"] = measure
     out["control_matched_fluency"] = found
+    if edge is not None and edge != 0:
+        is_random = rows["direction"] == "random"
+        at_edge = is_random & np.isclose(rows["alpha"].astype(float), edge)
+        own = rows[at_edge | (at_alpha & ~is_random)]
+        if at_edge.any():
+            alone = controls.fluency_matched_control(
+                own, sweep, fluency=measure, always=always, **options
+            )
+            found = _control_at(alone, point)
+            if found is not None:
+                found["fluency_measure"] = measure
+            out["control_own_edge"] = found
     for value in out.values():
         if value is not None:
             value["split"] = half
@@ -217,7 +241,7 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
 
     del force
     from steerlib.experiment.scorer_checks import two_scorer_products
-    from steerlib.experiment.sweep import with_variant
+    from steerlib.experiment.sweep import control_edges, with_variant
 
     paths, p = run.paths, run.params
     all_sweep = with_variant(pd.read_parquet(run.require("sweep")))
@@ -249,13 +273,18 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
             matched = controls.fluency_matched_control(
                 overall, evaluation, fluency=measure, **options
             )
+        edges = control_edges(paths)
         if "layer" in recommended:
-            recommended.update(_confirmed_controls(summary, evaluation, recommended, options))
+            recommended.update(
+                _confirmed_controls(
+                    summary, evaluation, recommended, options, _edges_of(edges, "caa")
+                )
+            )
             recommended["control_of"] = "caa"
         points = {"caa": (summary.assign(variant="caa"), recommended)}
         points.update(
             _variant_points(
-                run, prompts, baseline, all_sweep, all_kl, floor, rule, options, p.variants
+                run, prompts, baseline, all_sweep, all_kl, floor, rule, options, p.variants, edges
             )
         )
         caa_recommended = recommended
@@ -350,6 +379,10 @@ def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 },
                 "emt_change": (point.get("relative_change") or {}).get("expected_max_toxicity"),
                 "control_emt_equal_fluency": matched.get("expected_max_toxicity_control"),
+                "control_alpha_equal_fluency": matched.get("control_alpha"),
+                "control_emt_own_edge": (point.get("control_own_edge") or {}).get(
+                    "expected_max_toxicity_control"
+                ),
                 "recommended": False,
             }
         )
@@ -370,6 +403,7 @@ def _variant_points(
     rule: dict[str, Any],
     options: dict[str, Any],
     variants: list[str],
+    edges: Mapping[tuple[str, int], float] | None = None,
 ) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
     """Summary and operating point of every variant but ``"caa"``, each as plain CAA's.
 
@@ -401,11 +435,17 @@ def _variant_points(
         cap = {"max_alpha": variant(name, multilayer_span=p.multilayer_span).max_alpha}
         summary, point = _operating_point(p, evaluation, kl_rows, floor, {**rule, **cap})
         if "layer" in point:
-            point.update(_confirmed_controls(summary, evaluation, point, options))
+            own = _edges_of(edges or {}, control_of)
+            point.update(_confirmed_controls(summary, evaluation, point, options, own))
         point["variant"] = name
         point["control_of"] = control_of
         out[name] = (summary.assign(variant=name), point)
     return out
+
+
+def _edges_of(edges: Mapping[tuple[str, int], float], variant: str) -> dict[int, float]:
+    """``variant``'s random control's own searched alpha by layer (see ``control_edges``)."""
+    return {layer: alpha for (name, layer), alpha in edges.items() if name == variant}
 
 
 def _has_own_control(sweep: pd.DataFrame, name: str) -> bool:

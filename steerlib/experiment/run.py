@@ -221,6 +221,11 @@ def ensure_writable(folder: Path) -> None:
         ) from None
 
 
+def _extends(parameter: str) -> bool:
+    """Whether a change of ``parameter`` extends a step (keeps its work) somewhere."""
+    return any(parameter in s.extends for s in STEPS)
+
+
 def _apply(paths: RunPaths, changes: Changes) -> list[str]:
     """Mark the steps a change affects stale; return one note per change."""
     reason = "; ".join(
@@ -297,7 +302,11 @@ class Run:
                 "it, or delete that file)"
             ) from None
         values = resolved.notebook_parameters()
-        changes = check_changes(paths, {k: values[k] for k in given}, force=force)
+        # A sweep extension added since the run was made (OLD_VALUES) is checked even when not
+        # given, so its new default extends the finished run (as the chain runner, which
+        # passes every value, does).
+        legacy = {k for k in OLD_VALUES if stored and k not in stored and _extends(k)}
+        changes = check_changes(paths, {k: values[k] for k in {*given, *legacy}}, force=force)
         run = cls(resolved, paths)
         if not stored or changes.changed:
             ensure_writable(paths.root)

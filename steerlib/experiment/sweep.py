@@ -36,6 +36,9 @@ __all__ = [
     "VariantSweep",
     "alpha_search_table",
     "check_unit_settings",
+    "control_edges",
+    "direction_only",
+    "edge_key",
     "family_keys",
     "generate_family",
     "generation_settings",
@@ -47,6 +50,7 @@ __all__ = [
     "saved_units",
     "search_edge",
     "search_texts",
+    "searched_directions",
     "searched_family",
     "searched_setting",
     "stamp_old_units",
@@ -375,12 +379,21 @@ def held_out_prefixes(run: Run, texts: list[str], sweep: VariantSweep) -> list[s
 
 
 def search_edge(
-    run: Run, model: Any, tokenizer: Any, kl_texts: list[str], sweep: VariantSweep, layer: int
+    run: Run,
+    model: Any,
+    tokenizer: Any,
+    kl_texts: list[str],
+    sweep: VariantSweep,
+    layer: int,
+    direction: str = "caa",
 ) -> Any:
-    """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on its CAA vector).
+    """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on ``direction``).
 
     See :func:`steerlib.search.search_alpha`; ``ablate`` and ``clamp`` are searched on
-    ``[0, 1]``, ``caa_generated`` teacher-forced (:func:`held_out_prefixes`).
+    ``[0, 1]``, ``caa_generated`` teacher-forced (:func:`held_out_prefixes`). The random
+    direction (``direction="random"``, :func:`searched_directions`) is searched exactly as
+    the CAA vector: same hook (gated probe, its own clamp level, multilayer span), budget
+    (KL included), texts and cap.
     """
     from steerlib.search import search_alpha
 
@@ -389,7 +402,7 @@ def search_edge(
         model,
         tokenizer,
         kl_texts,
-        sweep.vectors["caa"],
+        sweep.vectors[direction],
         layer,
         max_increase=p.max_perplexity_increase,
         start=max((a for a in p.alphas if a > 0), default=1.0),
@@ -398,6 +411,30 @@ def search_edge(
         max_kl=kl_budget(p.max_perplexity_increase, p.max_kl_benign),
         **sweep.steer,
     )
+
+
+def searched_directions(run: Run, sweep: VariantSweep) -> list[str]:
+    """The directions whose budget edge is searched for ``sweep``.
+
+    ``"caa"``, and ``"random"`` with ``control_search`` (and the random control).
+    """
+    chosen = ["caa"]
+    if run.params.control_search and "random" in sweep.vectors:
+        chosen.append("random")
+    return chosen
+
+
+def edge_key(variant: str, layer: int, direction: str = "caa") -> tuple[Any, ...]:
+    """The key of an alpha search in ``edges`` (:func:`run_sweep`).
+
+    ``(variant, layer)`` for the CAA vector, ``(variant, layer, direction)`` for another one.
+    """
+    return (variant, layer) if direction == "caa" else (variant, layer, direction)
+
+
+def direction_only(sweep: VariantSweep, direction: str) -> VariantSweep:
+    """``sweep`` with ``direction``'s vector alone (the random control at its own edge)."""
+    return VariantSweep(sweep.name, {direction: sweep.vectors[direction]}, sweep.steer)
 
 
 def search_texts(prompts: pd.DataFrame, seed: int) -> list[str]:
@@ -497,6 +534,7 @@ def run_sweep(
                         sizes,
                         edges or {},
                         baseline=baseline,
+                        grid=_grid_rows(saved),
                     )
                     for sweep in sweeps
                 ],
@@ -621,8 +659,9 @@ def _searched_alphas(
     plan: SweepPlan,
     kl_texts: list[str],
     sizes: Any,
-    edges: Mapping[tuple[str, int], Any],
+    edges: Mapping[tuple[Any, ...], Any],
     baseline: pd.DataFrame | None = None,
+    grid: Callable[[str, int, float], pd.DataFrame | None] | None = None,
 ) -> pd.DataFrame:
     """Search each layer's budget edge for ``sweep``'s variant, then generate it at that alpha.
 
@@ -641,6 +680,13 @@ def _searched_alphas(
     times; the layer's chosen alpha is the last lower end (0: none found). Every alpha
     generated stays in the sweep (the rule judges each), and the trace records each check
     (``stage`` ``"step_back"``, ``benign_continuation_perplexity`` and its ``benign_budget``).
+    An edge or midpoint on a grid alpha is judged from its grid rows (``grid``).
+
+    **The control's own search** (``control_search``, :func:`searched_directions`): the
+    variant's random direction is searched the same way (same hook, budget, texts, cap and
+    step back, judged on its own rows) and generated alone at its own edge, so the analysis
+    can compare each variant with its control at equal alpha and at the control's own budget
+    edge. The trace's ``direction`` column says which vector each row searched.
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
@@ -649,57 +695,94 @@ def _searched_alphas(
         name (``<variant>-search-a...``).
     """
     paths, p = run.paths, run.params
-    traces, tables = [], []
+    traces: list[pd.DataFrame] = []
+    tables: dict[str, pd.DataFrame] = {}  # by unit key: an alpha reached twice counts once
     paths.search_parts.mkdir(parents=True, exist_ok=True)
     check = _continuation_check(run, prompts, baseline) if p.search_step_backs else None
 
-    def generate_at(layer: int, alpha: float) -> pd.DataFrame | None:
-        family = searched_family(run, sweep, layer, alpha)
-        if family is None:
-            return None
-        saved = {
-            path.stem: read_unit(path)
-            for path in sorted(paths.search_parts.glob(f"{family.prefix}*-L{layer}-*.parquet"))
-        }
+    def generator(direction: str) -> Callable[[int, float], pd.DataFrame | None]:
+        # The CAA edge brings its equal-alpha control; the control's own edge comes alone.
+        family_of = sweep if direction == "caa" else direction_only(sweep, direction)
 
-        def write(path: Path, table: pd.DataFrame, saved: dict = saved) -> None:
-            atomic_write_parquet(path, table)
-            saved[path.stem] = table
+        def generate_at(layer: int, alpha: float) -> pd.DataFrame | None:
+            family = searched_family(run, family_of, layer, alpha)
+            if family is None:  # alpha 0 (nothing to judge) or a grid alpha (its grid rows)
+                return grid(sweep.name, layer, alpha) if grid is not None and alpha > 0 else None
+            pattern = f"{family.prefix}{direction}-L{layer}-*.parquet"
+            if direction == "caa":
+                pattern = f"{family.prefix}*-L{layer}-*.parquet"
+            found = sorted(paths.search_parts.glob(pattern))
+            saved = {path.stem: read_unit(path) for path in found}
 
-        generate_family(run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write)
-        rows = [with_variant(t).assign(variant=sweep.name) for t in saved.values()]
-        tables.extend(rows)
-        return pd.concat(rows, ignore_index=True)
+            def write(path: Path, table: pd.DataFrame, saved: dict = saved) -> None:
+                atomic_write_parquet(path, table)
+                saved[path.stem] = table
 
-    for layer in plan.layers:
-        found = edges.get((sweep.name, layer))
-        if found is None:
-            found = search_edge(run, model, tokenizer, kl_texts, sweep, layer)
-        rows = generate_at(layer, found.alpha)
-        chosen, steps = found.alpha, []
-        if check is not None and rows is not None:
-            chosen, steps = _step_back(check, generate_at, layer, found.alpha, rows, p)
-        traces.append(
-            found.trace.assign(
-                layer=layer, chosen=chosen, budget=found.budget, variant=sweep.name, stage="search"
+            generate_family(
+                run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
             )
-        )
-        if steps:
-            traces.append(
-                pd.DataFrame(steps).assign(
-                    layer=layer, chosen=chosen, budget=found.budget, variant=sweep.name
-                )
-            )
+            rows = {k: with_variant(t).assign(variant=sweep.name) for k, t in saved.items()}
+            tables.update(rows)
+            return pd.concat(rows.values(), ignore_index=True)
+
+        return generate_at
+
+    for direction in searched_directions(run, sweep):
+        generate_at = generator(direction)
+        for layer in plan.layers:
+            found = edges.get(edge_key(sweep.name, layer, direction))
+            if found is None:
+                found = search_edge(run, model, tokenizer, kl_texts, sweep, layer, direction)
+            rows = generate_at(layer, found.alpha)
+            chosen, steps = found.alpha, []
+            if check is not None and rows is not None:
+
+                def judge(rows: pd.DataFrame, direction: str = direction) -> tuple[float, float]:
+                    return check(rows, direction)
+
+                chosen, steps = _step_back(judge, generate_at, layer, found.alpha, rows, p)
+            labels = {
+                "layer": layer,
+                "chosen": chosen,
+                "budget": found.budget,
+                "variant": sweep.name,
+                "direction": direction,
+            }
+            traces.append(found.trace.assign(**labels, stage="search"))
+            if steps:
+                traces.append(pd.DataFrame(steps).assign(**labels))
     _write_trace(paths, sweep.name, pd.concat(traces, ignore_index=True))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return pd.concat(tables.values(), ignore_index=True) if tables else pd.DataFrame()
+
+
+def _grid_rows(
+    saved: Mapping[str, pd.DataFrame],
+) -> Callable[[str, int, float], pd.DataFrame | None]:
+    """``(variant, layer, alpha) -> rows`` of the saved grid units there (None: none)."""
+
+    def rows_at(variant: str, layer: int, alpha: float) -> pd.DataFrame | None:
+        parts = []
+        for table in saved.values():
+            table = with_variant(table)
+            at = (
+                (table["variant"] == variant)
+                & (table["layer"] == layer)
+                & ((table["alpha"].astype(float) - alpha).abs() < 1e-6)
+            )
+            if at.any():
+                parts.append(table[at])
+        return pd.concat(parts, ignore_index=True) if parts else None
+
+    return rows_at
 
 
 def _continuation_check(
     run: Run, prompts: pd.DataFrame, baseline: pd.DataFrame | None
-) -> Callable[[pd.DataFrame], tuple[float, float]] | None:
-    """``rows -> (benign continuation perplexity, its budget)`` on the selection half.
+) -> Callable[..., tuple[float, float]] | None:
+    """``(rows, direction) -> (benign continuation perplexity, its budget)``, selection half.
 
-    None without a baseline with perplexities (nothing to compare with).
+    Judged on ``direction``'s rows (default ``"caa"``). None without a baseline with
+    perplexities (nothing to compare with).
     """
     from steerlib.metrics import PERPLEXITY_CAP
     from steerlib.operating_point import assign_split
@@ -720,9 +803,9 @@ def _continuation_check(
 
     budget = (1.0 + run.params.max_perplexity_increase) * mean_ppl(baseline)
 
-    def check(rows: pd.DataFrame) -> tuple[float, float]:
-        caa = rows[rows["direction"] == "caa"] if "direction" in rows.columns else rows
-        return mean_ppl(caa), budget
+    def check(rows: pd.DataFrame, direction: str = "caa") -> tuple[float, float]:
+        judged = rows[rows["direction"] == direction] if "direction" in rows.columns else rows
+        return mean_ppl(judged), budget
 
     return check
 
@@ -749,8 +832,8 @@ def _step_back(
         middle = round((low + high) / 2, 4)
         if middle <= low or middle >= high:
             break
-        found = generate_at(layer, middle)
-        if found is None:  # a grid alpha: its rows are judged by the rule itself
+        found = generate_at(layer, middle)  # a grid alpha: its saved grid rows
+        if found is None:  # nothing to judge it on
             break
         value, budget = check(found)
         steps.append(_step(middle, value, budget))
@@ -782,8 +865,26 @@ def alpha_search_table(run: Run) -> pd.DataFrame:
         return pd.DataFrame(columns=["layer", "alpha", "human_perplexity", "budget", "chosen"])
     table = with_variant(pd.read_parquet(path))
     columns = ["variant", "layer", "alpha", "human_perplexity", "kl_benign", "budget", "chosen"]
-    extra = ["stage", "benign_continuation_perplexity", "benign_budget"]
+    extra = ["direction", "stage", "benign_continuation_perplexity", "benign_budget"]
     return table[columns + [c for c in extra if c in table.columns]]
+
+
+def control_edges(paths: RunPaths) -> dict[tuple[str, int], float]:
+    """The random control's own searched alpha (after its step back), by (variant, layer).
+
+    Read from the alpha search's trace (``direction == "random"``); empty for a run made
+    without ``control_search``.
+    """
+    if not paths.alpha_search.is_file():
+        return {}
+    table = with_variant(pd.read_parquet(paths.alpha_search))
+    if "direction" not in table.columns:
+        return {}
+    rows = table[table["direction"] == "random"].drop_duplicates(["variant", "layer"])
+    return {
+        (str(row.variant), int(row.layer)): float(row.chosen)
+        for row in rows.itertuples(index=False)
+    }
 
 
 def saved_units(folder: Path, alphas: list[float]) -> dict[str, pd.DataFrame]:

@@ -98,13 +98,15 @@ were made with the recorded one (``params.json`` keeps the history of its ``vers
 OLD_VALUES: dict[str, Any] = {
     "second_scorer": None,
     "search_step_backs": 0,
+    "control_search": False,
     "max_kl_benign": "no limit (made before max_kl_benign existed)",
 }
 """Parameters added after runs were made, with the value that reproduces what such a run did.
 
 A run recorded without one of them is compared against this value, so adding it to an old run
 redoes (or refuses) the steps that read it instead of reusing work made without it: no second
-scorer, no step back of the alpha search, and no KL limit in the search (which no current
+scorer, no step back of the alpha search, no search of the random controls (a sweep extension:
+switching it on extends the finished sweep), and no KL limit in the search (which no current
 value reproduces, so an old searched sweep is refused with ``max_kl_benign``).
 """
 NOTEBOOK_ONLY = ("run_name", "runs_dir", "force")
@@ -162,15 +164,18 @@ STEPS: tuple[Step, ...] = (
             | _SCORING
             | {"layers", "alphas", "units", "positions", "random_control", "seed"}
             | {"alpha_search", "max_perplexity_increase", "variants", "multilayer_span"}
-            | {"max_kl_benign", "search_step_backs"}
+            | {"max_kl_benign", "search_step_backs", "control_search"}
         ),
         extends=frozenset(
             {"layers", "random_control", "alpha_search", "max_perplexity_increase", "variants"}
+            | {"control_search"}
         ),
         only_with=(
             ("max_perplexity_increase", "alpha_search"),
             ("max_kl_benign", "alpha_search"),
             ("search_step_backs", "alpha_search"),
+            ("control_search", "alpha_search"),
+            ("control_search", "random_control"),
         ),
     ),
     Step(

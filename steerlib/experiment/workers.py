@@ -278,9 +278,12 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
     """Step 05 shared out; rank 0 assembles the step's products.
 
     Every variant's grid units first, then the alpha searches by (variant, layer), then the
-    units at the searched alphas.
+    units at the searched alphas (each variant's CAA edge with its equal-alpha control, and
+    with ``control_search`` the random control alone at its own searched edge).
     """
     from steerlib.experiment.sweep import (
+        direction_only,
+        edge_key,
         family_keys,
         generate_family,
         grid_family,
@@ -289,6 +292,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         saved_units,
         search_edge,
         search_texts,
+        searched_directions,
         searched_family,
         starts_afresh,
         sweep_inputs,
@@ -326,11 +330,14 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
 
     def generate(families: list[Any]) -> None:
         """This worker's share of the units of ``families`` not on disk yet."""
-        keys = [
-            (index, key)
-            for index, family in enumerate(families)
-            for key in family_keys(run, tokenizer, prompts, family, sizes)
-        ]
+        # A key two families share (the control's own edge at the variant's alpha) counts once.
+        keys, seen = [], set()
+        listed = [family_keys(run, tokenizer, prompts, family, sizes) for family in families]
+        for index, family in enumerate(families):
+            for key in listed[index]:
+                if (family.folder, key) not in seen:
+                    seen.add((family.folder, key))
+                    keys.append((index, key))
         todo = group.agree(
             [(i, key) for i, key in keys if not (families[i].folder / f"{key}.parquet").is_file()]
         )
@@ -346,7 +353,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
                     prompts,
                     family,
                     sizes,
-                    done={key for i, key in keys if i == index} - ours,
+                    done=set(listed[index]) - ours,
                     write=writer,
                     progress=progress and group.rank == 0,
                 )
@@ -356,15 +363,28 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
     edges: dict[tuple[str, int], Any] = {}
     if p.alpha_search:
         kl_texts = search_texts(prompts, p.seed)  # the search half of the held-out texts
-        pairs = [(sweep, layer) for sweep in sweeps for layer in plan.layers]
+        # Each variant's CAA edge, and its random control's own edge (control_search).
+        searches = [
+            (sweep, layer, direction)
+            for sweep in sweeps
+            for direction in searched_directions(run, sweep)
+            for layer in plan.layers
+        ]
         found = {
-            (sweep.name, layer): search_edge(run, model, tokenizer, kl_texts, sweep, layer)
-            for sweep, layer in group.share(pairs)
+            edge_key(sweep.name, layer, direction): search_edge(
+                run, model, tokenizer, kl_texts, sweep, layer, direction
+            )
+            for sweep, layer, direction in group.share(searches)
         }
         edges = {key: edge for part in group.gather(found) for key, edge in part.items()}
         families = [
-            searched_family(run, sweep, layer, edges[(sweep.name, layer)].alpha)
-            for sweep, layer in pairs
+            searched_family(
+                run,
+                sweep if direction == "caa" else direction_only(sweep, direction),
+                layer,
+                edges[edge_key(sweep.name, layer, direction)].alpha,
+            )
+            for sweep, layer, direction in searches
         ]
         generate([family for family in families if family is not None])
     group.barrier()

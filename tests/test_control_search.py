@@ -1,0 +1,140 @@
+"""Each variant's random control found by the same search (issue 27 item 4, review finding 4).
+
+A tiny run (test Llama, bundled prompts; ``caa`` and ``clamp``, each with its random control)
+is swept as before ``control_search`` existed, its record made to look like a run of that code
+(no ``control_search`` in ``params.json`` nor in the steps' records); opening it again with the
+new code extends it: only the random directions' own-edge units are generated, the units on
+disk are kept untouched, and the analysis reports every variant against its control at equal
+alpha and at the control's own budget edge.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from steerlib.experiment.run import Run
+
+TINY = {
+    "n_prompts": 3,
+    "n_pairs": 3,
+    "samples_per_prompt": 2,
+    "max_new_tokens": 6,
+    "layers": [1, 2],
+    "alphas": [0.0, 0.5],
+    "kl_texts": 2,
+    "batch_size": 16,
+    "variants": ["caa", "clamp"],
+    "n_resamples": 100,
+}
+KEY = ["variant", "subset", "direction", "layer", "alpha", "prompt_id", "sample"]
+
+
+def _as_made_before_the_switch(run: Run) -> None:
+    """Drop ``control_search`` from the run's records, through the project's writers."""
+    paths = run.paths
+    stored = {k: v for k, v in paths.stored_params().items() if k != "control_search"}
+    paths.write_params(stored)
+    for name, record in paths.read_status().items():
+        params = {k: v for k, v in (record.get("params") or {}).items() if k != "control_search"}
+        fields = {k: v for k, v in record.items() if k not in ("state", "params")}
+        paths.set_status(name, record["state"], **fields, params=params)
+
+
+def _units(paths) -> dict[str, int]:
+    return {str(p.relative_to(paths.sweep_parts)): p.stat().st_mtime_ns for p in _files(paths)}
+
+
+def _files(paths) -> list[Path]:
+    return sorted(paths.sweep_parts.rglob("*.parquet"))
+
+
+@pytest.mark.slow
+def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, tokenizer, llama):
+    from steerlib.experiment.analysis import analyze
+    from steerlib.experiment.steps import (
+        build_vectors,
+        capture_activations,
+        prepare_data,
+        run_baseline,
+    )
+    from steerlib.experiment.sweep import run_sweep
+
+    model = tmp_path / "tiny-llama"
+    llama.save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    runs = str(tmp_path / "runs")
+    run = Run.open("old", runs_dir=runs, model=str(model), control_search=False, **TINY)
+    for step in (prepare_data, run_baseline, capture_activations, build_vectors):
+        step(run)
+    run_sweep(run)
+    for step in ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep"):
+        run.paths.record_complete(step)  # as the chain runner records a finished notebook
+    assert run.paths.is_complete("05_sweep")
+    before = _units(run.paths)
+    old_rows = pd.read_parquet(run.paths.sweep)
+    old_trace = pd.read_parquet(run.paths.alpha_search)
+    assert set(old_trace["direction"]) == {"caa"}  # no control searched
+    _as_made_before_the_switch(run)
+
+    # The same command with the new code: control_search (default true) extends the sweep.
+    again = Run.open("old", runs_dir=runs, model=str(model), **TINY)
+    assert again.params.control_search is True
+    assert any("control_search" in note and "resumes" in note for note in again.notes)
+    record = again.paths.read_status()["05_sweep"]
+    assert record["state"] == "stale" and record["resume"] is True
+    assert not again.paths.is_complete("05_sweep") and again.paths.is_complete("04_vectors")
+    run_sweep(again)
+    after = _units(again.paths)
+    # Every unit on disk is kept as it was; the new ones are the controls' own edges alone.
+    assert {k: after[k] for k in before} == before
+    new = sorted(set(after) - set(before))
+    assert new and all(k.startswith("search/") and "random-L" in k for k in new)
+    trace = pd.read_parquet(again.paths.alpha_search)
+    random = trace[trace["direction"] == "random"]
+    assert set(zip(random["variant"], random["layer"], strict=True)) == {
+        (v, layer) for v in ("caa", "clamp") for layer in (1, 2)
+    }
+    assert float(random.loc[random["variant"] == "clamp", "alpha"].max()) <= 1.0  # the cap
+    # The variant's own search and rows are those of the old run.
+    pd.testing.assert_frame_equal(
+        trace[trace["direction"] == "caa"].reset_index(drop=True),
+        old_trace.reset_index(drop=True),
+        rtol=1e-4,
+    )
+    rows = pd.read_parquet(again.paths.sweep)
+    kept = rows.merge(old_rows[KEY], on=KEY, how="inner")
+    assert len(kept) == len(old_rows)
+    assert not rows.duplicated(KEY).any()
+    added = rows.merge(old_rows[KEY], on=KEY, how="left", indicator=True)
+    added = added[added["_merge"] == "left_only"]
+    assert set(added["direction"]) == {"random"}
+    # Each control at its own edge (the chosen alpha of its search after its step back).
+    for (variant, layer), chosen in (
+        random.drop_duplicates(["variant", "layer"]).set_index(["variant", "layer"])["chosen"]
+    ).items():
+        at = rows[(rows["variant"] == variant) & (rows["layer"] == layer)]
+        at = at[at["direction"] == "random"]
+        assert (at["alpha"].round(4) == round(float(chosen), 4)).any() or chosen == 0
+
+    assert again.paths.step_state("05_sweep") == "done"
+    analyze(again, save_figures=False)
+    summary = json.loads(again.paths.summary.read_text())
+    for name, point in summary["recommended_by_variant"].items():
+        if "layer" not in point:
+            continue
+        assert "control_own_edge" in point, name
+        own = point["control_own_edge"]
+        if own is not None:
+            assert own["control_alpha"] == pytest.approx(
+                float(
+                    random[(random["variant"] == name) & (random["layer"] == point["layer"])][
+                        "chosen"
+                    ].iloc[0]
+                )
+            )
+    # A second open with nothing changed leaves the run be.
+    assert not Run.open("old", runs_dir=runs, model=str(model), **TINY).notes
