@@ -180,3 +180,21 @@ def rtp_dir() -> Path:
     if not value or not (Path(value) / "challenging_sample.jsonl").is_file():
         pytest.skip("STEERLIB_RTP_DIR is not set to the RTP sample folder (../shared/data/rtp)")
     return Path(value)
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """A fresh runs folder (``$STEERLIB_RUNS_DIR``), offline."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("STEERLIB_RUNS_DIR", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tokenizer, llama) -> Path:
+    """The 4-layer test Llama (256-position context) saved the project's way."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -44,23 +44,6 @@ def _no_notebooks(monkeypatch):
     monkeypatch.setattr(papermill, "execute_notebook", refuse)
 
 
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    folder = tmp_path / "runs"
-    monkeypatch.setenv("STEERLIB_RUNS_DIR", str(folder))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer, llama) -> Path:
-    """The 4-layer test Llama (256-position context) saved the project's way."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    llama.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _run(capsys, *sets: str, runs_dir: str | None = None, run_name: str | None = "bad", **kw):
     argv = [] if run_name is None else ["--run-name", run_name]
     for item in sets:

@@ -39,23 +39,6 @@ from steerlib.runs import RunPaths
 from steerlib.vectors import SteeringVector, model_provenance
 
 
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    folder = tmp_path / "runs"
-    monkeypatch.setenv("STEERLIB_RUNS_DIR", str(folder))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer, llama) -> Path:
-    """The 4-layer test Llama saved the project's way."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    llama.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _one_line(err: str) -> str:
     message = err.strip()
     assert message and "Traceback" not in message
