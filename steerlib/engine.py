@@ -30,6 +30,10 @@ unit's random seed derives from the run seed and the unit key, so a resumed CPU 
 rows of an uninterrupted one. Greedy decoding equals per-alpha ``generate`` token for token in
 float32; in bfloat16 or float16 the rounding depends on the batch's shape, so near-ties of the
 argmax can flip (``python -m steerlib bench`` reports the agreement).
+
+Over 500 lines because the batched decode, its sync-free and CUDA-graph paths and unit
+generation share one KV-cache and sampler state; splitting it belongs to the layered-subpackage
+work (issue 24), which moves these pieces into their own modules.
 """
 
 from __future__ import annotations

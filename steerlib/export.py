@@ -42,6 +42,10 @@ llama.cpp will not load such a file) and writes the count as uint32. Use
 
 Everything else this project knows about the vector (provenance, mean norms) travels in
 ``steerlib.*`` header keys, which llama.cpp and repeng ignore.
+
+Over 500 lines because the GGUF and repeng writers and readers share the sign, scale and layer-
+index conventions and the run-aware export command; splitting it belongs to the layered-
+subpackage work (issue 24), which moves these pieces into their own modules.
 """
 
 from __future__ import annotations

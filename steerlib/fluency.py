@@ -9,6 +9,11 @@
   (``prefixes``), it is judged teacher-forced, the continuation steered and the prompt not.
 * :func:`repetition`: whether one text has collapsed into repeats (low distinct-2, or the same
   word n-gram several times in a row), the degenerate output a toxicity scorer rates as clean.
+
+Over 500 lines because continuation perplexity, the benign KL / human-text pass (with its
+halves, intervals and teacher-forced positions) and the repetition check share the judge's
+batching; splitting it belongs to the layered-subpackage work (issue 24), which moves these
+pieces into their own modules.
 """
 
 from __future__ import annotations

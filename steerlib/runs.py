@@ -30,6 +30,10 @@ them), and, once the chain runner has seen its notebook end, ``complete: true`` 
 ``params.json`` (the run cannot adopt other values), and the checksums let the runner,
 ``status``, ``figures`` and ``export`` tell a product changed after its step from a whole one
 (:meth:`RunPaths.product_problems`).
+
+Over 500 lines because run directories, locks, the completion records and product checksums are
+the one owner of a run's files; splitting it belongs to the layered-subpackage work (issue 24),
+which moves these pieces into their own modules.
 """
 
 from __future__ import annotations

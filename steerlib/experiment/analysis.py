@@ -5,6 +5,10 @@ selection or confirmation half), summarizes it (:mod:`steerlib.metrics`), applie
 operating-point rule (:mod:`steerlib.operating_point`), compares with the random control
 (:mod:`steerlib.controls`), and draws the figures into the run's ``figures/`` folder
 (:func:`steerlib.experiment.figures.render_figures`, from the products it has just written).
+
+Over 500 lines because step 06 assembles the summary, operating points per variant, controls,
+strata and examples from one set of products; splitting it belongs to the layered-subpackage
+work (issue 24), which moves these pieces into their own modules.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ The chain runner prints them at the end of ``python -m steerlib run``; notebook 
 first (:func:`verdict_markdown`). The table functions return pandas ``Styler`` objects with
 readable number formats (alpha 0 shown once); :func:`render_report` turns the executed notebook
 06 into ``report.html`` without code cells.
+
+Over 500 lines because the verdict's three lines (effect, every fluency measure, control, both
+scorers, thin evidence) and the report's tables are one reader of summary.json; splitting it
+belongs to the layered-subpackage work (issue 24), which moves these pieces into their own
+modules.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ other settings. The step's helpers (:func:`variant_sweeps`, :func:`grid_family`,
 :func:`search_edge`, :func:`searched_family`, :func:`generate_family`) serve both one process
 (:func:`run_sweep`) and the torchrun workers that share the units out
 (:mod:`steerlib.experiment.workers`).
+
+Over 500 lines because the grid, each variant's alpha search with its step back and its
+control's own search, and the KL pass are one resumable step; splitting it belongs to the
+layered-subpackage work (issue 24), which moves these pieces into their own modules.
 """
 
 from __future__ import annotations
