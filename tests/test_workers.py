@@ -214,7 +214,7 @@ def test_workers_of_another_launch_are_refused(prepared):
     with run_lock(paths, token="someone-else"):
         result = _torchrun(prepared, "taken")
         assert result.returncode != 0
-        assert "is in use by process" in result.stderr
+        assert "is in use by process" in result.stderr, result.stderr[-4000:]
         wrong = _torchrun(prepared, "taken", {LAUNCH_TOKEN_ENV: "not-the-launch"})
         assert wrong.returncode != 0 and "another launch" in wrong.stderr
     assert not paths.sweep_parts.exists()  # refused before anything was written
@@ -241,8 +241,8 @@ def test_the_chain_with_two_workers_writes_the_rows_of_one_worker(
     from steerlib.experiment.chain import NOTEBOOKS, run_chain
 
     paths = _copy(prepared, "chain")
-    monkeypatch.setenv("STEERLIB_LOCK_OWNER", "")  # restored after the in-process chain
-    monkeypatch.setenv("STEERLIB_RUNS_DIR", str(prepared))
+    monkeypatch.delenv("STEERLIB_LOCK_OWNER", raising=False)
+    monkeypatch.setenv("STEERLIB_RUNS_DIR", "elsewhere")
     params = RunParams.validate_mapping({**paths.stored_params(), "run_name": "chain"})
     sweep_notebook = tuple(n for n in NOTEBOOKS if n.stem == "05_sweep")
     code = run_chain(
@@ -254,6 +254,11 @@ def test_the_chain_with_two_workers_writes_the_rows_of_one_worker(
     assert paths.step_state("05_sweep") == "done" and (paths.notebooks / "05_sweep.ipynb").is_file()
     assert paths.stored_params()["device"] is None  # the workers' devices are not recorded
     assert not paths.lock.exists()
+    # The chain exported its lock owner to its kernels only while it ran: a caller left with
+    # it would re-enter any lock this process once held (a worker test then fails to be
+    # refused).
+    assert "STEERLIB_LOCK_OWNER" not in os.environ
+    assert os.environ["STEERLIB_RUNS_DIR"] == "elsewhere"
     pd.testing.assert_frame_equal(_rows(paths)[ROWS], one_process[ROWS])
 
 

@@ -24,6 +24,8 @@ import secrets
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +125,14 @@ def run_chain(
     ensure_writable(paths.root)
     started = time.perf_counter()
     token = secrets.token_urlsafe(16)  # admits the torchrun workers of this launch only
-    with run_lock(paths, token=token):
-        os.environ["STEERLIB_LOCK_OWNER"] = str(os.getpid())
+    exported = {"STEERLIB_LOCK_OWNER": str(os.getpid()), "STEERLIB_RUNS_DIR": str(root)}
+    with run_lock(paths, token=token), _exported(exported):
         stamped = stamp_old_units(paths)
         if stamped:
             print(
                 f"[steerlib] run {paths.name!r} was made before sweep units carried checksums: "
                 f"{stamped} of its units checked readable and stamped with one"
             )
-        os.environ["STEERLIB_RUNS_DIR"] = str(root)
         given = {k: v for k, v in values.items() if k != "run_name"}
         run = Run.open(params.run_name, runs_dir=str(root), force=force, **given)
         if run.params.notebook_parameters() != values:
@@ -153,6 +154,26 @@ def run_chain(
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
     _print_summary(paths)
     return 0
+
+
+@contextmanager
+def _exported(variables: dict[str, str]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment while the chain runs.
+
+    The notebook kernels inherit them; the previous values are restored after, so a caller
+    that runs the chain in-process (a test, a notebook) is not left holding the lock owner's
+    id (which would let it re-enter a lock it does not hold).
+    """
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _order(step_name: str) -> int:
