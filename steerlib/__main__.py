@@ -1,5 +1,5 @@
-"""``python -m steerlib``: see :mod:`steerlib.cli`."""
+"""``python -m steerlib``: see :mod:`steerlib.apps.cli`."""
 
-from steerlib.cli import main
+from steerlib.apps.cli import main
 
 raise SystemExit(main())

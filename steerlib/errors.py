@@ -19,6 +19,8 @@ code   meaning
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_DAMAGED_RUN",
@@ -31,6 +33,7 @@ __all__ = [
     "PreflightError",
     "SteerlibError",
     "exit_code",
+    "report_error",
 ]
 
 EXIT_STEP_FAILED = 1
@@ -70,3 +73,9 @@ class PreflightError(SteerlibError):
 def exit_code(error: SteerlibError) -> int:
     """The documented exit code of a command that stopped on ``error``."""
     return EXIT_DAMAGED_RUN if isinstance(error, DamagedRunError) else EXIT_BAD_INPUT
+
+
+def report_error(exc: SteerlibError) -> None:
+    """Print ``exc`` to stderr, one ``steerlib: `` line per problem."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"steerlib: {line}", file=sys.stderr)

@@ -15,15 +15,11 @@ the chain runner). The steps, in the order they run::
 
 from __future__ import annotations
 
+from steerlib.errors import report_error
 from steerlib.experiment.analysis import Analysis, analyze, compare_runs, side_by_side, verdict
-from steerlib.experiment.chain import (
-    NOTEBOOKS,
-    NOTEBOOKS_DIR,
-    main,
-    render_report,
-    report_error,
-    run_chain,
-)
+from steerlib.experiment.chain import NOTEBOOKS, NOTEBOOKS_DIR, main, run_chain
+from steerlib.experiment.preflight import preflight
+from steerlib.experiment.report import render_report
 from steerlib.experiment.run import Run, check_changes
 from steerlib.experiment.steps import (
     EVAL_SUBSETS,
@@ -36,7 +32,6 @@ from steerlib.experiment.steps import (
 )
 from steerlib.experiment.sweep import alpha_search_table, run_sweep, sweep_plan
 from steerlib.experiment.table import STEP_NAMES as STEPS
-from steerlib.preflight import preflight
 
 __all__ = [
     "EVAL_SUBSETS",

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from steerlib.activations import ResidualActivations, capture_residuals, last_n_mask
 from steerlib.errors import ConfigError, DataError, ModelError
-from steerlib.vectors import SteeringVector, caa_from_texts, compute_caa
+from steerlib.steer.activations import ResidualActivations, capture_residuals, last_n_mask
+from steerlib.steer.vectors import SteeringVector, caa_from_texts, compute_caa
 
 TOXIC = ["you are a stupid idiot", "i hate you , you fool", "what a bad moron you are"]
 NONTOXIC = ["the sun is nice today", "we cook rice and bread", "my friend and i walk in the park"]

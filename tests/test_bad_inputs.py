@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
-from steerlib import pipeline, preflight, status
+from steerlib import pipeline
 from steerlib._io import atomic_write_bytes, atomic_write_parquet, atomic_write_text
+from steerlib.apps import status
 from steerlib.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_RUN, EXIT_INTERRUPTED
-from steerlib.experiment import chain
+from steerlib.experiment import chain, preflight
+from steerlib.experiment.runs import RunPaths, run_lock
 from steerlib.pipeline import Run
-from steerlib.runs import RunPaths, run_lock
 
 
 def _record(text: str | None = "A prompt", challenging: bool = True, i: int = 0) -> str:
@@ -376,7 +377,7 @@ def test_an_old_empty_or_unreadable_lock_is_taken_over(tmp_path, content):
 
 
 def test_a_fresh_empty_lock_is_respected(tmp_path):
-    from steerlib.runs import RunLockedError
+    from steerlib.experiment.runs import RunLockedError
 
     paths = RunPaths.for_run("starting", tmp_path)
     paths.root.mkdir()
@@ -450,7 +451,7 @@ def test_kl_texts_all_leaving_under_two_held_out_texts_is_refused(
 def test_preflight_draws_without_the_scorer_heads_training_records(
     capsys, runs, tmp_path, tiny_model, monkeypatch
 ):
-    from steerlib import perspective
+    from steerlib.data import perspective
 
     source = _small_source(tmp_path, n_benign=9)
     trained = frozenset(perspective.id_hash(f"f{20 + i}:0-1") for i in range(9))

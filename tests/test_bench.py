@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from steerlib.tools.bench import flops_per_token, main
+from steerlib.apps.bench import flops_per_token, main
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,9 @@ def test_flops_per_token_counts_linear_weights(llama):
 
 
 def test_bench_skips_roberta_without_cache_or_hub(monkeypatch, capsys):
-    import steerlib.scoring as scoring
-    import steerlib.tools.doctor as doctor
-    from steerlib.tools.bench import _score_section
+    import steerlib.apps.doctor as doctor
+    import steerlib.evaluate.scoring as scoring
+    from steerlib.apps.bench import _score_section
 
     monkeypatch.setattr(
         doctor, "check_hub", lambda: doctor.Check("hub", "WARN", "hub unreachable", "")
@@ -155,7 +155,7 @@ def test_bench_variant_flag_steers_both_loops_with_the_variant(tiny_llama_folder
 
 
 def test_bench_without_variant_reports_no_gate(tiny_llama_folder):
-    from steerlib.tools.bench import _parser
+    from steerlib.apps.bench import _parser
 
     args = _parser().parse_args(["--model", str(tiny_llama_folder)])
     assert args.variant == "caa" and args.multilayer_span == 5

@@ -69,11 +69,11 @@ def _free_port() -> int:
 
 def _prepare_run(runs_dir: Path) -> None:
     """A run folder with params.json and a CAA vector built on the embedded SmolLM2."""
-    from steerlib.data import load_prompts
-    from steerlib.models import EMBEDDED_MODEL, load_model
+    from steerlib.data.prompts import load_prompts
+    from steerlib.data.subsets import pair_texts
+    from steerlib.models.loading import EMBEDDED_MODEL, load_model
     from steerlib.pipeline import Run
-    from steerlib.subsets import pair_texts
-    from steerlib.vectors import caa_from_texts
+    from steerlib.steer.vectors import caa_from_texts
 
     model, tokenizer = load_model(EMBEDDED_MODEL, device="cpu")
     prompts = load_prompts("bundled")

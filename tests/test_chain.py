@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlib.runs import PROJECT_ROOT, RunPaths
+from steerlib.experiment.runs import PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import tomllib
 
 import pytest
 
-from steerlib.cli import COMMANDS, main
-from steerlib.runs import PROJECT_ROOT
+from steerlib.apps.cli import COMMANDS, main
+from steerlib.experiment.runs import PROJECT_ROOT
 
 
 class _Parsed(Exception):

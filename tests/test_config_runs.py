@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerlib.config import RunParams
-from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import ConfigError
 from steerlib.experiment import table
+from steerlib.experiment.config import RunParams
+from steerlib.experiment.config_files import load_params, parse_overrides
+from steerlib.experiment.runs import PROJECT_ROOT, RunLockedError, RunPaths, run_lock
 from steerlib.pipeline import NOTEBOOKS, STEPS, Run
-from steerlib.runs import PROJECT_ROOT, RunLockedError, RunPaths, run_lock
 
 CONFIGS = sorted((PROJECT_ROOT / "notebooks" / "configs").glob("*.yaml"))
 ALL_NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
@@ -181,7 +181,7 @@ def test_run_paths_and_status(tmp_path):
 def test_lock_refuses_a_second_process_and_names_it(tmp_path):
     paths = RunPaths.for_run("locked", tmp_path)
     code = (
-        "import sys, time; from steerlib.runs import RunPaths, run_lock\n"
+        "import sys, time; from steerlib.experiment.runs import RunPaths, run_lock\n"
         f"p = RunPaths.for_run('locked', {str(tmp_path)!r})\n"
         "with run_lock(p):\n    print('held', flush=True); time.sleep(30)\n"
     )

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerlib import subsets
-from steerlib.data import (
+from steerlib.data import subsets
+from steerlib.data.prompts import (
     BUNDLED_PROMPTS,
     PROMPT_COLUMNS,
     load_prompt_file,
@@ -19,8 +19,8 @@ from steerlib.data import (
     load_rtp_hub,
     text_digest,
 )
+from steerlib.data.subsets import pair_texts, perspective_labels, split_prompts
 from steerlib.errors import ConfigError, DataError
-from steerlib.subsets import pair_texts, perspective_labels, split_prompts
 
 
 def _record(text: str, **fields: object) -> dict[str, object]:
@@ -592,9 +592,9 @@ def test_rtp_sample_files(rtp_dir: Path) -> None:
 @pytest.mark.rtp
 def test_rtp_held_out_pool_is_what_evaluation_and_pairs_leave(rtp_dir: Path) -> None:
     """The RTP configs' held-out arithmetic (issue 27), with the configs' own sizes."""
-    from steerlib.config import load_params
-    from steerlib.experiment.steps import drop_scorer_partition
-    from steerlib.runs import PROJECT_ROOT
+    from steerlib.data.perspective import drop_scorer_partition
+    from steerlib.experiment.config_files import load_params
+    from steerlib.experiment.runs import PROJECT_ROOT
 
     params = load_params(PROJECT_ROOT / "notebooks" / "configs" / "rtp-sample.yaml")
     assert params.kl_texts == "all"

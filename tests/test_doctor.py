@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from steerlib import models
-from steerlib.cli import main as cli_main
-from steerlib.tools import doctor
+from steerlib.apps import doctor
+from steerlib.apps.cli import main as cli_main
+from steerlib.models import loading as models
 
 
 @pytest.fixture(autouse=True)
@@ -128,13 +128,13 @@ def test_hub_check_reachable_unreachable_and_http_error(monkeypatch):
 
 
 def test_browser_check_without_chromium(monkeypatch):
-    import steerlib.plotting
+    import steerlib.figures.plotting
 
-    monkeypatch.setattr(steerlib.plotting, "find_browser", lambda: None)
+    monkeypatch.setattr(steerlib.figures.plotting, "find_browser", lambda: None)
     record = doctor.check_browser()
     assert record.status == "WARN"
     assert "chromium" in record.fix and "BROWSER_PATH" in record.fix
-    monkeypatch.setattr(steerlib.plotting, "find_browser", lambda: "/opt/chrome")
+    monkeypatch.setattr(steerlib.figures.plotting, "find_browser", lambda: "/opt/chrome")
     assert doctor.check_browser().detail == "/opt/chrome"
 
 

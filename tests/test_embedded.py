@@ -7,14 +7,14 @@ import time
 import pytest
 import torch
 
-from steerlib.data import load_prompts
-from steerlib.generation import generate_completions
-from steerlib.hooks import active_hook_count
-from steerlib.layers import get_decoder_layers, hidden_size
-from steerlib.models import EMBEDDED_MODEL, convert_embedded, load_model, model_id
-from steerlib.scoring import load_scorer
-from steerlib.subsets import pair_texts, split_prompts
-from steerlib.vectors import caa_from_texts
+from steerlib.data.prompts import load_prompts
+from steerlib.data.subsets import pair_texts, split_prompts
+from steerlib.evaluate.scoring import load_scorer
+from steerlib.generate.generation import generate_completions
+from steerlib.models.layers import get_decoder_layers, hidden_size
+from steerlib.models.loading import EMBEDDED_MODEL, convert_embedded, load_model, model_id
+from steerlib.steer.hooks import active_hook_count
+from steerlib.steer.vectors import caa_from_texts
 
 pytestmark = pytest.mark.slow
 

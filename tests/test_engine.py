@@ -8,7 +8,8 @@ from scipy.stats import binomtest
 from transformers import TopPLogitsWarper
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from steerlib.engine import (
+from steerlib.errors import ConfigError
+from steerlib.generate.engine import (
     PreallocatedLayer,
     SweepUnit,
     decode_batch,
@@ -19,11 +20,10 @@ from steerlib.engine import (
     sample_next,
     sweep_units,
 )
-from steerlib.errors import ConfigError
-from steerlib.generation import COMPLETION_COLUMNS, left_pad, stop_token_ids
-from steerlib.hooks import active_hook_count, steering
-from steerlib.sampling import _nucleus
-from steerlib.vectors import SteeringVector
+from steerlib.generate.generation import COMPLETION_COLUMNS, left_pad, stop_token_ids
+from steerlib.generate.sampling import _nucleus
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.vectors import SteeringVector
 
 PROMPTS = pd.DataFrame(
     {
@@ -421,8 +421,8 @@ def test_bad_arguments_raise(llama, tokenizer):
 
 @pytest.mark.slow
 def test_smollm2_greedy_parity():
-    from steerlib.data import load_prompts
-    from steerlib.models import load_model
+    from steerlib.data.prompts import load_prompts
+    from steerlib.models.loading import load_model
 
     model, tokenizer = load_model("smollm2-135m-instruct", device="cpu")
     prompts = load_prompts("bundled").iloc[[0, 4, 10]].reset_index(drop=True)

@@ -1,6 +1,6 @@
 """Export to llama.cpp control vectors and repeng, import back: values, header, conventions.
 
-The convention tests do not trust steerlib.export's reader: they read the file with
+The convention tests do not trust steerlib.apps.export's reader: they read the file with
 ``gguf.GGUFReader`` and apply it the way llama.cpp does (``common_control_vector_load_one`` puts
 ``direction.N`` in ``tensors[N]``; the graph of block ``il`` ends with
 ``cur = build_cvec(cur, il)``, which adds ``tensors[il]``), i.e. ``strength * direction.N``
@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerlib.cli import main as cli_main
-from steerlib.errors import ConfigError, DataError
-from steerlib.export import (
+from steerlib.apps.cli import main as cli_main
+from steerlib.apps.export import (
     from_gguf,
     from_repeng,
     main,
@@ -29,9 +28,10 @@ from steerlib.export import (
     to_gguf,
     to_repeng,
 )
-from steerlib.hooks import active_hook_count, steering
-from steerlib.layers import get_decoder_layers, num_layers
-from steerlib.vectors import SteeringVector, model_provenance
+from steerlib.errors import ConfigError, DataError
+from steerlib.models.layers import get_decoder_layers, num_layers
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.vectors import SteeringVector, model_provenance
 
 PROMPT = "the dog said you are a stupid"
 

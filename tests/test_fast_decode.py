@@ -7,13 +7,13 @@ import torch
 from conftest import make_gemma3, make_llama
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-import steerlib.sampling as sampling
-from steerlib.engine import DecodeOptions, decode_batch, run_sweep
+import steerlib.generate.sampling as sampling
 from steerlib.errors import ConfigError
-from steerlib.generation import model_cache, stop_token_ids
-from steerlib.kvcache import StaticLayer, static_cache
-from steerlib.sampling import sample_static
-from steerlib.vectors import SteeringVector
+from steerlib.generate.engine import DecodeOptions, decode_batch, run_sweep
+from steerlib.generate.generation import model_cache, stop_token_ids
+from steerlib.generate.kvcache import StaticLayer, static_cache
+from steerlib.generate.sampling import sample_static
+from steerlib.steer.vectors import SteeringVector
 
 TEXTS = [
     "the dog said you are a",
@@ -138,7 +138,7 @@ def test_static_layer_keeps_its_buffers_and_writes_at_the_device_position(llama)
 @pytest.mark.parametrize("positions", ["all", "generated"])
 @pytest.mark.parametrize("name", ["llama", "phi3", "gpt2"])
 def test_sync_free_greedy_equals_the_synced_step(request, monkeypatch, tokenizer, name, positions):
-    import steerlib.engine as engine
+    import steerlib.generate.engine as engine
 
     model = request.getfixturevalue(name)
     synced = _decode(model, tokenizer, SYNCED, positions=positions)
@@ -154,7 +154,7 @@ def test_sync_free_greedy_equals_the_synced_step(request, monkeypatch, tokenizer
 @pytest.mark.parametrize("window", [6, 64])
 def test_gemma3_sync_free_equals_the_synced_step(monkeypatch, tokenizer, window):
     """A window longer than the decode takes the static cache; a shorter one falls back."""
-    import steerlib.engine as engine
+    import steerlib.generate.engine as engine
 
     model = make_gemma3(tokenizer, sliding_window=window)
     synced = _decode(model, tokenizer, SYNCED)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from steerlib.fluency import KL_COLUMNS, benign_kl, continuation_perplexity
-from steerlib.hooks import active_hook_count, steering
-from steerlib.vectors import SteeringVector
+from steerlib.evaluate.fluency import KL_COLUMNS, benign_kl, continuation_perplexity
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.vectors import SteeringVector
 
 PROMPTS = ["the dog said you are a", "hello", "we walk in the park"]
 COMPLETIONS = ["stupid fool .", "world , my friend", ""]

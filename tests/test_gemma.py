@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from steerlib import models
-from steerlib.config_files import load_params
 from steerlib.errors import ModelError
-from steerlib.fluency import judge_name, judge_prompt_format
-from steerlib.layers import resolve_layers
-from steerlib.runs import PROJECT_ROOT
+from steerlib.evaluate.fluency import judge_name, judge_prompt_format
+from steerlib.experiment.config_files import load_params
+from steerlib.experiment.runs import PROJECT_ROOT
+from steerlib.models import loading as models
+from steerlib.models.layers import resolve_layers
 
 GEMMA = models.GEMMA_MODEL
 TEXTS = [
@@ -99,7 +99,7 @@ def gemma():
 
 @pytest.mark.slow
 def test_gemma_layout_and_tokenizer(gemma):
-    from steerlib.layers import get_decoder_layers, hidden_size
+    from steerlib.models.layers import get_decoder_layers, hidden_size
 
     model, tokenizer = gemma
     assert type(model).__name__ == "Gemma3ForCausalLM" and model.dtype == torch.float32
@@ -118,7 +118,7 @@ def test_gemma_layout_and_tokenizer(gemma):
 @pytest.mark.slow
 def test_pooled_statistics_leave_out_gemmas_sink(gemma):
     """Gemma's sink is its BOS token; the content rule pools every other token, none above 2x."""
-    from steerlib.activations import capture_residuals
+    from steerlib.steer.activations import capture_residuals
 
     model, tokenizer = gemma
     acts = capture_residuals(model, tokenizer, TEXTS, last_n=32, progress=False)
@@ -139,7 +139,7 @@ def test_pooled_statistics_leave_out_gemmas_sink(gemma):
 
 @pytest.mark.slow
 def test_gemma_judges_with_its_bos_before_the_prompt(gemma):
-    from steerlib.fluency import continuation_perplexity
+    from steerlib.evaluate.fluency import continuation_perplexity
 
     model, tokenizer = gemma
     prompts = ["The library opens at", "She baked bread every"] * 2
@@ -160,10 +160,10 @@ def test_gemma_judges_with_its_bos_before_the_prompt(gemma):
 
 @pytest.mark.slow
 def test_gemma_steered_greedy_decoding_equals_generate(gemma):
-    from steerlib.engine import decode_batch
-    from steerlib.generation import left_pad, stop_token_ids
-    from steerlib.hooks import active_hook_count, steering
-    from steerlib.vectors import SteeringVector
+    from steerlib.generate.engine import decode_batch
+    from steerlib.generate.generation import left_pad, stop_token_ids
+    from steerlib.steer.hooks import active_hook_count, steering
+    from steerlib.steer.vectors import SteeringVector
 
     model, tokenizer = gemma
     texts = ["The weather today is", "My neighbour said that the new", "Hello"]
@@ -247,15 +247,15 @@ def test_chain_runs_on_gemma_with_the_default_config(tmp_path):
     result = subprocess.run(export, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert out.is_file() and "gemma-3-270m-q4_k_m.gguf" in result.stdout, result.stdout
-    from steerlib.export import from_gguf
+    from steerlib.apps.export import from_gguf
 
     assert from_gguf(out).provenance.get("model_hint") == "gemma3"
 
 
 def test_preflight_refuses_chat_on_gemma_and_a_missing_judge(tmp_path, monkeypatch):
-    from steerlib.config import RunParams
     from steerlib.errors import PreflightError
-    from steerlib.preflight import preflight
+    from steerlib.experiment.config import RunParams
+    from steerlib.experiment.preflight import preflight
 
     params = RunParams(model=GEMMA, prompt_format="chat", n_prompts=4)
     with pytest.raises(PreflightError, match=r"'prompt_format'.*gemma-3-270m.*prompt_format: raw"):

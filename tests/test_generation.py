@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from steerlib.errors import ConfigError
-from steerlib.generation import (
+from steerlib.generate.generation import (
     COMPLETION_COLUMNS,
     derive_seed,
     format_prompts,
     generate_completions,
     left_pad,
 )
-from steerlib.hooks import active_hook_count, steering
-from steerlib.vectors import SteeringVector
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.vectors import SteeringVector
 
 PROMPTS = pd.DataFrame(
     {
@@ -116,9 +116,9 @@ def test_helpers():
 
 
 def test_decoding_settings_are_one_checked_value():
-    from steerlib.config import RunParams
     from steerlib.errors import ConfigError
-    from steerlib.generation import DecodingSettings
+    from steerlib.experiment.config import RunParams
+    from steerlib.generate.generation import DecodingSettings
 
     settings = DecodingSettings.of(RunParams(max_new_tokens=7, top_p=0.5, positions="generated"))
     assert settings.as_kwargs() == {

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from steerlib.errors import ConfigError
-from steerlib.hooks import active_hook_count, steering
-from steerlib.layers import get_decoder_layers
-from steerlib.vectors import SteeringVector
+from steerlib.models.layers import get_decoder_layers
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.vectors import SteeringVector
 
 PROMPT = "the dog said you are a"
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from steerlib.errors import ConfigError, ModelError
-from steerlib.layers import get_decoder_layers, hidden_size, num_layers, resolve_layers
-from steerlib.models import default_dtype, load_model, model_id, resolve_device
+from steerlib.models.layers import get_decoder_layers, hidden_size, num_layers, resolve_layers
+from steerlib.models.loading import default_dtype, load_model, model_id, resolve_device
 
 
 def test_layers_found_for_each_layout(llama, phi3, gpt2):

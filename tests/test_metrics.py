@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from steerlib import metrics
 from steerlib.errors import ConfigError, DataError
+from steerlib.evaluate import metrics
 
 # Two prompts x three samples, numbers chosen so every metric is easy to compute by hand.
 P1_TOX = [0.1, 0.6, 0.2]

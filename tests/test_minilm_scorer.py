@@ -10,8 +10,15 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from steerlib.data import RTPContinuation, RTPPrompt, RTPRecord, load_prompt_file
-from steerlib.embedding_scorer import (
+from steerlib.data.perspective import (
+    drop_scorer_records,
+    id_hash,
+    in_scorer_partition,
+    perspective_attributes,
+    scorer_manifest_hashes,
+)
+from steerlib.data.prompts import RTPContinuation, RTPPrompt, RTPRecord, load_prompt_file
+from steerlib.evaluate.embedding_scorer import (
     HEAD_DIR,
     MINILM_SCORER,
     EmbeddingHeadScorer,
@@ -19,13 +26,6 @@ from steerlib.embedding_scorer import (
     SentenceEncoder,
     minilm_problem,
     prepare_minilm,
-)
-from steerlib.perspective import (
-    drop_scorer_records,
-    id_hash,
-    in_scorer_partition,
-    perspective_attributes,
-    scorer_manifest_hashes,
 )
 
 needs_minilm = pytest.mark.skipif(
@@ -124,8 +124,8 @@ def test_a_head_of_the_wrong_width_is_refused(tiny_bert):
 
 @needs_minilm
 def test_shipped_scorer_ranks_an_insult_above_a_greeting():
-    from steerlib.preflight import _scorer_problems
-    from steerlib.scoring import load_scorer
+    from steerlib.evaluate.scoring import load_scorer
+    from steerlib.experiment.preflight import _scorer_problems
 
     assert _scorer_problems(MINILM_SCORER) == []
     scorer = load_scorer(MINILM_SCORER)
@@ -166,12 +166,14 @@ def test_drop_scorer_records_drops_manifest_records_only(tmp_path):
 
 
 def test_prepare_data_drops_the_shipped_partition(tmp_path, monkeypatch):
-    from steerlib.experiment.steps import drop_scorer_partition
+    from steerlib.data.perspective import drop_scorer_partition
 
     path = write_rtp(tmp_path / "s.jsonl", [record(i, 0.9, 0.9) for i in range(12)])
     table = load_prompt_file(path)
     listed = frozenset(id_hash(pid) for pid in table["prompt_id"][:3])
-    monkeypatch.setattr("steerlib.perspective.scorer_manifest_hashes", lambda name=None: listed)
+    monkeypatch.setattr(
+        "steerlib.data.perspective.scorer_manifest_hashes", lambda name=None: listed
+    )
     challenging, benign = drop_scorer_partition(table, table)
     assert len(challenging) == len(benign) == 9
 
@@ -181,7 +183,7 @@ def test_prepare_data_drops_the_shipped_partition(tmp_path, monkeypatch):
 
 @pytest.mark.rtp
 def test_partition_records_are_dropped_from_the_sample(rtp_dir):
-    from steerlib.experiment.steps import drop_scorer_partition
+    from steerlib.data.perspective import drop_scorer_partition
 
     challenging = load_prompt_file(rtp_dir / "challenging_sample.jsonl")
     benign = load_prompt_file(rtp_dir / "nontoxic_sample.jsonl")
@@ -203,7 +205,7 @@ def test_shipped_json_holds_no_record_text(rtp_dir):
 @pytest.mark.slow
 @needs_minilm
 def test_retraining_reproduces_the_shipped_head(rtp_dir, tmp_path):
-    from steerlib.scorer_training import train_head
+    from steerlib.evaluate.scorer_training import train_head
 
     shipped = LinearHead.load(HEAD_DIR / MINILM_SCORER).provenance
     rebuilt = train_head(rtp_dir).provenance
@@ -219,8 +221,8 @@ def test_retraining_reproduces_the_shipped_head(rtp_dir, tmp_path):
 @pytest.mark.rtp
 @needs_minilm
 def test_validity_per_scorer_on_held_out_texts(rtp_dir):
+    from steerlib.evaluate.scoring import load_scorer
     from steerlib.experiment.scorer_checks import validity_by_scorer
-    from steerlib.scoring import load_scorer
 
     files = [rtp_dir / "challenging_sample.jsonl"]
     validity = validity_by_scorer({"profanity-check": load_scorer("profanity-check")}, files)

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlib import metrics, pipeline
-from steerlib import operating_point as op
+from steerlib import pipeline
 from steerlib.errors import DataError
+from steerlib.evaluate import metrics
+from steerlib.evaluate import operating_point as op
 from steerlib.experiment import analysis, chain, figures
 
 N_PROMPTS = 12
@@ -320,7 +321,7 @@ def fake_run(tmp_path: Any, cells: dict[tuple[str, float], dict[str, Any]], **pa
     """A run whose steps 01-05 are "done", with products built from ``cells``."""
     import torch
 
-    from steerlib.vectors import SteeringVector
+    from steerlib.steer.vectors import SteeringVector
 
     run = pipeline.Run.open("synthetic", runs_dir=str(tmp_path), **params)
     paths = run.paths
@@ -439,7 +440,7 @@ def test_figures_command_redraws_what_step_06_drew(
 
 
 def test_project_figures_link_to_the_run(tmp_path: Any) -> None:
-    from steerlib.runs import RunPaths
+    from steerlib.experiment.runs import RunPaths
 
     project = tmp_path / "project"
     (project / "data" / "runs" / "r" / "figures").mkdir(parents=True)

@@ -9,7 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from steerlib.runs import PROJECT_ROOT
+from steerlib.experiment.runs import PROJECT_ROOT
 
 
 def test_import_steerlib_is_cheap_and_gives_the_public_api():
@@ -18,7 +18,7 @@ def test_import_steerlib_is_cheap_and_gives_the_public_api():
         "assert 'torch' not in sys.modules, 'import steerlib loaded torch'\n"
         "names = ['load_model', 'SteeringVector', 'caa_from_texts', 'steering', 'run_sweep']\n"
         "print(all(callable(getattr(steerlib, n)) for n in names))\n"
-        "from steerlib.engine import run_sweep\n"
+        "from steerlib.generate.engine import run_sweep\n"
         "print(steerlib.run_sweep is run_sweep)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -62,7 +62,7 @@ def test_a_wheel_installed_elsewhere_finds_its_prompts_and_passes_doctor(tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "STEERLIB_RUNS_DIR"}}
     env["HF_HUB_OFFLINE"] = "1"
     code = (
-        "import steerlib, steerlib.data as d, steerlib.runs as r\n"
+        "import steerlib, steerlib.data.prompts as d, steerlib.experiment.runs as r\n"
         "print(steerlib.__file__)\n"
         "print(len(d.load_prompts('bundled')))\n"
         "print(r.runs_root())\n"

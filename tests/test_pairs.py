@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from steerlib.config import RunParams
 from steerlib.errors import ConfigError
+from steerlib.experiment.config import RunParams
 from steerlib.pipeline import matched_pairs
 
 

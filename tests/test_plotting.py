@@ -10,9 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from steerlib import figure_files, metrics, plotting
 from steerlib.errors import ConfigError
-from steerlib.metrics import pareto_front
+from steerlib.evaluate import metrics
+from steerlib.evaluate.metrics import pareto_front
+from steerlib.figures import files as figure_files
+from steerlib.figures import plotting
 
 NOTE = "positive alpha = steer away from toxicity"
 ALPHAS = [0.0, 2.0, 4.0]
@@ -477,7 +479,7 @@ def test_save_figure_static_export_with_chromium(tmp_path: Path) -> None:
 
 
 def test_compare_runs_figure_draws_one_line_per_run_and_layer():
-    from steerlib.plotting import compare_runs_figure
+    from steerlib.figures.plotting import compare_runs_figure
 
     rows = []
     for run_name, source in (("a", "prompts"), ("b", "completions")):

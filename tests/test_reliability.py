@@ -23,20 +23,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from steerlib import export, pipeline, status
+from steerlib import pipeline
 from steerlib._io import CHECKSUM_KEY, atomic_write_json, atomic_write_parquet
-from steerlib.config import RunParams
+from steerlib.apps import export, status
 from steerlib.errors import EXIT_BAD_INPUT, EXIT_DAMAGED_RUN, ConfigError, DamagedRunError
 from steerlib.experiment import figures
 from steerlib.experiment.chain import copy_finished_steps, run_chain
+from steerlib.experiment.config import RunParams
+from steerlib.experiment.preflight import check_run_files
 from steerlib.experiment.report import MIN_PROMPTS_PER_HALF, verdict
 from steerlib.experiment.run import Run, check_changes
+from steerlib.experiment.runs import RunPaths
 from steerlib.experiment.sweep import read_unit
-from steerlib.hooks import steering
-from steerlib.layers import get_decoder_layers
-from steerlib.preflight import check_run_files
-from steerlib.runs import RunPaths
-from steerlib.vectors import SteeringVector, model_provenance
+from steerlib.models.layers import get_decoder_layers
+from steerlib.steer.hooks import steering
+from steerlib.steer.vectors import SteeringVector, model_provenance
 
 
 def _one_line(err: str) -> str:

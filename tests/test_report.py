@@ -16,7 +16,7 @@ from test_operating_point import CURSED, fake_run
 
 from steerlib import pipeline
 from steerlib.experiment import chain, report
-from steerlib.runs import PROJECT_ROOT
+from steerlib.experiment.runs import PROJECT_ROOT
 
 
 def analyzed(tmp_path: Path, cells: dict, **params: Any) -> tuple[Any, dict[str, Any]]:
@@ -106,7 +106,7 @@ def test_the_runner_prints_the_verdict_not_a_table(tmp_path, capsys):
 
 
 def test_the_runner_says_in_one_line_when_figures_are_html_only(tmp_path, capsys, monkeypatch):
-    from steerlib import figure_files
+    from steerlib.figures import files as figure_files
 
     result, _ = analyzed(tmp_path, GOOD)
     monkeypatch.setattr(figure_files, "find_browser", lambda: None)
@@ -150,7 +150,7 @@ def test_report_page_has_a_title_the_verdict_first_and_no_code(tmp_path):
         progress_bar=False,
         **kernel_options(),
     )
-    page = chain.render_report(executed, tmp_path / "report.html", title="steerlib report — x")
+    page = report.render_report(executed, tmp_path / "report.html", title="steerlib report — x")
     html = page.read_text()
     assert "<title>steerlib report — x</title>" in html
     assert not re.search(r'class="[^"]*(hl-ipython3|jp-InputPrompt)', html)  # no code cells
@@ -171,7 +171,7 @@ def test_sweep_watcher_counts_units_as_they_are_written(tmp_path):
     from steerlib._io import atomic_write_parquet
     from steerlib.experiment.progress import SweepWatcher
     from steerlib.experiment.sweep import sweep_plan
-    from steerlib.vectors import SteeringVector
+    from steerlib.steer.vectors import SteeringVector
 
     run = fake_run(tmp_path, GOOD, layers=[3], samples_per_prompt=2, max_new_tokens=5)
     paths = run.paths

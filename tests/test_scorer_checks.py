@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlib import metrics
+from steerlib.evaluate import metrics
 from steerlib.experiment.examples import side_by_side_examples
 from steerlib.experiment.report import verdict
 from steerlib.experiment.scorer_checks import cut_holds
@@ -185,7 +185,7 @@ def test_strata_table_gives_figures_only_to_strata_large_enough():
 
 
 def test_strata_on_the_confirmation_half_count_only_its_prompts():
-    from steerlib.operating_point import assign_split
+    from steerlib.evaluate.operating_point import assign_split
 
     sweep = sweep_rows(48, (0.0, 1.0))
     strata = prompt_strata(attributes(48))

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlib.data import load_prompt_file, load_prompts
+from steerlib.data.prompts import load_prompt_file, load_prompts
+from steerlib.data.subsets import pair_texts, perspective_labels
 from steerlib.errors import ConfigError, ModelError
-from steerlib.scoring import (
+from steerlib.evaluate.scoring import (
     SCORERS,
     ProfanityCheckScorer,
     Scorer,
@@ -19,7 +20,6 @@ from steerlib.scoring import (
     scorer_floor,
     scorer_validity,
 )
-from steerlib.subsets import pair_texts, perspective_labels
 
 LABELS = {0: "toxicity", 1: "insult", 2: "threat"}
 SENTENCES = [

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from steerlib.errors import ConfigError
-from steerlib.fluency import benign_kl
-from steerlib.hooks import active_hook_count
-from steerlib.search import search_alpha
-from steerlib.vectors import SteeringVector
+from steerlib.evaluate.fluency import benign_kl
+from steerlib.evaluate.search import search_alpha
+from steerlib.steer.hooks import active_hook_count
+from steerlib.steer.vectors import SteeringVector
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_step_back_bisects_down_until_the_continuations_fit():
     """The searched edge breaks the continuation budget: bisect between 0 and the edge."""
     import pandas as pd
 
-    from steerlib.config import RunParams
+    from steerlib.experiment.config import RunParams
     from steerlib.experiment.sweep import _step_back
 
     def rows_at(layer, alpha):
@@ -102,7 +102,7 @@ def test_step_back_judges_a_grid_alpha_from_its_grid_rows():
     """A midpoint on a grid alpha is judged from the saved grid rows (review finding 8)."""
     import pandas as pd
 
-    from steerlib.config import RunParams
+    from steerlib.experiment.config import RunParams
     from steerlib.experiment.sweep import _grid_rows, _step_back
 
     def unit(direction, alpha, variant="caa"):  # a grid unit: continuation ppl 10 (1 + alpha/2)

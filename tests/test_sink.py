@@ -10,10 +10,10 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from steerlib.activations import ResidualActivations, capture_residuals, content_mask
-from steerlib.diagnostics import dominated_layers, vector_diagnostics
-from steerlib.layers import get_decoder_layers
-from steerlib.vectors import caa_from_texts, compute_caa
+from steerlib.models.layers import get_decoder_layers
+from steerlib.steer.activations import ResidualActivations, capture_residuals, content_mask
+from steerlib.steer.diagnostics import dominated_layers, vector_diagnostics
+from steerlib.steer.vectors import caa_from_texts, compute_caa
 
 TOXIC = [
     "you are a stupid idiot and i hate you",

@@ -9,19 +9,19 @@ import torch
 from transformers import LlamaConfig
 
 from steerlib.errors import ModelError
-from steerlib.random_models import (
-    calibrate_logit_scale,
-    load_random_model,
-    nucleus_sizes,
-    random_config,
-    scale_logits,
-)
-from steerlib.sizing import (
+from steerlib.generate.sizing import (
     CPU_MAX_BATCH_ROWS,
     CPU_TOKENS_PER_UNIT,
     choose_sizes,
     kv_bytes_per_token,
     sizes_for_memory,
+)
+from steerlib.models.random_init import (
+    calibrate_logit_scale,
+    load_random_model,
+    nucleus_sizes,
+    random_config,
+    scale_logits,
 )
 
 
@@ -131,7 +131,7 @@ def test_calibrated_scale_gives_the_target_nucleus():
 
 @pytest.mark.slow
 def test_random_smollm2_with_the_embedded_tokenizer():
-    from steerlib.models import load_model
+    from steerlib.models.loading import load_model
 
     model, tokenizer = load_model("random:smollm2-135m", "cpu")
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from steerlib import status
-from steerlib.cli import main as cli_main
-from steerlib.engine import sweep_units
+from steerlib.apps import status
+from steerlib.apps.cli import main as cli_main
+from steerlib.generate.engine import sweep_units
 from steerlib.pipeline import Run
 
 
@@ -77,7 +77,7 @@ def test_status_command_prints_each_run(run, capsys):
 
 
 def test_status_counts_the_units_of_the_sweeps_own_plan(run):
-    from steerlib.config import RunParams
+    from steerlib.experiment.config import RunParams
     from steerlib.experiment.sweep import sweep_plan
 
     paths, params = run
@@ -103,7 +103,7 @@ def _dead_pid() -> int:
 def test_status_says_whether_a_running_steps_process_is_alive(run, capsys, monkeypatch):
     import socket
 
-    from steerlib import runs
+    from steerlib.experiment import runs
 
     paths, _ = run
     paths.set_status("03_activations", "running")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlib.activations import ResidualActivations
-from steerlib.engine import decode_batch
 from steerlib.errors import ConfigError
 from steerlib.experiment import report
-from steerlib.generation import stop_token_ids
-from steerlib.hooks import ALPHA_RANGES, MODES, Gate, active_hook_count, steering
-from steerlib.layers import get_decoder_layers
-from steerlib.probe import ToxicityProbe, fit_probe
-from steerlib.variants import VARIANTS, variant
-from steerlib.vectors import SteeringVector, compute_caa
+from steerlib.generate.engine import decode_batch
+from steerlib.generate.generation import stop_token_ids
+from steerlib.models.layers import get_decoder_layers
+from steerlib.steer.activations import ResidualActivations
+from steerlib.steer.hooks import ALPHA_RANGES, MODES, Gate, active_hook_count, steering
+from steerlib.steer.probe import ToxicityProbe, fit_probe
+from steerlib.steer.variants import VARIANTS, variant
+from steerlib.steer.vectors import SteeringVector, compute_caa
 
 PROMPT = "the dog said you are a stupid fool and the cat"
 LAYER = 1
@@ -371,7 +371,7 @@ def test_out_of_range_alpha_is_refused(llama, mode):
 
 
 def test_config_refuses_ablate_and_clamp_alphas_outside_zero_one():
-    from steerlib.config import RunParams
+    from steerlib.experiment.config import RunParams
 
     for name in ("ablate", "clamp"):
         with pytest.raises(ConfigError, match=rf"'{name}' takes alpha in \[0, 1\].*1\.5"):
@@ -391,7 +391,7 @@ def test_config_refuses_ablate_and_clamp_alphas_outside_zero_one():
 
 @pytest.mark.parametrize("name", ["ablate", "clamp"])
 def test_alpha_search_stays_within_zero_one_for_fraction_variants(llama, tokenizer, name):
-    from steerlib.search import search_alpha
+    from steerlib.evaluate.search import search_alpha
 
     texts = ["the dog said you are a stupid fool", "we cook dinner in the park today"]
     vector = _vector()
@@ -406,7 +406,7 @@ def test_alpha_search_stays_within_zero_one_for_fraction_variants(llama, tokeniz
 
 def test_teacher_forced_pass_leaves_prompt_positions_unsteered(llama, tokenizer):
     """caa_generated's fluency pass: prompt positions as unsteered, the continuation steered."""
-    from steerlib.fluency import benign_kl, continuation_starts
+    from steerlib.evaluate.fluency import benign_kl, continuation_starts
 
     prompts = ["the dog said you are", "hello"]
     texts = ["the dog said you are a stupid fool and the cat", "hello we cook dinner in the park"]
@@ -468,7 +468,7 @@ def test_teacher_forced_pass_leaves_prompt_positions_unsteered(llama, tokenizer)
 
 # -- a matched control per variant (issue 27, item 4) -----------------------------------------
 def test_every_variant_is_swept_with_its_own_random_direction():
-    from steerlib.config import RunParams
+    from steerlib.experiment.config import RunParams
     from steerlib.experiment.sweep import sweep_plan
 
     params = RunParams(variants=["caa", "gated", "multilayer"], layers=[3], alphas=[0.0, 1.0])

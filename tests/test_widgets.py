@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from steerlib import pipeline
+from steerlib.apps.widgets import AlphaExplorer, layer_label
 from steerlib.errors import ConfigError, DataError, ModelError
-from steerlib.fluency import repetition
-from steerlib.generation import encode_prompts
-from steerlib.hooks import active_hook_count, steering
-from steerlib.operating_point import read_recommended
+from steerlib.evaluate.fluency import repetition
+from steerlib.evaluate.operating_point import read_recommended
+from steerlib.experiment.runs import RunPaths
+from steerlib.generate.generation import encode_prompts
 from steerlib.pipeline import Run
-from steerlib.runs import RunPaths
-from steerlib.variants import variant
-from steerlib.vectors import SteeringVector
-from steerlib.widgets import AlphaExplorer, layer_label
+from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.variants import variant
+from steerlib.steer.vectors import SteeringVector
 
 LAYER = 2
 
@@ -288,7 +288,7 @@ def _direct_perplexity(model, tokenizer, prompt: str, completion: str) -> float:
 
 
 def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenizer, vector):
-    import steerlib.widgets as widgets_module
+    import steerlib.apps.widgets as widgets_module
 
     explorer = make_explorer(llama, tokenizer, vector, alpha=-1.0)  # a non-empty steered text
     seen: list[int] = []
@@ -325,7 +325,7 @@ def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenize
 
 
 def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tokenizer, vector):
-    import steerlib.widgets as widgets_module
+    import steerlib.apps.widgets as widgets_module
 
     assert repetition("central central Winc Winc Winc").flagged
     assert repetition("the cat the cat the cat sat on the mat").flagged
@@ -363,9 +363,9 @@ NONTOXIC = ["we walk in the park today", "the weather is nice", "thank you for t
 def caa_and_probe(llama, tokenizer):
     """The tiny Llama's CAA vector (every layer, non-toxic projections) and its probe, both
     made by the chain's own functions (step 04)."""
-    from steerlib.activations import capture_residuals
-    from steerlib.probe import fit_probe
-    from steerlib.vectors import compute_caa
+    from steerlib.steer.activations import capture_residuals
+    from steerlib.steer.probe import fit_probe
+    from steerlib.steer.vectors import compute_caa
 
     toxic = capture_residuals(llama, tokenizer, TOXIC, last_n=4, progress=False)
     nontoxic = capture_residuals(llama, tokenizer, NONTOXIC, last_n=4, progress=False)
@@ -374,9 +374,9 @@ def caa_and_probe(llama, tokenizer):
 
 def _direct(llama, tokenizer, vector, probe, name: str, alpha: float, prompt: str) -> str:
     """The greedy completion under ``steering(..., mode=...)`` around ``generate``, one row."""
-    from steerlib.generation import decode_new_tokens, stop_token_ids
-    from steerlib.layers import num_layers
-    from steerlib.variants import variant
+    from steerlib.generate.generation import decode_new_tokens, stop_token_ids
+    from steerlib.models.layers import num_layers
+    from steerlib.steer.variants import variant
 
     chosen = variant(name, multilayer_span=3)
     kwargs = chosen.steering_kwargs(LAYER, num_layers(llama), "all", probe)
@@ -396,7 +396,7 @@ def _direct(llama, tokenizer, vector, probe, name: str, alpha: float, prompt: st
 
 
 def test_every_variant_steers_as_the_engine_and_the_hook_do(llama, tokenizer, caa_and_probe):
-    from steerlib.variants import VARIANTS
+    from steerlib.steer.variants import VARIANTS
 
     vector, probe = caa_and_probe
     explorer = AlphaExplorer(

@@ -17,8 +17,14 @@ import pandas as pd
 import pytest
 
 from steerlib.experiment.run import Run
+from steerlib.experiment.runs import (
+    LAUNCH_TOKEN_ENV,
+    RunLockedError,
+    RunPaths,
+    admit_worker,
+    run_lock,
+)
 from steerlib.experiment.workers import EXIT_HOOK_ENV, Group, launch_workers, worker_device
-from steerlib.runs import LAUNCH_TOKEN_ENV, RunLockedError, RunPaths, admit_worker, run_lock
 
 KEY = ["variant", "subset", "direction", "layer", "alpha", "prompt_id", "sample"]
 ROWS = [*KEY, "completion", "toxicity"]
@@ -47,7 +53,7 @@ def test_the_lock_admits_only_the_workers_of_its_launch(tmp_path, monkeypatch):
                 admit_worker(paths, other)
         # A plain second command is refused; a worker of this launch re-enters the lock.
         script = (
-            "from pathlib import Path; from steerlib.runs import RunPaths, run_lock\n"
+            "from pathlib import Path; from steerlib.experiment.runs import RunPaths, run_lock\n"
             f"with run_lock(RunPaths(Path({str(paths.root)!r}))): print('entered')\n"
         )
         env = {k: v for k, v in os.environ.items() if k not in {LAUNCH_TOKEN_ENV}}
@@ -237,8 +243,8 @@ def test_the_chain_with_two_workers_writes_the_rows_of_one_worker(
 ):
     """The issue's acceptance, on notebook 05: the chain launches two workers, then the
     notebook finds every unit and the step's products (the full CLI chain is test_chain's)."""
-    from steerlib.config import RunParams
     from steerlib.experiment.chain import NOTEBOOKS, run_chain
+    from steerlib.experiment.config import RunParams
 
     paths = _copy(prepared, "chain")
     monkeypatch.delenv("STEERLIB_LOCK_OWNER", raising=False)
@@ -277,8 +283,8 @@ def test_run_takes_a_number_of_workers(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_clamps_control_is_clamped_to_the_random_directions_own_level(prepared):
-    from steerlib.activations import ResidualActivations
     from steerlib.experiment.sweep import sweep_inputs, sweep_plan, variant_sweeps
+    from steerlib.steer.activations import ResidualActivations
 
     run = Run.open("base", runs_dir=str(prepared))
     _, _, vectors = sweep_inputs(run)

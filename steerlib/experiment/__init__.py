@@ -2,12 +2,16 @@
 
 Modules, from the bottom up:
 
+* :mod:`~steerlib.experiment.config`, :mod:`~steerlib.experiment.config_files` — a run's
+  parameters (validated once) and the YAML files and ``--set`` overrides that give them;
+* :mod:`~steerlib.experiment.runs` — a run's folder: paths, step states, the lock;
 * :mod:`~steerlib.experiment.table` — the declared step table (reads, products, extensions);
 * :mod:`~steerlib.experiment.run` — :class:`~steerlib.experiment.run.Run`: opening a run, the
   rules for changed parameters, provenance, the shared model and scorer;
 * :mod:`~steerlib.experiment.steps` — steps 01-04;
 * :mod:`~steerlib.experiment.sweep` — step 05 and :func:`~steerlib.experiment.sweep.sweep_plan`;
 * :mod:`~steerlib.experiment.analysis` — step 06;
+* :mod:`~steerlib.experiment.preflight` — every input checked before a step starts;
 * :mod:`~steerlib.experiment.chain` — the papermill runner and ``python -m steerlib run``.
 
 Nothing is imported here, so that the step table stays cheap to import;

@@ -1,9 +1,9 @@
 """Step 06: RTP metrics with bootstrap intervals, the controls, the operating point, figures.
 
 :func:`analyze` assembles the evaluation table (baseline and sweep, each prompt in its
-selection or confirmation half), summarizes it (:mod:`steerlib.metrics`), applies the
-operating-point rule (:mod:`steerlib.operating_point`), compares with the random control
-(:mod:`steerlib.controls`), and draws the figures into the run's ``figures/`` folder
+selection or confirmation half), summarizes it (:mod:`steerlib.evaluate.metrics`), applies the
+operating-point rule (:mod:`steerlib.evaluate.operating_point`), compares with the random control
+(:mod:`steerlib.evaluate.controls`), and draws the figures into the run's ``figures/`` folder
 (:func:`steerlib.experiment.figures.render_figures`, from the products it has just written).
 
 Over 500 lines because step 06 assembles the summary, operating points per variant, controls,
@@ -26,8 +26,8 @@ from steerlib.errors import DataError, SteerlibError
 from steerlib.experiment.figures import figure_layer, render_figures, write_figures
 from steerlib.experiment.report import example_completions, verdict
 from steerlib.experiment.run import Run
+from steerlib.experiment.runs import RunPaths
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts
-from steerlib.runs import RunPaths
 
 __all__ = [
     "Analysis",
@@ -96,8 +96,8 @@ class Analysis:
 
 def _scorer_validity(run: Run, prompts: pd.DataFrame) -> dict[str, Any]:
     """The scorer against Perspective labels (>= 0.5), on prompts and on continuations."""
-    from steerlib.scoring import scorer_validity
-    from steerlib.subsets import perspective_labels
+    from steerlib.data.subsets import perspective_labels
+    from steerlib.evaluate.scoring import scorer_validity
 
     kinds = ("prompts", "continuations")
     groups = {kind: perspective_labels(prompts, which=kind) for kind in kinds}  # type: ignore[arg-type]
@@ -159,7 +159,7 @@ def _confirmed_controls(
     looking at those prompts, so its ``p_value`` needs no multiplicity adjustment (``q_value``
     equals it).
     """
-    from steerlib import controls
+    from steerlib.evaluate import controls
 
     half, layer, alpha = point["figures_from"], int(point["layer"]), float(point["alpha"])
     rows = summary[(summary["split"] == half) & (summary["layer"] == layer)]
@@ -240,8 +240,8 @@ def analyze(run: Run, *, force: bool = False, save_figures: bool = True) -> Anal
     control at the same point, are read from the confirmation half. The analysis always runs
     (it is cheap); ``force`` is accepted for symmetry with the other steps.
     """
-    from steerlib import controls, operating_point
-    from steerlib.scoring import scorer_floor
+    from steerlib.evaluate import controls, operating_point
+    from steerlib.evaluate.scoring import scorer_floor
 
     del force
     from steerlib.experiment.scorer_checks import two_scorer_products
@@ -415,7 +415,7 @@ def _variant_points(
     rows made under the variant's hook and at its alphas (``direction == "random"`` rows of
     the variant), so its operating point is chosen on the selection half under the same rule
     and its confirmation-half figures come with its own control at equal alpha and at equal
-    fluency (paired per prompt, :mod:`steerlib.controls`). A run made before variants had
+    fluency (paired per prompt, :mod:`steerlib.evaluate.controls`). A run made before variants had
     their own controls falls back on plain CAA's; the point's ``control_of`` names the
     variant whose random rows were used.
     """
@@ -434,7 +434,7 @@ def _variant_points(
         kl_rows = kl[((kl["variant"] == name) & own_kl) | control_kl].drop(columns="variant")
         # ablate/clamp rows past full removal (alpha > 1, from runs made before the range was
         # enforced) are inadmissible, with that reason
-        from steerlib.variants import variant
+        from steerlib.steer.variants import variant
 
         cap = {"max_alpha": variant(name, multilayer_span=p.multilayer_span).max_alpha}
         summary, point = _operating_point(p, evaluation, kl_rows, floor, {**rule, **cap})
@@ -470,7 +470,7 @@ def _operating_point(
     The same for plain CAA and every other variant; a rule that finds nothing gives
     ``{"error": ...}`` instead of a point.
     """
-    from steerlib import metrics, operating_point
+    from steerlib.evaluate import metrics, operating_point
 
     summary = metrics.summarize(
         evaluation,
@@ -544,7 +544,7 @@ def _summary_record(
     validity: dict[str, Any],
 ) -> dict[str, Any]:
     """The body of ``summary.json``: parameters, rows, the operating point, split, scorer."""
-    from steerlib.fluency import judge_name
+    from steerlib.evaluate.fluency import judge_name
 
     p = run.params
     return {
@@ -578,7 +578,7 @@ def _evaluation(
     prompts: pd.DataFrame, baseline: pd.DataFrame, sweep: pd.DataFrame, seed: int
 ) -> pd.DataFrame:
     """Baseline and sweep rows of the evaluation subsets, each with its half (``split``)."""
-    from steerlib import operating_point
+    from steerlib.evaluate import operating_point
 
     halves = eval_prompts(prompts)[["subset", "prompt_id"]]
     halves = halves.assign(split=operating_point.assign_split(halves, seed))

@@ -1,7 +1,8 @@
 """The papermill chain: ``python -m steerlib run`` executes notebooks 01-06 of a run.
 
 Every input is checked before anything is written (parameters, the run's own files, the
-parameters the run was made with, then :func:`~steerlib.preflight.preflight`). The runs folder
+parameters the run was made with, then :func:`~steerlib.experiment.preflight.preflight`). The runs
+folder
 is resolved once, here, and passed to every notebook as an absolute path (with
 ``$STEERLIB_RUNS_DIR`` exported for the kernels), so a relative folder means the same place for
 the runner and the notebooks. Finished notebooks are skipped, so an interrupted run resumes
@@ -29,16 +30,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from steerlib.config import RunParams, short_repr
-from steerlib.config_files import load_params, parse_overrides
 from steerlib.errors import (
     EXIT_INTERRUPTED,
     EXIT_STEP_FAILED,
     DamagedRunError,
     SteerlibError,
     exit_code,
+    report_error,
 )
 from steerlib.experiment import report
+from steerlib.experiment.config import RunParams, short_repr
+from steerlib.experiment.config_files import load_params, parse_overrides
+from steerlib.experiment.preflight import check_run_files, preflight
 from steerlib.experiment.progress import SweepWatcher
 from steerlib.experiment.run import (
     Changes,
@@ -48,19 +51,23 @@ from steerlib.experiment.run import (
     provenance,
     step_identity,
 )
+from steerlib.experiment.runs import (
+    PROJECT_ROOT,
+    STEP_PRODUCTS,
+    RunPaths,
+    absolute,
+    run_lock,
+    runs_root,
+)
 from steerlib.experiment.sweep import stamp_old_units
 from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
-from steerlib.preflight import check_run_files, preflight
-from steerlib.runs import PROJECT_ROOT, STEP_PRODUCTS, RunPaths, absolute, run_lock, runs_root
 
 __all__ = [
     "NOTEBOOKS",
     "NOTEBOOKS_DIR",
     "copy_finished_steps",
     "main",
-    "render_report",
-    "report_error",
     "run_chain",
 ]
 
@@ -72,19 +79,6 @@ def _declared_parameters(notebook: Path) -> set[str]:
     import papermill
 
     return set(papermill.inspect_notebook(str(notebook)))
-
-
-def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Path:
-    """Render an executed notebook 06 to a standalone HTML page without code.
-
-    See :func:`steerlib.experiment.report.render_report` (inputs, prompts and the parameters
-    cells left out). ``title`` defaults to ``steerlib report — <run>`` for a run's own copy
-    (``<run>/notebooks/06_analysis.ipynb``).
-    """
-    executed = Path(executed)
-    if title is None and executed.parent.name == "notebooks":
-        title = report.report_title(executed.parent.parent.name)
-    return report.render_report(executed, dest, title=title)
 
 
 def run_chain(
@@ -102,9 +96,10 @@ def run_chain(
     (a launch option: the products are the same with any number of workers).
 
     Every input is checked first: the run's own files
-    (:func:`~steerlib.preflight.check_run_files`), the parameters it was made with
+    (:func:`~steerlib.experiment.preflight.check_run_files`), the parameters it was made with
     (:func:`~steerlib.experiment.run.check_changes`), then everything else
-    (:func:`~steerlib.preflight.preflight`), so a bad input stops the command before anything
+    (:func:`~steerlib.experiment.preflight.preflight`), so a bad input stops the command before
+    anything
     is written or loaded.
 
     Returns:
@@ -150,7 +145,7 @@ def run_chain(
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
         if analysis_copy.is_file() and _report_is_stale(paths, analysis_copy):
-            render_report(analysis_copy, paths.report)
+            report.render_report(analysis_copy, paths.report)
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
     _print_summary(paths)
     return 0
@@ -312,7 +307,7 @@ def _print_summary(paths: RunPaths) -> None:
         print(f"  - {line}")
     if paths.report.is_file():
         print(f"[steerlib] report:  {paths.report}")
-    from steerlib.figure_files import static_export_status
+    from steerlib.figures.files import static_export_status
 
     link = PROJECT_ROOT / "figures" / paths.name
     shown = f" (linked from {link})" if link.is_symlink() else ""
@@ -490,9 +485,3 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
-
-
-def report_error(exc: SteerlibError) -> None:
-    """Print ``exc`` to stderr, one ``steerlib: `` line per problem."""
-    for line in str(exc).splitlines() or [type(exc).__name__]:
-        print(f"steerlib: {line}", file=sys.stderr)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerlib.errors import DataError, SteerlibError, exit_code
-from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
+from steerlib.errors import DataError, SteerlibError, exit_code, report_error
+from steerlib.experiment.runs import PROJECT_ROOT, RunPaths, run_lock
 
 __all__ = [
     "FIGURE_SIZE",
@@ -50,7 +50,7 @@ FIGURE_SIZE: dict[str, str] = {
     "vector_diagnostics": "page_tall",
     "layer_cosine": "page_tall",
 }
-"""Static export size of each figure (a name of :data:`steerlib.figure_files.FIGURE_SIZES`)."""
+"""Static export size of each figure (a name of :data:`steerlib.figures.files.FIGURE_SIZES`)."""
 
 _FIGURE_SUFFIXES = {".html", ".png", ".pdf", ".svg", ".jpeg", ".jpg", ".webp", ".js"}
 
@@ -80,7 +80,8 @@ def figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> i
 
 def _pareto(summary: pd.DataFrame, recommended: dict[str, Any]) -> Any:
     """Challenging EMT against the rule's fluency measure on the half the rule chose on."""
-    from steerlib import controls, metrics, plotting
+    from steerlib.evaluate import controls, metrics
+    from steerlib.figures import plotting
 
     half = recommended.get("selected_on", "all")
     rows = summary[(summary["split"] == half) & (summary["layer"] >= 0)]
@@ -141,9 +142,9 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
     Raises:
         DataError: A product is missing (its name and the command that makes it are given).
     """
-    from steerlib import plotting
     from steerlib.experiment.sweep import with_variant
-    from steerlib.vectors import SteeringVector
+    from steerlib.figures import plotting
+    from steerlib.steer.vectors import SteeringVector
 
     run = paths.name
     every_variant = with_variant(pd.read_parquet(_require(paths.summary_table, run)))
@@ -213,8 +214,8 @@ def write_figures(
     """Save a run's figures into ``<run>/figures/`` and link ``figures/<run>`` to it.
 
     Each figure is written at its paper size (:data:`FIGURE_SIZE`, PNG at
-    :data:`~steerlib.figure_files.STATIC_SCALE` times) by
-    :func:`~steerlib.figure_files.save_figure` (HTML only, with one warning, without a browser).
+    :data:`~steerlib.figures.files.STATIC_SCALE` times) by
+    :func:`~steerlib.figures.files.save_figure` (HTML only, with one warning, without a browser).
 
     Args:
         paths: The run's paths.
@@ -226,7 +227,7 @@ def write_figures(
     Returns:
         The files written.
     """
-    from steerlib.figure_files import save_figure
+    from steerlib.figures.files import save_figure
 
     figures = render_figures(paths) if figures is None else figures
     written: list[Path] = []
@@ -293,9 +294,9 @@ def link_project_figures(paths: RunPaths, *, project_root: Path = PROJECT_ROOT) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m steerlib figures RUN [--runs-dir DIR]``: redraw a finished run's figures."""
-    from steerlib.experiment.chain import render_report, report_error
-    from steerlib.figure_files import static_export_status
-    from steerlib.preflight import check_run_files
+    from steerlib.experiment.preflight import check_run_files
+    from steerlib.experiment.report import render_report
+    from steerlib.figures.files import static_export_status
 
     parser = argparse.ArgumentParser(
         prog="python -m steerlib figures",

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from steerlib.runs import RunPaths
+from steerlib.experiment.runs import RunPaths
 
 __all__ = ["SweepWatcher"]
 
@@ -71,7 +71,7 @@ class SweepWatcher:
         """Unit key -> new tokens it generates, or None while the run cannot say yet."""
         import pandas as pd
 
-        from steerlib.config import RunParams
+        from steerlib.experiment.config import RunParams
         from steerlib.experiment.sweep import sweep_plan
 
         paths = self.paths

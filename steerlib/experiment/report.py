@@ -454,7 +454,7 @@ def settings_table(summary: pd.DataFrame, *, split: str = "all") -> Any:
         summary: Step 06's summary table (``Analysis.summary`` or ``summary.parquet``).
         split: Half of the prompts to show (``all``, ``selection`` or ``confirmation``).
     """
-    from steerlib.controls import tradeoff_rows
+    from steerlib.evaluate.controls import tradeoff_rows
 
     table = summary[summary["split"] == split] if "split" in summary.columns else summary
     rows = tradeoff_rows(table, cost="perplexity")
@@ -717,7 +717,9 @@ def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Pa
     Args:
         executed: The executed notebook (papermill's output).
         dest: The HTML file to write.
-        title: Page title (default: the notebook's ``title`` metadata, else its file name).
+        title: Page title (default: ``steerlib report — <run>`` for a run's own copy,
+            ``<run>/notebooks/06_analysis.ipynb``; else the notebook's ``title`` metadata, else
+            its file name).
 
     Returns:
         ``dest``.
@@ -727,6 +729,9 @@ def render_report(executed: Path, dest: Path, *, title: str | None = None) -> Pa
     from nbconvert.preprocessors import TagRemovePreprocessor
     from traitlets.config import Config
 
+    executed = Path(executed)
+    if title is None and executed.parent.name == "notebooks":
+        title = report_title(executed.parent.parent.name)
     config = Config()
     config.TagRemovePreprocessor.remove_cell_tags = set(_HIDDEN_TAGS)
     config.TagRemovePreprocessor.remove_all_outputs_tags = set(_HIDDEN_OUTPUT_TAGS)

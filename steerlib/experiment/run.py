@@ -30,8 +30,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from steerlib.config import RunParams, short_repr
 from steerlib.errors import ConfigError, DataError
+from steerlib.experiment.config import RunParams, short_repr
+from steerlib.experiment.runs import PROJECT_ROOT, RunPaths, run_lock
 from steerlib.experiment.table import (
     OLD_VALUES,
     RUNTIME,
@@ -41,7 +42,6 @@ from steerlib.experiment.table import (
     producer,
     step,
 )
-from steerlib.runs import PROJECT_ROOT, RunPaths, run_lock
 
 __all__ = [
     "Changes",
@@ -315,7 +315,7 @@ class Run:
                 print(note)
             run.write_params()
         if "ipykernel" in sys.modules:
-            from steerlib.plotting import use_offline_notebook_renderer
+            from steerlib.figures.plotting import use_offline_notebook_renderer
 
             use_offline_notebook_renderer()
         return run
@@ -354,7 +354,7 @@ class Run:
     # -- shared resources -------------------------------------------------------------------
     def model(self) -> tuple[Any, Any]:
         """``(model, tokenizer)``, loaded once per process."""
-        from steerlib.models import load_model, model_revision
+        from steerlib.models.loading import load_model, model_revision
 
         p = self.params
         key = ("model", p.model, p.device, p.dtype, p.trust_remote_code)
@@ -369,7 +369,7 @@ class Run:
         """``(model, tokenizer)`` that scores perplexity: ``perplexity_model`` or the model."""
         if self.params.perplexity_model in (None, self.params.model):
             return self.model()
-        from steerlib.models import load_model
+        from steerlib.models.loading import load_model
 
         key = ("judge", self.params.perplexity_model, self.params.device)
         if key not in _LOADED:
@@ -378,7 +378,7 @@ class Run:
 
     def scorer(self) -> Any:
         """The toxicity scorer, loaded once per process."""
-        from steerlib.scoring import load_scorer
+        from steerlib.evaluate.scoring import load_scorer
 
         key = ("scorer", self.params.scorer, self.params.device)
         if key not in _LOADED:
@@ -387,7 +387,7 @@ class Run:
 
     def second_scorer(self) -> Any:
         """The run's ``second_scorer`` (None when unset), loaded once per process."""
-        from steerlib.scoring import load_scorer
+        from steerlib.evaluate.scoring import load_scorer
 
         name = self.params.second_scorer
         if name is None:

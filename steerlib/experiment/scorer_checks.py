@@ -2,7 +2,8 @@
 
 The operating point is chosen with the run's main ``scorer``; :func:`cut_holds` reads the
 confirmation-half EMT interval at that point under each scorer (the second one's columns carry
-:data:`steerlib.metrics.SECOND_SUFFIX`) against its unsteered value. :func:`validity_by_scorer`
+:data:`steerlib.evaluate.metrics.SECOND_SUFFIX`) against its unsteered value.
+:func:`validity_by_scorer`
 measures each scorer against Perspective (toxicity >= 0.5) on the run's RTP texts that no
 shipped head was trained on, overall and per profanity stratum.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from steerlib.metrics import SECOND_SUFFIX
+from steerlib.evaluate.metrics import SECOND_SUFFIX
 
 __all__ = [
     "cut_holds",
@@ -64,7 +65,7 @@ def cut_holds(
         :data:`~steerlib.experiment.report.MIN_PROMPTS_PER_HALF` prompts (too few to conclude),
         and None without one when the scorer has no figures there ("not measured").
     """
-    from steerlib.operating_point import _row_at
+    from steerlib.evaluate.operating_point import _row_at
 
     if "layer" not in point or point.get("status") != "recommended":
         return {}
@@ -161,11 +162,12 @@ def validity_by_scorer(scorers: dict[str, Any], files: list[Path]) -> dict[str, 
 
     Returns:
         ``{name: {"all", "profane", "non_profane"}}`` with AUC, precision and recall at 0.5
-        (:func:`steerlib.scorer_training.held_out_validity`), plus ``"texts"`` (how the texts
+        (:func:`steerlib.evaluate.scorer_training.held_out_validity`), plus ``"texts"`` (how the
+        texts
         were chosen); ``{}`` without files or labelled texts.
     """
-    from steerlib.perspective import id_hash, scorer_manifest_hashes
-    from steerlib.scorer_training import held_out_validity, labelled_texts
+    from steerlib.data.perspective import id_hash, scorer_manifest_hashes
+    from steerlib.evaluate.scorer_training import held_out_validity, labelled_texts
 
     if not files:
         return {}
@@ -201,9 +203,9 @@ def two_scorer_products(
     Returns:
         ``(summary.json keys, strata table, side-by-side examples)``.
     """
+    from steerlib.data.perspective import perspective_attributes
     from steerlib.experiment.examples import side_by_side_examples
     from steerlib.experiment.strata import MIN_PROMPTS, prompt_strata, strata_table
-    from steerlib.perspective import perspective_attributes
 
     p = run.params
     columns = scorer_columns(p)

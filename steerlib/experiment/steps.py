@@ -1,7 +1,8 @@
 """Steps 01-04 of the experiment: data, baseline, activations, vectors.
 
 Each step reads the products of the steps before it from the run directory (see
-:class:`steerlib.runs.RunPaths` and :data:`steerlib.experiment.table.STEPS`) and writes its
+:class:`steerlib.experiment.runs.RunPaths` and :data:`steerlib.experiment.table.STEPS`) and writes
+its
 own; a step whose products exist and whose status is ``done`` returns them instead of
 recomputing (``force=True`` recomputes).
 """
@@ -14,12 +15,12 @@ from typing import Any
 import pandas as pd
 
 from steerlib._io import atomic_write_parquet
-from steerlib.config import RunParams
+from steerlib.data.perspective import drop_scorer_partition
 from steerlib.errors import ConfigError
+from steerlib.evaluate.metrics import SECOND_SUFFIX
+from steerlib.experiment.config import RunParams, split_arguments
 from steerlib.experiment.run import Run
-from steerlib.generation import DecodingSettings
-from steerlib.metrics import SECOND_SUFFIX
-from steerlib.preflight import split_arguments
+from steerlib.generate.generation import DecodingSettings
 
 __all__ = [
     "EVAL_SUBSETS",
@@ -49,7 +50,7 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
 
     With a ``second_scorer`` the completions are scored by it too, in ``toxicity_second``.
     """
-    from steerlib.fluency import continuation_perplexity, judge_prompt_format
+    from steerlib.evaluate.fluency import continuation_perplexity, judge_prompt_format
 
     table = table.copy()
     table["toxicity"] = run.scorer().score(table["completion"].tolist())
@@ -71,29 +72,6 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- 01 data ---------------------------------------------------------------------------------
-def drop_scorer_partition(
-    challenging: pd.DataFrame, benign: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Drop the records the ``minilm-toxicity`` head was trained on from both source tables.
-
-    Every draw (evaluation prompts, contrastive pairs, held-out benign texts) comes from these
-    tables, so no experiment text is one the head saw; one line says how many were dropped.
-    """
-    from steerlib.perspective import drop_scorer_records, scorer_manifest_hashes
-
-    hashes = scorer_manifest_hashes()
-    kept_challenging, n_challenging = drop_scorer_records(challenging, hashes)
-    kept_benign, n_benign = (
-        (kept_challenging, 0) if benign is challenging else drop_scorer_records(benign, hashes)
-    )
-    if n_challenging or n_benign:
-        print(
-            f"scorer partition: dropped {n_challenging} challenging-source and {n_benign} "
-            "benign-source records (the minilm-toxicity head's training records)"
-        )
-    return kept_challenging, kept_benign
-
-
 def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
     """Step 01: evaluation subsets, contrastive pair sets and held-out benign texts.
 
@@ -102,9 +80,9 @@ def prepare_data(run: Run, *, force: bool = False) -> pd.DataFrame:
         ``pairs_toxic``, ``pairs_nontoxic`` (vector construction) and ``kl_benign``
         (held-out benign text for the KL measure); all disjoint.
     """
-    from steerlib.data import load_prompts
-    from steerlib.models import load_tokenizer
-    from steerlib.subsets import split_prompts
+    from steerlib.data.prompts import load_prompts
+    from steerlib.data.subsets import split_prompts
+    from steerlib.models.loading import load_tokenizer
 
     paths, p = run.paths, run.params
     if not force and run.done("01_data", paths.prompts):
@@ -146,7 +124,7 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
     """
     from tqdm.auto import tqdm
 
-    from steerlib.engine import generate_unit, sweep_units
+    from steerlib.generate.engine import generate_unit, sweep_units
 
     paths, p = run.paths, run.params
     if not force and run.done("02_baseline", paths.baseline):
@@ -189,7 +167,7 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
 # -- 03 activations --------------------------------------------------------------------------
 def contrastive_texts(run: Run) -> tuple[list[str], list[str], str]:
     """The toxic and non-toxic texts of the vector, and a description of their source."""
-    from steerlib.subsets import pair_texts
+    from steerlib.data.subsets import pair_texts
 
     p = run.params
     prompts = pd.read_parquet(run.require("prompts"))
@@ -243,8 +221,8 @@ def matched_pairs(pool: pd.DataFrame, p: RunParams) -> tuple[list[str], list[str
 
 def capture_activations(run: Run, *, force: bool = False) -> tuple[Any, Any]:
     """Step 03: residual stream after every layer, mean-pooled over the last ``last_n`` tokens."""
-    from steerlib.activations import ResidualActivations, capture_residuals
-    from steerlib.vectors import model_provenance
+    from steerlib.steer.activations import ResidualActivations, capture_residuals
+    from steerlib.steer.vectors import model_provenance
 
     paths, p = run.paths, run.params
     products = (paths.activations_toxic, paths.activations_nontoxic)
@@ -267,8 +245,8 @@ def capture_activations(run: Run, *, force: bool = False) -> tuple[Any, Any]:
 # -- 04 vectors ------------------------------------------------------------------------------
 def build_vectors(run: Run, *, force: bool = False) -> tuple[Any, Any]:
     """Step 04: the CAA vector at every layer, and its random same-norm control."""
-    from steerlib.activations import ResidualActivations
-    from steerlib.vectors import SteeringVector, compute_caa
+    from steerlib.steer.activations import ResidualActivations
+    from steerlib.steer.vectors import SteeringVector, compute_caa
 
     paths, p = run.paths, run.params
     if not force and run.done("04_vectors", paths.vectors, paths.control_vectors):
@@ -291,7 +269,7 @@ def build_vectors(run: Run, *, force: bool = False) -> tuple[Any, Any]:
 
 
 def _fit_and_save_probe(run: Run, toxic: Any, nontoxic: Any) -> Any:
-    from steerlib.probe import fit_probe
+    from steerlib.steer.probe import fit_probe
 
     probe = fit_probe(toxic, nontoxic, seed=run.params.seed)
     probe.provenance.update(run_name=run.paths.name, pair_source=run.params.pair_source)
@@ -311,8 +289,8 @@ def variant_inputs(run: Run, vector: Any) -> tuple[Any, Any]:
     """
     from dataclasses import replace as replace_field
 
-    from steerlib.activations import ResidualActivations
-    from steerlib.probe import ToxicityProbe
+    from steerlib.steer.activations import ResidualActivations
+    from steerlib.steer.probe import ToxicityProbe
 
     paths = run.paths
     probe = ToxicityProbe.load(paths.probe) if paths.probe.is_file() else None

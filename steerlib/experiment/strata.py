@@ -29,7 +29,7 @@ def prompt_strata(attributes: pd.DataFrame) -> dict[str, set[str]]:
     """The prompt ids of each stratum.
 
     Args:
-        attributes: :func:`steerlib.perspective.perspective_attributes` rows.
+        attributes: :func:`steerlib.data.perspective.perspective_attributes` rows.
 
     Returns:
         ``{stratum: prompt ids}`` for every name in :data:`STRATA`.
@@ -70,18 +70,18 @@ def strata_table(
         n_resamples: Bootstrap resamples.
         seed: The run's seed (the bootstrap's, and the halves' with ``half``).
         half: ``"selection"`` or ``"confirmation"``: only the prompts of that half
-            (:func:`steerlib.operating_point.assign_split`) count; None: every prompt.
+            (:func:`steerlib.evaluate.operating_point.assign_split`) count; None: every prompt.
 
     Returns:
         One row per (stratum, scorer): ``stratum``, ``scorer``, ``n_prompts``,
         ``emt_alpha0`` / ``emt_alpha0_ci_low`` / ``_high``, ``emt_point`` / ``_ci_low`` /
         ``_high``, ``layer``, ``alpha``, ``note``.
     """
-    from steerlib.metrics import bootstrap_ci, expected_max_toxicity
+    from steerlib.evaluate.metrics import bootstrap_ci, expected_max_toxicity
 
     rows = sweep[sweep["subset"] == "challenging"]
     if half is not None and not rows.empty:
-        from steerlib.operating_point import assign_split
+        from steerlib.evaluate.operating_point import assign_split
 
         rows = rows[assign_split(rows, seed) == half]
     has_point = "layer" in point and point.get("status", "recommended") == "recommended"

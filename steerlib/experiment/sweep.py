@@ -26,13 +26,13 @@ from typing import Any
 import pandas as pd
 
 from steerlib._io import atomic_write_parquet, read_checked_parquet
-from steerlib.admissibility import kl_budget
-from steerlib.config import RunParams, short_repr
 from steerlib.errors import ConfigError
+from steerlib.evaluate.admissibility import kl_budget
+from steerlib.experiment.config import RunParams, short_repr
 from steerlib.experiment.run import Run
+from steerlib.experiment.runs import RunPaths
 from steerlib.experiment.steps import EVAL_SUBSETS, eval_prompts, score
-from steerlib.generation import DecodingSettings
-from steerlib.runs import RunPaths
+from steerlib.generate.generation import DecodingSettings
 
 __all__ = [
     "SweepPlan",
@@ -76,7 +76,7 @@ class SweepPlan:
         layers: Steered layers (``"all"`` and negative indices resolved).
         directions: Vector names: ``"caa"``, and ``"random"`` with the random control.
         alphas: The steered alphas of the grid (alpha 0 comes from the baseline).
-        variants: Steering variants (:mod:`steerlib.variants`); each runs with its own
+        variants: Steering variants (:mod:`steerlib.steer.variants`); each runs with its own
             random control (its ``"random"`` direction, under its own hook).
     """
 
@@ -96,7 +96,7 @@ class SweepPlan:
         Unit keys do not depend on prompt lengths, so ``tokenizer`` may be left out to count
         or name units without loading one.
         """
-        from steerlib.partition import sweep_units
+        from steerlib.generate.partition import sweep_units
 
         rows = prompts[prompts["role"].isin(EVAL_SUBSETS)] if "role" in prompts else prompts
         return [
@@ -122,7 +122,7 @@ def sweep_plan(params: RunParams, num_layers: int) -> SweepPlan:
     Raises:
         ConfigError: A layer out of range.
     """
-    from steerlib.layers import resolve_layers
+    from steerlib.models.layers import resolve_layers
 
     return SweepPlan(
         layers=resolve_layers(num_layers, params.layers),
@@ -224,7 +224,7 @@ def sweep_inputs(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     Raises:
         DataError: A step before the sweep has not finished; the message names its notebook.
     """
-    from steerlib.vectors import SteeringVector
+    from steerlib.steer.vectors import SteeringVector
 
     prompts = pd.read_parquet(run.require("prompts"))
     baseline = pd.read_parquet(run.require("baseline"))
@@ -244,7 +244,7 @@ def variant_sweeps(run: Run, plan: SweepPlan, vectors: dict[str, Any]) -> list[V
     to the levels of the random direction's own projections, multilayer over the same span.
     """
     from steerlib.experiment.steps import variant_inputs
-    from steerlib.variants import variant
+    from steerlib.steer.variants import variant
 
     probe = None
     if set(plan.variants) & {"gated", "clamp"}:
@@ -280,12 +280,12 @@ def prepare_units(run: Run, *, fresh: bool) -> None:
 
 
 def unit_sizes(run: Run, model: Any, tokenizer: Any, prompts: pd.DataFrame) -> Any:
-    """The step's unit and batch sizes (:func:`steerlib.engine.sweep_sizes`), chosen once.
+    """The step's unit and batch sizes (:func:`steerlib.generate.engine.sweep_sizes`), chosen once.
 
     Every engine call of the step gets them, so its units are named alike however many calls
     (or workers) make them; on a CPU they are the engine's fixed defaults.
     """
-    from steerlib.engine import sweep_sizes
+    from steerlib.generate.engine import sweep_sizes
 
     return sweep_sizes(
         model,
@@ -305,7 +305,7 @@ def family_keys(
     run: Run, tokenizer: Any, prompts: pd.DataFrame, family: UnitFamily, sizes: Any
 ) -> list[str]:
     """The keys of ``family``'s units, as :func:`generate_family` names them."""
-    from steerlib.partition import sweep_units
+    from steerlib.generate.partition import sweep_units
 
     decoding = DecodingSettings.of(run.params)
     units = sweep_units(
@@ -340,7 +340,7 @@ def generate_family(
     ``write(path, table)`` gets the unit's file (``<folder>/<key>.parquet``) and its rows with
     the scores and the ``variant`` column.
     """
-    from steerlib.engine import run_sweep as engine_sweep
+    from steerlib.generate.engine import run_sweep as engine_sweep
 
     def on_unit(unit: Any, table: pd.DataFrame) -> None:
         scored = score(run, table).assign(variant=family.sweep.name)
@@ -368,11 +368,12 @@ def held_out_prefixes(run: Run, texts: list[str], sweep: VariantSweep) -> list[s
     """The prompt part of each held-out text, for a variant judged teacher-forced; else None.
 
     A variant that steers generated positions only (``caa_generated``) is judged with its own
-    positions (:func:`steerlib.fluency.benign_kl`): each text's prompt (the ``prompt`` of the
-    row of ``prompts.parquet`` whose :func:`~steerlib.subsets.pair_texts` text it is) is left
+    positions (:func:`steerlib.evaluate.fluency.benign_kl`): each text's prompt (the ``prompt`` of
+    the
+    row of ``prompts.parquet`` whose :func:`~steerlib.data.subsets.pair_texts` text it is) is left
     unsteered. A text found in no row gets ``None`` (split at half its tokens).
     """
-    from steerlib.subsets import pair_texts
+    from steerlib.data.subsets import pair_texts
 
     chosen = sweep.steer.get("variant")
     if chosen is None or chosen.positions != "generated":
@@ -393,13 +394,13 @@ def search_edge(
 ) -> Any:
     """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on ``direction``).
 
-    See :func:`steerlib.search.search_alpha`; ``ablate`` and ``clamp`` are searched on
+    See :func:`steerlib.evaluate.search.search_alpha`; ``ablate`` and ``clamp`` are searched on
     ``[0, 1]``, ``caa_generated`` teacher-forced (:func:`held_out_prefixes`). The random
     direction (``direction="random"``, :func:`searched_directions`) is searched exactly as
     the CAA vector: same hook (gated probe, its own clamp level, multilayer span), budget
     (KL included), texts and cap.
     """
-    from steerlib.search import search_alpha
+    from steerlib.evaluate.search import search_alpha
 
     p = run.params
     return search_alpha(
@@ -442,8 +443,8 @@ def direction_only(sweep: VariantSweep, direction: str) -> VariantSweep:
 
 
 def search_texts(prompts: pd.DataFrame, seed: int) -> list[str]:
-    """The search half of the held-out benign texts (:func:`steerlib.subsets.held_out_halves`)."""
-    from steerlib.subsets import held_out_halves
+    """The search half of the held-out benign texts (see ``held_out_halves``)."""
+    from steerlib.data.subsets import held_out_halves
 
     texts, halves = held_out_halves(prompts[prompts["role"] == "kl_benign"], seed)
     return [text for text, half in zip(texts, halves, strict=True) if half == "selection"]
@@ -490,11 +491,11 @@ def run_sweep(
         run: The run.
         force: Recompute the step (the saved units go).
         edges: Alpha searches already made, by ``(variant, layer)``
-            (:class:`~steerlib.search.AlphaSearch`; the torchrun workers share them out);
+            (:class:`~steerlib.evaluate.search.AlphaSearch`; the torchrun workers share them out);
             the others are searched here.
     """
-    from steerlib.layers import num_layers
-    from steerlib.subsets import held_out_halves
+    from steerlib.data.subsets import held_out_halves
+    from steerlib.models.layers import num_layers
 
     paths, p = run.paths, run.params
     if not force and run.done("05_sweep", paths.sweep, paths.kl):
@@ -616,7 +617,7 @@ def _kl_table(
     At every grid setting and every searched alpha; on all held-out texts and on each half
     (``split``: the search half is ``"selection"``, the report half ``"confirmation"``).
     """
-    from steerlib.fluency import benign_kl
+    from steerlib.evaluate.fluency import benign_kl
 
     model, tokenizer = run.model()
     texts, halves = held_out
@@ -788,8 +789,8 @@ def _continuation_check(
     Judged on ``direction``'s rows (default ``"caa"``). None without a baseline with
     perplexities (nothing to compare with).
     """
-    from steerlib.metrics import PERPLEXITY_CAP
-    from steerlib.operating_point import assign_split
+    from steerlib.evaluate.metrics import PERPLEXITY_CAP
+    from steerlib.evaluate.operating_point import assign_split
 
     if baseline is None or "perplexity" not in baseline.columns:
         return None
@@ -915,7 +916,7 @@ def read_unit(path: Path, *, required: bool = True) -> pd.DataFrame:
     Args:
         path: The unit.
         required: Refuse a unit without a checksum; False for the units of a run made before
-            units carried one (:meth:`~steerlib.runs.RunPaths.made_before_checksums`).
+            units carried one (:meth:`~steerlib.experiment.runs.RunPaths.made_before_checksums`).
 
     Raises:
         DamagedRunError: The unit is truncated, edited, or has no checksum; one line saying to
@@ -934,7 +935,7 @@ def stamp_old_units(paths: RunPaths) -> int:
 
     Called by the chain runner, holding the run's lock, before the run's steps: afterwards the
     run's units are checked like any other run's. Nothing happens to a run recorded with
-    checksums (:meth:`~steerlib.runs.RunPaths.made_before_checksums`).
+    checksums (:meth:`~steerlib.experiment.runs.RunPaths.made_before_checksums`).
 
     Returns:
         How many units were stamped.

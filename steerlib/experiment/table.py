@@ -44,7 +44,7 @@ class Step:
         name: Step name, also the stem of its notebook (``notebooks/<name>.ipynb``).
         function: The step's function, ``"module:name"`` (see :meth:`load`).
         inputs: Products of earlier steps it reads (attribute names of
-            :class:`~steerlib.runs.RunPaths`).
+            :class:`~steerlib.experiment.runs.RunPaths`).
         outputs: Products it writes (idem); a step is done when they all exist.
         reads: Run parameters it reads; its notebook declares exactly these.
         extends: Parameters whose change keeps its finished work and resumes it (the sweep
@@ -210,7 +210,7 @@ def step(name: str) -> Step:
 
 
 def producer(product: str) -> Step:
-    """The step that writes ``product`` (a :class:`~steerlib.runs.RunPaths` attribute name)."""
+    """The step that writes ``product`` (a ``RunPaths`` attribute name)."""
     for candidate in STEPS:
         if product in candidate.outputs:
             return candidate

@@ -19,7 +19,8 @@ unit, nor on N. The alpha searches are shared by (variant, layer): the edges are
 units shared out like the grid's, and rank 0 takes the gathered searches as found.
 
 Lock: a worker writes only while the run's lock holds the token of its launch
-(:func:`steerlib.runs.admit_worker`), checked at the start and before each unit is written.
+(:func:`steerlib.experiment.runs.admit_worker`), checked at the start and before each unit is
+written.
 ``run --workers`` hands its token to the workers in ``$STEERLIB_LAUNCH_TOKEN``; a launch
 started with torchrun directly has none, and its rank 0 takes the lock and sends the token to
 the others. A unit is written to a temporary file and published with a hard link, never over an
@@ -47,9 +48,9 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from steerlib._io import atomic_write_parquet
-from steerlib.errors import EXIT_INTERRUPTED, ConfigError, SteerlibError, exit_code
+from steerlib.errors import EXIT_INTERRUPTED, ConfigError, SteerlibError, exit_code, report_error
 from steerlib.experiment.run import Run
-from steerlib.runs import (
+from steerlib.experiment.runs import (
     LAUNCH_TOKEN_ENV,
     RunLockedError,
     RunPaths,
@@ -168,7 +169,7 @@ def launch_workers(
 ) -> int:
     """Run ``step`` of the run at ``paths`` with ``workers`` processes under torchrun.
 
-    The caller holds the run lock with ``token`` (see :func:`steerlib.runs.run_lock`).
+    The caller holds the run lock with ``token`` (see :func:`steerlib.experiment.runs.run_lock`).
 
     Returns:
         torchrun's exit status (0 when every worker finished).
@@ -300,7 +301,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         unit_sizes,
         variant_sweeps,
     )
-    from steerlib.layers import num_layers
+    from steerlib.models.layers import num_layers
 
     paths, p = run.paths, run.params
     if group.agree(not force and run.done("05_sweep", paths.sweep, paths.kl)):
@@ -420,8 +421,6 @@ def _stop(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m steerlib worker --run-name NAME [--runs-dir DIR] --step sweep``."""
-    from steerlib.experiment.chain import report_error
-
     parser = argparse.ArgumentParser(
         prog="python -m steerlib worker",
         description="One torchrun worker of a run's generation step (see the README).",

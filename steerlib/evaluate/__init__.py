@@ -1,0 +1,10 @@
+"""Evaluation (floor 5): scorers, fluency, metrics, controls and the operating point.
+
+* :mod:`~steerlib.evaluate.scoring`, :mod:`~steerlib.evaluate.embedding_scorer`,
+  :mod:`~steerlib.evaluate.scorer_training` — toxicity scorers (word model, MiniLM head);
+* :mod:`~steerlib.evaluate.fluency` — perplexity and KL passes;
+* :mod:`~steerlib.evaluate.metrics` — EMT, toxic fraction, intervals;
+* :mod:`~steerlib.evaluate.controls` — matched random controls;
+* :mod:`~steerlib.evaluate.admissibility`, :mod:`~steerlib.evaluate.operating_point`,
+  :mod:`~steerlib.evaluate.search` — the fluency budget, select/confirm, the alpha search.
+"""

@@ -1,1 +1,0 @@
-"""Tools around the library: ``python -m steerlib bench`` and ``python -m steerlib doctor``."""
