@@ -204,4 +204,3 @@ def perplexity_interval(
         return value, value
     options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     return run_bootstrap((sums, counts), pooled_ratio, vectorized=True, method="BCa", **options)
-

@@ -119,4 +119,3 @@ def mean_distinct_n_ngrams(df: pd.DataFrame, n: int) -> float:
         The mean over prompts of :func:`distinct_n_ngrams` of that prompt's completions.
     """
     return _mean_over_prompts(df, lambda texts: distinct_n_ngrams(texts, n))
-

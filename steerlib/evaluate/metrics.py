@@ -107,7 +107,6 @@ def pareto_front(
     return front.reset_index(drop=True)
 
 
-
 _MOVED = {
     "delta_vs_control": "controls",
     "fluency_matched_control": "controls",

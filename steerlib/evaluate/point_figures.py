@@ -63,7 +63,9 @@ FIGURES = (
 """Figures of a setting read from one half (``perplexity`` from the benign subset)."""
 
 
-HELD_OUT = tuple(column for found in held_out_gates() for column in (found.name, f"{found.name}_ci"))
+HELD_OUT = tuple(
+    column for found in held_out_gates() for column in (found.name, f"{found.name}_ci")
+)
 """Figures measured on the held-out benign texts: those of the half's own texts (the report
 half for the confirmation half) when the kl table has halves, else all texts for both halves."""
 
@@ -208,4 +210,3 @@ def selection(row: pd.Series, base_emt: float) -> dict[str, Any]:
             out[f"{name}_limit"] = float(row[f"{name}_budget"])
     out["fluency_failed"] = [n for n in str(row.get("fluency_failed", "")).split("; ") if n]
     return out
-

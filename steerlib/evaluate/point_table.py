@@ -28,8 +28,8 @@ def operating_point_table(
     control, the random direction at its ``control_alpha``.
 
     Args:
-        summary: Output of :func:`steerlib.evaluate.metrics.summarize` (with :func:`~steerlib.evaluate.admissibility.admissibility`'s
-            columns, when present, carried along).
+        summary: Output of :func:`steerlib.evaluate.metrics.summarize` (with the columns of
+            :func:`~steerlib.evaluate.admissibility.admissibility`, when present, carried along).
         recommended: Output of
             :func:`~steerlib.evaluate.operating_point.recommend_operating_point`.
         split: Half to read (``all`` when the summary has no such half).
@@ -88,4 +88,3 @@ def operating_point_table(
     ]
     out = pd.concat(picked, ignore_index=True)
     return out[[c for c in columns if c in out.columns]]
-

@@ -222,4 +222,3 @@ def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.
         np.where(found, left["split"].to_numpy(), "all"), index=summary.index, dtype=object
     )
     return empty
-
