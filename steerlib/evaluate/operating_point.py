@@ -187,23 +187,15 @@ def recommend_operating_point(
         "min_distinct_ratio": min_distinct_ratio,
         "max_floor_share_increase": max_floor_share_increase,
         **{found.parameter: given[found.parameter] for found in _absolute()},
-    }
+    }  # the absolute gates' budgets as given; resolved (defaults applied) after the checks
     table = admissibility(summary, fluency_measure=fluency_measure, max_alpha=max_alpha, **checks)
     checks.update({found.parameter: found.limit_value(given) for found in _absolute()})
     if max_alpha is not None:
         checks["max_alpha"] = max_alpha
-    checked = str(table["fluency_checked"].iloc[0]).split("; ") if len(table) else []
-    checked = [name for name in checked if name]
+    checked = _checked(table)
     measure, measure_note = resolve_fluency_measure(summary, fluency_measure)
     select_on, report_on, split_note = _halves(table, select_on, report_on)
-    rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
-    if rows.empty:
-        raise ConfigError(
-            f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
-            "summarize a sweep that contains them or change these arguments."
-        )
-    chosen_half = rows[rows["split"] == select_on]
-    base_emt = _baseline_emt(table, chosen_half, select_on, subset, direction)
+    chosen_half, base_emt = _baseline_emt(table, select_on, subset, direction)
     steered = _candidates(chosen_half, base_emt)
     n_select = number(chosen_half.iloc[0], "n_prompts")
     criteria = _criteria(table, measure, checked, checks, subset, direction)
@@ -255,6 +247,13 @@ def recommend_operating_point(
     }
 
 
+def _checked(table: pd.DataFrame) -> list[str]:
+    """The gating measures the admissibility check applied (its ``fluency_checked``)."""
+    if not len(table):
+        return []
+    return [name for name in str(table["fluency_checked"].iloc[0]).split("; ") if name]
+
+
 def _absolute() -> list[Any]:
     """The gates with a budget of their own (``max_kl_benign``...), in :data:`GATES` order."""
     return [found for found in GATES if found.budget == "absolute"]
@@ -273,9 +272,21 @@ def _halves(table: pd.DataFrame, select_on: str, report_on: str) -> tuple[str, s
 
 
 def _baseline_emt(
-    table: pd.DataFrame, chosen_half: pd.DataFrame, half: str, subset: str, direction: str
-) -> dict[int, float]:
-    """Alpha 0's EMT of every layer of the chosen half (refusing a layer without one)."""
+    table: pd.DataFrame, half: str, subset: str, direction: str
+) -> tuple[pd.DataFrame, dict[int, float]]:
+    """The rows to choose from (``subset``, ``direction``, ``half``) and alpha 0's EMT by layer.
+
+    Raises:
+        ConfigError: The summary has no row of ``subset`` and ``direction``, or a layer has no
+            alpha-0 row.
+    """
+    rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
+    if rows.empty:
+        raise ConfigError(
+            f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
+            "summarize a sweep that contains them or change these arguments."
+        )
+    chosen_half = rows[rows["split"] == half]
     base_emt = {}
     for layer in sorted({int(x) for x in chosen_half["layer"]}):
         base = row_at(table, half, subset, direction, layer, 0.0)
@@ -285,7 +296,7 @@ def _baseline_emt(
                 "include alpha 0 in the sweep so the rule has a baseline."
             )
         base_emt[layer] = float(base["expected_max_toxicity"])
-    return base_emt
+    return chosen_half, base_emt
 
 
 def _candidates(chosen_half: pd.DataFrame, base_emt: dict[int, float]) -> pd.DataFrame:
