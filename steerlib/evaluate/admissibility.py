@@ -36,7 +36,7 @@ import pandas as pd
 
 from steerlib.errors import ConfigError
 from steerlib.evaluate.contract import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
-from steerlib.evaluate.gates import GATES, RELATIVE_PARAMETER, budget_parameters, gate
+from steerlib.evaluate.gates import RELATIVE_PARAMETER, all_gates, budget_parameters, gate
 
 __all__ = [
     "BUDGETED",
@@ -52,11 +52,11 @@ __all__ = [
 
 FluencyMeasure = Literal["human_perplexity", "perplexity"]
 _SETTING = ["split", "direction", "layer", "_alpha"]
-FLUENCY_MEASURES = {found.name: found.words for found in GATES if found.rule_measure}
+FLUENCY_MEASURES = {found.name: found.words for found in all_gates() if found.rule_measure}
 """The fluency measures the rule can use, with the words its sentences use for them."""
-BUDGETED = {found.name: found.words for found in GATES}
+BUDGETED = {found.name: found.words for found in all_gates()}
 """Every measure with a budget (all are checked; see the module docstring), from
-:data:`steerlib.evaluate.gates.GATES`."""
+:data:`steerlib.evaluate.gates.GATES` as declared at import (the checks read the table itself)."""
 
 
 def kl_budget(max_perplexity_increase: float, max_kl_benign: float | None) -> float:
@@ -82,8 +82,9 @@ def resolve_fluency_measure(
     Raises:
         ConfigError: If ``requested`` is not a known measure.
     """
-    if requested not in FLUENCY_MEASURES:
-        known = " or ".join(repr(name) for name in FLUENCY_MEASURES)
+    measures = [found.name for found in all_gates() if found.rule_measure]
+    if requested not in measures:
+        known = " or ".join(repr(name) for name in measures)
         raise ConfigError(f"fluency_measure={requested!r} is unknown; use {known}.")
     if requested == "human_perplexity":
         column = summary.get("human_perplexity")
@@ -241,7 +242,7 @@ def _budgets(
     applied. Also writes ``fluency_checked`` and each applied gate's ``value_column``.
     """
     budgets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for found in GATES:
+    for found in all_gates():
         name = found.name
         if name not in out.columns or not np.isfinite(out.loc[steered, name].astype(float)).any():
             continue
@@ -252,7 +253,7 @@ def _budgets(
             got, zero = _fluency(out, name)
             budgets[name] = (got, (1.0 + float(checks[RELATIVE_PARAMETER])) * zero)  # type: ignore[arg-type]
         out[f"{name}_budget"] = budgets[name][1]
-    for found in GATES:
+    for found in all_gates():
         if found.value_column and found.name in budgets:
             out[found.value_column] = budgets[found.name][0]
     out["fluency_checked"] = "; ".join(budgets)

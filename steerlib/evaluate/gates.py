@@ -36,6 +36,7 @@ __all__ = [
     "HELD_OUT_KEY",
     "RELATIVE_PARAMETER",
     "Gate",
+    "all_gates",
     "budget_parameters",
     "gate",
     "held_out_columns",
@@ -162,29 +163,35 @@ HELD_OUT_KEY = "kl_benign"
 absent from a run made before they were measured."""
 
 
+def all_gates() -> tuple[Gate, ...]:
+    """:data:`GATES`, read when called (so a test may declare one more with ``monkeypatch``)."""
+    return GATES
+
+
 def gate(name: str) -> Gate:
     """The gate of ``name``.
 
     Raises:
         ConfigError: ``name`` gates nothing.
     """
-    for found in GATES:
+    for found in all_gates():
         if found.name == name:
             return found
+    names = [found.name for found in all_gates()]
     raise ConfigError(
-        f"{name!r} is not a gating measure; use one of {[g.name for g in GATES]} or declare it "
-        "in steerlib.evaluate.gates.GATES."
+        f"{name!r} is not a gating measure; use one of {names} or declare it in "
+        "steerlib.evaluate.gates.GATES."
     )
 
 
 def held_out_gates() -> tuple[Gate, ...]:
     """The gates measured on the held-out benign texts, in :data:`GATES` order."""
-    return tuple(g for g in GATES if g.source == "held_out")
+    return tuple(g for g in all_gates() if g.source == "held_out")
 
 
 def subset_gates() -> tuple[Gate, ...]:
     """The gates measured on the benign subset's completions, in :data:`GATES` order."""
-    return tuple(g for g in GATES if g.source == "benign_subset")
+    return tuple(g for g in all_gates() if g.source == "benign_subset")
 
 
 def reported_gates() -> tuple[Gate, ...]:
@@ -204,4 +211,4 @@ def held_out_columns() -> tuple[str, ...]:
 
 def budget_parameters() -> tuple[str, ...]:
     """The run parameters holding the gates' budgets, each once, in :data:`GATES` order."""
-    return tuple(dict.fromkeys(g.parameter for g in GATES))
+    return tuple(dict.fromkeys(g.parameter for g in all_gates()))

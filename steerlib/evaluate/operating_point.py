@@ -53,16 +53,15 @@ from steerlib.evaluate.admissibility import (
     format_number as _fmt,
 )
 from steerlib.evaluate.contract import ALPHA_DECIMALS
-from steerlib.evaluate.gates import GATES, gate, held_out_gates
+from steerlib.evaluate.gates import all_gates, gate, held_out_gates
 from steerlib.evaluate.point_figures import (
-    BASELINE,
-    BASELINE_CI,
-    CHANGED,
-    FIGURES,
-    HELD_OUT,
+    baseline_names,
     budget_record,
     change,
+    changed_names,
+    figure_names,
     figures,
+    held_out_figures,
     number,
     row_at,
     selection,
@@ -186,7 +185,7 @@ def recommend_operating_point(
         "max_perplexity_increase": max_perplexity_increase,
         "min_distinct_ratio": min_distinct_ratio,
         "max_floor_share_increase": max_floor_share_increase,
-        **{found.parameter: given[found.parameter] for found in _absolute()},
+        **{found.parameter: given.get(found.parameter) for found in _absolute()},
     }  # the absolute gates' budgets as given; resolved (defaults applied) after the checks
     table = admissibility(summary, fluency_measure=fluency_measure, max_alpha=max_alpha, **checks)
     checks.update({found.parameter: found.limit_value(given) for found in _absolute()})
@@ -240,9 +239,9 @@ def recommend_operating_point(
         "figures_from": report_on,
         "confirmation_figures": _report_keys(own_texts, measure) if report_on != select_on else [],
         **point,
-        **{f"baseline_{name}": baseline[name] for name in (*BASELINE, *BASELINE_CI)},
+        **{f"baseline_{name}": baseline[name] for name in baseline_names()},
         "fluency_budget": budget_record(point, baseline, checks, checked),
-        "relative_change": {name: change(point[name], baseline[name]) for name in CHANGED},
+        "relative_change": {name: change(point[name], baseline[name]) for name in changed_names()},
         "selection": selection(best, base_emt[layer]),
     }
 
@@ -256,7 +255,7 @@ def _checked(table: pd.DataFrame) -> list[str]:
 
 def _absolute() -> list[Any]:
     """The gates with a budget of their own (``max_kl_benign``...), in :data:`GATES` order."""
-    return [found for found in GATES if found.budget == "absolute"]
+    return [found for found in all_gates() if found.budget == "absolute"]
 
 
 def _halves(table: pd.DataFrame, select_on: str, report_on: str) -> tuple[str, str, str | None]:
@@ -358,15 +357,16 @@ def _reported_sentence(point: dict[str, Any], baseline: dict[str, Any], half: st
 
 def _report_keys(own_texts: bool, measure: str) -> list[str]:
     """The keys of the point read from the report half (held-out ones only from its own texts)."""
-    held_out = HELD_OUT if own_texts else ()  # else the same texts as the selection half
-    keys = [*FIGURES, *held_out]
+    on_held_out = held_out_figures()
+    held_out = on_held_out if own_texts else ()  # else the same texts as the selection half
+    keys = [*figure_names(), *held_out]
     keys += [
         f"baseline_{name}"
-        for name in (*BASELINE, *BASELINE_CI)
-        if own_texts or name.removesuffix("_ci") not in HELD_OUT
+        for name in baseline_names()
+        if own_texts or name.removesuffix("_ci") not in on_held_out
     ]
     if not own_texts:
-        keys = [name for name in keys if not (measure in HELD_OUT and name == "fluency")]
+        keys = [name for name in keys if not (measure in on_held_out and name == "fluency")]
     return keys
 
 

@@ -14,19 +14,18 @@ from typing import Any
 
 import pandas as pd
 
-from steerlib.evaluate.admissibility import BUDGETED, unsteered_rows
+from steerlib.evaluate.admissibility import unsteered_rows
 from steerlib.evaluate.contract import ALPHA_DECIMALS
-from steerlib.evaluate.gates import GATES, gate, held_out_gates, reported_gates, subset_gates
+from steerlib.evaluate.gates import all_gates, gate, held_out_gates, subset_gates
 
 __all__ = [
-    "BASELINE",
-    "BASELINE_CI",
-    "CHANGED",
-    "FIGURES",
-    "HELD_OUT",
+    "baseline_names",
     "budget_record",
     "change",
+    "changed_names",
+    "figure_names",
     "figures",
+    "held_out_figures",
     "number",
     "or_none",
     "row_at",
@@ -45,62 +44,73 @@ _TOXICITY_FIGURES = (
 )
 
 
-_SUBSET_FIGURES = tuple(
-    column for found in subset_gates() for column in (found.name, f"{found.name}_ci", *found.counts)
-)
-"""Figures of the gates measured on the benign subset (``perplexity``, its interval, count)."""
+def _subset_figures() -> tuple[str, ...]:
+    """Figures of the gates measured on the benign subset (``perplexity``, its interval, count)."""
+    return tuple(
+        column
+        for found in subset_gates()
+        for column in (found.name, f"{found.name}_ci", *found.counts)
+    )
 
 
-FIGURES = (
-    *_TOXICITY_FIGURES,
-    *_SUBSET_FIGURES,
-    "fluency",
-    "distinct_2",
-    "distinct_2_ratio",
-    "floor_share",
-    "floor_share_increase",
-)
-"""Figures of a setting read from one half (``perplexity`` from the benign subset)."""
+def figure_names() -> tuple[str, ...]:
+    """Figures of a setting read from one half (the benign-subset gates' from the benign rows)."""
+    return (
+        *_TOXICITY_FIGURES,
+        *_subset_figures(),
+        "fluency",
+        "distinct_2",
+        "distinct_2_ratio",
+        "floor_share",
+        "floor_share_increase",
+    )
 
 
-HELD_OUT = tuple(
-    column for found in held_out_gates() for column in (found.name, f"{found.name}_ci")
-)
-"""Figures measured on the held-out benign texts: those of the half's own texts (the report
-half for the confirmation half) when the kl table has halves, else all texts for both halves."""
+def held_out_figures() -> tuple[str, ...]:
+    """Figures measured on the held-out benign texts (each held-out gate and its interval).
+
+    Those of the half's own texts (the report half for the confirmation half) when the kl
+    table has halves, else all texts for both halves.
+    """
+    return tuple(
+        column for found in held_out_gates() for column in (found.name, f"{found.name}_ci")
+    )
 
 
-_RELATIVE = [found.name for found in reported_gates() if found.budget == "relative"]
+def _relative(source: str) -> list[str]:
+    """The gates of ``source`` with a relative budget, in :data:`GATES` order."""
+    return [
+        found.name for found in all_gates() if found.budget == "relative" and found.source == source
+    ]
 
 
-CHANGED = (
-    "expected_max_toxicity",
-    "toxicity_probability",
-    "mean_toxicity",
-    *(name for name in _RELATIVE if gate(name).source == "benign_subset"),
-    "fluency",
-    *(name for name in _RELATIVE if gate(name).source == "held_out"),
-)
+def changed_names() -> tuple[str, ...]:
+    """Figures whose change against alpha 0 the point reports (``relative_change``)."""
+    return (
+        "expected_max_toxicity",
+        "toxicity_probability",
+        "mean_toxicity",
+        *_relative("benign_subset"),
+        "fluency",
+        *_relative("held_out"),
+    )
 
 
-BASELINE = (
-    "expected_max_toxicity",
-    "toxicity_probability",
-    "mean_toxicity",
-    "mean_toxicity_ci",
-    *(found.name for found in subset_gates()),
-    "fluency",
-    "distinct_2",
-    "floor_share",
-    *(found.name for found in held_out_gates()),
-)
-
-
-BASELINE_CI = tuple(f"{name}_ci" for name in _RELATIVE)
-"""Intervals of the alpha-0 figures also reported (``baseline_<name>``)."""
-
-
-_INTEGERS = ("n_prompts", *(column for found in GATES for column in found.counts))
+def baseline_names() -> tuple[str, ...]:
+    """Alpha 0's figures the point reports (``baseline_<name>``), intervals last."""
+    values = (
+        "expected_max_toxicity",
+        "toxicity_probability",
+        "mean_toxicity",
+        "mean_toxicity_ci",
+        *(found.name for found in subset_gates()),
+        "fluency",
+        "distinct_2",
+        "floor_share",
+        *(found.name for found in held_out_gates()),
+    )
+    intervals = [f"{name}_ci" for name in (*_relative("benign_subset"), *_relative("held_out"))]
+    return (*values, *intervals)
 
 
 def row_at(
@@ -133,7 +143,8 @@ def number(row: pd.Series | None, column: str) -> Any:
     if row is None or column not in row.index:
         return math.nan
     value = row[column]
-    return int(value) if column in _INTEGERS else float(value)
+    integers = ("n_prompts", *(column for found in all_gates() for column in found.counts))
+    return int(value) if column in integers else float(value)
 
 
 def figures(
@@ -143,10 +154,10 @@ def figures(
     row = row_at(table, split, subset, direction, layer, alpha)
     has_benign = (table["subset"] == "benign").any()
     benign = row_at(table, split, "benign", direction, layer, alpha) if has_benign else row
-    out = {name: number(row, name) for name in FIGURES}
-    for name in _SUBSET_FIGURES:
+    out = {name: number(row, name) for name in figure_names()}
+    for name in _subset_figures():
         out[name] = number(benign, name)
-    out.update({name: number(row, name) for name in HELD_OUT})
+    out.update({name: number(row, name) for name in held_out_figures()})
     return out
 
 
@@ -204,7 +215,7 @@ def selection(row: pd.Series, base_emt: float) -> dict[str, Any]:
         "distinct_2_ratio": float(row["distinct_2_ratio"]),
         "floor_share_increase": float(row["floor_share_increase"]),
     }
-    for name in BUDGETED:
+    for name in (found.name for found in all_gates()):
         if f"{name}_budget" in row.index:
             out[name] = float(row[gate(name).value_column or name])
             out[f"{name}_limit"] = float(row[f"{name}_budget"])

@@ -181,13 +181,10 @@ def _cell_metrics(
     }
 
 
-_KL_VALUES = held_out_columns()
-"""Columns of the KL table merged into the summary (those present; intervals since issue 27)."""
-
-
 def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.Series]:
     """Look up the KL table's values for every summary row by (layer, alpha, direction)."""
-    empty = {name: pd.Series(math.nan, index=summary.index, dtype=float) for name in _KL_VALUES}
+    merged = held_out_columns()  # the held-out gates' values, then their intervals
+    empty = {name: pd.Series(math.nan, index=summary.index, dtype=float) for name in merged}
     if kl is None or len(kl) == 0:
         return empty
     require_columns(kl, ["layer", "alpha", "direction", HELD_OUT_KEY], what="kl table")
@@ -196,7 +193,7 @@ def _kl_columns(summary: pd.DataFrame, kl: pd.DataFrame | None) -> dict[str, pd.
     # "selection", and a report half, "confirmation") gives each summary half its own texts'
     # value; a split it lacks (and every split of an older table) reads the all-texts value.
     has_split = "split" in kl.columns
-    values = [name for name in _KL_VALUES if name in kl.columns]
+    values = [name for name in merged if name in kl.columns]
     table = kl[[*keys, *values, *(["split"] if has_split else [])]].copy()
     if not has_split:
         table["split"] = "all"

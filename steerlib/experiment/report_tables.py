@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from steerlib.evaluate.controls import tradeoff_rows
-from steerlib.evaluate.gates import GATES, held_out_gates, subset_gates
+from steerlib.evaluate.gates import all_gates, held_out_gates, subset_gates
 
 __all__ = [
     "admissibility_table",
@@ -38,7 +38,6 @@ _LABELS = {
     "mean_toxicity_ci": "mean tox. 95% CI",
     "expected_max_toxicity_ci": "EMT 95% CI",
     "benign_perplexity": "benign ppl",
-    **{found.name: found.header for found in GATES},
     "distinct_2": "distinct-2",
     "distinct_2_ratio": "distinct-2 / alpha 0",
     "floor_share": "at floor",
@@ -79,10 +78,11 @@ def _styled(table: pd.DataFrame, caption: str | None = None) -> Any:
     """A table with its numbers formatted, no index, readable headers, wrapped text."""
     table = table.reset_index(drop=True)
     formats = {c: (lambda v, c=c: format_value(c, v)) for c in table.columns}
+    labels = {**_LABELS, **{found.name: found.header for found in all_gates()}}
     styler = (
         table.style.format(formats)
         .hide(axis="index")
-        .relabel_index([_LABELS.get(c, c.replace("_", " ")) for c in table.columns], axis=1)
+        .relabel_index([labels.get(c, c.replace("_", " ")) for c in table.columns], axis=1)
         .set_table_attributes('style="display: block; overflow-x: auto; max-width: 100%;"')
         .set_table_styles(
             [

@@ -21,13 +21,12 @@ from steerlib.experiment.run import Run
 __all__ = ["edges_of", "gate_rates", "pick_variant", "variant_points", "variant_table"]
 
 
-_FLUENCY_CI = tuple(found.name for found in reported_gates())
-"""Fluency measures whose intervals the variants table shows (issue 27)."""
-_GATE_FIGURES = (
-    *(name for found in subset_gates() for name in (found.name, f"baseline_{found.name}")),
-    *(found.name for found in held_out_gates()),
-)
-"""The gating measures the variants table shows (the benign subset's with alpha 0's)."""
+def _gate_figures() -> tuple[str, ...]:
+    """The gating measures the variants table shows (the benign subset's with alpha 0's)."""
+    return (
+        *(name for found in subset_gates() for name in (found.name, f"baseline_{found.name}")),
+        *(found.name for found in held_out_gates()),
+    )
 
 
 def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -37,6 +36,7 @@ def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
     ``figures_from`` half (the confirmation half), with alpha 0's beside them and the random
     control at equal fluency where there is one.
     """
+    fluency_ci = [found.name for found in reported_gates()]  # intervals shown (issue 27)
     rows = []
     for name, point in points.items():
         miss = point.get("nearest_miss") or {}
@@ -57,12 +57,12 @@ def variant_table(points: dict[str, dict[str, Any]]) -> pd.DataFrame:
                         "toxicity_probability",
                         "baseline_toxicity_probability",
                         "mean_toxicity",
-                        *_GATE_FIGURES,
+                        *_gate_figures(),
                     )
                 },
                 **{
                     f"{metric}_ci_{end}": (point.get(f"{metric}_ci") or [None, None])[i]
-                    for metric in ("expected_max_toxicity", "mean_toxicity", *_FLUENCY_CI)
+                    for metric in ("expected_max_toxicity", "mean_toxicity", *fluency_ci)
                     for i, end in enumerate(("low", "high"))
                 },
                 "emt_change": (point.get("relative_change") or {}).get("expected_max_toxicity"),

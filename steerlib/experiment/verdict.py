@@ -13,14 +13,20 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from steerlib.evaluate.gates import GATES
+from steerlib.evaluate.gates import Gate, all_gates
 
 __all__ = ["MIN_PROMPTS_PER_HALF", "judge_name", "verdict", "verdict_markdown"]
 
 
-_MEASURES = {found.name: found.label for found in GATES}
-"""What the verdict calls each gating measure (:data:`steerlib.evaluate.gates.GATES`)."""
-_GATES = {found.name: found for found in GATES}
+def _label(name: str) -> str:
+    """What the verdict calls a gating measure (its name when it gates nothing)."""
+    found = _gate_of(name)
+    return found.label if found is not None else name
+
+
+def _gate_of(name: str) -> Gate | None:
+    """The gate of ``name`` (:data:`steerlib.evaluate.gates.GATES`), None when it gates nothing."""
+    return next((found for found in all_gates() if found.name == name), None)
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -174,16 +180,16 @@ def _budget_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     for name, entry in budget.items():
         value, base, ci = entry.get("value"), entry.get("baseline"), entry.get("ci")
         interval = f", 95% CI {_num(ci[0])}–{_num(ci[1])}" if ci else ""
-        found = _GATES.get(name)
+        found = _gate_of(name)
         if found is not None and found.budget == "absolute":
             text = (
-                f"{_MEASURES[name]} {_num(value, 2)} {found.report_unit} ({interval.lstrip(', ')}"
+                f"{_label(name)} {_num(value, 2)} {found.report_unit} ({interval.lstrip(', ')}"
                 f"{'; ' if interval else ''}budget {_num(entry.get('limit'), 2)})"
             )
         else:
             change = entry.get("change")
             text = (
-                f"{_MEASURES.get(name, name)} {_num(base)} → {_num(value)} "
+                f"{_label(name)} {_num(base)} → {_num(value)} "
                 f"({_pct(float(change)) if change is not None else 'n/a'}{interval}; budget "
                 + (f"{_pct(float(allowed))}" if allowed is not None else "n/a")
                 + ")"
@@ -191,7 +197,7 @@ def _budget_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         if found is not None and found.judged:
             text += f", judge: {judge_name(params)}"
         if entry.get("within") is False:
-            failing.append(_MEASURES.get(name, name))
+            failing.append(_label(name))
             text += " — over budget"
         parts.append(text)
     ratio = point.get("distinct_2_ratio")
@@ -214,7 +220,7 @@ def _cost_line(point: Mapping[str, Any]) -> str:
     parts = []
     if value is not None and base is not None and base:
         parts.append(
-            f"{_MEASURES.get(measure, measure)} {_num(base)} → {_num(value)} "
+            f"{_label(measure)} {_num(base)} → {_num(value)} "
             f"({_pct(float(value) / float(base) - 1)}"
             + (f", budget {_pct(float(budget))})" if budget is not None else ")")
         )
@@ -281,8 +287,8 @@ def _no_point_lines(recommended: Mapping[str, Any], params: Mapping[str, Any]) -
         )
         failed = (miss.get("fluency_failed") or []) if isinstance(miss, Mapping) else []
         if failed:
-            names = ", ".join(_MEASURES.get(name, name) for name in failed)
-            judged = any(name in _GATES and _GATES[name].judged for name in failed)
+            names = ", ".join(_label(name) for name in failed)
+            judged = any(getattr(_gate_of(name), "judged", False) for name in failed)
             judge = f" (continuations' judge: {judge_name(params)})" if judged else ""
             second += f" Fluency measures over budget: {names}{judge}."
     else:
