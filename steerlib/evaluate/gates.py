@@ -18,8 +18,9 @@ block reports them, and the verdict and the tables label them
 
 A gate whose budget is relative (``budget="relative"``) reuses ``max_perplexity_increase``; one
 with a budget of its own (``budget="absolute"``) also needs its parameter in
-:class:`steerlib.experiment.config.RunParams` (and in the analysis step's reads,
-``steerlib.experiment.table``, so changing it redoes step 06).
+:class:`steerlib.experiment.config.RunParams` and in notebook 06's parameters cell (the analysis
+step's reads in :mod:`steerlib.experiment.table` take every gate's parameter from here).
+``tests/test_gates.py`` declares one more gate this way and follows it to the verdict.
 """
 
 from __future__ import annotations
