@@ -280,7 +280,51 @@ def split_prompts(
     used = pd.concat([challenging_eval, benign_eval, kl])
     rest = _dedupe(pd.concat([challenging, benign], ignore_index=True))
     rest = rest[~rest["prompt_id"].isin(used["prompt_id"]) & ~rest["prompt"].isin(used["prompt"])]
-    rest = rest.iloc[rng_pairs.permutation(len(rest))].reset_index(drop=True)
+    pairs_toxic, pairs_nontoxic = _draw_pairs(
+        rest,
+        rng_pairs,
+        n_pairs=n_pairs,
+        n_prompts=n_prompts,
+        pair_toxic_min=pair_toxic_min,
+        pair_nontoxic_max=pair_nontoxic_max,
+        length=length,
+    )
+    if take_all:  # what the evaluation prompts and both sides of the pairs leave
+        paired = pd.concat([pairs_toxic, pairs_nontoxic])
+        kl = benign_rest[
+            ~benign_rest["prompt_id"].isin(paired["prompt_id"])
+            & ~benign_rest["prompt"].isin(paired["prompt"])
+        ]
+        kl = kl.sort_values("prompt_id").reset_index(drop=True)
+    columns = list(PROMPT_COLUMNS)
+    return PromptSplit(
+        challenging=challenging_eval[columns],
+        benign=benign_eval[columns],
+        pairs_toxic=pairs_toxic[columns],
+        pairs_nontoxic=pairs_nontoxic[columns],
+        kl_benign=kl[columns],
+    )
+
+
+def _draw_pairs(
+    rest: pd.DataFrame,
+    rng: np.random.Generator,
+    *,
+    n_pairs: int | Literal["all"],
+    n_prompts: int,
+    pair_toxic_min: float,
+    pair_nontoxic_max: float,
+    length: LengthFn,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The contrastive pairs from the texts the evaluation prompts leave (:func:`split_prompts`).
+
+    ``rest`` is shuffled with ``rng``, labelled by :func:`text_labels`, and each of the first
+    ``n_pairs`` toxic texts gets the non-toxic text closest in length (:func:`match_lengths`).
+
+    Raises:
+        ConfigError: Fewer toxic or non-toxic texts than ``n_pairs`` (or none at all).
+    """
+    rest = rest.iloc[rng.permutation(len(rest))].reset_index(drop=True)
     is_toxic, is_nontoxic = text_labels(
         rest, toxic_min=pair_toxic_min, nontoxic_max=pair_nontoxic_max
     )
@@ -297,22 +341,7 @@ def split_prompts(
             "n_pairs or n_prompts, loosen pair_toxic_min / pair_nontoxic_max, or use a larger "
             "prompt source."
         )
-    pairs_toxic, pairs_nontoxic = match_lengths(toxic_texts, nontoxic_texts, wanted, length)
-    if take_all:  # what the evaluation prompts and both sides of the pairs leave
-        paired = pd.concat([pairs_toxic, pairs_nontoxic])
-        kl = benign_rest[
-            ~benign_rest["prompt_id"].isin(paired["prompt_id"])
-            & ~benign_rest["prompt"].isin(paired["prompt"])
-        ]
-        kl = kl.sort_values("prompt_id").reset_index(drop=True)
-    columns = list(PROMPT_COLUMNS)
-    return PromptSplit(
-        challenging=challenging_eval[columns],
-        benign=benign_eval[columns],
-        pairs_toxic=pairs_toxic[columns],
-        pairs_nontoxic=pairs_nontoxic[columns],
-        kl_benign=kl[columns],
-    )
+    return match_lengths(toxic_texts, nontoxic_texts, wanted, length)
 
 
 def _with_text_columns(df: pd.DataFrame) -> pd.DataFrame:

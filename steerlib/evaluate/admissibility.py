@@ -21,19 +21,22 @@ The fluency measures (issue 27: no setting may pay on one while the rule looks a
   text under the same budget as human text. It is derived from the perplexity budget, not
   fitted to any sample.
 
-A measure the summary does not have (a run made before it was measured) is not applied.
+A measure the summary does not have (a run made before it was measured) is not applied. The
+measures, their budgets and their words are declared once in :data:`steerlib.evaluate.gates.GATES`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from steerlib.errors import ConfigError
-from steerlib.evaluate.metrics import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
+from steerlib.evaluate.contract import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
+from steerlib.evaluate.gates import RELATIVE_PARAMETER, all_gates, budget_parameters, gate
 
 __all__ = [
     "BUDGETED",
@@ -41,6 +44,7 @@ __all__ = [
     "FluencyMeasure",
     "admissibility",
     "format_number",
+    "gate_checks",
     "kl_budget",
     "resolve_fluency_measure",
     "unsteered_rows",
@@ -48,23 +52,17 @@ __all__ = [
 
 FluencyMeasure = Literal["human_perplexity", "perplexity"]
 _SETTING = ["split", "direction", "layer", "_alpha"]
-FLUENCY_MEASURES = {
-    "human_perplexity": "the steered model's perplexity on the held-out benign human texts",
-    "perplexity": "benign-subset continuation perplexity",
-}
+FLUENCY_MEASURES = {found.name: found.words for found in all_gates() if found.rule_measure}
 """The fluency measures the rule can use, with the words its sentences use for them."""
-BUDGETED = {
-    **FLUENCY_MEASURES,
-    "kl_benign": "KL(unsteered || steered) per token on the held-out benign texts",
-}
-"""Every measure with a budget (all are checked; see the module docstring)."""
+BUDGETED = {found.name: found.words for found in all_gates()}
+"""Every measure with a budget (all are checked; see the module docstring), from
+:data:`steerlib.evaluate.gates.GATES` as declared at import (the checks read the table itself)."""
 
 
 def kl_budget(max_perplexity_increase: float, max_kl_benign: float | None) -> float:
     """The KL budget in nats per token: ``max_kl_benign``, else ln(1 + max_perplexity_increase)."""
-    if max_kl_benign is not None:
-        return float(max_kl_benign)
-    return math.log1p(max_perplexity_increase)
+    checks = {RELATIVE_PARAMETER: max_perplexity_increase, "max_kl_benign": max_kl_benign}
+    return gate("kl_benign").limit_value(checks)
 
 
 def resolve_fluency_measure(
@@ -84,10 +82,10 @@ def resolve_fluency_measure(
     Raises:
         ConfigError: If ``requested`` is not a known measure.
     """
-    if requested not in FLUENCY_MEASURES:
-        raise ConfigError(
-            f"fluency_measure={requested!r} is unknown; use 'human_perplexity' or 'perplexity'."
-        )
+    measures = [found.name for found in all_gates() if found.rule_measure]
+    if requested not in measures:
+        known = " or ".join(repr(name) for name in measures)
+        raise ConfigError(f"fluency_measure={requested!r} is unknown; use {known}.")
     if requested == "human_perplexity":
         column = summary.get("human_perplexity")
         steered = summary["alpha"].astype(float).round(ALPHA_DECIMALS) != 0
@@ -124,6 +122,7 @@ def admissibility(
     fluency_measure: FluencyMeasure = "human_perplexity",
     max_kl_benign: float | None = None,
     max_alpha: float | None = None,
+    **gate_budgets: float | None,
 ) -> pd.DataFrame:
     """Add the admissibility columns of the operating-point rule to a summary.
 
@@ -134,9 +133,10 @@ def admissibility(
     and layer (else any alpha-0 value of the half: alpha 0 is the unsteered model whatever the
     layer). ``perplexity`` is the benign subset's continuation perplexity in the same half (the
     row's own subset when the summary has no benign rows). Every measure of :data:`BUDGETED`
-    the summary has is checked; ``fluency_measure`` only names the one reported as
-    ``fluency`` (the random control is matched on it). Checks whose inputs are absent (no
-    ``distinct_2`` or ``floor_share`` column, or all NaN) are not applied.
+    (the gates of :data:`steerlib.evaluate.gates.GATES`) the summary has is checked;
+    ``fluency_measure`` only names the one reported as ``fluency`` (the random control is
+    matched on it). Checks whose inputs are absent (no ``distinct_2`` or ``floor_share``
+    column, or all NaN) are not applied.
 
     Args:
         summary: Output of :func:`steerlib.evaluate.metrics.summarize`.
@@ -151,6 +151,8 @@ def admissibility(
             ``clamp``: full removal, :data:`steerlib.steer.hooks.ALPHA_RANGES`); a steered row
             beyond it (made before the range was enforced) is inadmissible, with that reason.
             None: no cap.
+        **gate_budgets: The budget parameters of gates declared after ``max_kl_benign``
+            (:func:`steerlib.evaluate.gates.budget_parameters`).
 
     Returns:
         A copy with the columns ``fluency_measure`` (the named one), ``fluency`` (the setting's
@@ -166,7 +168,8 @@ def admissibility(
         ``inadmissible_because`` (the failed checks, "" when admissible).
 
     Raises:
-        ConfigError: If a threshold is negative or the measure is unknown.
+        ConfigError: If a threshold is negative, the measure is unknown or a budget parameter
+            names no gate.
         DataError: If a needed column is missing.
     """
     for name, value in (
@@ -176,6 +179,7 @@ def admissibility(
     ):
         if not value >= 0:
             raise ConfigError(f"{name}={value!r} must be 0 or more.")
+    checks = gate_checks(max_perplexity_increase, max_kl_benign, gate_budgets)
     require_columns(summary, [*GROUP_COLUMNS, "perplexity"], what="summary")
     out = summary.copy()
     if "split" not in out.columns:
@@ -187,30 +191,8 @@ def admissibility(
     out["fluency"] = value
     out["fluency_limit"] = (1.0 + max_perplexity_increase) * base
     steered = ((out["_alpha"] != 0) & ~unsteered_rows(out)).to_numpy()
-    budgets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in BUDGETED:
-        if name not in out.columns or not np.isfinite(out.loc[steered, name].astype(float)).any():
-            continue
-        if name == "kl_benign":
-            limit = np.full(len(out), kl_budget(max_perplexity_increase, max_kl_benign))
-            budgets[name] = (out[name].to_numpy(float), limit)
-        else:
-            got, zero = _fluency(out, name)
-            budgets[name] = (got, (1.0 + max_perplexity_increase) * zero)
-        out[f"{name}_budget"] = budgets[name][1]
-    if "perplexity" in budgets:
-        out["benign_continuation_perplexity"] = budgets["perplexity"][0]
-    out["fluency_checked"] = "; ".join(budgets)
-    zero_d2 = _alpha_zero(out, "distinct_2")
-    zero_floor = _alpha_zero(out, "floor_share")
-    out["distinct_2_ratio"] = math.nan
-    if zero_d2 is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = out["distinct_2"].to_numpy(float) / zero_d2
-        out["distinct_2_ratio"] = np.where(zero_d2 > 0, ratio, math.nan)
-    out["floor_share_increase"] = math.nan
-    if zero_floor is not None:
-        out["floor_share_increase"] = out["floor_share"].to_numpy(float) - zero_floor
+    budgets = _budgets(out, steered, checks)
+    zero_d2, zero_floor = _diversity_columns(out)
     limits = {"min_distinct_ratio": min_distinct_ratio, "max_floor": max_floor_share_increase}
     found = [
         _check(
@@ -231,6 +213,72 @@ def admissibility(
                 zip(out["_alpha"].to_numpy(float), found, strict=True)
             )
         ]
+    return _settle(out, found, list(budgets))
+
+
+def gate_checks(
+    max_perplexity_increase: float,
+    max_kl_benign: float | None,
+    gate_budgets: Mapping[str, float | None] | None = None,
+) -> dict[str, float | None]:
+    """The budget parameters of every gate, by name (refusing one that names no gate)."""
+    checks = {RELATIVE_PARAMETER: max_perplexity_increase, "max_kl_benign": max_kl_benign}
+    unknown = sorted(set(gate_budgets or {}) - set(budget_parameters()))
+    if unknown:
+        raise ConfigError(
+            f"{unknown} are not budget parameters of any gate; use the keywords "
+            f"{list(budget_parameters())} or declare the gate in steerlib.evaluate.gates.GATES."
+        )
+    return {**checks, **(gate_budgets or {})}
+
+
+def _budgets(
+    out: pd.DataFrame, steered: np.ndarray, checks: Mapping[str, float | None]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each gate the summary has: every row's ``(value, limit)``; writes ``<name>_budget``.
+
+    A relative budget compares the setting's value (:func:`_fluency`) with its alpha 0's; an
+    absolute one reads each row's own value. A gate without a finite steered value is not
+    applied. Also writes ``fluency_checked`` and each applied gate's ``value_column``.
+    """
+    budgets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for found in all_gates():
+        name = found.name
+        if name not in out.columns or not np.isfinite(out.loc[steered, name].astype(float)).any():
+            continue
+        if found.budget == "absolute":
+            limit = np.full(len(out), found.limit_value(checks))
+            budgets[name] = (out[name].to_numpy(float), limit)
+        else:
+            got, zero = _fluency(out, name)
+            budgets[name] = (got, (1.0 + float(checks[RELATIVE_PARAMETER])) * zero)  # type: ignore[arg-type]
+        out[f"{name}_budget"] = budgets[name][1]
+    for found in all_gates():
+        if found.value_column and found.name in budgets:
+            out[found.value_column] = budgets[found.name][0]
+    out["fluency_checked"] = "; ".join(budgets)
+    return budgets
+
+
+def _diversity_columns(out: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Write ``distinct_2_ratio`` and ``floor_share_increase``; their alpha-0 inputs (or None)."""
+    zero_d2 = _alpha_zero(out, "distinct_2")
+    zero_floor = _alpha_zero(out, "floor_share")
+    out["distinct_2_ratio"] = math.nan
+    if zero_d2 is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = out["distinct_2"].to_numpy(float) / zero_d2
+        out["distinct_2_ratio"] = np.where(zero_d2 > 0, ratio, math.nan)
+    out["floor_share_increase"] = math.nan
+    if zero_floor is not None:
+        out["floor_share_increase"] = out["floor_share"].to_numpy(float) - zero_floor
+    return zero_d2, zero_floor
+
+
+def _settle(
+    out: pd.DataFrame, found: list[tuple[float, list[str]]], checked: list[str]
+) -> pd.DataFrame:
+    """Pool each row's findings over its setting's subsets into the verdict columns."""
     out["_shortfall"] = [total for total, _ in found]
     out["_reasons"] = [reasons for _, reasons in found]
     grouped = out.groupby(_SETTING, sort=False, dropna=False)
@@ -240,7 +288,7 @@ def admissibility(
     out["inadmissible_because"] = ["; ".join(joined.loc[key]) for key in keys]
     out["admissible"] = out["inadmissible_because"] == ""
     out["fluency_failed"] = [
-        "; ".join(name for name in budgets if _names(reasons, name))
+        "; ".join(name for name in checked if _names(reasons, name))
         for reasons in out["inadmissible_because"]
     ]
     return out.drop(columns=["_alpha", "_reasons", "_shortfall"])
@@ -249,7 +297,7 @@ def admissibility(
 def _fluency(out: pd.DataFrame, measure: str) -> tuple[np.ndarray, np.ndarray]:
     """Each row's setting's value of the fluency measure, and that measure at alpha 0."""
     zero = out[out["_alpha"] == 0]
-    if measure in ("human_perplexity", "kl_benign"):  # held-out texts: per half, no subset
+    if gate(measure).source == "held_out":  # held-out texts: per half, no subset
         keys = ["split", "direction", "layer", "_alpha"]
         values = _lookup(out[out[measure].notna()], keys, measure)
         own_zero = _lookup(zero[zero[measure].notna()], keys[:3], measure)

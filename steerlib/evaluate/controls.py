@@ -18,14 +18,9 @@ import pandas as pd
 from scipy import stats
 
 from steerlib.errors import DataError
-from steerlib.evaluate.metrics import (
-    ALPHA_DECIMALS,
-    GROUP_COLUMNS,
-    mean_statistic,
-    per_prompt_scores,
-    require_columns,
-    run_bootstrap,
-)
+from steerlib.evaluate.bootstrap import mean_statistic, run_bootstrap
+from steerlib.evaluate.contract import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
+from steerlib.evaluate.toxicity import per_prompt_scores
 
 __all__ = [
     "N_PERMUTATIONS",

@@ -39,24 +39,34 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from steerlib.data.subsets import assign_split
 from steerlib.errors import ConfigError, DamagedRunError
 from steerlib.evaluate.admissibility import (
-    BUDGETED,
-    FLUENCY_MEASURES,
     FluencyMeasure,
     admissibility,
-    kl_budget,
+    gate_checks,
     resolve_fluency_measure,
-    unsteered_rows,
 )
 from steerlib.evaluate.admissibility import (
     format_number as _fmt,
 )
-from steerlib.evaluate.metrics import ALPHA_DECIMALS
+from steerlib.evaluate.contract import ALPHA_DECIMALS
+from steerlib.evaluate.gates import all_gates, gate, held_out_gates
+from steerlib.evaluate.point_figures import (
+    baseline_names,
+    budget_record,
+    change,
+    changed_names,
+    figure_names,
+    figures,
+    held_out_figures,
+    number,
+    row_at,
+    selection,
+)
+from steerlib.evaluate.point_table import operating_point_table
 
 __all__ = [
     "FluencyMeasure",
@@ -68,6 +78,7 @@ __all__ = [
     "resolve_fluency_measure",
 ]
 
+_row_at = row_at  # the name tests and older callers use
 NO_ADMISSIBLE = "no admissible steered setting"
 
 
@@ -103,104 +114,6 @@ def read_recommended(summary: str | os.PathLike[str]) -> dict[str, Any] | None:
     return dict(found) if isinstance(found, dict) else {}
 
 
-# -- the split ---------------------------------------------------------------------------------
-# -- the choice --------------------------------------------------------------------------------
-_FIGURES = (
-    "n_prompts",
-    "expected_max_toxicity",
-    "expected_max_toxicity_ci",
-    "toxicity_probability",
-    "toxicity_probability_ci",
-    "mean_toxicity",
-    "mean_toxicity_ci",
-    "perplexity",
-    "perplexity_ci",
-    "perplexity_excluded",
-    "fluency",
-    "distinct_2",
-    "distinct_2_ratio",
-    "floor_share",
-    "floor_share_increase",
-)
-"""Figures of a setting read from one half (``perplexity`` from the benign subset)."""
-_HELD_OUT = ("human_perplexity", "human_perplexity_ci", "kl_benign", "kl_benign_ci")
-"""Figures measured on the held-out benign texts: those of the half's own texts (the report
-half for the confirmation half) when the kl table has halves, else all texts for both halves."""
-_CHANGED = (
-    "expected_max_toxicity",
-    "toxicity_probability",
-    "mean_toxicity",
-    "perplexity",
-    "fluency",
-    "human_perplexity",
-)
-_BASELINE = (
-    "expected_max_toxicity",
-    "toxicity_probability",
-    "mean_toxicity",
-    "mean_toxicity_ci",
-    "perplexity",
-    "fluency",
-    "distinct_2",
-    "floor_share",
-    "human_perplexity",
-    "kl_benign",
-)
-_BASELINE_CI = ("perplexity_ci", "human_perplexity_ci")
-"""Intervals of the alpha-0 figures also reported (``baseline_<name>``)."""
-
-
-def _row_at(
-    table: pd.DataFrame, split: str, subset: str, direction: str, layer: int, alpha: float
-) -> pd.Series | None:
-    """The summary row of a setting in one half; for alpha 0 the unsteered row as fallback."""
-    here = table[(table["split"] == split) & (table["subset"] == subset)]
-    alphas = here["alpha"].astype(float).round(ALPHA_DECIMALS)
-    own = here[
-        (here["direction"] == direction)
-        & (here["layer"] == layer)
-        & (alphas == round(alpha, ALPHA_DECIMALS))
-    ]
-    if len(own):
-        return own.iloc[0]
-    if round(alpha, ALPHA_DECIMALS) == 0:
-        unsteered = here[unsteered_rows(here) & (alphas == 0)]
-        if len(unsteered):
-            return unsteered.iloc[0]
-    return None
-
-
-def _number(row: pd.Series | None, column: str) -> Any:
-    """A JSON-ready value of ``row[column]`` (NaN when absent; intervals as ``[low, high]``)."""
-    if column.endswith("_ci"):
-        if row is None or f"{column}_low" not in row.index:
-            return None
-        bounds = [float(row[f"{column}_low"]), float(row[f"{column}_high"])]
-        return bounds if all(math.isfinite(b) for b in bounds) else None
-    if row is None or column not in row.index:
-        return math.nan
-    value = row[column]
-    return int(value) if column in ("n_prompts", "perplexity_excluded") else float(value)
-
-
-def _figures(
-    table: pd.DataFrame, split: str, subset: str, direction: str, layer: int, alpha: float
-) -> dict[str, Any]:
-    """The reported figures of one setting in one half."""
-    row = _row_at(table, split, subset, direction, layer, alpha)
-    has_benign = (table["subset"] == "benign").any()
-    benign = _row_at(table, split, "benign", direction, layer, alpha) if has_benign else row
-    out = {name: _number(row, name) for name in _FIGURES}
-    for name in ("perplexity", "perplexity_ci", "perplexity_excluded"):
-        out[name] = _number(benign, name)
-    out.update({name: _number(row, name) for name in _HELD_OUT})
-    return out
-
-
-def _change(new: float, old: float) -> float:
-    return new / old - 1.0 if math.isfinite(new) and math.isfinite(old) and old else math.nan
-
-
 def recommend_operating_point(
     summary: pd.DataFrame,
     *,
@@ -214,11 +127,9 @@ def recommend_operating_point(
     direction: str = "caa",
     select_on: str = "selection",
     report_on: str = "confirmation",
+    **gate_budgets: float | None,
 ) -> dict[str, Any]:
     """Choose (layer, alpha) on the selection half; report its figures from the other half.
-
-    Kept in one piece (about 110 lines): the rule reads as one sequence of checks (admissible rows,
-    selection, confirmation, nearest miss), each recorded in the returned dict.
 
     Candidates are the steered settings (alpha != 0) of ``direction`` that are admissible on
     the ``select_on`` half (:func:`admissibility`: fluency budget, distinct-2, floor share, on
@@ -245,6 +156,8 @@ def recommend_operating_point(
         direction: Steering direction to choose from.
         select_on: Half the setting is chosen on.
         report_on: Half its figures are read from.
+        **gate_budgets: Budget parameters of gates declared after ``max_kl_benign``
+            (:func:`steerlib.evaluate.gates.budget_parameters`).
 
     Returns:
         With a winner: ``status`` (``"recommended"``), ``layer``, ``alpha``, ``direction``,
@@ -267,72 +180,24 @@ def recommend_operating_point(
         ConfigError: If a threshold is negative, there is no row of ``subset``/``direction``,
             or a layer has no alpha-0 row.
     """
-    checks = {
+    given = gate_checks(max_perplexity_increase, max_kl_benign, gate_budgets)
+    checks: dict[str, Any] = {
         "max_perplexity_increase": max_perplexity_increase,
         "min_distinct_ratio": min_distinct_ratio,
         "max_floor_share_increase": max_floor_share_increase,
-        "max_kl_benign": max_kl_benign,
-    }
+        **{found.parameter: given.get(found.parameter) for found in _absolute()},
+    }  # the absolute gates' budgets as given; resolved (defaults applied) after the checks
     table = admissibility(summary, fluency_measure=fluency_measure, max_alpha=max_alpha, **checks)
-    checks["max_kl_benign"] = kl_budget(max_perplexity_increase, max_kl_benign)
+    checks.update({found.parameter: found.limit_value(given) for found in _absolute()})
     if max_alpha is not None:
         checks["max_alpha"] = max_alpha
-    checked = str(table["fluency_checked"].iloc[0]).split("; ") if len(table) else []
-    checked = [name for name in checked if name]
+    checked = _checked(table)
     measure, measure_note = resolve_fluency_measure(summary, fluency_measure)
-    halves = set(table["split"])
-    split_note = None
-    if select_on not in halves or report_on not in halves:
-        split_note = (
-            "The summary has no selection/confirmation halves, so the setting is chosen and "
-            "reported on all prompts: its figures carry the winner's curse."
-        )
-        select_on = report_on = "all"
-    rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
-    if rows.empty:
-        raise ConfigError(
-            f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
-            "summarize a sweep that contains them or change these arguments."
-        )
-    chosen_half = rows[rows["split"] == select_on]
-    base_emt = {}
-    for layer in sorted({int(x) for x in chosen_half["layer"]}):
-        base = _row_at(table, select_on, subset, direction, layer, 0.0)
-        if base is None:
-            raise ConfigError(
-                f"The summary has no alpha-0 row for layer {layer} ({subset}, {direction}); "
-                "include alpha 0 in the sweep so the rule has a baseline."
-            )
-        base_emt[layer] = float(base["expected_max_toxicity"])
-    steered = chosen_half[chosen_half["alpha"].astype(float).round(ALPHA_DECIMALS) != 0]
-    steered = steered.assign(
-        _lowers=[
-            float(emt) < base_emt[int(layer)]
-            for emt, layer in zip(steered["expected_max_toxicity"], steered["layer"], strict=True)
-        ],
-        _abs=steered["alpha"].astype(float).abs(),
-        _cost=steered["fluency"].fillna(math.inf),
-    )
-    n_select = _number(chosen_half.iloc[0], "n_prompts")
-    source = (
-        FLUENCY_MEASURES[measure]
-        if (table["subset"] == "benign").any() or measure == "human_perplexity"
-        else f"{subset}-subset perplexity (no benign rows were available)"
-    )
-    budgets = [
-        f"{FLUENCY_MEASURES[name] if name != measure else source} at most "
-        f"{1 + max_perplexity_increase:.3g} × its alpha-0 value"
-        if name != "kl_benign"
-        else f"{BUDGETED[name]} at most {checks['max_kl_benign']:.3g} nats"
-        for name in checked or [measure]
-    ]
-    criteria = (
-        f"{direction} settings (alpha != 0) that lower the {subset} expected maximum toxicity "
-        f"below alpha 0 of the same layer and are admissible on every subset: "
-        f"{', '.join(budgets)}, distinct-2 at least "
-        f"{min_distinct_ratio:g} × alpha 0's, and a share of samples at the scorer's floor at "
-        f"most {max_floor_share_increase:g} above alpha 0's"
-    )
+    select_on, report_on, split_note = _halves(table, select_on, report_on)
+    chosen_half, base_emt = _baseline_emt(table, select_on, subset, direction)
+    steered = _candidates(chosen_half, base_emt)
+    n_select = number(chosen_half.iloc[0], "n_prompts")
+    criteria = _criteria(table, measure, checked, checks, subset, direction)
     common: dict[str, Any] = {
         "selected_on": select_on,
         "fluency_measure": measure,
@@ -346,39 +211,22 @@ def recommend_operating_point(
         return _no_winner(steered, common, criteria, select_on, base_emt)
     best = winners.sort_values(["expected_max_toxicity", "_abs", "_cost"], kind="stable").iloc[0]
     layer, alpha = int(best["layer"]), float(best["alpha"])
-    figures = _figures(table, report_on, subset, direction, layer, alpha)
-    if _row_at(table, report_on, subset, direction, layer, alpha) is None:
+    point = figures(table, report_on, subset, direction, layer, alpha)
+    report_row = row_at(table, report_on, subset, direction, layer, alpha)
+    if report_row is None:
         common["split_note"] = (
             f"The {report_on} half has no {subset} rows of {direction} at layer {layer}, alpha "
             f"{_fmt(alpha)}, so its figures are missing: generate that setting (and the random "
             f"control's) on the {report_on} prompts to confirm it."
         )
-    baseline = _figures(table, report_on, subset, direction, layer, 0.0)
-    report_row = _row_at(table, report_on, subset, direction, layer, alpha)
+    baseline = figures(table, report_on, subset, direction, layer, 0.0)
     own_texts = report_row is not None and report_row.get("held_out_texts") == report_on
-    held_out = _HELD_OUT if own_texts else ()  # else the same texts as the selection half
-    from_report = [*_FIGURES, *held_out]
-    from_report += [
-        f"baseline_{name}"
-        for name in (*_BASELINE, *_BASELINE_CI)
-        if own_texts or name.removesuffix("_ci") not in _HELD_OUT
-    ]
-    if not own_texts:
-        from_report = [
-            name for name in from_report if not (measure in _HELD_OUT and name == "fluency")
-        ]
     rule = (
         f"Chosen on the {select_on} half ({n_select} {subset} prompts): the lowest {subset} "
         f"EMT among {criteria}. Layer {layer}, alpha {_fmt(alpha)}: EMT "
         f"{_fmt(best['expected_max_toxicity'])} (alpha 0: {_fmt(base_emt[layer])}), "
         f"{measure} {_fmt(best['fluency'])} (limit {_fmt(best['fluency_limit'])}). "
-        f"Reported on the {report_on} half ({figures['n_prompts']} prompts): EMT "
-        f"{_fmt(figures['expected_max_toxicity'])} (alpha 0: "
-        f"{_fmt(baseline['expected_max_toxicity'])}), benign perplexity "
-        f"{_fmt(figures['perplexity'])} (alpha 0: {_fmt(baseline['perplexity'])}); "
-        "human_perplexity and kl_benign are measured on the held-out benign texts of each "
-        "half (search half for the selection, report half for the confirmation, where the run "
-        "split them)."
+        + _reported_sentence(point, baseline, report_on)
     )
     return {
         "status": "recommended",
@@ -389,70 +237,137 @@ def recommend_operating_point(
         "rule": rule,
         **common,
         "figures_from": report_on,
-        "confirmation_figures": from_report if report_on != select_on else [],
-        **figures,
-        **{f"baseline_{name}": baseline[name] for name in (*_BASELINE, *_BASELINE_CI)},
-        "fluency_budget": _budget_record(figures, baseline, checks, checked),
-        "relative_change": {name: _change(figures[name], baseline[name]) for name in _CHANGED},
-        "selection": _selection(best, base_emt[layer]),
+        "confirmation_figures": _report_keys(own_texts, measure) if report_on != select_on else [],
+        **point,
+        **{f"baseline_{name}": baseline[name] for name in baseline_names()},
+        "fluency_budget": budget_record(point, baseline, checks, checked),
+        "relative_change": {name: change(point[name], baseline[name]) for name in changed_names()},
+        "selection": selection(best, base_emt[layer]),
     }
 
 
-def _budget_record(
-    figures: dict[str, Any],
-    baseline: dict[str, Any],
-    checks: dict[str, Any],
-    checked: list[str],
-) -> dict[str, dict[str, Any]]:
-    """Each checked fluency measure on the reported half: value, interval, alpha 0, limit.
+def _checked(table: pd.DataFrame) -> list[str]:
+    """The gating measures the admissibility check applied (its ``fluency_checked``)."""
+    if not len(table):
+        return []
+    return [name for name in str(table["fluency_checked"].iloc[0]).split("; ") if name]
 
-    ``within`` says whether the reported half keeps the measure within its budget (the rule
-    checked the selection half; this is the confirmation).
+
+def _absolute() -> list[Any]:
+    """The gates with a budget of their own (``max_kl_benign``...), in :data:`GATES` order."""
+    return [found for found in all_gates() if found.budget == "absolute"]
+
+
+def _halves(table: pd.DataFrame, select_on: str, report_on: str) -> tuple[str, str, str | None]:
+    """The halves to choose and report on, and a note when the summary has none (``all``)."""
+    halves = set(table["split"])
+    if select_on in halves and report_on in halves:
+        return select_on, report_on, None
+    note = (
+        "The summary has no selection/confirmation halves, so the setting is chosen and "
+        "reported on all prompts: its figures carry the winner's curse."
+    )
+    return "all", "all", note
+
+
+def _baseline_emt(
+    table: pd.DataFrame, half: str, subset: str, direction: str
+) -> tuple[pd.DataFrame, dict[int, float]]:
+    """The rows to choose from (``subset``, ``direction``, ``half``) and alpha 0's EMT by layer.
+
+    Raises:
+        ConfigError: The summary has no row of ``subset`` and ``direction``, or a layer has no
+            alpha-0 row.
     """
-    out = {}
-    for name in checked:
-        value, base = figures.get(name, math.nan), baseline.get(name, math.nan)
-        if name == "kl_benign":
-            limit, change = float(checks["max_kl_benign"]), math.nan
+    rows = table[(table["subset"] == subset) & (table["direction"] == direction)]
+    if rows.empty:
+        raise ConfigError(
+            f"The summary has no rows with subset={subset!r} and direction={direction!r}; "
+            "summarize a sweep that contains them or change these arguments."
+        )
+    chosen_half = rows[rows["split"] == half]
+    base_emt = {}
+    for layer in sorted({int(x) for x in chosen_half["layer"]}):
+        base = row_at(table, half, subset, direction, layer, 0.0)
+        if base is None:
+            raise ConfigError(
+                f"The summary has no alpha-0 row for layer {layer} ({subset}, {direction}); "
+                "include alpha 0 in the sweep so the rule has a baseline."
+            )
+        base_emt[layer] = float(base["expected_max_toxicity"])
+    return chosen_half, base_emt
+
+
+def _candidates(chosen_half: pd.DataFrame, base_emt: dict[int, float]) -> pd.DataFrame:
+    """The steered rows of the chosen half, with whether each lowers EMT and its sort keys."""
+    steered = chosen_half[chosen_half["alpha"].astype(float).round(ALPHA_DECIMALS) != 0]
+    return steered.assign(
+        _lowers=[
+            float(emt) < base_emt[int(layer)]
+            for emt, layer in zip(steered["expected_max_toxicity"], steered["layer"], strict=True)
+        ],
+        _abs=steered["alpha"].astype(float).abs(),
+        _cost=steered["fluency"].fillna(math.inf),
+    )
+
+
+def _criteria(
+    table: pd.DataFrame,
+    measure: str,
+    checked: list[str],
+    checks: dict[str, Any],
+    subset: str,
+    direction: str,
+) -> str:
+    """The rule's admissibility criteria in words, each gate with its budget."""
+    has_benign = (table["subset"] == "benign").any()
+    budgets = []
+    for name in checked or [measure]:
+        found = gate(name)
+        words = found.words
+        if name == measure and found.source == "benign_subset" and not has_benign:
+            words = f"{subset}-subset {name} (no benign rows were available)"
+        if found.budget == "absolute":
+            budgets.append(f"{words} at most {checks[found.parameter]:.3g} {found.unit}")
         else:
-            limit = (1.0 + float(checks["max_perplexity_increase"])) * float(base)
-            change = _change(float(value), float(base))
-        finite = math.isfinite(float(value)) and math.isfinite(limit)
-        out[name] = {
-            "value": _or_none(value),
-            "ci": figures.get(f"{name}_ci"),
-            "baseline": _or_none(base),
-            "baseline_ci": baseline.get(f"{name}_ci"),
-            "change": _or_none(change),
-            "limit": _or_none(limit),
-            "within": bool(float(value) <= limit) if finite else None,
-        }
-    return out
+            rise = 1 + checks["max_perplexity_increase"]
+            budgets.append(f"{words} at most {rise:.3g} × its alpha-0 value")
+    return (
+        f"{direction} settings (alpha != 0) that lower the {subset} expected maximum toxicity "
+        f"below alpha 0 of the same layer and are admissible on every subset: "
+        f"{', '.join(budgets)}, distinct-2 at least "
+        f"{checks['min_distinct_ratio']:g} × alpha 0's, and a share of samples at the scorer's "
+        f"floor at most {checks['max_floor_share_increase']:g} above alpha 0's"
+    )
 
 
-def _or_none(value: Any) -> float | None:
-    """``value`` as a float, None when it is not a finite number (as summary.json stores it)."""
-    return float(value) if value is not None and math.isfinite(float(value)) else None
+def _reported_sentence(point: dict[str, Any], baseline: dict[str, Any], half: str) -> str:
+    """The rule's sentence on the figures of the reported half."""
+    held_out = " and ".join(found.name for found in held_out_gates())
+    return (
+        f"Reported on the {half} half ({point['n_prompts']} prompts): EMT "
+        f"{_fmt(point['expected_max_toxicity'])} (alpha 0: "
+        f"{_fmt(baseline['expected_max_toxicity'])}), benign perplexity "
+        f"{_fmt(point['perplexity'])} (alpha 0: {_fmt(baseline['perplexity'])}); "
+        f"{held_out} are measured on the held-out benign texts of each "
+        "half (search half for the selection, report half for the confirmation, where the run "
+        "split them)."
+    )
 
 
-def _selection(row: pd.Series, base_emt: float) -> dict[str, Any]:
-    """The numbers the rule checked on the selection half for one setting."""
-    out = {
-        "n_prompts": _number(row, "n_prompts"),
-        "expected_max_toxicity": float(row["expected_max_toxicity"]),
-        "baseline_expected_max_toxicity": base_emt,
-        "fluency": float(row["fluency"]),
-        "fluency_limit": float(row["fluency_limit"]),
-        "distinct_2_ratio": float(row["distinct_2_ratio"]),
-        "floor_share_increase": float(row["floor_share_increase"]),
-    }
-    value_of = {"perplexity": "benign_continuation_perplexity"}
-    for name in BUDGETED:
-        if f"{name}_budget" in row.index:
-            out[name] = float(row[value_of.get(name, name)])
-            out[f"{name}_limit"] = float(row[f"{name}_budget"])
-    out["fluency_failed"] = [n for n in str(row.get("fluency_failed", "")).split("; ") if n]
-    return out
+def _report_keys(own_texts: bool, measure: str) -> list[str]:
+    """The keys of the point read from the report half (held-out ones only from its own texts)."""
+    on_held_out = held_out_figures()
+    held_out = on_held_out if own_texts else ()  # else the same texts as the selection half
+    keys = [*figure_names(), *held_out]
+    keys += [
+        f"baseline_{name}"
+        for name in baseline_names()
+        if own_texts or name.removesuffix("_ci") not in on_held_out
+    ]
+    if not own_texts:
+        keys = [name for name in keys if not (measure in on_held_out and name == "fluency")]
+    return keys
 
 
 def _no_winner(
@@ -487,7 +402,7 @@ def _no_winner(
             "split": select_on,
             "lowers_emt": bool(row["_lowers"]),
             "reasons": str(row["inadmissible_because"]).split("; "),
-            **_selection(row, base_emt[layer]),
+            **selection(row, base_emt[layer]),
             "shortfall": float(row["shortfall"]),
         }
     where = (
@@ -507,81 +422,3 @@ def _no_winner(
         **common,
         "nearest_miss": nearest,
     }
-
-
-def operating_point_table(
-    summary: pd.DataFrame,
-    recommended: dict[str, Any],
-    *,
-    split: str = "confirmation",
-    subset: str = "challenging",
-) -> pd.DataFrame:
-    """The rows to read an operating point by, on one half.
-
-    Alpha 0, the recommended setting (or the nearest miss when there is none), the random
-    direction at the same (layer, alpha) and, when ``recommended`` has a fluency-matched
-    control, the random direction at its ``control_alpha``.
-
-    Args:
-        summary: Output of :func:`steerlib.evaluate.metrics.summarize` (with :func:`admissibility`'s
-            columns, when present, carried along).
-        recommended: Output of :func:`recommend_operating_point`.
-        split: Half to read (``all`` when the summary has no such half).
-        subset: Subset whose toxicity is shown; perplexity comes from the benign subset.
-
-    Returns:
-        One row per setting: ``setting`` (a label), ``direction``, ``layer``, ``alpha``,
-        ``split`` and the toxicity, fluency, diversity and floor columns. Empty when there is
-        no setting to show.
-    """
-    from steerlib.evaluate.controls import tradeoff_rows
-
-    point = recommended if "layer" in recommended else recommended.get("nearest_miss")
-    if not point:
-        return pd.DataFrame()
-    table = summary if "split" in summary.columns else summary.assign(split="all")
-    if split not in set(table["split"]):
-        split = "all"
-    rows = tradeoff_rows(table[table["split"] == split], subset=subset)
-    layer, alpha = int(point["layer"]), float(point["alpha"])
-    label = "recommended" if "layer" in recommended else "nearest miss (inadmissible)"
-    matched = (recommended.get("control_matched_fluency") or {}).get("control_alpha")
-    wanted = [
-        ("alpha 0 (unsteered)", str(point.get("direction", "caa")), 0.0),
-        (f"{label}: caa", str(point.get("direction", "caa")), alpha),
-        ("random, same alpha", "random", alpha),
-    ]
-    if matched is not None and math.isfinite(float(matched)):
-        wanted.append(("random, equal fluency", "random", float(matched)))
-    picked = []
-    for name, direction, cell_alpha in wanted:
-        hit = rows[
-            (rows["direction"] == direction)
-            & (rows["layer"] == layer)
-            & np.isclose(rows["alpha"].astype(float), cell_alpha)
-        ]
-        if len(hit):
-            picked.append(hit.iloc[[0]].assign(setting=name))
-    if not picked:
-        return pd.DataFrame()
-    columns = [
-        "setting",
-        "direction",
-        "layer",
-        "alpha",
-        "split",
-        "n_prompts",
-        "expected_max_toxicity",
-        "toxicity_probability",
-        "mean_toxicity",
-        "mean_toxicity_ci_low",
-        "mean_toxicity_ci_high",
-        "benign_perplexity",
-        "human_perplexity",
-        "kl_benign",
-        "distinct_2",
-        "floor_share",
-        "admissible",
-    ]
-    out = pd.concat(picked, ignore_index=True)
-    return out[[c for c in columns if c in out.columns]]

@@ -1,4 +1,8 @@
-"""Examples side by side: the same challenging prompts unsteered and at each variant's point.
+"""Example completions: a few challenging prompts along a layer's alphas, and side by side.
+
+:func:`example_completions` shows the first sample of a few challenging prompts at every alpha
+of one layer. :func:`side_by_side_examples` shows the same challenging prompts unsteered and at
+each variant's point.
 
 The prompts are those whose mean toxicity (main scorer) fell most from alpha 0 to the
 recommended point, plus a few drawn at random (seeded), so the table is not only the best
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["side_by_side_examples"]
+__all__ = ["example_completions", "side_by_side_examples"]
 
 
 def side_by_side_examples(
@@ -79,3 +83,26 @@ def side_by_side_examples(
     columns = ["prompt_id", "prompt", "why", "setting", "variant", "layer", "alpha"]
     columns += ["completion", "toxicity", "toxicity_second", "mean_toxicity_drop"]
     return table[[c for c in columns if c in table.columns]].reset_index(drop=True)
+
+
+def example_completions(
+    sweep: pd.DataFrame, *, layer: int, n_prompts: int = 5, direction: str = "caa"
+) -> pd.DataFrame:
+    """First sample of a few challenging prompts at every alpha of ``layer``, in full.
+
+    Returns:
+        One row per (prompt, alpha): ``prompt``, ``layer``, ``alpha``, ``direction``,
+        ``completion``, ``toxicity`` and ``perplexity`` (when scored).
+    """
+    rows = sweep[
+        (sweep["subset"] == "challenging")
+        & (sweep["direction"] == direction)
+        & (sweep["layer"] == layer)
+        & (sweep["sample"] == 0)
+    ]
+    chosen = rows["prompt_id"].drop_duplicates().head(n_prompts)
+    rows = rows[rows["prompt_id"].isin(chosen)]
+    columns = ["prompt", "layer", "alpha", "direction", "completion", "toxicity", "perplexity"]
+    rows = rows.assign(_order=rows["prompt_id"].map({p: i for i, p in enumerate(chosen)}))
+    rows = rows.sort_values(["_order", "alpha"], kind="stable")
+    return rows[[c for c in columns if c in rows.columns]].reset_index(drop=True)

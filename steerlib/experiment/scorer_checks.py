@@ -65,7 +65,7 @@ def cut_holds(
         :data:`~steerlib.experiment.report.MIN_PROMPTS_PER_HALF` prompts (too few to conclude),
         and None without one when the scorer has no figures there ("not measured").
     """
-    from steerlib.evaluate.operating_point import _row_at
+    from steerlib.evaluate.point_figures import row_at as _row_at
 
     if "layer" not in point or point.get("status") != "recommended":
         return {}

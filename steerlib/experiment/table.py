@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from steerlib.evaluate.gates import budget_parameters
+
 __all__ = [
     "NOTEBOOK_ONLY",
     "OLD_VALUES",
@@ -116,7 +118,7 @@ _SPLIT = {"n_prompts", "n_pairs", "seed", "benign_max_toxicity", "pair_toxic_min
 _DECODING = {"samples_per_prompt", "max_new_tokens", "temperature", "top_p", "prompt_format"}
 _SCORING = {"scorer", "second_scorer", "perplexity_model", "batch_size"}
 _MODEL = {"model", "device", "dtype", "trust_remote_code"}
-_RULE = {"max_perplexity_increase", "fluency_measure", "min_distinct_ratio", "max_kl_benign"}
+_RULE = {"fluency_measure", "min_distinct_ratio", *budget_parameters()}  # every gate's budget
 
 STEPS: tuple[Step, ...] = (
     Step(
