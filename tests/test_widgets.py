@@ -55,9 +55,11 @@ def vector() -> SteeringVector:
 
 def make_explorer(llama, tokenizer, vector, scorer=None, **kwargs) -> AlphaExplorer:
     options = {"layer": LAYER, "alpha": 0.0, "prompt": "you are a stupid", "max_new_tokens": 8}
-    return AlphaExplorer(
+    explorer = AlphaExplorer(
         llama, tokenizer, vector * 5.0, scorer or VowelScorer(), **options | kwargs
     )
+    assert explorer.wait_ready(timeout=120)  # no warm-up thread outlives its test
+    return explorer
 
 
 def test_button_generates_unsteered_and_steered_side_by_side(llama, tokenizer, vector):
@@ -193,6 +195,7 @@ def test_from_run_env_runs_dir_and_explicit_layer(tmp_path, monkeypatch, llama, 
     explorer = AlphaExplorer.from_run(
         "tiny", model=llama, tokenizer=tokenizer, scorer=VowelScorer(), layer=1
     )
+    assert explorer.wait_ready(timeout=120)
     assert explorer.layer == 1
     with pytest.raises(ConfigError, match="model and tokenizer"):
         AlphaExplorer.from_run("tiny", model=llama, scorer=VowelScorer())
@@ -227,7 +230,7 @@ def _analysed_run(tmp_path: Path, vector: SteeringVector, budget: float):
 
 
 def _from_run(run, llama, tokenizer, **kwargs) -> AlphaExplorer:
-    return AlphaExplorer.from_run(
+    explorer = AlphaExplorer.from_run(
         run.paths.name,
         runs_dir=run.paths.root.parent,
         model=llama,
@@ -237,6 +240,8 @@ def _from_run(run, llama, tokenizer, **kwargs) -> AlphaExplorer:
         prompt="you are a stupid",
         **kwargs,
     )
+    assert explorer.wait_ready(timeout=120)
+    return explorer
 
 
 def test_opens_at_the_recommended_point_of_the_summary(tmp_path, llama, tokenizer, vector):
@@ -250,7 +255,7 @@ def test_opens_at_the_recommended_point_of_the_summary(tmp_path, llama, tokenize
     assert f"layer {recommended['layer']}" in explorer.status.value
     assert "recommended point" in explorer.status.value
     labels = dict((value, label) for label, value in explorer.layer_menu.options)
-    assert labels == {1: "1 (swept)", 2: "2", 3: "3 (recommended)"}
+    assert labels == {1: "1 (swept)", 2: "2", 3: "3 (swept, recommended)"}
     # Another layer asked for: alpha 0 there, and the hint names the recommended point.
     other = _from_run(run, llama, tokenizer, layer=1)
     assert other.layer == 1 and other.alpha == 0.0
@@ -288,7 +293,7 @@ def _direct_perplexity(model, tokenizer, prompt: str, completion: str) -> float:
 
 
 def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenizer, vector):
-    import steerlib.apps.widgets as widgets_module
+    import steerlib.apps.explorer_session as widgets_module
 
     explorer = make_explorer(llama, tokenizer, vector, alpha=-1.0)  # a non-empty steered text
     seen: list[int] = []
@@ -325,7 +330,7 @@ def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenize
 
 
 def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tokenizer, vector):
-    import steerlib.apps.widgets as widgets_module
+    import steerlib.apps.explorer_session as widgets_module
 
     assert repetition("central central Winc Winc Winc").flagged
     assert repetition("the cat the cat the cat sat on the mat").flagged
@@ -348,7 +353,8 @@ def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tok
 
 
 def test_layer_labels():
-    assert layer_label(12, [12, 18], 12) == "12 (recommended)"
+    assert layer_label(12, [12, 18], 12) == "12 (swept, recommended)"
+    assert layer_label(12, [18], 12) == "12 (recommended)"
     assert layer_label(18, [12, 18], 12) == "18 (swept)"
     assert layer_label(5, [12, 18], 12) == "5"
     assert layer_label(5) == "5"
