@@ -13,7 +13,9 @@ place that builds what steers a generation.
 The steered completion is flagged when it is repetitive or when its perplexity is over the
 run's fluency budget (``max_perplexity_increase``: at most ``1 + max_perplexity_increase`` times
 the unsteered completion's, the same relative budget the run's operating-point rule allows its
-fluency measure). No widget lives here: :mod:`steerlib.apps.widgets` is the view.
+fluency measure). The run's KL budget (``max_kl_benign``) bounds the steered model's
+next-token distributions on held-out texts, which one completion does not measure, so the
+explorer does not check it. No widget lives here: :mod:`steerlib.apps.widgets` is the view.
 """
 
 from __future__ import annotations

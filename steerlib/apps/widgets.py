@@ -409,8 +409,10 @@ class AlphaExplorer(ExplorerSession):
         """Button callback: generate, showing any error in the output instead of raising."""
         self._busy = True
         self.button.disabled = True
+        waiting = "" if self.ready else "Warming up, then generating"
         self.status.value = (
-            f"Generating ({self.variant}, alpha = {self.alpha:.2f}, layer {self.layer}) ..."
+            f"{waiting or 'Generating'} ({self.variant}, alpha = {self.alpha:.2f}, "
+            f"layer {self.layer}) ..."
         )
         try:
             result = self.generate()
