@@ -615,7 +615,7 @@ def test_a_text_over_the_fluency_budget_is_flagged_with_the_budget_named(
     page = explorer.output.value
     assert 'class="steerlib-warning" data-over-budget="1"' in page
     assert "over the default fluency budget (&times;1.10: max_perplexity_increase = 0.1)" in page
-    assert "less fluent" in page and "looks broken" not in page
+    assert "&times;7.8 the unsteered completion" in page and "looks broken" not in page
     # A budget the text keeps: no flag, no warning, the budget still stated under the result.
     lenient = make_explorer(llama, tokenizer, vector, alpha=3.0, max_perplexity_increase=9.0)
     kept = lenient.generate()
@@ -625,7 +625,7 @@ def test_a_text_over_the_fluency_budget_is_flagged_with_the_budget_named(
     # Orders of magnitude over: called broken.
     _fixed_fluency(monkeypatch, 10.0, 450.0)
     broken = explorer.generate()
-    assert broken["over_budget"] and "looks broken" in explorer.output.value
+    assert broken["over_budget"] and "looks broken (perplexity &times;45.0" in explorer.output.value
     with pytest.raises(ConfigError, match="max_perplexity_increase must be >= 0"):
         make_explorer(llama, tokenizer, vector, max_perplexity_increase=-0.5)
 

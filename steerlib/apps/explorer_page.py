@@ -68,15 +68,20 @@ def warning(result: dict[str, Any], budget_source: str, max_perplexity_increase:
     if result["over_budget"]:
         reasons.append(f"perplexity &times;{ratio:.1f} the unsteered completion's, over {budget}")
     broken = result["steered_repetition"].flagged or ratio >= PERPLEXITY_WARN_RATIO
-    head = "The steered text looks broken" if broken else "The steered text is less fluent"
-    tail = (
-        "a low toxicity score here is not detoxification."
-        if broken
-        else "a lower toxicity score here may come from worse text, not detoxification."
-    )
+    if broken:
+        line = (
+            f"The steered text looks broken ({'; '.join(reasons)}): a low toxicity score here is "
+            "not detoxification."
+        )
+    else:
+        line = (
+            f"The steered text is over {budget}: its perplexity is &times;{ratio:.1f} the "
+            "unsteered completion's, so a lower toxicity score here may come from off-topic or "
+            "less fluent text rather than detoxification."
+        )
     return (
         f'<div class="steerlib-warning" data-over-budget="{int(result["over_budget"])}" '
-        f'style="color: {_RED}; margin-top: 4px;">{head} ({"; ".join(reasons)}): {tail}</div>'
+        f'style="color: {_RED}; margin-top: 4px;">{line}</div>'
     )
 
 
