@@ -286,6 +286,13 @@ def test_alpha_slider_changes_the_steered_completion(lab: Lab, tmp_path: Path):
                 options = page.locator(".steerlib-layer select option").all_inner_texts()
                 labels = [text.replace("\xa0", " ") for text in options]  # spaces as &nbsp;
                 assert f"{LAYER} (swept)" in labels and str(LAYER + 1) in labels
+                # The model warms up when the widget opens ("Warming up…", disabled), then
+                # Generate is ready.
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('.steerlib-generate')].some("
+                    "el => !el.disabled && el.textContent.trim() === 'Generate')",
+                    timeout=180_000,
+                )
                 # First press at alpha = 0: steered == unsteered.
                 generate.first.click()
                 page.locator(".steerlib-result[data-run='1']").wait_for(timeout=90_000)

@@ -55,9 +55,11 @@ def vector() -> SteeringVector:
 
 def make_explorer(llama, tokenizer, vector, scorer=None, **kwargs) -> AlphaExplorer:
     options = {"layer": LAYER, "alpha": 0.0, "prompt": "you are a stupid", "max_new_tokens": 8}
-    return AlphaExplorer(
+    explorer = AlphaExplorer(
         llama, tokenizer, vector * 5.0, scorer or VowelScorer(), **options | kwargs
     )
+    assert explorer.wait_ready(timeout=120)  # no warm-up thread outlives its test
+    return explorer
 
 
 def test_button_generates_unsteered_and_steered_side_by_side(llama, tokenizer, vector):
@@ -193,6 +195,7 @@ def test_from_run_env_runs_dir_and_explicit_layer(tmp_path, monkeypatch, llama, 
     explorer = AlphaExplorer.from_run(
         "tiny", model=llama, tokenizer=tokenizer, scorer=VowelScorer(), layer=1
     )
+    assert explorer.wait_ready(timeout=120)
     assert explorer.layer == 1
     with pytest.raises(ConfigError, match="model and tokenizer"):
         AlphaExplorer.from_run("tiny", model=llama, scorer=VowelScorer())
@@ -227,7 +230,7 @@ def _analysed_run(tmp_path: Path, vector: SteeringVector, budget: float):
 
 
 def _from_run(run, llama, tokenizer, **kwargs) -> AlphaExplorer:
-    return AlphaExplorer.from_run(
+    explorer = AlphaExplorer.from_run(
         run.paths.name,
         runs_dir=run.paths.root.parent,
         model=llama,
@@ -237,6 +240,8 @@ def _from_run(run, llama, tokenizer, **kwargs) -> AlphaExplorer:
         prompt="you are a stupid",
         **kwargs,
     )
+    assert explorer.wait_ready(timeout=120)
+    return explorer
 
 
 def test_opens_at_the_recommended_point_of_the_summary(tmp_path, llama, tokenizer, vector):
@@ -250,7 +255,7 @@ def test_opens_at_the_recommended_point_of_the_summary(tmp_path, llama, tokenize
     assert f"layer {recommended['layer']}" in explorer.status.value
     assert "recommended point" in explorer.status.value
     labels = dict((value, label) for label, value in explorer.layer_menu.options)
-    assert labels == {1: "1 (swept)", 2: "2", 3: "3 (recommended)"}
+    assert labels == {1: "1 (swept)", 2: "2", 3: "3 (swept, recommended)"}
     # Another layer asked for: alpha 0 there, and the hint names the recommended point.
     other = _from_run(run, llama, tokenizer, layer=1)
     assert other.layer == 1 and other.alpha == 0.0
@@ -288,7 +293,7 @@ def _direct_perplexity(model, tokenizer, prompt: str, completion: str) -> float:
 
 
 def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenizer, vector):
-    import steerlib.apps.widgets as widgets_module
+    import steerlib.apps.explorer_session as widgets_module
 
     explorer = make_explorer(llama, tokenizer, vector, alpha=-1.0)  # a non-empty steered text
     seen: list[int] = []
@@ -325,7 +330,7 @@ def test_fluency_is_the_unsteered_models_perplexity(monkeypatch, llama, tokenize
 
 
 def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tokenizer, vector):
-    import steerlib.apps.widgets as widgets_module
+    import steerlib.apps.explorer_session as widgets_module
 
     assert repetition("central central Winc Winc Winc").flagged
     assert repetition("the cat the cat the cat sat on the mat").flagged
@@ -348,7 +353,8 @@ def test_a_repetitive_steered_text_is_flagged_and_warned(monkeypatch, llama, tok
 
 
 def test_layer_labels():
-    assert layer_label(12, [12, 18], 12) == "12 (recommended)"
+    assert layer_label(12, [12, 18], 12) == "12 (swept, recommended)"
+    assert layer_label(12, [18], 12) == "12 (recommended)"
     assert layer_label(18, [12, 18], 12) == "18 (swept)"
     assert layer_label(5, [12, 18], 12) == "5"
     assert layer_label(5) == "5"
@@ -517,3 +523,207 @@ def test_from_run_without_probe_or_activations_leaves_gated_and_clamp_out(
     assert explorer.variant == "caa" and explorer.alpha == 0.0
     assert "gated and clamp not offered" in explorer.status.value
     assert "activations" in explorer.status.value
+
+
+# -- issue 25 item 6: an explorer that answers at once and does not mislead -------------------
+class GatedScorer(VowelScorer):
+    """A scorer that holds its first call until ``gate`` opens (the warm-up, seen from inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.gate = threading.Event()
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.gate.wait(timeout=120), "the test never opened the gate"
+        return super().score(texts)
+
+
+def test_the_model_warms_up_in_the_background_and_generate_waits(
+    monkeypatch, llama, tokenizer, vector
+):
+    import threading
+
+    import steerlib.apps.explorer_session as session
+    from steerlib.apps.explorer_session import WARM_UP_TOKENS
+
+    seen: list[dict] = []
+    real = session.generate_unit
+
+    def spy(*args, **kwargs):
+        seen.append({"tokens": kwargs["max_new_tokens"], "variant": kwargs["variant"].name})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "generate_unit", spy)
+    scorer = GatedScorer()
+    explorer = AlphaExplorer(
+        llama, tokenizer, vector * 5.0, scorer, layer=LAYER, alpha=3.0, max_new_tokens=8
+    )
+    # While it warms up: the button says so and cannot be pressed; nothing is shown as a result.
+    assert not explorer.ready
+    assert explorer.button.disabled and explorer.button.description == "Warming up…"
+    assert "Warming up" in explorer.output.value and 'data-run="0"' in explorer.output.value
+    assert explorer.status.value == "Press Generate."  # the hint stays
+    threading.Timer(0.3, scorer.gate.set).start()
+    result = explorer.generate()  # waits for the warm-up, then generates
+    assert explorer.ready and explorer.warm_up_error is None
+    assert explorer.warm_up_seconds is not None and explorer.warm_up_seconds > 0
+    assert [s["tokens"] for s in seen] == [WARM_UP_TOKENS, 8]  # the same path, shorter
+    assert {s["variant"] for s in seen} == {"caa"}
+    assert len(scorer.calls) == 2 and scorer.calls[-1] == [result["unsteered"], result["steered"]]
+    assert explorer.runs == 1 and 'data-run="1"' in explorer.output.value
+    assert not explorer.button.disabled and explorer.button.description == "Generate"
+
+
+def test_without_warm_up_it_is_ready_at_once_and_a_failing_warm_up_is_kept(
+    llama, tokenizer, vector
+):
+    scorer = VowelScorer()
+    cold = AlphaExplorer(llama, tokenizer, vector, scorer, layer=LAYER, warm_up=False)
+    assert cold.ready and not cold.button.disabled and scorer.calls == []
+    assert "Warming up" not in cold.output.value and cold.warm_up_seconds is None
+    failing = make_explorer(llama, tokenizer, vector, FailingScorer())
+    assert failing.ready and "scorer <exploded>" in failing.warm_up_error
+    assert not failing.button.disabled and failing.button.description == "Generate"
+    assert failing.last is None and failing.runs == 0
+
+
+def _fixed_fluency(monkeypatch, unsteered: float, steered: float) -> None:
+    """Completions' perplexities fixed at these values, and neither text repetitive."""
+    import steerlib.apps.explorer_session as session
+
+    monkeypatch.setattr(
+        session,
+        "continuation_perplexity",
+        lambda model, tokenizer, prompts, completions, **kw: np.array([unsteered, steered]),
+    )
+    fluent = repetition("we walked to the park this morning and talked about work")
+    monkeypatch.setattr(session, "repetition", lambda text: fluent)
+
+
+def test_a_text_over_the_fluency_budget_is_flagged_with_the_budget_named(
+    monkeypatch, llama, tokenizer, vector
+):
+    _fixed_fluency(monkeypatch, 10.0, 78.0)  # x7.8, the issue's off-topic text: under 10x
+    explorer = make_explorer(llama, tokenizer, vector, alpha=3.0)
+    assert explorer.max_perplexity_increase == pytest.approx(0.10)  # the chain's default
+    result = explorer.generate()
+    assert result["perplexity_ratio"] == pytest.approx(7.8)
+    assert result["perplexity_limit"] == pytest.approx(1.10)
+    assert result["over_budget"] and result["degenerate"]
+    page = explorer.output.value
+    assert 'class="steerlib-warning" data-over-budget="1"' in page
+    assert "over the default fluency budget (&times;1.10: max_perplexity_increase = 0.1)" in page
+    assert "&times;7.8 the unsteered completion" in page and "looks broken" not in page
+    # A budget the text keeps: no flag, no warning, the budget still stated under the result.
+    lenient = make_explorer(llama, tokenizer, vector, alpha=3.0, max_perplexity_increase=9.0)
+    kept = lenient.generate()
+    assert not kept["over_budget"] and not kept["degenerate"]
+    assert "steerlib-warning" not in lenient.output.value
+    assert "max_perplexity_increase = 9" in lenient.output.value
+    # Orders of magnitude over: called broken.
+    _fixed_fluency(monkeypatch, 10.0, 450.0)
+    broken = explorer.generate()
+    assert broken["over_budget"] and "looks broken (perplexity &times;45.0" in explorer.output.value
+    with pytest.raises(ConfigError, match="max_perplexity_increase must be >= 0"):
+        make_explorer(llama, tokenizer, vector, max_perplexity_increase=-0.5)
+
+
+def test_the_budget_is_the_runs(tmp_path, llama, tokenizer, vector):
+    from steerlib.apps.explorer_run import run_budget
+
+    run = _analysed_run(tmp_path / "a", vector, budget=0.10)
+    recommended = read_recommended(run.paths.summary)
+    assert recommended["checks"]["max_perplexity_increase"] == pytest.approx(0.10)
+    explorer = _from_run(run, llama, tokenizer)
+    assert explorer.max_perplexity_increase == pytest.approx(0.10)
+    assert explorer.budget_source == "the run's"
+    # No summary yet: the run's parameter.
+    paths = _write_run(tmp_path / "b", vector, max_perplexity_increase=0.25)
+    vector.save(paths.vectors)
+    fresh = AlphaExplorer.from_run(
+        "tiny", runs_dir=paths.root.parent, model=llama, tokenizer=tokenizer, scorer=VowelScorer()
+    )
+    assert fresh.wait_ready(timeout=120)
+    assert fresh.max_perplexity_increase == pytest.approx(0.25)
+    # The summary's value (what step 06 judged with) wins over a parameter changed since.
+    params = run.params.model_copy(update={"max_perplexity_increase": 0.5})
+    assert run_budget(recommended, params) == pytest.approx(0.10)
+    assert run_budget(None, params) == pytest.approx(0.5)
+
+
+def test_the_recommended_alpha_is_on_the_slider_and_a_button_returns_to_it(
+    llama, tokenizer, vector
+):
+    from steerlib.apps.widgets import alpha_step
+
+    assert alpha_step(0.1, 0.9) == 0.1 and alpha_step(0.1, -2.0, 3.0) == 0.1
+    assert alpha_step(0.1, 0.91) == 0.01 and alpha_step(0.5, 5.0, None) == 0.5
+    explorer = make_explorer(
+        llama,
+        tokenizer,
+        vector,
+        alpha=0.91,
+        layer=1,
+        recommended_layer=LAYER,
+        recommended_alpha=0.91,
+        recommended_variant="caa",
+    )
+    slider = explorer.slider
+    assert slider.step == 0.01  # 0.91 is a stop of the slider
+    stops = (0.91 - slider.min) / slider.step
+    assert stops == pytest.approx(round(stops))
+    button = explorer.recommended_button
+    assert "steerlib-recommended" in button._dom_classes
+    assert not button.disabled and button.layout.display != "none"
+    assert button.description == "Recommended (alpha 0.91)"
+    slider.value = 0.0
+    explorer.layer_menu.value = 1
+    button.click()
+    assert explorer.alpha == 0.91 and explorer.layer == LAYER and explorer.variant == "caa"
+    assert "recommended point" in explorer.status.value
+    # Without a recommended point the button is hidden and refuses.
+    plain = make_explorer(llama, tokenizer, vector)
+    assert plain.slider.step == 0.1
+    assert plain.recommended_button.disabled and plain.recommended_button.layout.display == "none"
+    with pytest.raises(ConfigError, match="no recommended point"):
+        plain.go_to_recommended()
+
+
+def test_from_run_offers_the_recommended_point_on_its_button(tmp_path, llama, tokenizer, vector):
+    run = _analysed_run(tmp_path, vector, budget=0.10)
+    recommended = read_recommended(run.paths.summary)
+    explorer = _from_run(run, llama, tokenizer, layer=1)
+    assert explorer.recommended_alpha == pytest.approx(recommended["alpha"])
+    assert explorer.alpha == 0.0 and not explorer.recommended_button.disabled
+    explorer.recommended_button.click()
+    assert explorer.layer == recommended["layer"]
+    assert explorer.alpha == pytest.approx(recommended["alpha"])
+
+
+def test_the_score_is_labelled_as_the_completions_toxicity(llama, tokenizer, vector):
+    explorer = make_explorer(llama, tokenizer, vector, alpha=3.0)
+    explorer.generate()
+    page = explorer.output.value
+    assert page.count("completion toxicity (vowel-fraction)") == 2  # both sides, scorer named
+    assert "the prompt is not scored" in page
+
+
+def test_steering_is_built_in_one_place(llama, tokenizer, caa_and_probe):
+    vector, probe = caa_and_probe
+    explorer = AlphaExplorer(
+        llama,
+        tokenizer,
+        vector,
+        VowelScorer(),
+        layer=LAYER,
+        variants=["caa", "multilayer", "gated"],
+        probe=probe,
+        multilayer_span=3,
+        warm_up=False,
+    )
+    arguments, layers = explorer.steering("multilayer", LAYER)
+    assert set(arguments) == {"vector", "variant", "probe"} and layers == [1, 2, 3]
+    assert arguments["vector"] is explorer.vector and arguments["probe"] is probe
+    assert explorer.steering("caa", LAYER)[1] == [LAYER]
