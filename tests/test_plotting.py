@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from steerlib.errors import ConfigError
-from steerlib.evaluate import metrics
+from steerlib.evaluate import controls
 from steerlib.evaluate.metrics import pareto_front
 from steerlib.figures import files as figure_files
 from steerlib.figures import plotting
@@ -320,7 +320,7 @@ def test_pareto_figure() -> None:
 
 
 def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:
-    rows = metrics.tradeoff_rows(make_summary(layers=(3, 5)))
+    rows = controls.tradeoff_rows(make_summary(layers=(3, 5)))
     caa, rnd = rows[rows["direction"] == "caa"], rows[rows["direction"] == "random"]
     fig = plotting.pareto_figure(
         caa, x="benign_perplexity", control=rnd, budget=12.5, recommended={"layer": 3, "alpha": 2}
