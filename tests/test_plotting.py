@@ -298,13 +298,17 @@ def test_pareto_figure() -> None:
     summary = make_summary(layers=(3, 5)).query("subset == 'challenging' and direction == 'caa'")
     recommended = {"layer": 5, "alpha": 2.0}
     fig = plotting.pareto_figure(summary, recommended=recommended)
-    assert len(fig.data) == len(ALPHAS) + 2
-    *per_alpha, front_trace, star = fig.data
-    assert [t.name for t in per_alpha] == [f"alpha {a:g}" for a in ALPHAS]
-    assert len({t.marker.color for t in per_alpha}) == len(ALPHAS)  # discrete colours
-    assert sum(len(t.x) for t in per_alpha) == len(summary)
-    first = per_alpha[0]
-    assert "text" in first.mode and list(first.text) == ["L3 α0", "L5 α0"]  # in the image
+    *per_layer, unsteered, front_trace, star = fig.data
+    # The legend lists conditions (layers, unsteered, front, star), never a single alpha.
+    assert [t.name for t in per_layer] == ["layer 3", "layer 5"]
+    assert unsteered.name == "unsteered (alpha 0)" and front_trace.name == "Pareto front"
+    assert star.name == "recommended: layer 5, alpha 2"
+    assert len({t.marker.color[0] for t in per_layer}) == 2  # discrete colours
+    assert sum(len(t.x) for t in [*per_layer, unsteered]) == len(summary)
+    assert sorted(unsteered.x) == [10.0, 10.0] and len(set(unsteered.y)) == 2  # two layers
+    first, second = per_layer
+    assert "text" in first.mode and list(first.text) == ["L3 α2", "L3 α4"]  # in the image
+    assert list(second.text) == ["", "L5 α4"]  # the recommended one is named by the legend
     assert "layer 3" in first.hovertext[0] and "alpha" in first.hovertext[0]
     low, high = fig.layout.yaxis.range
     assert low <= summary["expected_max_toxicity"].min() and high < 1
@@ -316,7 +320,7 @@ def test_pareto_figure() -> None:
     assert (star.x[0], star.y[0]) == pytest.approx(
         (row["perplexity"], row["expected_max_toxicity"])
     )
-    assert len(plotting.pareto_figure(summary).data) == len(ALPHAS) + 1
+    assert len(plotting.pareto_figure(summary).data) == len(fig.data) - 1  # no star
 
 
 def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:

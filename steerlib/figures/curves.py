@@ -96,7 +96,7 @@ def toxicity_vs_alpha(
     if panel:
         title += " (top) and fluency cost (bottom)"
     fig.update_layout(
-        title=style.title(title, scope),
+        **style.titled(title, scope),
         template="plotly_white",
         legend_title_text="subset · direction",
     )
@@ -305,7 +305,7 @@ def layer_profile(
         shown.append(float(zero.mean()))
         fig.add_hline(y=float(zero.mean()), line={"color": "#7f7f7f", "dash": "dash"})
     fig.update_layout(
-        title=style.title(f"{style.label(metric)} by steered layer", style.scope_text(rows)),
+        **style.titled(f"{style.label(metric)} by steered layer", style.scope_text(rows)),
         xaxis={
             "title": {"text": "layer"},
             "tickvals": sorted(int(x) for x in rows["layer"].unique()),
@@ -362,7 +362,7 @@ def toxicity_distribution(
             )
         )
     fig.update_layout(
-        title=style.title("Toxicity of each completion by alpha", style.scope_text(rows)),
+        **style.titled("Toxicity of each completion by alpha", style.scope_text(rows)),
         xaxis_title=f"alpha ({style.ALPHA_NOTE})",
         yaxis_title="toxicity",
         boxmode="group",
@@ -403,7 +403,7 @@ def compare_runs_figure(
             go.Scatter(x=group["alpha"], y=group[metric], mode="lines+markers", name=label)
         )
     fig.update_layout(
-        title=style.title(
+        **style.titled(
             f"{style.label(metric)} by run",
             f"{style.layers_text(rows['layer'])} · {style.direction_text([direction])} · "
             f"subset {subset}",

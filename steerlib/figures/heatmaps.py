@@ -25,7 +25,7 @@ def _layer_alpha_figure(
     table: pd.DataFrame,
     text: list[list[str]],
     *,
-    title: str,
+    title: dict[str, Any],
     colorbar: str,
     hover: str,
     log: bool = False,
@@ -59,6 +59,7 @@ def _layer_alpha_figure(
     )
     fig.update_layout(
         title=title,
+        margin={"t": style.title_margin(title)},
         xaxis_title=f"alpha ({style.ALPHA_NOTE})",
         yaxis_title="layer",
         template="plotly_white",

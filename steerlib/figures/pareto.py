@@ -1,14 +1,16 @@
-"""Trade-off figures: toxicity against fluency cost, one point per steered setting.
+"""The trade-off figure: toxicity against fluency cost, one point per steered setting.
 
-:func:`pareto_figure` draws one variant's settings with their Pareto front, the random
-control, the budget and the recommended operating point; :func:`variants_pareto_figure` the
-steering variants side by side.
+:func:`pareto_figure` draws one variant's settings (a colour per steered layer) with their
+Pareto front, the unsteered model, the random control, the budget and the recommended
+operating point. Point labels are placed where they overlap nothing
+(:mod:`steerlib.figures.labels`) at the figure's export size (:data:`TRADE_OFF_SIZE`); the
+legend lists conditions (layers, unsteered, control, front, recommended), never single alphas.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,63 @@ import plotly.graph_objects as go
 
 from steerlib.evaluate.metrics import pareto_front
 from steerlib.figures import style
+from steerlib.figures.files import FIGURE_SIZES
+from steerlib.figures.labels import Box, Canvas, place_labels, text_width
 
-__all__ = ["MAX_PARETO_LABELS", "VARIANT_COLORS", "pareto_figure", "variants_pareto_figure"]
+__all__ = [
+    "LABEL_SIZE",
+    "MAX_PARETO_LABELS",
+    "TRADE_OFF_SIZE",
+    "pareto_figure",
+    "trade_off_frame",
+]
 
 MAX_PARETO_LABELS = 30
 """Up to this many settings every Pareto point is labelled; beyond, only the front's."""
+TRADE_OFF_SIZE: tuple[int, int] = FIGURE_SIZES["page_tall"]
+"""Width and height (pixels) of the trade-off figures, at which their labels are placed."""
+LABEL_SIZE = 10
+"""Font size of point labels in pixels."""
+MARKER_SIZE, STAR_SIZE = 9, 18
+MAX_LAYER_TRACES = 8
+"""Up to this many steered layers get a legend entry each; beyond, one trace coloured by layer."""
+
+
+def trade_off_frame(
+    fig: go.Figure,
+    title: dict[str, Any],
+    x_range: Sequence[float],
+    y_range: Sequence[float],
+    *,
+    x_log: bool,
+    legend: Sequence[str],
+) -> Canvas:
+    """Lay a trade-off figure out at :data:`TRADE_OFF_SIZE`; return where its plot area lies.
+
+    The top margin holds the wrapped title, the bottom one the x axis and a horizontal legend
+    (rows estimated from the legend's names), so the plot area is known before plotly draws
+    it and labels can be placed in pixels.
+    """
+    width, height = TRADE_OFF_SIZE
+    row_width, rows = 0.0, 1
+    for name in legend:
+        entry = text_width(name, 12) + 50
+        if row_width + entry > width - 80:
+            row_width, rows = 0.0, rows + 1
+        row_width += entry
+    margin = (80.0, style.title_margin(title), 30.0, 70.0 + 22.0 * rows)
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": margin[0], "t": margin[1], "r": margin[2], "b": margin[3]},
+        legend={"orientation": "h", "yanchor": "top", "y": -60 / (height - margin[1] - margin[3])},
+        template="plotly_white",
+    )
+    if x_log:
+        fig.update_xaxes(type="log")
+    fig.update_xaxes(range=list(x_range))
+    fig.update_yaxes(range=list(y_range))
+    return Canvas(width, height, margin, (x_range[0], x_range[1]), (y_range[0], y_range[1]), x_log)
 
 
 def _hover(row: pd.Series, x: str, y: str) -> str:
@@ -29,6 +83,143 @@ def _hover(row: pd.Series, x: str, y: str) -> str:
     parts = [f"layer {row['layer']}", f"alpha {float(row['alpha']):g}"]
     parts += [str(row[key]) for key in ("subset", "direction") if key in row.index]
     return f"{', '.join(parts)}<br>{x} {row[x]:.4g}<br>{y} {row[y]:.4g}"
+
+
+def _key(row: Any) -> tuple[int, float]:
+    """A setting's (layer, alpha), alpha rounded as the summary rounds it."""
+    return int(row.layer), round(float(row.alpha), 4)
+
+
+def _budget(fig: go.Figure, canvas: Canvas, budget: float | None) -> list[Box]:
+    """The budget's dashed line and its label inside the plot's top edge; the label's box."""
+    if budget is None or not math.isfinite(budget) or (budget <= 0 and canvas.x_log):
+        return []
+    fig.add_vline(x=budget, line={"dash": "dash", "color": "firebrick"})
+    text = "perplexity budget"
+    px, _ = canvas.pixel(budget, canvas.y_range[1])
+    left, top, right, _ = canvas.area
+    wide = text_width(text, 12)
+    side = "left" if px + 4 + wide <= right else "right"
+    start = px + 4 if side == "left" else px - 4 - wide
+    fig.add_annotation(  # annotations on a log axis take log10 coordinates
+        x=math.log10(budget) if canvas.x_log else budget,
+        xref="x",
+        y=1,
+        yref="paper",
+        text=text,
+        showarrow=False,
+        xanchor=side,
+        yanchor="top",
+        xshift=4 if side == "left" else -4,
+        bgcolor="rgba(255,255,255,0.8)",
+        font={"color": "firebrick", "size": 12},
+    )
+    return [(max(start, left), top, start + wide, top + 12 * 1.3)]
+
+
+def _trade_off_ranges(
+    summary: pd.DataFrame,
+    control: pd.DataFrame | None,
+    budget: float | None,
+    x: str,
+    y: str,
+    log_x: bool | None,
+) -> tuple[bool, list[float], list[float]]:
+    """Whether x is logarithmic, and the x and y ranges around every point and the budget."""
+    others = [control] if control is not None else []
+    xs = pd.concat([summary[x], *[c[x] for c in others]]).dropna().to_numpy(float)
+    if log_x is None:
+        log_x = style.spans_decades(xs)
+    if budget is not None and math.isfinite(budget) and (budget > 0 or not log_x):
+        xs = np.append(xs, budget)
+    x_range = style.fitted_range(xs, log=log_x, pad=0.05) or [0.0, 1.0]
+    ys = pd.concat([summary[y], *[c[y] for c in others]])
+    y_range = style.fitted_range(ys, bounded=y in style.BOUNDED, pad=0.12) or [0.0, 1.0]
+    return log_x, x_range, y_range
+
+
+def _distinct(rows: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """``rows`` with one row per distinct point (alpha 0 is the same model at every layer)."""
+    keys = rows.assign(_x=rows[x].astype(float).round(6), _y=rows[y].astype(float).round(6))
+    return rows.loc[keys.drop_duplicates(["_x", "_y"]).index]
+
+
+def _place(
+    canvas: Canvas,
+    steered: pd.DataFrame,
+    front: pd.DataFrame,
+    markers: list[tuple[float, float, float]],
+    named: tuple[int, float] | None,
+    obstacles: list[Box],
+    axes: tuple[str, str],
+) -> dict[tuple[int, float], tuple[str, str]]:
+    """Each steered setting's label and ``textposition`` (``("", ...)`` where left out).
+
+    Labels: every setting up to :data:`MAX_PARETO_LABELS`, else the front's; front points are
+    placed first, then the others by cost. The ``named`` setting (the recommended one, which
+    the legend names) and the ``markers`` (unsteered, control, star: ``(x, y, size)``) take
+    room without a label.
+    """
+    x, y = axes
+    on_front = {_key(r) for r in front.itertuples()} if len(front) else set()
+    label_all = len(steered) <= MAX_PARETO_LABELS
+    several = steered["layer"].nunique() > 1
+    rows = sorted(steered.itertuples(), key=lambda r: (_key(r) not in on_front, getattr(r, x)))
+    points = []
+    for r in rows:
+        text = f"L{int(r.layer)} α{float(r.alpha):.3g}" if several else f"α{float(r.alpha):.3g}"
+        shown = (label_all or _key(r) in on_front) and _key(r) != named
+        points.append((float(getattr(r, x)), float(getattr(r, y)), text if shown else "", 9.0))
+    points += [(mx, my, "", size) for mx, my, size in markers]
+    where = place_labels(canvas, points, size=LABEL_SIZE, obstacles=obstacles)
+    return {
+        _key(r): (text if position else "", position or "top center")
+        for r, (_, _, text, _), position in zip(
+            rows, points[: len(rows)], where[: len(rows)], strict=True
+        )
+    }
+
+
+def _setting_traces(
+    fig: go.Figure,
+    steered: pd.DataFrame,
+    labels: dict[tuple[int, float], tuple[str, str]],
+    axes: tuple[str, str],
+) -> None:
+    """The steered settings: a trace (colour) per layer, or one coloured by layer if many."""
+    x, y = axes
+    layers = sorted({int(v) for v in steered["layer"]})
+    colors = style.alpha_colors(layers) if layers else {}
+    groups = (
+        [(f"layer {layer}", steered[steered["layer"] == layer]) for layer in layers]
+        if len(layers) <= MAX_LAYER_TRACES
+        else [("steered settings (colour: layer)", steered)]
+    )
+    for name, part in groups:
+        color: Any = [colors[float(v)] for v in part["layer"]]
+        marker: dict[str, Any] = {"size": MARKER_SIZE, "color": color}
+        if len(groups) == 1 and len(layers) > MAX_LAYER_TRACES:
+            marker.update(
+                color=part["layer"].astype(int).tolist(),
+                colorscale="Viridis",
+                showscale=True,
+                colorbar={"title": {"text": "layer"}},
+            )
+        found = [labels[_key(r)] for r in part.itertuples()]
+        fig.add_trace(
+            go.Scatter(
+                x=part[x].tolist(),
+                y=part[y].tolist(),
+                mode="markers+text",
+                marker=marker,
+                text=[text for text, _ in found],
+                textposition=[position for _, position in found],
+                textfont={"size": LABEL_SIZE, "color": "#333333"},
+                hovertext=[_hover(row, x, y) for _, row in part.iterrows()],
+                hoverinfo="text",
+                name=name,
+            )
+        )
 
 
 def pareto_figure(
@@ -44,12 +235,17 @@ def pareto_figure(
 ) -> go.Figure:
     """Scatter of the (layer, alpha) settings with their Pareto front and recommended point.
 
-    Kept in one piece (about 100 lines): one figure, built trace by trace (front, settings, control,
-    budget line, recommended point).
-
     Pass the rows of one subset and direction (e.g. challenging CAA rows). To draw the
     trade-off on the operating-point rule's own axes, pass rows from
-    :func:`steerlib.evaluate.metrics.tradeoff_rows` with ``x="benign_perplexity"``.
+    :func:`steerlib.evaluate.controls.tradeoff_rows` with ``x="benign_perplexity"``.
+
+    The legend lists conditions, not settings: a colour per steered layer, the unsteered
+    model (alpha 0, one point however many layers share it), the front, the random control
+    and the recommended point. Each steered point is labelled ``L<layer> α<alpha>`` in the
+    image (``α<alpha>`` with one layer; only the front's beyond :data:`MAX_PARETO_LABELS`
+    settings) where its label overlaps no other label or marker at the figure's export size;
+    the recommended setting's label is its legend entry, and every point's hover text names
+    it.
 
     Args:
         summary: Summary rows to plot.
@@ -57,9 +253,10 @@ def pareto_figure(
             :func:`steerlib.evaluate.metrics.pareto_front` when None.
         x: Cost column (e.g. perplexity).
         y: Toxicity column.
-        recommended: Output of :func:`steerlib.evaluate.metrics.recommend_operating_point`; its
-            (layer, alpha) row of ``summary`` is highlighted (its own ``x``/``y`` values are
-            used when ``summary`` has no such row).
+        recommended: Output of
+            :func:`steerlib.evaluate.operating_point.recommend_operating_point`; its (layer,
+            alpha) row of ``summary`` is highlighted (its own ``x``/``y`` values are used when
+            ``summary`` has no such row).
         control: Rows of the random-direction control on the same axes, drawn as grey open
             markers (not part of the front), so CAA and the control can be compared at equal
             cost.
@@ -68,58 +265,110 @@ def pareto_figure(
             a factor of 10 or more (perplexity of broken text runs into the thousands).
 
     Returns:
-        The figure: one points trace per alpha (a discrete colour each, every point labelled
-        ``L<layer> α<alpha>`` in the image, only the front's when there are more than
-        :data:`MAX_PARETO_LABELS`), a front trace, then, when given, a control trace and a
-        recommended-point trace (the budget is a layout shape).
+        The figure: one trace per steered layer (named ``layer <n>``), the unsteered points,
+        the front, then, when given, the control and the recommended point (the budget is a
+        layout shape and the first annotation).
 
     Example:
-        >>> rows = metrics.tradeoff_rows(summary)  # doctest: +SKIP
+        >>> rows = controls.tradeoff_rows(summary)  # doctest: +SKIP
         >>> caa = rows[rows["direction"] == "caa"]  # doctest: +SKIP
         >>> rnd = rows[rows["direction"] == "random"]  # doctest: +SKIP
         >>> pareto_figure(caa, x="benign_perplexity", control=rnd, budget=6.95)  # doctest: +SKIP
     """
     style.require_columns(summary, ["layer", "alpha", x, y], "summary")
-    if front is None:
-        front = pareto_front(summary, x=x, y=y)
+    front = pareto_front(summary, x=x, y=y) if front is None else front
+    if control is not None and len(control):
+        style.require_columns(control, ["layer", "alpha", x, y], "control")
+    else:
+        control = None
+    zero = np.isclose(summary["alpha"].astype(float), 0.0)
+    steered, unsteered = summary[~zero], _distinct(summary[zero], x, y)
+    star = _recommended_xy(summary, recommended, x, y) if recommended is not None else None
+    star_name = (
+        f"recommended: layer {recommended.get('layer')}, "
+        f"alpha {float(recommended.get('alpha', math.nan)):g}"
+        if recommended is not None
+        else ""
+    )
+    x_log, x_range, y_range = _trade_off_ranges(summary, control, budget, x, y, log_x)
+    layers = sorted({int(v) for v in steered["layer"]})
+    legend = [f"layer {layer}" for layer in layers][:MAX_LAYER_TRACES]
+    legend += ["unsteered (alpha 0)", "Pareto front", "random control", star_name]
+    scope = style.scope_text(summary, direction=False)
+    scope += " · CAA" + (" vs random control (grey circles)" if control is not None else "")
+    title = style.title(
+        f"{style.label(y)} vs {style.label(x)}", f"lower is better on both; {scope}"
+    )
     fig = go.Figure()
-    colors = style.alpha_colors(summary["alpha"].astype(float).tolist()) if len(summary) else {}
-    label_all = len(summary) <= MAX_PARETO_LABELS
-    on_front = {(int(r.layer), float(r.alpha)) for r in front.itertuples()} if len(front) else set()
-    for alpha, color in colors.items():
-        part = summary[np.isclose(summary["alpha"].astype(float), alpha)]
-        labels = [
-            f"L{int(r.layer)} α{float(r.alpha):.3g}"
-            if label_all or (int(r.layer), float(r.alpha)) in on_front
-            else ""
-            for r in part.itertuples()
+    canvas = trade_off_frame(fig, title, x_range, y_range, x_log=x_log, legend=legend)
+    obstacles = _budget(fig, canvas, budget)
+    markers = [
+        (float(px), float(py), 10.0) for px, py in zip(unsteered[x], unsteered[y], strict=True)
+    ]
+    if control is not None:
+        markers += [
+            (float(px), float(py), 8.0) for px, py in zip(control[x], control[y], strict=True)
         ]
+    markers += [(star[0], star[1], float(STAR_SIZE))] if star is not None else []
+    named = (
+        (int(recommended["layer"]), round(float(recommended["alpha"]), 4))
+        if star and recommended and "layer" in recommended
+        else None
+    )
+    labels = _place(canvas, steered, front, markers, named, obstacles, (x, y))
+    _setting_traces(fig, steered, labels, (x, y))
+    _reference_traces(fig, unsteered, front, control, (x, y))
+    if star is not None:
         fig.add_trace(
             go.Scatter(
-                x=part[x].tolist(),
-                y=part[y].tolist(),
-                mode="markers+text",
-                marker={"size": 9, "color": color},
-                text=labels,
-                textposition="top center",
-                textfont={"size": 10, "color": "#333333"},
-                hovertext=[_hover(row, x, y) for _, row in part.iterrows()],
-                hoverinfo="text",
-                name=f"alpha {alpha:.3g}",
+                x=[star[0]],
+                y=[star[1]],
+                mode="markers",
+                marker={
+                    "size": STAR_SIZE,
+                    "symbol": "star",
+                    "color": "gold",
+                    "line": {"color": "black", "width": 1.5},
+                },
+                name=star_name,
             )
         )
-    front_sorted = front.sort_values([x, y]) if len(front) else front
+    fig.update_layout(xaxis_title=style.label(x), yaxis_title=style.label(y))
+    return fig
+
+
+def _reference_traces(
+    fig: go.Figure,
+    unsteered: pd.DataFrame,
+    front: pd.DataFrame,
+    control: pd.DataFrame | None,
+    axes: tuple[str, str],
+) -> None:
+    """The unsteered point(s), the Pareto front and the random control's settings."""
+    x, y = axes
+    if len(unsteered):
+        fig.add_trace(
+            go.Scatter(
+                x=unsteered[x].tolist(),
+                y=unsteered[y].tolist(),
+                mode="markers",
+                marker={"size": 10, "symbol": "diamond", "color": "black"},
+                hovertext=[_hover(row, x, y) for _, row in unsteered.iterrows()],
+                hoverinfo="text",
+                name="unsteered (alpha 0)",
+            )
+        )
+    ordered = front.sort_values([x, y]) if len(front) else front
     fig.add_trace(
         go.Scatter(
-            x=front_sorted[x].tolist() if len(front) else [],
-            y=front_sorted[y].tolist() if len(front) else [],
+            x=ordered[x].tolist() if len(front) else [],
+            y=ordered[y].tolist() if len(front) else [],
             mode="lines",
             line={"color": "black", "shape": "hv"},
             name="Pareto front",
         )
     )
-    if control is not None and len(control):
-        style.require_columns(control, ["layer", "alpha", x, y], "control")
+    if control is not None:
         fig.add_trace(
             go.Scatter(
                 x=control[x].tolist(),
@@ -131,57 +380,6 @@ def pareto_figure(
                 name="random control",
             )
         )
-    xs = pd.concat([summary[x], control[x] if control is not None and len(control) else None])
-    xs = xs.dropna().to_numpy(float)
-    if log_x is None:
-        log_x = bool(len(xs)) and bool((xs > 0).all()) and xs.max() >= 10 * xs.min()
-    if log_x:
-        fig.update_xaxes(type="log")
-    if budget is not None and math.isfinite(budget) and (budget > 0 or not log_x):
-        fig.add_vline(x=budget, line={"dash": "dash", "color": "firebrick"})
-        fig.add_annotation(  # annotations on a log axis take log10 coordinates
-            x=math.log10(budget) if log_x else budget,
-            xref="x",
-            y=1,
-            yref="paper",
-            text="perplexity budget",
-            showarrow=False,
-            xanchor="left",
-            yanchor="bottom",
-            font={"color": "firebrick"},
-        )
-    if recommended is not None:
-        point = _recommended_xy(summary, recommended, x, y)
-        if point is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[point[0]],
-                    y=[point[1]],
-                    mode="markers",
-                    marker={
-                        "size": 18,
-                        "symbol": "star",
-                        "color": "gold",
-                        "line": {"color": "black", "width": 1.5},
-                    },
-                    name=(
-                        f"recommended: layer {recommended.get('layer')}, "
-                        f"alpha {float(recommended.get('alpha', math.nan)):g}"
-                    ),
-                )
-            )
-    ys = pd.concat([summary[y], control[y] if control is not None and len(control) else None])
-    fig.update_yaxes(range=style.fitted_range(ys, bounded=y in style.BOUNDED, pad=0.12))
-    scope = style.scope_text(summary, direction=False)
-    scope += " · CAA" + (" vs random control (grey circles)" if control is not None else "")
-    fig.update_layout(
-        title=style.title(f"{style.label(y)} vs {style.label(x)} (lower is better on both)", scope),
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
-        xaxis_title=style.label(x),
-        yaxis_title=style.label(y),
-        template="plotly_white",
-    )
-    return fig
 
 
 def _recommended_xy(
@@ -201,162 +399,3 @@ def _recommended_xy(
     if x in recommended and y in recommended:
         return float(recommended[x]), float(recommended[y])
     return None
-
-
-_VARIANT_MARKERS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "hexagon", "x")
-VARIANT_COLORS: dict[str, str] = {
-    "caa": "#1f77b4",
-    "caa_generated": "#17becf",
-    "gated": "#d62728",
-    "ablate": "#2ca02c",
-    "clamp": "#9467bd",
-    "norm_preserving": "#ff7f0e",
-    "multilayer": "#8c564b",
-    "random control": style.GREY,
-    "unsteered (alpha 0)": "#000000",
-}
-"""Colour of each steering variant in the variants' Pareto figure (the random control grey)."""
-
-
-def _variant_points(rows: pd.DataFrame, fluency: str, subset: str) -> dict[str, pd.DataFrame]:
-    """Each variant's steered settings with ``cost_pct`` (fluency cost over alpha 0, in %)."""
-    from steerlib.evaluate.controls import tradeoff_rows
-
-    cost = f"benign_{fluency}"
-    traces: dict[str, pd.DataFrame] = {}
-    reference = pd.DataFrame()
-    for variant, part in rows.groupby("variant", sort=False):
-        points = tradeoff_rows(part, subset=subset, cost=fluency)
-        base = points[points["alpha"].astype(float) == 0.0].set_index(["direction", "layer"])[cost]
-        points = points.assign(
-            _base=[
-                base.get((d, layer), np.nan)
-                for d, layer in zip(points["direction"], points["layer"], strict=True)
-            ]
-        )
-        points = points.assign(cost_pct=100.0 * (points[cost] / points["_base"] - 1.0))
-        zero = points["alpha"].astype(float) == 0.0
-        if variant == "caa":
-            reference = points[zero & (points["direction"] == "caa")]
-        points = points[~zero]
-        traces[str(variant)] = points[points["direction"] == "caa"]
-        if variant == "caa":
-            traces["random control"] = points[points["direction"] == "random"]
-    control = traces.pop("random control", None)
-    if control is not None:
-        traces["random control"] = control
-        traces["unsteered (alpha 0)"] = reference
-    return {name: points.sort_values("cost_pct") for name, points in traces.items()}
-
-
-def variants_pareto_figure(
-    summary: pd.DataFrame,
-    *,
-    fluency: str = "human_perplexity",
-    split: str = "confirmation",
-    subset: str = "challenging",
-) -> go.Figure:
-    """Expected maximum toxicity against fluency cost, one colour and marker per variant.
-
-    Every steered setting (layer, alpha) of every steering variant is a point, labelled in the
-    image (``gated α0.8``; ``gated L12 α0.8`` when several layers are drawn) as in
-    :func:`pareto_figure`: every point up to :data:`MAX_PARETO_LABELS` points, beyond that
-    only each trace's Pareto-front points. The random control (made with ``"caa"``) is its own
-    grey trace, and alpha 0 (the unsteered model, the same for every variant) a black
-    reference at cost 0. The cost is the relative change of the benign ``fluency`` measure
-    from alpha 0 of the same variant and layer, in percent.
-
-    Args:
-        summary: The step-06 summary with a ``variant`` column (``summary.parquet``).
-        fluency: The fluency measure (a benign-subset column of the summary).
-        split: Which half to draw (``"confirmation"``, ``"selection"`` or ``"all"``); the
-            whole table when the summary has no such half (the subtitle says which).
-        subset: Subset whose EMT is drawn.
-
-    Returns:
-        A plotly figure: one trace per variant (a discrete colour each,
-        :data:`VARIANT_COLORS`), then the random control and the unsteered reference; the
-        subtitle names the layer(s), the
-        subset and the half shown.
-    """
-    style.require_columns(
-        summary, ["variant", "subset", "layer", "alpha", "direction", fluency], "summary"
-    )
-    rows = summary
-    if "split" in rows.columns and (rows["split"] == split).any():
-        rows = rows[rows["split"] == split]
-    halves = [str(v) for v in dict.fromkeys(rows["split"])] if "split" in rows.columns else []
-    shown = f"{halves[0]} half" if len(halves) == 1 and halves[0] != "all" else "all prompts"
-    rows = rows[rows["layer"] >= 0]
-    traces = {name: points for name, points in _variant_points(rows, fluency, subset).items()}
-    traces = {name: points for name, points in traces.items() if not points.empty}
-    several_layers = len({int(v) for points in traces.values() for v in points["layer"]}) > 1
-    label_all = sum(len(points) for points in traces.values()) <= MAX_PARETO_LABELS
-    fig = go.Figure()
-    every_x = [float(v) for points in traces.values() for v in points["cost_pct"]]
-    low_x, high_x = (min(every_x), max(every_x)) if every_x else (0.0, 1.0)
-    middle_x = (low_x + high_x) / 2
-    placed: list[tuple[float, float]] = []
-
-    def where(x: float, y: float) -> str:
-        """Labels point inwards (none is cut at the edge); a second label at a point goes below."""
-        side = "left" if x > middle_x else "right"
-        near = any(
-            abs(x - px) < 0.02 * (high_x - low_x + 1) and abs(y - py) < 0.02 for px, py in placed
-        )
-        placed.append((x, y))
-        return f"{'bottom' if near else 'middle'} {side}"
-
-    for index, (name, points) in enumerate(traces.items()):
-        front = pareto_front(points, x="cost_pct", y="expected_max_toxicity")
-        on_front = {(int(r.layer), float(r.alpha)) for r in front.itertuples()}
-        short = {"random control": "random", "unsteered (alpha 0)": "unsteered"}.get(name, name)
-        labels = [
-            (
-                f"{short} L{int(r.layer)} α{float(r.alpha):.3g}"
-                if several_layers
-                else f"{short} α{float(r.alpha):.3g}"
-            )
-            if label_all or (int(r.layer), float(r.alpha)) in on_front
-            else ""
-            for r in points.itertuples()
-        ]
-        color = VARIANT_COLORS.get(name, style.FALLBACK_COLORS[index % len(style.FALLBACK_COLORS)])
-        fig.add_trace(
-            go.Scatter(
-                x=points["cost_pct"].tolist(),
-                y=points["expected_max_toxicity"].tolist(),
-                mode="markers+text"
-                if name in ("random control", "unsteered (alpha 0)")
-                else "markers+lines+text",
-                name=name,
-                marker={
-                    "symbol": _VARIANT_MARKERS[index % len(_VARIANT_MARKERS)],
-                    "size": 10,
-                    "color": color,
-                },
-                line={"color": color},
-                text=labels,
-                textposition=[
-                    where(float(r.cost_pct), float(r.expected_max_toxicity))
-                    for r in points.itertuples()
-                ],
-                textfont={"size": 10, "color": color},
-                hovertext=[
-                    f"{name}<br>layer {int(r.layer)}, alpha {float(r.alpha):.4g}<br>"
-                    f"EMT {float(r.expected_max_toxicity):.3f}<br>cost {float(r.cost_pct):.1f}%"
-                    for r in points.itertuples()
-                ],
-                hoverinfo="text",
-            )
-        )
-    layers = [v for points in traces.values() for v in points["layer"]]
-    scope = f"{style.layers_text(layers)} · subset {subset} · {shown}"
-    fig.update_layout(
-        title=style.title(f"Steering variants: {subset} EMT against fluency cost", scope),
-        xaxis_title=f"{style.label(fluency)} increase over alpha 0 (%)",
-        yaxis_title=f"{style.label('expected_max_toxicity')} ({subset})",
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
-        template="plotly_white",
-    )
-    return fig

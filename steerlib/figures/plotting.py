@@ -6,7 +6,9 @@ decide where files go. The functions live in modules of one kind each, re-export
 
 * :mod:`~steerlib.figures.curves` — a metric against alpha, layer or run; toxicity spread;
 * :mod:`~steerlib.figures.heatmaps` — layer x alpha heatmaps (metric, CAA minus control);
-* :mod:`~steerlib.figures.pareto` — toxicity against fluency cost (settings, variants);
+* :mod:`~steerlib.figures.pareto` — toxicity against fluency cost, one point per setting;
+* :mod:`~steerlib.figures.variants` — the same for every steering variant side by side;
+* :mod:`~steerlib.figures.labels` — point labels that do not overlap, titles that fit;
 * :mod:`~steerlib.figures.vector_plots` — the steering vector's norms, diagnostics, cosines;
 * :mod:`~steerlib.figures.style` — colours, labels, titles and axis ranges they share;
 * :mod:`~steerlib.figures.files` — PNG/PDF/HTML files (static export needs Chrome or Chromium).
@@ -22,12 +24,7 @@ from steerlib.figures.curves import (
 )
 from steerlib.figures.files import find_browser, save_figure, use_offline_notebook_renderer
 from steerlib.figures.heatmaps import control_heatmap, layer_alpha_heatmap
-from steerlib.figures.pareto import (
-    MAX_PARETO_LABELS,
-    VARIANT_COLORS,
-    pareto_figure,
-    variants_pareto_figure,
-)
+from steerlib.figures.pareto import MAX_PARETO_LABELS, pareto_figure
 from steerlib.figures.style import (
     DIRECTION_DASH,
     SUBSET_COLORS,
@@ -36,6 +33,7 @@ from steerlib.figures.style import (
     require_columns,
     spans_decades,
 )
+from steerlib.figures.variants import VARIANT_COLORS, variants_pareto_figure
 from steerlib.figures.vector_plots import layer_cosine_heatmap, vector_diagnostics, vector_norms
 
 __all__ = [

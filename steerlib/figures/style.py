@@ -8,6 +8,7 @@ and switch to a log scale where positive values span a factor of 10 or more
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from steerlib.errors import DataError
+from steerlib.figures.files import FIGURE_SIZES
+from steerlib.figures.labels import text_width
 
 __all__ = [
     "ALPHA_NOTE",
@@ -40,6 +43,9 @@ __all__ = [
     "spans_decades",
     "subset_color",
     "title",
+    "title_margin",
+    "titled",
+    "wrap",
 ]
 
 
@@ -73,6 +79,15 @@ _LABELS = {
     "distinct_2": "Distinct-2",
     "distinct_3": "Distinct-3",
 }
+PAGE_WIDTH = FIGURE_SIZES["page"][0]
+"""Width of a page figure in pixels: titles are wrapped to fit it."""
+TITLE_SIZE = 12 * 1.4
+"""Font size of a title (plotly: 1.4 times the 12-pixel layout font)."""
+SUBTITLE_SIZE = TITLE_SIZE * 0.7
+"""Font size of a ``<sup>`` subtitle line (plotly draws it at 70%)."""
+TITLE_X, TITLE_PAD = 0.05, 20
+"""Where the title starts (share of the width, plotly_white's default) and the room kept at
+its right end, in pixels."""
 FALLBACK_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
@@ -81,9 +96,68 @@ def label(metric: str) -> str:
     return _LABELS.get(metric, metric.replace("_", " "))
 
 
-def title(text: str, scope: str = "") -> str:
-    """Figure title with what it shows (``scope``) and alpha's sign as a subtitle line."""
-    return f"{text}<br><sup>{scope + '; ' if scope else ''}{ALPHA_NOTE}</sup>"
+def wrap(text: str, size: float, width: float) -> list[str]:
+    """``text`` broken into lines of at most ``width`` pixels at font ``size``.
+
+    Lines break after a `` · `` or ``;`` separator where they can, else at a space; a single
+    word longer than a line keeps a line of its own.
+    """
+    chunks = re.findall(r".+?(?: · |; |$)", text) if text else []
+    words = [
+        piece
+        for chunk in chunks
+        for piece in ([chunk] if text_width(chunk, size) <= width else chunk.split(" "))
+    ]
+    lines: list[str] = []
+    for word in words:
+        joined = f"{lines[-1]}{'' if lines[-1].endswith(' ') else ' '}{word}" if lines else word
+        if lines and text_width(joined.rstrip(), size) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return [line.strip() for line in lines if line.strip()]
+
+
+def title(
+    text: str, scope: str = "", *, note: str | None = ALPHA_NOTE, width: int = PAGE_WIDTH
+) -> dict[str, Any]:
+    """Figure title with what it shows (``scope``) and alpha's sign in a smaller subtitle.
+
+    Both are wrapped to fit a figure ``width`` pixels wide (the title starts at 5% of the
+    width, plotly's default), so no title is cut at the right edge; give the figure a top
+    margin of :func:`title_margin` so its lines stay above the plot.
+
+    Args:
+        text: The title.
+        scope: What the figure shows (layers, directions, subsets, half).
+        note: A last subtitle sentence (alpha's sign by default; None: none).
+        width: The narrowest figure width the title must fit, in pixels.
+
+    Returns:
+        Plotly's ``layout.title``: its ``text``, lines joined by ``<br>``.
+    """
+    room = width * (1 - TITLE_X) - TITLE_PAD
+    sub = "; ".join(part for part in (scope, note) if part)
+    lines = wrap(text, TITLE_SIZE, room)
+    lines += [f"<sup>{line}</sup>" for line in wrap(sub, SUBTITLE_SIZE, room) if line]
+    return {"text": "<br>".join(lines)}
+
+
+def titled(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``layout`` keys of a :func:`title` (same arguments) and the top margin it needs."""
+    heading = title(*args, **kwargs)
+    return {"title": heading, "margin": {"t": title_margin(heading)}}
+
+
+def title_margin(fig_title: dict[str, Any]) -> float:
+    """The top margin in pixels that keeps every line of a :func:`title` above the plot.
+
+    Plotly sets a title's first line at half the top margin and the next ones 1.3 title
+    font sizes apart below it (subtitle lines too), so the margin must be twice the drop
+    from the first line's baseline to the last one's descent.
+    """
+    lines = str(fig_title["text"]).count("<br>") + 1
+    return max(100.0, 2 * ((lines - 1) * 1.3 * TITLE_SIZE + TITLE_PAD / 2 + 4))
 
 
 def layers_text(layers: Sequence[Any]) -> str:

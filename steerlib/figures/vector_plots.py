@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from steerlib.errors import ConfigError, DataError
 from steerlib.figures import style
+from steerlib.figures.files import FIGURE_SIZES
 
 __all__ = ["layer_cosine_heatmap", "vector_diagnostics", "vector_norms"]
 
@@ -66,9 +67,10 @@ def vector_diagnostics(diagnostics: Sequence[Mapping[str, Any]]) -> go.Figure:
     for y in (0.5, -0.5):
         fig.add_hline(y=y, line_dash="dash", line_color=style.GREY, row=2, col=1)
     fig.update_layout(
-        title=(
-            "Steering vector diagnostics per layer"
-            f"<br><sup>CAA direction, {style.layers_text(layers)}</sup>"
+        **style.titled(
+            "Steering vector diagnostics per layer",
+            f"CAA direction, {style.layers_text(layers)}",
+            note=None,
         ),
         template="plotly_white",
         height=600,
@@ -101,9 +103,11 @@ def vector_norms(norms: Mapping[int, float] | Sequence[float]) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=(
-            "Steering vector norm per layer"
-            f"<br><sup>CAA direction, {style.layers_text([layer for layer, _ in pairs])}</sup>"
+        **style.titled(
+            "Steering vector norm per layer",
+            f"CAA direction, {style.layers_text([layer for layer, _ in pairs])}",
+            note=None,
+            width=FIGURE_SIZES["column"][0],
         ),
         xaxis_title="layer",
         yaxis_title="L2 norm",
@@ -149,9 +153,10 @@ def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int]) -> go.Figure
         )
     )
     fig.update_layout(
-        title=(
-            "Cosine similarity of steering directions across layers"
-            f"<br><sup>CAA direction, {style.layers_text(labels)}</sup>"
+        **style.titled(
+            "Cosine similarity of steering directions across layers",
+            f"CAA direction, {style.layers_text(labels)}",
+            note=None,
         ),
         xaxis_title="layer",
         yaxis_title="layer",
