@@ -9,6 +9,7 @@ legend lists conditions (layers, unsteered, control, front, recommended), never 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ TRADE_OFF_SIZE: tuple[int, int] = FIGURE_SIZES["page_tall"]
 LABEL_SIZE = 10
 """Font size of point labels in pixels."""
 MARKER_SIZE, STAR_SIZE = 9, 18
+REACH = {"circle": 1.0, "diamond": 1.3, "star": 1.4}
+"""How far a marker symbol reaches from its centre, relative to a circle of the same size."""
 MAX_LAYER_TRACES = 8
 """Up to this many steered layers get a legend entry each; beyond, one trace coloured by layer."""
 
@@ -114,7 +117,19 @@ def _budget(fig: go.Figure, canvas: Canvas, budget: float | None) -> list[Box]:
         bgcolor="rgba(255,255,255,0.8)",
         font={"color": "firebrick", "size": 12},
     )
-    return [(max(start, left), top, start + wide, top + 12 * 1.3)]
+    line = (px - 1.5, top, px + 1.5, canvas.area[3])
+    return [(max(start, left), top, start + wide, top + 12 * 1.3), line]
+
+
+def _front_boxes(canvas: Canvas, front: pd.DataFrame, x: str, y: str) -> list[Box]:
+    """Thin boxes along the front's steps (across, then down), which labels must not cross."""
+    ordered = front.sort_values([x, y]) if len(front) else front
+    pixels = [canvas.pixel(float(a), float(b)) for a, b in zip(ordered[x], ordered[y], strict=True)]
+    boxes: list[Box] = []
+    for (x0, y0), (x1, y1) in itertools.pairwise(pixels):
+        boxes.append((min(x0, x1), y0 - 1.5, max(x0, x1), y0 + 1.5))
+        boxes.append((x1 - 1.5, min(y0, y1), x1 + 1.5, max(y0, y1)))
+    return boxes
 
 
 def _trade_off_ranges(
@@ -301,15 +316,16 @@ def pareto_figure(
     )
     fig = go.Figure()
     canvas = trade_off_frame(fig, title, x_range, y_range, x_log=x_log, legend=legend)
-    obstacles = _budget(fig, canvas, budget)
+    obstacles = _budget(fig, canvas, budget) + _front_boxes(canvas, front, x, y)
     markers = [
-        (float(px), float(py), 10.0) for px, py in zip(unsteered[x], unsteered[y], strict=True)
+        (float(px), float(py), 10.0 * REACH["diamond"])
+        for px, py in zip(unsteered[x], unsteered[y], strict=True)
     ]
     if control is not None:
         markers += [
             (float(px), float(py), 8.0) for px, py in zip(control[x], control[y], strict=True)
         ]
-    markers += [(star[0], star[1], float(STAR_SIZE))] if star is not None else []
+    markers += [(star[0], star[1], STAR_SIZE * REACH["star"])] if star is not None else []
     named = (
         (int(recommended["layer"]), round(float(recommended["alpha"]), 4))
         if star and recommended and "layer" in recommended

@@ -93,7 +93,7 @@ def _variant_labels(
             entries.append((key not in on_front, name, index, cost, emt, text if shown else ""))
     entries.sort(key=lambda e: e[0])
     where = place_labels(
-        canvas, [(e[3], e[4], e[5], 10.0) for e in entries], size=LABEL_SIZE, positions=_inward
+        canvas, [(e[3], e[4], e[5], 14.0) for e in entries], size=LABEL_SIZE, positions=_inward
     )
     out = {name: ([""] * len(points), [""] * len(points)) for name, points in traces.items()}
     for (_, name, index, cost, emt, text), position in zip(entries, where, strict=True):
