@@ -14,7 +14,7 @@ from steerlib.errors import ConfigError
 from steerlib.evaluate import controls
 from steerlib.evaluate.metrics import pareto_front
 from steerlib.figures import files as figure_files
-from steerlib.figures import plotting
+from steerlib.figures import labels, plotting, style
 
 NOTE = "positive alpha = steer away from toxicity"
 ALPHAS = [0.0, 2.0, 4.0]
@@ -585,3 +585,51 @@ def test_variants_pareto_figure_with_many_points_labels_each_front() -> None:
         assert all(" L" in text and " α" in text for text in labelled)  # the layer named
         front = pareto_front(pd.DataFrame({"x": list(trace.x), "y": list(trace.y)}), x="x", y="y")
         assert len(labelled) == len(front)
+
+
+# ---------------------------------------------------------------- titles and point labels
+
+
+def test_titles_are_wrapped_to_the_figure_width_and_keep_the_plot_clear() -> None:
+    long = (
+        "Expected maximum toxicity vs Steered perplexity on held-out benign text (lower is better)"
+    )
+    scope = "layers 12, 18, 24 · subset challenging · selection half · CAA vs random control"
+    heading = style.title(long, scope)
+    lines = heading["text"].split("<br>")
+    assert len(lines) >= 3  # the one-line title of issue 25 would be cut at the right edge
+    room = style.PAGE_WIDTH * (1 - style.TITLE_X) - style.TITLE_PAD
+    for line in lines:
+        small = line.startswith("<sup>")
+        text = line.removeprefix("<sup>").removesuffix("</sup>")
+        size = style.SUBTITLE_SIZE if small else style.TITLE_SIZE
+        assert labels.text_width(text, size) <= room, line
+    assert "layers 12, 18, 24" in heading["text"]  # broken after a separator, not inside
+    assert style.title_margin(heading) > style.title_margin(style.title("Short"))
+    narrow = style.title(long, scope, width=figure_files.FIGURE_SIZES["column"][0])
+    assert narrow["text"].count("<br>") > heading["text"].count("<br>")
+    fig = plotting.layer_profile(make_summary())
+    assert fig.layout.margin.t == style.title_margin({"text": fig.layout.title.text})
+
+
+def test_placed_labels_overlap_no_label_and_no_marker() -> None:
+    rng = np.random.default_rng(0)
+    canvas = labels.Canvas(840, 640, (80, 120, 30, 110), (0.0, 10.0), (0.0, 1.0))
+    xs, ys = rng.uniform(0, 10, 40), rng.uniform(0, 1, 40)
+    xs[1:3], ys[1:3] = xs[0], ys[0]  # three settings at one point (alpha 0 at three layers)
+    points = [(x, y, f"L{i} α{x:.2g}", 9.0) for i, (x, y) in enumerate(zip(xs, ys, strict=True))]
+    where = labels.place_labels(canvas, points, size=10)
+    shared = [position for position in where[:3] if position]
+    assert where[0] and len(shared) == len(set(shared))  # labels at one point: different sides
+    assert 0 < sum(bool(w) for w in where) < len(points)  # crowded: some are left out
+    boxes = [
+        labels.text_box(*canvas.pixel(x, y), text, 10, position, marker)
+        for (x, y, text, marker), position in zip(points, where, strict=True)
+        if position
+    ]
+    markers = [labels.marker_box(*canvas.pixel(x, y), 9.0) for x, y, *_ in points]
+    left, top, right, bottom = canvas.area
+    for i, box in enumerate(boxes):
+        assert left <= box[0] and box[2] <= right and top <= box[1] and box[3] <= bottom
+        assert not any(labels.overlaps(box, other) for other in boxes[i + 1 :])
+        assert not any(labels.overlaps(box, marker) for marker in markers)

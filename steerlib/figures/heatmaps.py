@@ -138,10 +138,10 @@ def control_heatmap(
     The scale is centred on 0 and symmetric, its bound the largest difference among positive
     alphas (where there are any), so negative alphas do not set it. A cell is starred when
     the paired interval of the difference (``<metric>_ci_low`` / ``_ci_high``, from
-    :func:`steerlib.evaluate.metrics.delta_vs_control` given the sweep) excludes 0.
+    :func:`steerlib.evaluate.controls.delta_vs_control` given the sweep) excludes 0.
 
     Args:
-        control: Output of :func:`steerlib.evaluate.metrics.delta_vs_control`.
+        control: Output of :func:`steerlib.evaluate.controls.delta_vs_control`.
         metric: ``"delta_mean_toxicity"`` or ``"delta_expected_max_toxicity"``.
         subset: Subset whose rows are shown.
 
@@ -155,7 +155,7 @@ def control_heatmap(
     if metric not in control.columns:
         raise ConfigError(
             f"control_heatmap got metric={metric!r}; use 'delta_mean_toxicity' or "
-            "'delta_expected_max_toxicity' (columns of metrics.delta_vs_control)."
+            "'delta_expected_max_toxicity' (columns of controls.delta_vs_control)."
         )
     rows = control[control["subset"] == subset]
     if rows.empty:
