@@ -291,6 +291,9 @@ def test_rendered_figures_have_titles_that_fit_and_labels_that_do_not_overlap(
         every[name] = problems(svg, width)
         root = ET.fromstring(svg)
         assert title_lines(root), name  # the check reads a title from every figure
+        legend = legend_entries(root)
+        for alpha in SEARCHED.values():  # the search's alphas are no legend categories
+            assert not [entry for entry in legend if f"alpha {alpha:g}" in entry], (name, legend)
         if name.startswith("pareto"):
             labels = [
                 label for frame in plot_frames(root) for label in labels_and_markers(frame)[0]

@@ -241,7 +241,8 @@ def layer_profile(
     """A summary metric against the steered layer, one line per (alpha, direction).
 
     Colour per alpha, dash per direction (CAA solid, random dotted), error bars from
-    ``<metric>_ci_low/_high`` when present; the alpha-0 value (the unsteered model, equal at
+    ``<metric>_ci_low/_high`` when present; alphas found at one layer only (the alpha search
+    adds one per layer) are grey diamonds, one ``searched alpha`` legend entry per direction; the alpha-0 value (the unsteered model, equal at
     every layer) is a grey horizontal line. The y axis is fitted to the values and intervals,
     logarithmic when they span a factor of 10 or more (one broken setting's perplexity would
     flatten every other point on a linear axis).
@@ -265,41 +266,8 @@ def layer_profile(
     ]
     if rows.empty:
         raise ConfigError(f"The summary has no steered rows with subset={subset!r}.")
-    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
-    has_ci = low_col in rows.columns and high_col in rows.columns
-    alphas = sorted(float(a) for a in rows["alpha"].unique() if a != 0)
-    palette = style.alpha_colors(alphas) if alphas else {}
-    shown: list[Any] = []
     fig = go.Figure()
-    for alpha in alphas:
-        color = palette[alpha]
-        for direction in dict.fromkeys(rows["direction"]):
-            part = rows[(rows["alpha"] == alpha) & (rows["direction"] == direction)]
-            part = part.sort_values("layer")
-            if part.empty:
-                continue
-            error = None
-            shown += part[metric].tolist()
-            if has_ci:
-                shown += part[low_col].tolist() + part[high_col].tolist()
-                error = {
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (part[high_col] - part[metric]).tolist(),
-                    "arrayminus": (part[metric] - part[low_col]).tolist(),
-                    "thickness": 1,
-                }
-            fig.add_trace(
-                go.Scatter(
-                    x=part["layer"].astype(int).tolist(),
-                    y=part[metric].tolist(),
-                    error_y=error,
-                    mode="lines+markers",
-                    line={"color": color, "dash": style.DIRECTION_DASH.get(direction, "dashdot")},
-                    marker={"color": color},
-                    name=f"alpha {alpha:g} · {direction}",
-                )
-            )
+    shown = _profile_traces(fig, rows, metric)
     zero = rows[rows["alpha"] == 0][metric]
     if len(zero):
         shown.append(float(zero.mean()))
@@ -316,6 +284,71 @@ def layer_profile(
     )
     style.fit_y(fig, shown, metric)
     return fig
+
+
+def _error_bars(part: pd.DataFrame, metric: str) -> dict[str, Any] | None:
+    """Asymmetric error bars from ``<metric>_ci_low/_high`` (None without them)."""
+    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low_col not in part.columns or high_col not in part.columns:
+        return None
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (part[high_col] - part[metric]).tolist(),
+        "arrayminus": (part[metric] - part[low_col]).tolist(),
+        "thickness": 1,
+    }
+
+
+def _profile_traces(fig: go.Figure, rows: pd.DataFrame, metric: str) -> list[Any]:
+    """The lines of :func:`layer_profile`; returns every value drawn (to fit the y axis).
+
+    An alpha of the grid (at several layers) is a line per direction, a colour per alpha;
+    alphas found at one layer only (the alpha search's, one per layer) share one marker trace
+    per direction, ``searched alpha``, so the legend does not list each of them.
+    """
+    alphas = sorted(float(a) for a in rows["alpha"].unique() if a != 0)
+    several = rows["layer"].nunique() > 1
+    at = rows.groupby("alpha")["layer"].nunique()
+    searched = [a for a in alphas if several and at.get(a, 0) == 1]
+    grid = [a for a in alphas if a not in searched]
+    palette = style.alpha_colors(grid) if grid else {}
+    low_col, high_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    groups = [(f"alpha {a:g}", [a], palette[a], "lines+markers") for a in grid]
+    if searched:
+        groups.append(("searched alpha", searched, "#444444", "markers"))
+    shown: list[Any] = []
+    for name, members, color, mode in groups:
+        for direction in dict.fromkeys(rows["direction"]):
+            part = rows[rows["alpha"].isin(members) & (rows["direction"] == direction)]
+            part = part.sort_values("layer")
+            if part.empty:
+                continue
+            shown += part[metric].tolist()
+            if low_col in part.columns and high_col in part.columns:
+                shown += part[low_col].tolist() + part[high_col].tolist()
+            fig.add_trace(
+                go.Scatter(
+                    x=part["layer"].astype(int).tolist(),
+                    y=part[metric].tolist(),
+                    error_y=_error_bars(part, metric),
+                    mode=mode,
+                    line={"color": color, "dash": style.DIRECTION_DASH.get(direction, "dashdot")},
+                    marker={
+                        "color": color,
+                        "symbol": "diamond" if mode == "markers" else "circle",
+                        "size": 9 if mode == "markers" else 6,
+                    },
+                    name=f"{name} · {direction}",
+                    hovertext=[
+                        f"layer {int(r.layer)}, alpha {float(r.alpha):.4g}, {direction}: "
+                        f"{float(getattr(r, metric)):.4g}"
+                        for r in part.itertuples()
+                    ],
+                    hoverinfo="text",
+                )
+            )
+    return shown
 
 
 def toxicity_distribution(
