@@ -242,7 +242,7 @@ def layer_profile(
 
     Colour per alpha, dash per direction (CAA solid, random dotted), error bars from
     ``<metric>_ci_low/_high`` when present; alphas found at one layer only (the alpha search
-    adds one per layer) are grey diamonds, one ``searched alpha`` legend entry per direction; the alpha-0 value (the unsteered model, equal at
+    adds one per layer) are grey diamonds (open for the control), one ``searched alpha`` entry per direction; the alpha-0 value (the unsteered model, equal at
     every layer) is a grey horizontal line. The y axis is fitted to the values and intervals,
     logarithmic when they span a factor of 10 or more (one broken setting's perplexity would
     flatten every other point on a linear axis).
@@ -336,7 +336,9 @@ def _profile_traces(fig: go.Figure, rows: pd.DataFrame, metric: str) -> list[Any
                     line={"color": color, "dash": style.DIRECTION_DASH.get(direction, "dashdot")},
                     marker={
                         "color": color,
-                        "symbol": "diamond" if mode == "markers" else "circle",
+                        "symbol": "circle"
+                        if mode != "markers"
+                        else ("diamond" if direction == "caa" else "diamond-open"),
                         "size": 9 if mode == "markers" else 6,
                     },
                     name=f"{name} · {direction}",
