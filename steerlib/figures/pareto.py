@@ -184,7 +184,7 @@ def _place(
     for r in rows:
         text = f"L{int(r.layer)} α{float(r.alpha):.3g}" if several else f"α{float(r.alpha):.3g}"
         shown = (label_all or _key(r) in on_front) and _key(r) != named
-        points.append((float(getattr(r, x)), float(getattr(r, y)), text if shown else "", 9.0))
+        points.append((float(getattr(r, x)), float(getattr(r, y)), text if shown else "", MARKER_SIZE))
     points += [(mx, my, "", size) for mx, my, size in markers]
     where = place_labels(canvas, points, size=LABEL_SIZE, obstacles=obstacles)
     return {
@@ -307,7 +307,8 @@ def pareto_figure(
     )
     x_log, x_range, y_range = _trade_off_ranges(summary, control, budget, x, y, log_x)
     layers = sorted({int(v) for v in steered["layer"]})
-    legend = [f"layer {layer}" for layer in layers][:MAX_LAYER_TRACES]
+    legend = [f"layer {layer}" for layer in layers]
+    legend = legend if len(legend) <= MAX_LAYER_TRACES else ["steered settings (colour: layer)"]
     legend += ["unsteered (alpha 0)", "Pareto front", "random control", star_name]
     scope = style.scope_text(summary, direction=False)
     scope += " · CAA" + (" vs random control (grey circles)" if control is not None else "")
