@@ -1,11 +1,14 @@
-"""The static figures a reader gets: titles that fit, labels that do not overlap.
+"""The static figures a reader gets: titles that fit, labels that do not overlap (issue 25).
 
 The figures are drawn by :func:`steerlib.experiment.figures.draw_figures` (what step 06 and
 ``python -m steerlib figures`` draw) from a default-run-shaped sweep (three layers, the alpha
-grid plus one searched alpha per layer, CAA and its random control, two halves) summarized by
-the project's own functions. The browser test renders them with kaleido to SVG at their
-export size and reads where plotly put every text; the fast test estimates the same from the
-figure's layout.
+grid plus one searched alpha per layer, CAA and its random control, two halves, a second
+variant) summarized by the project's own functions. They are rendered by kaleido to SVG at
+their export size, and the check reads where plotly put every title line, point label,
+annotation and marker: a title line must end inside the figure and above the plot, no label
+may overlap another label or a marker, no annotation a marker or label, and no legend may
+list a searched alpha as a category. A second test shows the check fails on the figure of
+the issue (fast placement tests: ``tests/test_plotting.py``).
 """
 
 from __future__ import annotations
@@ -237,6 +240,20 @@ def labels_and_markers(frame: ET.Element) -> tuple[list[tuple[str, Box]], list[B
     return labels, markers
 
 
+def annotations(root: ET.Element) -> list[tuple[str, Box]]:
+    """Each annotation's text and its box as the browser measured it, in figure pixels."""
+    found = []
+    for group in _all(root, "g"):
+        if "cursor-pointer" not in _classes(group) or not _all(group, "rect"):
+            continue
+        tx, ty = _translate(group)
+        rect = _all(group, "rect")[0]
+        x, y = tx + float(rect.get("x", 0)), ty + float(rect.get("y", 0))
+        box = (x, y, x + float(rect.get("width", 0)), y + float(rect.get("height", 0)))
+        found.append(("".join(t for text in _all(group, "text") for t in text.itertext()), box))
+    return found
+
+
 def legend_entries(root: ET.Element) -> list[str]:
     return ["".join(t.itertext()) for t in _all(root, "text") if "legendtext" in _classes(t)]
 
@@ -251,8 +268,17 @@ def problems(svg: bytes, width: int) -> list[str]:
             found.append(f"title line {line!r} runs out of the figure ({box})")
         if tops and box[3] > min(tops):
             found.append(f"title line {line!r} runs into the plot (plot top {min(tops)})")
+    notes = annotations(root)
     for frame in plot_frames(root):
         labels, markers = labels_and_markers(frame)
+        dx, dy = _translate(frame)
+        for note, box in notes:
+            moved = (box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy)
+            hits = sum(_overlap(moved, marker) for marker in markers)
+            found += [f"annotation {note!r} covers {hits} marker(s)"] if hits else []
+            found += [
+                f"annotation {note!r} overlaps label {t!r}" for t, b in labels if _overlap(moved, b)
+            ]
         for i, (text, box) in enumerate(labels):
             found += [
                 f"label {text!r} overlaps label {other!r}"

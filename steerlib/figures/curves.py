@@ -225,8 +225,9 @@ def _fluency_panel(fig: go.Figure, rows: pd.DataFrame, fluency: str, limit: floa
             yref="y2",
             text="budget",
             showarrow=False,
-            xanchor="right",
-            yanchor="bottom",
+            xanchor="left",  # beside the panel, where no point or line can be under it
+            xshift=4,
+            yanchor="middle",
             font={"color": "firebrick"},
         )
     where_text = "held-out benign text" if "human" in fluency else f"{subset} prompts"
