@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 import pytest
 
 from steerlib.errors import ConfigError
-from steerlib.evaluate import metrics
+from steerlib.evaluate import controls
 from steerlib.evaluate.metrics import pareto_front
 from steerlib.figures import files as figure_files
-from steerlib.figures import plotting
+from steerlib.figures import labels, plotting, style
 
 NOTE = "positive alpha = steer away from toxicity"
 ALPHAS = [0.0, 2.0, 4.0]
@@ -298,13 +298,17 @@ def test_pareto_figure() -> None:
     summary = make_summary(layers=(3, 5)).query("subset == 'challenging' and direction == 'caa'")
     recommended = {"layer": 5, "alpha": 2.0}
     fig = plotting.pareto_figure(summary, recommended=recommended)
-    assert len(fig.data) == len(ALPHAS) + 2
-    *per_alpha, front_trace, star = fig.data
-    assert [t.name for t in per_alpha] == [f"alpha {a:g}" for a in ALPHAS]
-    assert len({t.marker.color for t in per_alpha}) == len(ALPHAS)  # discrete colours
-    assert sum(len(t.x) for t in per_alpha) == len(summary)
-    first = per_alpha[0]
-    assert "text" in first.mode and list(first.text) == ["L3 α0", "L5 α0"]  # in the image
+    *per_layer, unsteered, front_trace, star = fig.data
+    # The legend lists conditions (layers, unsteered, front, star), never a single alpha.
+    assert [t.name for t in per_layer] == ["layer 3", "layer 5"]
+    assert unsteered.name == "unsteered (alpha 0)" and front_trace.name == "Pareto front"
+    assert star.name == "recommended: layer 5, alpha 2"
+    assert len({t.marker.color[0] for t in per_layer}) == 2  # discrete colours
+    assert sum(len(t.x) for t in [*per_layer, unsteered]) == len(summary)
+    assert sorted(unsteered.x) == [10.0, 10.0] and len(set(unsteered.y)) == 2  # two layers
+    first, second = per_layer
+    assert "text" in first.mode and list(first.text) == ["L3 α2", "L3 α4"]  # in the image
+    assert list(second.text) == ["", "L5 α4"]  # the recommended one is named by the legend
     assert "layer 3" in first.hovertext[0] and "alpha" in first.hovertext[0]
     low, high = fig.layout.yaxis.range
     assert low <= summary["expected_max_toxicity"].min() and high < 1
@@ -316,11 +320,11 @@ def test_pareto_figure() -> None:
     assert (star.x[0], star.y[0]) == pytest.approx(
         (row["perplexity"], row["expected_max_toxicity"])
     )
-    assert len(plotting.pareto_figure(summary).data) == len(ALPHAS) + 1
+    assert len(plotting.pareto_figure(summary).data) == len(fig.data) - 1  # no star
 
 
 def test_pareto_figure_on_the_rules_axes_with_control_and_budget() -> None:
-    rows = metrics.tradeoff_rows(make_summary(layers=(3, 5)))
+    rows = controls.tradeoff_rows(make_summary(layers=(3, 5)))
     caa, rnd = rows[rows["direction"] == "caa"], rows[rows["direction"] == "random"]
     fig = plotting.pareto_figure(
         caa, x="benign_perplexity", control=rnd, budget=12.5, recommended={"layer": 3, "alpha": 2}
@@ -581,3 +585,51 @@ def test_variants_pareto_figure_with_many_points_labels_each_front() -> None:
         assert all(" L" in text and " α" in text for text in labelled)  # the layer named
         front = pareto_front(pd.DataFrame({"x": list(trace.x), "y": list(trace.y)}), x="x", y="y")
         assert len(labelled) == len(front)
+
+
+# ---------------------------------------------------------------- titles and point labels
+
+
+def test_titles_are_wrapped_to_the_figure_width_and_keep_the_plot_clear() -> None:
+    long = (
+        "Expected maximum toxicity vs Steered perplexity on held-out benign text (lower is better)"
+    )
+    scope = "layers 12, 18, 24 · subset challenging · selection half · CAA vs random control"
+    heading = style.title(long, scope)
+    lines = heading["text"].split("<br>")
+    assert len(lines) >= 3  # the one-line title of issue 25 would be cut at the right edge
+    room = style.PAGE_WIDTH * (1 - style.TITLE_X) - style.TITLE_PAD
+    for line in lines:
+        small = line.startswith("<sup>")
+        text = line.removeprefix("<sup>").removesuffix("</sup>")
+        size = style.SUBTITLE_SIZE if small else style.TITLE_SIZE
+        assert labels.text_width(text, size) <= room, line
+    assert "layers 12, 18, 24" in heading["text"]  # broken after a separator, not inside
+    assert style.title_margin(heading) > style.title_margin(style.title("Short"))
+    narrow = style.title(long, scope, width=figure_files.FIGURE_SIZES["column"][0])
+    assert narrow["text"].count("<br>") > heading["text"].count("<br>")
+    fig = plotting.layer_profile(make_summary())
+    assert fig.layout.margin.t == style.title_margin({"text": fig.layout.title.text})
+
+
+def test_placed_labels_overlap_no_label_and_no_marker() -> None:
+    rng = np.random.default_rng(0)
+    canvas = labels.Canvas(840, 640, (80, 120, 30, 110), (0.0, 10.0), (0.0, 1.0))
+    xs, ys = rng.uniform(0, 10, 40), rng.uniform(0, 1, 40)
+    xs[1:3], ys[1:3] = xs[0], ys[0]  # three settings at one point (alpha 0 at three layers)
+    points = [(x, y, f"L{i} α{x:.2g}", 9.0) for i, (x, y) in enumerate(zip(xs, ys, strict=True))]
+    where = labels.place_labels(canvas, points, size=10)
+    shared = [position for position in where[:3] if position]
+    assert where[0] and len(shared) == len(set(shared))  # labels at one point: different sides
+    assert 0 < sum(bool(w) for w in where) < len(points)  # crowded: some are left out
+    boxes = [
+        labels.text_box(*canvas.pixel(x, y), text, 10, position, marker)
+        for (x, y, text, marker), position in zip(points, where, strict=True)
+        if position
+    ]
+    markers = [labels.marker_box(*canvas.pixel(x, y), 9.0) for x, y, *_ in points]
+    left, top, right, bottom = canvas.area
+    for i, box in enumerate(boxes):
+        assert left <= box[0] and box[2] <= right and top <= box[1] and box[3] <= bottom
+        assert not any(labels.overlaps(box, other) for other in boxes[i + 1 :])
+        assert not any(labels.overlaps(box, marker) for marker in markers)

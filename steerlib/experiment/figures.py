@@ -27,6 +27,7 @@ from steerlib.experiment.runs import PROJECT_ROOT, RunPaths, run_lock
 
 __all__ = [
     "FIGURE_SIZE",
+    "draw_figures",
     "figure_layer",
     "link_project_figures",
     "main",
@@ -143,7 +144,6 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
         DataError: A product is missing (its name and the command that makes it are given).
     """
     from steerlib.experiment.sweep import with_variant
-    from steerlib.figures import plotting
     from steerlib.steer.vectors import SteeringVector
 
     run = paths.name
@@ -151,6 +151,33 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
     record = json.loads(_require(paths.summary, run).read_text(encoding="utf-8"))
     sweep = with_variant(pd.read_parquet(_require(paths.sweep, run)))
     vector = SteeringVector.load(_require(paths.vectors, run))
+    alphas = (record.get("params") or {}).get("alphas") or paths.stored_params().get("alphas")
+    return draw_figures(every_variant, record, sweep, vector, alphas)
+
+
+def draw_figures(
+    every_variant: pd.DataFrame,
+    record: dict[str, Any],
+    sweep: pd.DataFrame,
+    vector: Any,
+    alphas: Sequence[float],
+) -> dict[str, Any]:
+    """The named figures of a run from its tables (what :func:`render_figures` reads).
+
+    Args:
+        every_variant: The summary of every variant (``summary.parquet``, a ``variant``
+            column).
+        record: The run's ``summary.json``: ``recommended_by_variant`` (or ``recommended``),
+            ``control`` and ``fluency_measure``.
+        sweep: The completions (``sweep.parquet``, a ``variant`` column).
+        vector: The CAA :class:`~steerlib.steer.vectors.SteeringVector`.
+        alphas: The run's alpha grid (the heatmaps' columns).
+
+    Returns:
+        ``{name: plotly figure}``, as :func:`render_figures`.
+    """
+    from steerlib.figures import plotting
+
     # Every figure but the variants' Pareto figure shows plain CAA (and its random control).
     summary = every_variant[every_variant["variant"] == "caa"].drop(columns="variant")
     sweep = sweep[sweep["variant"] == "caa"].drop(columns="variant")
@@ -158,7 +185,6 @@ def render_figures(paths: RunPaths) -> dict[str, Any]:
         record.get("recommended") or {}
     )
     control = pd.DataFrame(record.get("control") or [])
-    alphas = (record.get("params") or {}).get("alphas") or paths.stored_params().get("alphas")
     measure = str(record.get("fluency_measure") or summary["fluency_measure"].iloc[0])
 
     overall = summary[summary["split"] == "all"] if "split" in summary.columns else summary
