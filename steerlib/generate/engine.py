@@ -49,7 +49,6 @@ from steerlib.generate.kvcache import PreallocatedLayer, preallocate_cache
 from steerlib.generate.partition import (
     DEFAULT_TOKENS_PER_UNIT,
     SweepUnit,
-    check_prompts,
     sweep_units,
 )
 from steerlib.generate.sampling import sample_next
@@ -67,6 +66,7 @@ from steerlib.generate.tokens import (
     pad_token_id,
     stop_token_ids,
 )
+from steerlib.generate.unit_rows import chunk_records, encoded_unit, unit_table
 from steerlib.models.layers import num_layers
 from steerlib.steer.hooks import Positions, Units
 from steerlib.steer.probe import ToxicityProbe
@@ -94,19 +94,6 @@ __all__ = [
 DEFAULT_MAX_BATCH_ROWS = CPU_MAX_BATCH_ROWS
 """Most rows decoded together on a CPU; on CUDA see
 :func:`steerlib.generate.sizing.choose_sizes`."""
-
-
-def _unit_prompts(unit: SweepUnit, prompts: pd.DataFrame) -> pd.DataFrame:
-    by_id = prompts.assign(prompt_id=prompts["prompt_id"].astype(str)).set_index(
-        "prompt_id", drop=False
-    )
-    missing = [pid for pid in unit.prompt_ids if pid not in by_id.index]
-    if missing:
-        raise ConfigError(
-            f"unit {unit.key} names prompt ids {missing[:3]} that the prompts table lacks; "
-            "build the units from the same prompts table."
-        )
-    return by_id.loc[list(unit.prompt_ids)].reset_index(drop=True)
 
 
 def unit_steering(
@@ -149,62 +136,6 @@ def _check_unit(
         raise ConfigError(f"max_batch_rows must be at least 1, got {max_batch_rows}.")
     if steering is not None and isinstance(steering.vector, SteeringVector):
         steering.vector.check_compatible(model, allow_other_model=True)
-
-
-def _chunk_records(
-    table: pd.DataFrame,
-    chunk: Sequence[int],
-    unit: SweepUnit,
-    alphas: Sequence[float],
-    samples: int,
-    direction: str,
-    decoded: tuple[list[str], list[int]],
-    gate_counts: Mapping[str, torch.Tensor] | None,
-) -> list[dict[str, Any]]:
-    """One record per output row of a batch (rows ordered prompt, alpha, sample)."""
-    texts, counts = decoded
-    records: list[dict[str, Any]] = []
-    row = 0
-    for index in chunk:
-        record = table.iloc[index].to_dict()
-        for alpha in alphas:
-            for sample in range(samples):
-                gate = (
-                    {
-                        "gate_fired": int(gate_counts["fired"][row]),
-                        "gate_positions": int(gate_counts["gated"][row]),
-                    }
-                    if gate_counts
-                    else {}
-                )
-                records.append(
-                    {
-                        **record,
-                        "layer": int(unit.layer),
-                        "alpha": float(alpha),
-                        "direction": direction,
-                        "sample": sample,
-                        "completion": texts[row],
-                        "n_new_tokens": counts[row],
-                        **gate,
-                    }
-                )
-                row += 1
-    return records
-
-
-def _unit_table(records: list[dict[str, Any]], prompts: pd.DataFrame) -> pd.DataFrame:
-    """The unit's records as a table ordered by the prompts table, alpha, sample."""
-    out = pd.DataFrame(records)
-    extra = [c for c in prompts.columns if c not in COMPLETION_COLUMNS]
-    rank = {pid: i for i, pid in enumerate(prompts["prompt_id"].astype(str))}
-    out = out.sort_values(
-        ["prompt_id", "alpha", "sample"],
-        key=lambda s: s.map(rank) if s.name == "prompt_id" else s,
-        kind="stable",
-    )
-    gate_columns = ["gate_fired", "gate_positions"] if "gate_fired" in out.columns else []
-    return out[COMPLETION_COLUMNS + extra + gate_columns].reset_index(drop=True)
 
 
 @torch.inference_mode()
@@ -282,9 +213,7 @@ def generate_unit(
     if steering is None:
         steering = unit_steering(model, vector, unit.layer, settings, variant, probe)
     _check_unit(model, steering, alphas, max_batch_rows)
-    check_prompts(prompts)
-    table = _unit_prompts(unit, prompts)
-    encoded = encode_prompts(tokenizer, table["prompt"].tolist(), settings.prompt_format)
+    table, encoded = encoded_unit(tokenizer, unit, prompts, settings)
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, stop_ids)
@@ -315,19 +244,12 @@ def generate_unit(
             )
             decoded = decode_new_tokens(tokenizer, new_tokens, stop_ids)
             gated = steering is not None and steering.gated and counts_out
-            records += _chunk_records(
-                table,
-                chunk,
-                unit,
-                alphas,
-                settings.samples_per_prompt,
-                direction,
-                decoded,
-                counts_out if gated else None,
-            )
+            gates = counts_out if gated else None
+            samples = settings.samples_per_prompt
+            records += chunk_records(table, chunk, unit, alphas, samples, direction, decoded, gates)
     finally:
         bar.close()
-    return _unit_table(records, prompts)
+    return unit_table(records, prompts)
 
 
 def sweep_sizes(
@@ -355,6 +277,57 @@ def sweep_sizes(
         max_batch_rows=max_batch_rows,
         tokens_per_unit=tokens_per_unit,
     )
+
+
+def _check_vectors(vectors: Mapping[str, SteeringVector]) -> None:
+    if not vectors:
+        raise ConfigError("vectors is empty: give at least one steering vector.")
+    unset = [name for name, vector in vectors.items() if vector is None]
+    if unset:
+        raise ConfigError(
+            f"vectors {unset} are None; the unsteered baseline comes from generate_completions."
+        )
+
+
+def _sweep_units(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: pd.DataFrame,
+    directions: list[str],
+    layers: list[int],
+    alphas: Sequence[float],
+    settings: DecodingSettings,
+    *,
+    tokens_per_unit: int | None,
+    max_batch_rows: int | None,
+    key_prefix: str,
+) -> tuple[list[SweepUnit], int]:
+    """Every unit of a sweep, and the batch rows (both sized for the device where not given)."""
+    if tokens_per_unit is None or max_batch_rows is None:
+        sizes = sweep_sizes(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            prompt_format=settings.prompt_format,
+            max_batch_rows=max_batch_rows,
+            tokens_per_unit=tokens_per_unit,
+        )
+        tokens_per_unit, max_batch_rows = sizes.tokens_per_unit, sizes.max_batch_rows
+    assert tokens_per_unit is not None and max_batch_rows is not None
+    units = sweep_units(
+        prompts,
+        layers=layers,
+        directions=directions,
+        tokens_per_unit=tokens_per_unit,
+        alphas=alphas,
+        samples_per_prompt=settings.samples_per_prompt,
+        max_new_tokens=settings.max_new_tokens,
+        tokenizer=tokenizer,
+        prompt_format=settings.prompt_format,
+        key_prefix=key_prefix,
+    )
+    return units, max_batch_rows
 
 
 def run_sweep(
@@ -428,13 +401,7 @@ def run_sweep(
         >>> table = run_sweep(model, tok, prompts, {"caa": v}, layers=[18],
         ...                   alphas=[-1, 0, 1.5], samples_per_prompt=25)  # doctest: +SKIP
     """
-    if not vectors:
-        raise ConfigError("vectors is empty: give at least one steering vector.")
-    unset = [name for name, vector in vectors.items() if vector is None]
-    if unset:
-        raise ConfigError(
-            f"vectors {unset} are None; the unsteered baseline comes from generate_completions."
-        )
+    _check_vectors(vectors)
     settings = (settings or DecodingSettings()).but(
         samples_per_prompt=samples_per_prompt,
         max_new_tokens=max_new_tokens,
@@ -445,27 +412,16 @@ def run_sweep(
         units=units,
         seed=seed,
     )
-    if tokens_per_unit is None or max_batch_rows is None:
-        sizes = sweep_sizes(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=settings.max_new_tokens,
-            prompt_format=settings.prompt_format,
-            max_batch_rows=max_batch_rows,
-            tokens_per_unit=tokens_per_unit,
-        )
-        tokens_per_unit, max_batch_rows = sizes.tokens_per_unit, sizes.max_batch_rows
-    all_units = sweep_units(
+    all_units, max_batch_rows = _sweep_units(
+        model,
+        tokenizer,
         prompts,
-        layers=list(layers),
-        directions=list(vectors),
+        list(vectors),
+        list(layers),
+        alphas,
+        settings,
         tokens_per_unit=tokens_per_unit,
-        alphas=alphas,
-        samples_per_prompt=settings.samples_per_prompt,
-        max_new_tokens=settings.max_new_tokens,
-        tokenizer=tokenizer,
-        prompt_format=settings.prompt_format,
+        max_batch_rows=max_batch_rows,
         key_prefix=key_prefix,
     )
     todo = [unit for unit in all_units if unit.key not in done]
