@@ -186,7 +186,7 @@ def generate_family(
         family.sweep.vectors,
         layers=family.layers,
         alphas=family.alphas,
-        **DecodingSettings.of(run.params).as_kwargs(),
+        settings=DecodingSettings.of(run.params),
         tokens_per_unit=sizes.tokens_per_unit,
         max_batch_rows=sizes.max_batch_rows,
         done=done,
