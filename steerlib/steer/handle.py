@@ -42,8 +42,9 @@ def check_alpha(alpha: AlphaSpec, mode: str = "add") -> torch.Tensor:
         raise ConfigError("alpha is empty: give a number or one number per batch row.")
     if not torch.isfinite(values).all():
         raise ConfigError(f"alpha must be finite, got {values.tolist()}.")
-    if mode in ALPHA_RANGES:
-        low, high = ALPHA_RANGES[mode]
+    alpha_range = operator_for_mode(mode).alpha_range
+    if alpha_range is not None:
+        low, high = alpha_range
         outside = [float(a) for a in values if not low <= float(a) <= high]
         past = "its non-toxic level" if operator_for_mode(mode).needs_clamp_levels else "zero"
         if outside:
