@@ -317,12 +317,9 @@ class RunParams(BaseModel):
     def _check_variants(cls, value: list[str], info: ValidationInfo) -> list[str]:
         from steerlib.steer.operators import OPERATORS
 
-        unknown = [name for name in value if name not in OPERATORS]
+        unknown = ", ".join(repr(name) for name in value if name not in OPERATORS)
         if unknown:
-            raise ValueError(
-                f"unknown steering variant{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; known: {', '.join(OPERATORS)}"
-            )
+            raise ValueError(f"unknown steering variant {unknown}; known: {', '.join(OPERATORS)}")
         _distinct("variant", value)
         _fraction_alphas(value, info.data.get("alphas") or [])
         if "caa" not in value:
@@ -422,12 +419,8 @@ def _fraction_alphas(variants: list[str], alphas: list[float]) -> None:
     capped = [name for name in variants if OPERATORS[name].alpha_range == (0.0, 1.0)]
     outside = [a for a in alphas if not 0.0 <= a <= 1.0]
     if capped and outside:
-        past = {
-            name: f"the non-toxic level ({name})"
-            if OPERATORS[name].needs_clamp_levels
-            else f"zero ({name})"
-            for name in capped
-        }
+        level = {True: "the non-toxic level", False: "zero"}
+        past = {name: f"{level[OPERATORS[name].needs_clamp_levels]} ({name})" for name in capped}
         raise ValueError(
             f"{' and '.join(map(repr, capped))} take{'s' if len(capped) == 1 else ''} alpha in "
             "[0, 1], the fraction of the toxic component removed (1 removes all of it; above 1 "
