@@ -170,3 +170,43 @@ def test_decoding_settings_travel_whole():
     assert settings.but() is settings
     with pytest.raises(ConfigError, match="top_p"):
         settings.but(top_p=1.5)
+
+
+@pytest.mark.parametrize("name", ["gated", "caa_generated", "multilayer"])
+def test_fluency_passes_take_one_steering_whole(llama, tokenizer, name):
+    from steerlib.evaluate.fluency import benign_kl
+    from steerlib.evaluate.search import search_alpha
+
+    texts = ["the dog said you are a stupid fool", "we cook dinner in the park today"]
+    prefixes = ["the dog said", "we cook"]
+    vector, probe = _vector(), _probe()
+    chosen = variant(name, multilayer_span=3)
+    bound = chosen.bind(vector, 2, num_layers=num_layers(llama), probe=probe)
+    loose = benign_kl(
+        llama,
+        tokenizer,
+        texts,
+        {"caa": vector},
+        layers=[2],
+        alphas=[0.0, 1.0],
+        variant=chosen,
+        probe=probe,
+        prefixes=prefixes,
+    )
+    whole = benign_kl(llama, tokenizer, texts, bound, alphas=[0.0, 1.0], prefixes=prefixes)
+    pd.testing.assert_frame_equal(whole, loose)
+    assert float(whole["kl_benign"].iloc[1]) > 0
+    by_variant = search_alpha(
+        llama,
+        tokenizer,
+        texts,
+        vector,
+        2,
+        start=1.0,
+        variant=chosen,
+        probe=probe,
+        prefixes=prefixes,
+    )
+    by_value = search_alpha(llama, tokenizer, texts, bound, start=1.0, prefixes=prefixes)
+    assert (by_value.layer, by_value.alpha) == (by_variant.layer, by_variant.alpha)
+    pd.testing.assert_frame_equal(by_value.trace, by_variant.trace)

@@ -53,10 +53,10 @@ def benign_kl(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    vectors: Mapping[str, SteeringVector],
+    vectors: Mapping[str, SteeringVector] | Steering,
     *,
-    layers: Sequence[int],
     alphas: Sequence[float],
+    layers: Sequence[int] = (),
     units: Units = "raw",
     batch_size: int = 8,
     max_length: int = 256,
@@ -80,8 +80,11 @@ def benign_kl(
         model: The model.
         tokenizer: Its tokenizer.
         texts: Held-out benign texts (not used to build the vectors).
-        vectors: ``{direction: vector}``, for example ``{"caa": v, "random": v.random_like()}``.
-        layers: Steered layers.
+        vectors: ``{direction: vector}``, for example ``{"caa": v, "random": v.random_like()}``,
+            each steered at each of ``layers`` by ``variant``; or one bound
+            :class:`~steerlib.steer.steering.Steering`, judged alone (``layers``, ``units``,
+            ``variant`` and ``probe`` then unused; its row's layer is its middle layer).
+        layers: Steered layers (with a mapping of vectors).
         alphas: Coefficients.
         units: ``"raw"`` or ``"norm"``.
         batch_size: Texts per forward pass (each is repeated once per alpha).
@@ -124,7 +127,11 @@ def benign_kl(
     device = next(model.parameters()).device
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     pad_id = pad_token_id(tokenizer)
-    jobs = _kl_jobs(model, vectors, layers, units, variant, probe)
+    jobs = (
+        [(vectors.direction, vectors.centre, vectors)]
+        if isinstance(vectors, Steering)
+        else _kl_jobs(model, vectors, layers, units, variant, probe)
+    )
     teacher_forced = any(bound.positions == "generated" for _, _, bound in jobs)
     first = (
         continuation_starts(tokenizer, encoded, prefixes, max_length) if teacher_forced else None

@@ -35,6 +35,7 @@ from steerlib.errors import ConfigError
 from steerlib.evaluate.fluency import benign_kl
 from steerlib.steer.hooks import Units
 from steerlib.steer.probe import ToxicityProbe
+from steerlib.steer.steering import Steering
 from steerlib.steer.variants import Variant
 from steerlib.steer.vectors import SteeringVector
 
@@ -64,8 +65,8 @@ def search_alpha(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    vector: SteeringVector,
-    layer: int,
+    vector: SteeringVector | Steering,
+    layer: int | None = None,
     *,
     max_increase: float = 0.10,
     start: float = 1.5,
@@ -84,8 +85,11 @@ def search_alpha(
         model: The model.
         tokenizer: Its tokenizer.
         texts: Held-out benign human texts (the same for every setting).
-        vector: The steering vector (positive alpha steers away from toxicity).
-        layer: The layer to steer.
+        vector: The steering vector (positive alpha steers away from toxicity), steered at
+            ``layer`` by ``variant``; or one bound :class:`~steerlib.steer.steering.Steering`,
+            taken whole (``units``, ``variant`` and ``probe`` then unused).
+        layer: The layer to steer (with a Steering: the result's label, default its middle
+            layer).
         max_increase: Budget: perplexity at most ``(1 + max_increase)`` times alpha 0's.
         start: Upper end of the first bracket; doubled (up to ``max_doublings`` times) while
             still within budget. Never beyond the variant's ``max_alpha`` (1 for ``ablate``
@@ -126,7 +130,7 @@ def search_alpha(
             model,
             tokenizer,
             texts,
-            {"caa": vector},
+            vector if isinstance(vector, Steering) else {"caa": vector},
             layers=[layer],
             alphas=list(alphas),
             units=units,
@@ -137,7 +141,13 @@ def search_alpha(
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
         return table.set_index("alpha")
 
-    cap = variant.max_alpha if variant is not None else None
+    if isinstance(vector, Steering):
+        cap = vector.max_alpha
+        layer = vector.centre if layer is None else layer
+    else:
+        cap = variant.max_alpha if variant is not None else None
+    if layer is None:
+        raise ConfigError("search_alpha needs the layer to steer (or a bound Steering).")
     baseline = float(measure(np.array([0.0]))["human_perplexity"].iloc[0])
     budget = (1.0 + max_increase) * baseline
 
