@@ -113,16 +113,7 @@ def search_alpha(
         ConfigError: No texts, or a non-positive ``start``, ``points`` below 3 or ``rounds``
             below 1.
     """
-    if not texts:
-        raise ConfigError(
-            "the alpha search needs held-out benign texts: set kl_texts above 0, or turn "
-            "alpha_search off."
-        )
-    if start <= 0 or points < 3 or rounds < 1:
-        raise ConfigError(
-            f"search_alpha needs start > 0, points >= 3 and rounds >= 1; got {start}, "
-            f"{points}, {rounds}."
-        )
+    _check_search(texts, start, points, rounds)
     measured: list[pd.DataFrame] = []
 
     def measure(alphas: np.ndarray) -> pd.DataFrame:
@@ -141,13 +132,7 @@ def search_alpha(
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
         return table.set_index("alpha")
 
-    if isinstance(vector, Steering):
-        cap = vector.max_alpha
-        layer = vector.centre if layer is None else layer
-    else:
-        cap = variant.max_alpha if variant is not None else None
-    if layer is None:
-        raise ConfigError("search_alpha needs the layer to steer (or a bound Steering).")
+    cap, layer = _cap_and_layer(vector, layer, variant)
     baseline = float(measure(np.array([0.0]))["human_perplexity"].iloc[0])
     budget = (1.0 + max_increase) * baseline
 
@@ -181,3 +166,27 @@ def search_alpha(
     alpha = max(low, float(within.index.max())) if len(within) else low
     trace = pd.concat(measured, ignore_index=True).drop_duplicates("alpha").sort_values("alpha")
     return AlphaSearch(int(layer), float(alpha), baseline, budget, trace.reset_index(drop=True))
+
+
+def _check_search(texts: Sequence[str], start: float, points: int, rounds: int) -> None:
+    if not texts:
+        raise ConfigError(
+            "the alpha search needs held-out benign texts: set kl_texts above 0, or turn "
+            "alpha_search off."
+        )
+    if start <= 0 or points < 3 or rounds < 1:
+        raise ConfigError(
+            f"search_alpha needs start > 0, points >= 3 and rounds >= 1; got {start}, "
+            f"{points}, {rounds}."
+        )
+
+
+def _cap_and_layer(
+    vector: SteeringVector | Steering, layer: int | None, variant: Variant | None
+) -> tuple[float | None, int]:
+    """The largest alpha the steering takes (None: no cap) and the layer the result names."""
+    if isinstance(vector, Steering):
+        return vector.max_alpha, vector.centre if layer is None else layer
+    if layer is None:
+        raise ConfigError("search_alpha needs the layer to steer (or a bound Steering).")
+    return (variant.max_alpha if variant is not None else None), layer
