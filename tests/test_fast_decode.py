@@ -138,7 +138,7 @@ def test_static_layer_keeps_its_buffers_and_writes_at_the_device_position(llama)
 @pytest.mark.parametrize("positions", ["all", "generated"])
 @pytest.mark.parametrize("name", ["llama", "phi3", "gpt2"])
 def test_sync_free_greedy_equals_the_synced_step(request, monkeypatch, tokenizer, name, positions):
-    import steerlib.generate.engine as engine
+    import steerlib.generate.loops as engine
 
     model = request.getfixturevalue(name)
     synced = _decode(model, tokenizer, SYNCED, positions=positions)
@@ -154,7 +154,7 @@ def test_sync_free_greedy_equals_the_synced_step(request, monkeypatch, tokenizer
 @pytest.mark.parametrize("window", [6, 64])
 def test_gemma3_sync_free_equals_the_synced_step(monkeypatch, tokenizer, window):
     """A window longer than the decode takes the static cache; a shorter one falls back."""
-    import steerlib.generate.engine as engine
+    import steerlib.generate.loops as engine
 
     model = make_gemma3(tokenizer, sliding_window=window)
     synced = _decode(model, tokenizer, SYNCED)

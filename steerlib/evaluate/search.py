@@ -35,6 +35,7 @@ from steerlib.errors import ConfigError
 from steerlib.evaluate.fluency import benign_kl
 from steerlib.steer.hooks import Units
 from steerlib.steer.probe import ToxicityProbe
+from steerlib.steer.steering import Steering
 from steerlib.steer.variants import Variant
 from steerlib.steer.vectors import SteeringVector
 
@@ -64,8 +65,8 @@ def search_alpha(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    vector: SteeringVector,
-    layer: int,
+    vector: SteeringVector | Steering,
+    layer: int | None = None,
     *,
     max_increase: float = 0.10,
     start: float = 1.5,
@@ -84,8 +85,11 @@ def search_alpha(
         model: The model.
         tokenizer: Its tokenizer.
         texts: Held-out benign human texts (the same for every setting).
-        vector: The steering vector (positive alpha steers away from toxicity).
-        layer: The layer to steer.
+        vector: The steering vector (positive alpha steers away from toxicity), steered at
+            ``layer`` by ``variant``; or one bound :class:`~steerlib.steer.steering.Steering`,
+            taken whole (``units``, ``variant`` and ``probe`` then unused).
+        layer: The layer to steer (with a Steering: the result's label, default its middle
+            layer).
         max_increase: Budget: perplexity at most ``(1 + max_increase)`` times alpha 0's.
         start: Upper end of the first bracket; doubled (up to ``max_doublings`` times) while
             still within budget. Never beyond the variant's ``max_alpha`` (1 for ``ablate``
@@ -109,16 +113,7 @@ def search_alpha(
         ConfigError: No texts, or a non-positive ``start``, ``points`` below 3 or ``rounds``
             below 1.
     """
-    if not texts:
-        raise ConfigError(
-            "the alpha search needs held-out benign texts: set kl_texts above 0, or turn "
-            "alpha_search off."
-        )
-    if start <= 0 or points < 3 or rounds < 1:
-        raise ConfigError(
-            f"search_alpha needs start > 0, points >= 3 and rounds >= 1; got {start}, "
-            f"{points}, {rounds}."
-        )
+    _check_search(texts, start, points, rounds)
     measured: list[pd.DataFrame] = []
 
     def measure(alphas: np.ndarray) -> pd.DataFrame:
@@ -126,7 +121,7 @@ def search_alpha(
             model,
             tokenizer,
             texts,
-            {"caa": vector},
+            vector if isinstance(vector, Steering) else {"caa": vector},
             layers=[layer],
             alphas=list(alphas),
             units=units,
@@ -137,7 +132,7 @@ def search_alpha(
         measured.append(table[["alpha", "human_perplexity", "kl_benign"]])
         return table.set_index("alpha")
 
-    cap = variant.max_alpha if variant is not None else None
+    cap, layer = _cap_and_layer(vector, layer, variant)
     baseline = float(measure(np.array([0.0]))["human_perplexity"].iloc[0])
     budget = (1.0 + max_increase) * baseline
 
@@ -171,3 +166,27 @@ def search_alpha(
     alpha = max(low, float(within.index.max())) if len(within) else low
     trace = pd.concat(measured, ignore_index=True).drop_duplicates("alpha").sort_values("alpha")
     return AlphaSearch(int(layer), float(alpha), baseline, budget, trace.reset_index(drop=True))
+
+
+def _check_search(texts: Sequence[str], start: float, points: int, rounds: int) -> None:
+    if not texts:
+        raise ConfigError(
+            "the alpha search needs held-out benign texts: set kl_texts above 0, or turn "
+            "alpha_search off."
+        )
+    if start <= 0 or points < 3 or rounds < 1:
+        raise ConfigError(
+            f"search_alpha needs start > 0, points >= 3 and rounds >= 1; got {start}, "
+            f"{points}, {rounds}."
+        )
+
+
+def _cap_and_layer(
+    vector: SteeringVector | Steering, layer: int | None, variant: Variant | None
+) -> tuple[float | None, int]:
+    """The largest alpha the steering takes (None: no cap) and the layer the result names."""
+    if isinstance(vector, Steering):
+        return vector.max_alpha, vector.centre if layer is None else layer
+    if layer is None:
+        raise ConfigError("search_alpha needs the layer to steer (or a bound Steering).")
+    return (variant.max_alpha if variant is not None else None), layer

@@ -180,13 +180,11 @@ class RunParams(BaseModel):
         ),
     )
     positions: Literal["all", "generated"] = Field("all", description="Steered positions.")
-    variants: list[
-        Literal["caa", "caa_generated", "gated", "ablate", "clamp", "norm_preserving", "multilayer"]
-    ] = Field(
+    variants: list[StrictStr] = Field(
         default_factory=lambda: ["caa"],
         description=(
-            "Steering variants swept side by side (steer.variants), 'caa' among them; each "
-            "gets its own alpha search and operating point."
+            "Steering variants swept side by side, 'caa' among them (names: the operator table, "
+            "steer.operators.OPERATORS); each gets its own alpha search and operating point."
         ),
     )
     multilayer_span: StrictInt = Field(
@@ -317,6 +315,11 @@ class RunParams(BaseModel):
     @field_validator("variants")
     @classmethod
     def _check_variants(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        from steerlib.steer.operators import OPERATORS
+
+        unknown = ", ".join(repr(name) for name in value if name not in OPERATORS)
+        if unknown:
+            raise ValueError(f"unknown steering variant {unknown}; known: {', '.join(OPERATORS)}")
         _distinct("variant", value)
         _fraction_alphas(value, info.data.get("alphas") or [])
         if "caa" not in value:
@@ -410,11 +413,14 @@ class RunParams(BaseModel):
 
 
 def _fraction_alphas(variants: list[str], alphas: list[float]) -> None:
-    """Refuse grid alphas outside [0, 1] for ``ablate`` and ``clamp`` (alpha: fraction removed)."""
-    capped = [name for name in variants if name in ("ablate", "clamp")]
+    """Refuse grid alphas outside [0, 1] for variants whose alpha is a fraction (ablate, clamp)."""
+    from steerlib.steer.operators import OPERATORS
+
+    capped = [name for name in variants if OPERATORS[name].alpha_range == (0.0, 1.0)]
     outside = [a for a in alphas if not 0.0 <= a <= 1.0]
     if capped and outside:
-        past = {"ablate": "zero (ablate)", "clamp": "the non-toxic level (clamp)"}
+        level = {True: "the non-toxic level", False: "zero"}
+        past = {name: f"{level[OPERATORS[name].needs_clamp_levels]} ({name})" for name in capped}
         raise ValueError(
             f"{' and '.join(map(repr, capped))} take{'s' if len(capped) == 1 else ''} alpha in "
             "[0, 1], the fraction of the toxic component removed (1 removes all of it; above 1 "

@@ -102,13 +102,16 @@ def variant_sweeps(run: Run, plan: SweepPlan, vectors: dict[str, Any]) -> list[V
     to the levels of the random direction's own projections, multilayer over the same span.
     """
     from steerlib.experiment.steps import variant_inputs
+    from steerlib.steer.operators import OPERATORS
     from steerlib.steer.variants import variant
 
     probe = None
-    if set(plan.variants) & {"gated", "clamp"}:
+    ops = [OPERATORS[name] for name in plan.variants]
+    clamped = any(op.needs_clamp_levels for op in ops)
+    if clamped or any(op.needs_probe for op in ops):
         probe, caa = variant_inputs(run, vectors["caa"])
         vectors = {**vectors, "caa": caa}
-        if "random" in vectors and "clamp" in plan.variants:
+        if "random" in vectors and clamped:
             _, random = variant_inputs(run, vectors["random"])
             vectors["random"] = random
     sweeps = []
@@ -186,7 +189,7 @@ def generate_family(
         family.sweep.vectors,
         layers=family.layers,
         alphas=family.alphas,
-        **DecodingSettings.of(run.params).as_kwargs(),
+        settings=DecodingSettings.of(run.params),
         tokens_per_unit=sizes.tokens_per_unit,
         max_batch_rows=sizes.max_batch_rows,
         done=done,

@@ -153,9 +153,8 @@ def run_baseline(run: Run, *, force: bool = False) -> pd.DataFrame:
                 tokenizer,
                 unit,
                 evaluation,
-                vector=None,
                 alphas=[0.0],
-                **decoding.as_kwargs(),
+                settings=decoding,
             )
             for unit in tqdm(units, desc="baseline", unit="unit")
         ]

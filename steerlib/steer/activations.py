@@ -175,6 +175,40 @@ class ResidualActivations:
         return cls(tensors["pooled"], tensors["token_norm"], layers, last_n, meta, **extra)
 
 
+def _pooling_hook(
+    index: int,
+    current: dict[str, torch.Tensor],
+    now: dict[str, list[Any]],
+    outlier_factor: float,
+) -> Any:
+    """The forward hook that pools layer ``index``'s output of the current batch into ``now``.
+
+    ``current`` holds the batch's ``content``, ``window`` and ``first`` masks.
+    """
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        hidden = (output[0] if isinstance(output, tuple) else output).float()
+        content = current["content"].to(hidden.device)
+        window = current["window"].to(hidden.device)
+        norms = hidden.norm(dim=-1)
+        median = torch.nanmedian(norms.masked_fill(~content, float("nan")), dim=1).values
+        weights = (window & (norms <= outlier_factor * median.unsqueeze(1))).float()
+        counts = weights.sum(dim=1).clamp(min=1.0)
+        now["pooled"][index] = (
+            (hidden * weights.unsqueeze(-1)).sum(dim=1) / counts.unsqueeze(1)
+        ).cpu()
+        pooled_norms = norms * weights
+        now["norm"][index] = (pooled_norms.sum(dim=1) / counts).cpu()
+        now["share"][index] = (
+            pooled_norms.max(dim=1).values / pooled_norms.sum(dim=1).clamp(min=1e-12)
+        ).cpu()
+        now["median"][index] = median.cpu()
+        first = current["first"].to(hidden.device).float().unsqueeze(-1)
+        now["sink"][index] = (hidden * first).sum(dim=(0, 1)).cpu()
+
+    return hook
+
+
 @torch.inference_mode()
 def capture_residuals(
     model: PreTrainedModel,
@@ -189,9 +223,6 @@ def capture_residuals(
     layers_attribute: str | None = None,
 ) -> ResidualActivations:
     """Residual stream after every decoder layer, mean-pooled over the last content tokens.
-
-    Kept in one piece (about 100 lines): the batching, the per-layer hooks and the pooling mask
-    share the batch's tensors, and one loop reads top to bottom.
 
     Positions are chosen by the content rule of this module's docstring: no padding, no
     special tokens, not the first position (the attention sink), the last ``last_n`` of what
@@ -237,31 +268,11 @@ def capture_residuals(
     current: dict[str, torch.Tensor] = {}
     now: dict[str, list[Any]] = {k: [None] * n_layers for k in batches}
 
-    def make_hook(index: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            hidden = (output[0] if isinstance(output, tuple) else output).float()
-            content = current["content"].to(hidden.device)
-            window = current["window"].to(hidden.device)
-            norms = hidden.norm(dim=-1)
-            median = torch.nanmedian(norms.masked_fill(~content, float("nan")), dim=1).values
-            weights = (window & (norms <= outlier_factor * median.unsqueeze(1))).float()
-            counts = weights.sum(dim=1).clamp(min=1.0)
-            now["pooled"][index] = (
-                (hidden * weights.unsqueeze(-1)).sum(dim=1) / counts.unsqueeze(1)
-            ).cpu()
-            pooled_norms = norms * weights
-            now["norm"][index] = (pooled_norms.sum(dim=1) / counts).cpu()
-            now["share"][index] = (
-                pooled_norms.max(dim=1).values / pooled_norms.sum(dim=1).clamp(min=1e-12)
-            ).cpu()
-            now["median"][index] = median.cpu()
-            first = current["first"].to(hidden.device).float().unsqueeze(-1)
-            now["sink"][index] = (hidden * first).sum(dim=(0, 1)).cpu()
-
-        return hook
-
     old_side = tokenizer.truncation_side
-    handles = [modules[i].register_forward_hook(make_hook(i)) for i in range(n_layers)]
+    handles = [
+        modules[i].register_forward_hook(_pooling_hook(i, current, now, outlier_factor))
+        for i in range(n_layers)
+    ]
     n_tokens: list[torch.Tensor] = []
     try:
         tokenizer.truncation_side = "left"

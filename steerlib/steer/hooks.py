@@ -11,7 +11,9 @@ they are only ever registered inside :func:`steering`, a context manager that re
 generator closed half-way.
 
 **Modes** (``mode=``; one hook, several ways to use the vector ``v`` at a steered position
-whose residual is ``h``; ``u = v / |v|``):
+whose residual is ``h``; ``u = v / |v|``). Each is the operator of an entry of the one table,
+:data:`steerlib.steer.operators.OPERATORS`, which the hook applies; the entries say what each
+needs (a gate, clamp levels, the direction only, norm preservation):
 
 * ``"add"``: ``h - alpha * v`` (plain CAA);
 * ``"gated"``: ``h - alpha * g * v``, with ``g`` 1 where a linear probe (:class:`Gate`) says
@@ -32,24 +34,15 @@ ablation nor clamping; a negative alpha would amplify it. Both are refused.
 
 With several layers and ``split_alpha=True`` each layer gets ``alpha / n_layers``.
 
-**The gate's input.** The probe is fitted on 32-token means of content states
-(:mod:`steerlib.steer.probe`), while the hook sees one position at a time; a single position's state
-is far noisier than a mean of 32 (and its mean-projection differs: content words and function
-words load differently on the toxic direction), so the hook applies the probe to the *running
-mean* of the row's content states up to and including the position: the same statistic the
-probe was fitted on once the row has a window's worth of tokens. Content positions are those
-with a position id above 0: the engine gives left padding and the first real token (the
-attention sink, left out of the pooled means too) position id 0. Without position ids (GPT-2
-blocks), every position after the first of a fresh pass counts. A pass whose position ids all
-start at 0 (a prompt, or a recomputed sequence without KV cache) restarts the running mean.
+**The gate's input** is the running mean of the row's content states: see
+:mod:`steerlib.steer.gate`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
@@ -58,6 +51,16 @@ from torch.utils.hooks import RemovableHandle
 
 from steerlib.errors import ConfigError
 from steerlib.models.layers import LayerSpec, get_decoder_layers, resolve_layers
+from steerlib.steer.gate import Gate, gate_values
+from steerlib.steer.handle import ALPHA_RANGES, AlphaSpec, SteeringHandle, SteeringMode, check_alpha
+from steerlib.steer.operators import (
+    OPERATORS,
+    Fitted,
+    Operator,
+    Positions,
+    apply_operator,
+    operator_for_mode,
+)
 
 if TYPE_CHECKING:
     from steerlib.steer.vectors import SteeringVector
@@ -72,176 +75,22 @@ __all__ = [
     "SteeringHandle",
     "SteeringMode",
     "Units",
+    "VectorLike",
     "active_hook_count",
     "steering",
 ]
-
-Positions: TypeAlias = Literal["all", "generated"]
-"""Which positions are steered: every position, or only tokens generated after the prompt."""
 
 Units: TypeAlias = Literal["raw", "norm"]
 """``"raw"``: alpha multiplies the vector as computed. ``"norm"``: the subtracted vector has
 length ``alpha`` times the layer's mean residual-stream norm (recorded with the vector)."""
 
-AlphaSpec: TypeAlias = float | Sequence[float] | torch.Tensor
-"""One coefficient for the whole batch, or one per batch row."""
-
 ForwardHookFn: TypeAlias = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], Any]
 """Signature of a forward hook registered with ``with_kwargs=True``."""
 
-SteeringMode: TypeAlias = Literal["add", "gated", "ablate", "clamp", "norm_preserving"]
-"""How the vector is applied at a steered position (see the module docstring)."""
-
-MODES: tuple[str, ...] = ("add", "gated", "ablate", "clamp", "norm_preserving")
-"""Every :data:`SteeringMode`."""
-
-ALPHA_RANGES: dict[str, tuple[float, float]] = {"ablate": (0.0, 1.0), "clamp": (0.0, 1.0)}
-"""Closed alpha range of the modes whose alpha is a fraction (1 = full removal); others: any."""
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A linear probe at one layer that decides where ``mode="gated"`` steers.
-
-    The gate fires at a position where ``sigmoid(weight . m + bias) > threshold``, ``m`` the
-    running mean of the row's content states so far (see the module docstring).
-
-    Attributes:
-        weight: ``(hidden,)`` probe weights (on raw residual states).
-        bias: Probe intercept.
-        threshold: Probability above which the gate fires.
-        soft: Scale the steering by the probe's probability where it fires (else by 1).
-    """
-
-    weight: torch.Tensor
-    bias: float
-    threshold: float = 0.5
-    soft: bool = False
-
+MODES: tuple[str, ...] = tuple(dict.fromkeys(op.mode for op in OPERATORS.values()))
+"""Every hook mode (:data:`SteeringMode`), in the order of the operator table."""
 
 VectorLike: TypeAlias = "SteeringVector | torch.Tensor | Mapping[int, torch.Tensor]"
-
-
-def _check_alpha(alpha: AlphaSpec, mode: str = "add") -> torch.Tensor:
-    values = torch.as_tensor(alpha, dtype=torch.float32).flatten().cpu()
-    if values.numel() == 0:
-        raise ConfigError("alpha is empty: give a number or one number per batch row.")
-    if not torch.isfinite(values).all():
-        raise ConfigError(f"alpha must be finite, got {values.tolist()}.")
-    if mode in ALPHA_RANGES:
-        low, high = ALPHA_RANGES[mode]
-        outside = [float(a) for a in values if not low <= float(a) <= high]
-        if outside:
-            raise ConfigError(
-                f"mode={mode!r} takes alpha in [{low:g}, {high:g}] (the fraction of the toxic "
-                f"component removed; 1 removes all of it, more would reflect it past "
-                f"{'its non-toxic level' if mode == 'clamp' else 'zero'}), got {outside[0]:g}: "
-                "use an alpha within the range, or mode='add' for stronger steering."
-            )
-    return values
-
-
-@dataclass
-class SteeringHandle:
-    """Mutable state shared by the hooks of one :func:`steering` block.
-
-    Attributes:
-        layers: The steered layer indices.
-        positions: The position mode of the block.
-        alpha: Current coefficients, shape ``(1,)`` or ``(batch,)``.
-        mode: The block's mode.
-        scale: Factor on alpha (``1 / n_layers`` with ``split_alpha``).
-        steer_from: Teacher forcing: ``(batch,)`` first steered position of each row of a
-            pass over whole texts (prompt + continuation, in the padded batch's positions);
-            the positions before it (the prompt) are left as they are. ``None``: as
-            ``positions`` says. Set it with :meth:`set_steer_from`.
-    """
-
-    layers: list[int]
-    positions: Positions
-    alpha: torch.Tensor
-    mode: SteeringMode = "add"
-    scale: float = 1.0
-    steer_from: torch.Tensor | None = None
-    _prompt_length: dict[int, int | None] = field(default_factory=dict)
-    _gate_state: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
-    _rows: torch.Tensor | None = None
-    _fired: torch.Tensor | None = None
-    _gated: torch.Tensor | None = None
-
-    def set_alpha(self, alpha: AlphaSpec) -> None:
-        """Change the coefficients for the following forward passes.
-
-        Raises:
-            ConfigError: A non-finite alpha, or one outside its mode's :data:`ALPHA_RANGES`.
-        """
-        self.alpha = _check_alpha(alpha, self.mode)
-
-    def set_steer_from(self, first: Sequence[int] | torch.Tensor | None) -> None:
-        """Steer only positions ``>= first[row]`` of each row in the following passes.
-
-        The teacher-forced counterpart of ``positions="generated"``: a pass over texts whose
-        first part plays the prompt and whose rest plays the generated continuation. Every
-        pass must then have ``len(first)`` rows (or a multiple: rows repeated per alpha,
-        ``first`` repeated likewise). ``None`` turns it off.
-        """
-        self.steer_from = (
-            None if first is None else torch.as_tensor(first, dtype=torch.long).flatten().cpu()
-        )
-
-    def reset(self) -> None:
-        """Forget the prompt seen so far (prompt length, gate state and gate counts)."""
-        self._prompt_length = dict.fromkeys(self.layers)
-        self._gate_state = {}
-        self._rows = self._fired = self._gated = None
-
-    def expand_rows(self, repeats: int) -> None:
-        """Repeat every row's gate state ``repeats`` times (a prefill's cache expanded to samples).
-
-        Each new row starts with its source row's gate counts; rows are numbered anew.
-        """
-        if repeats == 1:
-            return
-        self._gate_state = {
-            layer: (total.repeat_interleave(repeats, 0), count.repeat_interleave(repeats, 0), seen)
-            for layer, (total, count, seen) in self._gate_state.items()
-        }
-        if self._fired is not None and self._gated is not None and self._rows is not None:
-            self._fired = self._fired[self._rows].repeat_interleave(repeats)
-            self._gated = self._gated[self._rows].repeat_interleave(repeats)
-            self._rows = torch.arange(len(self._fired))
-
-    def select_rows(self, keep: torch.Tensor) -> None:
-        """Keep only the rows ``keep`` (indices into the current rows) for the next passes.
-
-        The gate counts of dropped rows are kept: :meth:`gate_counts` reports every row.
-        """
-        keep = keep.cpu()
-        self._gate_state = {
-            layer: (total[keep.to(total.device)], count[keep.to(count.device)], seen)
-            for layer, (total, count, seen) in self._gate_state.items()
-        }
-        if self._rows is not None:
-            self._rows = self._rows[keep]
-
-    def gate_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fired, gated)`` per row, summed over layers.
-
-        ``fired``: steered content positions where the gate fired; ``gated``: all steered
-        content positions the gate looked at. Rows are numbered as after the last
-        :meth:`expand_rows`; empty before any gated pass.
-        """
-        if self._fired is None or self._gated is None:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-        return self._fired.clone(), self._gated.clone()
-
-    def _count(self, fired: torch.Tensor, gated: torch.Tensor) -> None:
-        if self._rows is None or self._fired is None or self._gated is None:
-            self._rows = torch.arange(len(fired))
-            self._fired = torch.zeros(len(fired), dtype=torch.long)
-            self._gated = torch.zeros(len(fired), dtype=torch.long)
-        self._fired.index_add_(0, self._rows, fired.cpu().long())
-        self._gated.index_add_(0, self._rows, gated.cpu().long())
 
 
 def _direction_for(vector: VectorLike, layer: int) -> torch.Tensor:
@@ -268,86 +117,6 @@ def _steer_start(handle: SteeringHandle, layer: int, seq_len: int) -> int:
     return 0
 
 
-def _content_positions(
-    handle: SteeringHandle, layer: int, kwargs: dict[str, Any], batch: int, seq_len: int
-) -> tuple[torch.Tensor, bool]:
-    """``(batch, seq)`` bool mask of content positions, and whether the pass starts afresh."""
-    position_ids = kwargs.get("position_ids")
-    if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
-        ids = position_ids.expand(batch, seq_len)
-        return ids > 0, bool((ids[:, 0] == 0).all())
-    state = handle._gate_state.get(layer)
-    fresh = state is None or seq_len > 1
-    offset = 0 if fresh or state is None else state[2]
-    ids = torch.arange(offset, offset + seq_len, device=handle.alpha.device)
-    return (ids > 0).expand(batch, seq_len), fresh
-
-
-def _gate_values(
-    handle: SteeringHandle,
-    layer: int,
-    gate: Gate,
-    hidden: torch.Tensor,
-    kwargs: dict[str, Any],
-    start: int,
-) -> torch.Tensor:
-    """``(batch, seq)`` gate values (0/1, or the probe's probability where it fires).
-
-    Updates the running mean of content states and the gate counts of the steered positions.
-    """
-    batch, seq_len = hidden.shape[0], hidden.shape[1]
-    content, fresh = _content_positions(handle, layer, kwargs, batch, seq_len)
-    content = content.to(hidden.device)
-    states = hidden.detach().float()
-    weights = content.float().unsqueeze(-1)
-    if fresh or layer not in handle._gate_state:
-        total = states.new_zeros(batch, states.shape[-1])
-        count = states.new_zeros(batch)
-        seen = 0
-    else:
-        total, count, seen = handle._gate_state[layer]
-        if total.shape[0] != batch:
-            raise ConfigError(
-                f"the gate holds {total.shape[0]} rows but the batch has {batch}: call "
-                "handle.expand_rows / handle.select_rows when the batch changes mid-block."
-            )
-    sums = total.unsqueeze(1) + (states * weights).cumsum(1)
-    counts = count.unsqueeze(1) + content.float().cumsum(1)
-    means = sums / counts.clamp(min=1.0).unsqueeze(-1)
-    weight = gate.weight.to(device=states.device, dtype=torch.float32)
-    probability = torch.sigmoid(means @ weight + float(gate.bias))
-    fires = (probability > gate.threshold) & content & (counts > 0)
-    handle._gate_state[layer] = (sums[:, -1], counts[:, -1], seen + seq_len)
-    handle._count(fires[:, start:].sum(1), content[:, start:].sum(1))
-    values = probability * fires if gate.soft else fires.float()
-    return values.to(hidden.dtype)
-
-
-def _apply_mode(
-    mode: SteeringMode,
-    part: torch.Tensor,
-    alpha: torch.Tensor,
-    delta: torch.Tensor,
-    offset: float,
-    gate: torch.Tensor | None,
-) -> torch.Tensor:
-    """The steered states of ``part`` (``(batch, seq, hidden)``); ``alpha`` is ``(batch, 1, 1)``."""
-    if mode == "add":
-        return part - alpha * delta
-    if mode == "gated":
-        assert gate is not None
-        return part - alpha * gate.unsqueeze(-1) * delta
-    if mode == "norm_preserving":
-        moved = part - alpha * delta
-        ratio = part.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True).clamp(
-            min=torch.finfo(part.dtype).tiny
-        )
-        return moved * ratio
-    unit = delta / delta.norm().clamp(min=torch.finfo(delta.dtype).tiny)
-    excess = ((part @ unit) - offset).clamp(min=0.0)
-    return part - alpha * excess.unsqueeze(-1) * unit
-
-
 def _keep_before(first: torch.Tensor, hidden: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
     """``steered`` with each row's positions before ``first[row]`` taken from ``hidden``."""
     batch, seq_len = hidden.shape[0], hidden.shape[1]
@@ -369,13 +138,14 @@ def _make_hook(
     gate: Gate | None = None,
 ) -> ForwardHookFn:
     cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    operator = operator_for_mode(handle.mode)
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
         batch, seq_len = hidden.shape[0], hidden.shape[1]
         start = _steer_start(handle, layer, seq_len)
-        gate_values = (
-            _gate_values(handle, layer, gate, hidden, kwargs, min(start, seq_len))
+        values_all = (
+            gate_values(handle, layer, gate, hidden, kwargs, min(start, seq_len))
             if gate is not None
             else None
         )
@@ -392,8 +162,8 @@ def _make_hook(
             )
         alpha = (alpha * handle.scale).to(device=hidden.device, dtype=hidden.dtype).view(-1, 1, 1)
         part = hidden if start == 0 else hidden[:, start:]
-        values = None if gate_values is None else gate_values[:, start:]
-        moved = _apply_mode(handle.mode, part, alpha, cache[key], offset, values)
+        values = None if values_all is None else values_all[:, start:]
+        moved = apply_operator(operator, part, cache[key], alpha, Fitted(values, offset))
         steered = moved if start == 0 else torch.cat([hidden[:, :start], moved], dim=1)
         if handle.steer_from is not None:
             steered = _keep_before(handle.steer_from, hidden, steered)
@@ -406,26 +176,26 @@ def _make_hook(
 
 
 def _clamp_offset(
-    vector: VectorLike, layer: int, mode: SteeringMode, offsets: Mapping[int, float] | None
+    vector: VectorLike, layer: int, operator: Operator, offsets: Mapping[int, float] | None
 ) -> float:
-    """``c`` of the clamp mode at ``layer`` (0 for every other mode)."""
-    if mode != "clamp":
+    """``c`` of an operator that needs clamp levels at ``layer`` (0 for every other one)."""
+    if not operator.needs_clamp_levels:
         return 0.0
     known = offsets if offsets is not None else getattr(vector, "nontoxic_projections", None)
     if not known or layer not in known:
         raise ConfigError(
-            f"mode='clamp' needs the non-toxic texts' mean projection at layer {layer}, which "
-            "this vector does not record: rebuild it with steerlib.steer.vectors.compute_caa (step "
-            "04), or pass clamp_offsets={layer: value}."
+            f"mode={operator.mode!r} needs the non-toxic texts' mean projection at layer "
+            f"{layer}, which this vector does not record: rebuild it with "
+            "steerlib.steer.vectors.compute_caa (step 04), or pass clamp_offsets={layer: value}."
         )
     return float(known[layer])
 
 
-def _gate_for(gate: Gate | Mapping[int, Gate] | None, layer: int) -> Gate:
+def _gate_for(gate: Gate | Mapping[int, Gate] | None, layer: int, mode: str) -> Gate:
     found = gate.get(layer) if isinstance(gate, Mapping) else gate
     if found is None:
         raise ConfigError(
-            f"mode='gated' needs a probe at layer {layer}: pass gate=probe.gate({layer}) "
+            f"mode={mode!r} needs a probe at layer {layer}: pass gate=probe.gate({layer}) "
             "(steerlib.steer.probe.fit_probe, saved by step 04)."
         )
     return found
@@ -500,8 +270,7 @@ def steering(
     """
     if positions not in ("all", "generated"):
         raise ConfigError(f"positions must be 'all' or 'generated', not {positions!r}.")
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    operator = operator_for_mode(mode)  # an unknown mode raises, listing the known ones
     modules = get_decoder_layers(model, layers_attribute)
     if layers is None:
         if isinstance(vector, torch.Tensor):
@@ -521,7 +290,7 @@ def steering(
     handle = SteeringHandle(
         layers=indices,
         positions=positions,
-        alpha=_check_alpha(alpha, mode),
+        alpha=check_alpha(alpha, mode),
         mode=mode,
         scale=1.0 / len(indices) if split_alpha else 1.0,
     )
@@ -529,9 +298,9 @@ def steering(
     prepared = [
         (
             index,
-            _scaled_direction(vector, index, "raw" if mode in ("ablate", "clamp") else units),
-            _clamp_offset(vector, index, mode, clamp_offsets),
-            _gate_for(gate, index) if mode == "gated" else None,
+            _scaled_direction(vector, index, "raw" if operator.direction_only else units),
+            _clamp_offset(vector, index, operator, clamp_offsets),
+            _gate_for(gate, index, mode) if operator.needs_probe else None,
         )
         for index in indices
     ]
