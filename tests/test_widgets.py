@@ -21,6 +21,7 @@ from steerlib.experiment.runs import RunPaths
 from steerlib.generate.generation import encode_prompts
 from steerlib.pipeline import Run
 from steerlib.steer.hooks import active_hook_count, steering
+from steerlib.steer.steering import Steering
 from steerlib.steer.variants import variant
 from steerlib.steer.vectors import SteeringVector
 
@@ -552,7 +553,12 @@ def test_the_model_warms_up_in_the_background_and_generate_waits(
     real = session.generate_unit
 
     def spy(*args, **kwargs):
-        seen.append({"tokens": kwargs["max_new_tokens"], "variant": kwargs["variant"].name})
+        seen.append(
+            {
+                "tokens": kwargs["settings"].max_new_tokens,
+                "variant": kwargs["steering"].operator.name,
+            }
+        )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(session, "generate_unit", spy)
@@ -723,7 +729,9 @@ def test_steering_is_built_in_one_place(llama, tokenizer, caa_and_probe):
         multilayer_span=3,
         warm_up=False,
     )
-    arguments, layers = explorer.steering("multilayer", LAYER)
-    assert set(arguments) == {"vector", "variant", "probe"} and layers == [1, 2, 3]
-    assert arguments["vector"] is explorer.vector and arguments["probe"] is probe
-    assert explorer.steering("caa", LAYER)[1] == [LAYER]
+    multi = explorer.steering("multilayer", LAYER)
+    assert isinstance(multi, Steering) and list(multi.layers) == [1, 2, 3]
+    assert multi.vector is explorer.vector and multi.operator.name == "multilayer"
+    assert list(explorer.steering("caa", LAYER).layers) == [LAYER]
+    gated = explorer.steering("gated", LAYER)
+    assert gated.gate is not None  # the probe bound into the value, not passed beside it

@@ -40,6 +40,7 @@ from steerlib.generate.partition import SweepUnit
 from steerlib.models.layers import num_layers
 from steerlib.steer.hooks import Positions, Units, active_hook_count
 from steerlib.steer.probe import ToxicityProbe
+from steerlib.steer.steering import Steering
 from steerlib.steer.variants import variant as make_variant
 from steerlib.steer.vectors import SteeringVector
 
@@ -243,24 +244,29 @@ class ExplorerSession:
         return str(getattr(self.scorer, "name", type(self.scorer).__name__))
 
     # -- steering, generating, judging ----------------------------------------------------------
-    def steering(self, variant: str, layer: int) -> tuple[dict[str, Any], list[int]]:
-        """What steers one generation: the engine's steering arguments and the steered layers.
+    def steering(self, variant: str, layer: int) -> Steering:
+        """What steers one generation: the selected variant bound once, as the sweep binds it.
 
-        The one place the explorer builds its steering (the selected variant as the chain's
-        sweep builds it, bound to the vector and the probe).
+        The one place the explorer builds its steering (the variant bound to the vector, the
+        layer, the run's positions and alpha units, and the probe a gated variant needs).
 
         Args:
             variant: A variant name (:data:`steerlib.steer.variants.VARIANTS`).
             layer: The chosen layer (the centre of a multilayer variant's span).
 
         Returns:
-            ``(arguments, layers)``: keyword arguments of
-            :func:`~steerlib.generate.engine.generate_unit` (``vector``, ``variant``, ``probe``)
-            and the layers the variant steers.
+            The :class:`~steerlib.steer.steering.Steering`; its ``layers`` are the layers the
+            variant steers.
         """
         chosen = make_variant(variant, multilayer_span=self.multilayer_span)
-        arguments = {"vector": self.vector, "variant": chosen, "probe": self.probe}
-        return arguments, chosen.layers(layer, num_layers(self.model))
+        return chosen.bind(
+            self.vector,
+            layer,
+            num_layers=num_layers(self.model),
+            positions=self.decoding.positions,
+            units=self.decoding.units,
+            probe=self.probe,
+        )
 
     def compare(
         self,
@@ -300,7 +306,7 @@ class ExplorerSession:
         decoding = self.decoding
         if max_new_tokens is not None:
             decoding = replace(decoding, max_new_tokens=int(max_new_tokens))
-        steer, layers = self.steering(variant, layer)
+        steering = self.steering(variant, layer)
         with self._lock:
             table = generate_unit(
                 self.model,
@@ -308,8 +314,8 @@ class ExplorerSession:
                 SweepUnit(f"explorer-{variant}-L{layer}", "caa", layer, 0, ("explorer",)),
                 pd.DataFrame({"prompt_id": ["explorer"], "prompt": [prompt]}),
                 alphas=[0.0, alpha] if alpha != 0.0 else [0.0],
-                **decoding.as_kwargs(),
-                **steer,
+                steering=steering,
+                settings=decoding,
             )
             unsteered = str(table.loc[table["alpha"] == 0.0, "completion"].iloc[0])
             steered_row = table.loc[table["alpha"] == alpha].iloc[0]
@@ -320,7 +326,7 @@ class ExplorerSession:
             "alpha": alpha,
             "layer": layer,
             "variant": variant,
-            "layers": layers,
+            "layers": list(steering.layers),
             "unsteered": unsteered,
             "steered": steered,
             **judged,
