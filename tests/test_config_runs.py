@@ -545,3 +545,78 @@ def test_a_parameter_added_since_a_run_was_made_counts_with_its_old_value(tmp_pa
     else:
         changes = check_changes(paths, {"search_step_backs": 3, "max_kl_benign": None})
         assert not changes.refused and "05_sweep" not in changes.reruns
+
+
+def _cell(stem: str) -> dict:
+    """The names a notebook's parameters cell gives, at their defaults."""
+    return {name: None for name in table.notebook_parameters(stem)} | {"force": False}
+
+
+def test_a_notebook_opens_the_run_as_recorded_and_changes_only_its_steps_parameters(tmp_path):
+    """Issue 24 item 5: a notebook reads the run from params.json; overrides change its own."""
+    Run.open("nb", runs_dir=str(tmp_path), n_prompts=7, layers=[3])
+    namespace = {**_cell("05_sweep"), "run_name": "nb", "runs_dir": str(tmp_path)}
+    run = Run.for_step("05_sweep", namespace)
+    assert (run.params.n_prompts, run.params.layers) == (7, [3])
+    changed = Run.for_step("05_sweep", {**namespace, "overrides": {"layers": [2, 3]}})
+    assert changed.params.layers == [2, 3] and changed.params.n_prompts == 7
+    assert RunPaths.for_run("nb", tmp_path).stored_params()["layers"] == [2, 3]
+    # A parameter the step reads, set as a variable of its own (papermill -p), counts too.
+    assert Run.for_step("05_sweep", {**namespace, "layers": [1]}).params.layers == [1]
+    with pytest.raises(
+        ConfigError, match=r"'n_prompts', which step 05_sweep does not read.*01_data"
+    ):
+        Run.for_step("05_sweep", {**namespace, "overrides": {"n_prompts": 3}})
+    with pytest.raises(ConfigError, match=r"'alpha'.*no step reads it"):
+        Run.for_step("05_sweep", {**namespace, "overrides": {"alpha": 1}})
+    with pytest.raises(ConfigError, match="give a mapping"):
+        Run.for_step("05_sweep", {**namespace, "overrides": [("layers", [1])]})
+    with pytest.raises(ConfigError, match="lacks overrides"):
+        Run.for_step("05_sweep", {k: v for k, v in namespace.items() if k != "overrides"})
+
+
+def test_the_runner_opens_the_run_once_and_records_the_whole_set(tmp_path):
+    """``Run.begin``: no second validation, params.json holds exactly the runner's values."""
+    from steerlib.experiment.run import step_identity
+
+    Run.open("whole", runs_dir=str(tmp_path), device="cpu", layers=[3])
+    paths = RunPaths.for_run("whole", tmp_path)
+    params = RunParams(run_name="whole", layers=[3])  # device None: auto, as a config says
+    Run.begin(params, runs_dir=str(tmp_path))
+    assert paths.stored_params() == params.notebook_parameters()
+    assert paths.stored_params()["device"] is None
+    before = paths.params.stat().st_mtime_ns
+    Run.begin(params, runs_dir=str(tmp_path))  # the same set: nothing is written
+    assert paths.params.stat().st_mtime_ns == before
+    paths.set_status("05_sweep", "done", params=step_identity("05_sweep", params.model_dump()))
+    other = params.model_copy(update={"samples_per_prompt": params.samples_per_prompt + 1})
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        Run.begin(other, runs_dir=str(tmp_path))
+    assert paths.params.stat().st_mtime_ns == before
+    Run.begin(other, runs_dir=str(tmp_path), force=True)
+    assert paths.read_status()["05_sweep"]["state"] == "stale"
+    assert paths.stored_params()["samples_per_prompt"] == other.samples_per_prompt
+
+
+def test_the_chain_gives_each_notebook_only_the_run_to_open(tmp_path, monkeypatch, tiny_model):
+    """The runner opens the run once; a notebook gets its name, folder and force, no values."""
+    from steerlib.experiment.chain import run_chain
+
+    given = []
+
+    def spy(notebook, output, parameters, **kwargs):
+        given.append(parameters)
+        Path(output).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", spy)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params = load_params(
+        None, {"model": str(tiny_model), "layers": [1], "n_prompts": 2, "run_name": "spied"}
+    )
+    code = run_chain(params, runs_dir=str(tmp_path), notebooks=NOTEBOOKS[:2], progress=False)
+    assert code == 0
+    runs = str(tmp_path.resolve())
+    assert given == [{"run_name": "spied", "runs_dir": runs, "force": False}] * 2
+    paths = RunPaths.for_run("spied", tmp_path)
+    assert paths.stored_params() == params.notebook_parameters()
+    assert paths.read_status()["02_baseline"]["params"]["model"] == str(tiny_model)

@@ -39,8 +39,9 @@ from steerlib.errors import (
     report_error,
 )
 from steerlib.experiment import report
-from steerlib.experiment.config import RunParams, short_repr
+from steerlib.experiment.config import RunParams
 from steerlib.experiment.config_files import load_params, parse_overrides
+from steerlib.experiment.copy_steps import copy_finished_steps
 from steerlib.experiment.preflight import check_run_files, preflight
 from steerlib.experiment.progress import SweepWatcher
 from steerlib.experiment.run import (
@@ -48,7 +49,6 @@ from steerlib.experiment.run import (
     Run,
     check_changes,
     ensure_writable,
-    provenance,
     step_identity,
 )
 from steerlib.experiment.runs import (
@@ -128,12 +128,8 @@ def run_chain(
                 f"[steerlib] run {paths.name!r} was made before sweep units carried checksums: "
                 f"{stamped} of its units checked readable and stamped with one"
             )
-        given = {k: v for k, v in values.items() if k != "run_name"}
-        run = Run.open(params.run_name, runs_dir=str(root), force=force, **given)
-        if run.params.notebook_parameters() != values:
-            # Run.open keeps a stored value where the config says None (e.g. device: auto);
-            # the runner's parameters are the whole set, so they are recorded as given.
-            paths.write_params(values, **provenance())
+        # The run is opened once, here, with the whole set: the notebooks read it back.
+        Run.begin(params, runs_dir=str(root), force=force)
         paths.notebooks.mkdir(parents=True, exist_ok=True)
         for notebook in notebooks:
             launch = (workers, token) if workers else None
@@ -214,13 +210,11 @@ def _run_notebook(
     """Execute one notebook of the chain unless it is done; 0, or the failure's exit code.
 
     With ``launch`` (workers, token), a step that workers can share is first run by torchrun
-    workers; its notebook then finds the step done (and is not forced again).
+    workers; its notebook then finds the step done (and is not forced again). The notebook
+    gets the run's name, folder and ``force`` only: it reads the run's parameters from
+    ``params.json``, which the runner recorded (:meth:`~steerlib.experiment.run.Run.begin`).
+    ``values`` are those parameters, for the step's identity.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from steerlib.experiment.kernels import kernel_options
-
     step = notebook.stem
     executed = paths.notebooks / notebook.name
     # Skipped only when recorded whole: the runner records that last, after the notebook
@@ -231,33 +225,69 @@ def _run_notebook(
         return 0
     shared = next((name for name, chained in WORKER_STEPS.items() if chained == step), None)
     if launch is not None and shared is not None:
-        workers, token = launch
-        # The workers draw no bars of their own: the console shows the step's units.
-        with SweepWatcher(paths, disable=not progress):
-            failed = launch_workers(
-                paths, shared, workers, token=token, force=force, progress=False
-            )
-        if failed:
-            paths.set_status(step, "failed", error=f"a torchrun worker of {step} failed")
-            print(
-                f"[steerlib] {step} FAILED in a torchrun worker (its error is printed above); "
-                "run the same command again: finished units are kept.",
-                file=sys.stderr,
-            )
-            return EXIT_STEP_FAILED
+        code = _run_workers(step, shared, paths, launch, force=force, progress=progress)
+        if code:
+            return code
         force = False  # the workers recomputed the step; the notebook only shows it
     declared = _declared_parameters(notebook)
-    given = {k: v for k, v in values.items() if k in declared}
-    if "force" in declared:
-        given["force"] = force
-    if "runs_dir" in declared:
-        given["runs_dir"] = str(paths.root.parent)
+    opening = {"run_name": paths.name, "force": force, "runs_dir": str(paths.root.parent)}
+    given = {k: v for k, v in opening.items() if k in declared}
     print(f"[steerlib] {step}: running ({executed})", flush=True)
     started = time.perf_counter()
+    code = _execute(notebook, executed, paths, given, progress=progress)
+    if code:
+        return code
+    if paths.step_state(step) != "done":
+        seconds = round(time.perf_counter() - started, 1)
+        identity = step_identity(step, values) if step in STEP_NAMES else {}
+        paths.set_status(step, "done", seconds=seconds, params=identity)
+    if step in STEP_PRODUCTS:
+        paths.record_complete(step)
+    print(f"[steerlib] {step}: done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _run_workers(
+    step: str,
+    shared: str,
+    paths: RunPaths,
+    launch: tuple[int, str],
+    *,
+    force: bool,
+    progress: bool,
+) -> int:
+    """Run the shared step ``shared`` of ``step`` on torchrun workers; 0, or the exit code."""
+    workers, token = launch
+    # The workers draw no bars of their own: the console shows the step's units.
+    with SweepWatcher(paths, disable=not progress):
+        failed = launch_workers(paths, shared, workers, token=token, force=force, progress=False)
+    if not failed:
+        return 0
+    paths.set_status(step, "failed", error=f"a torchrun worker of {step} failed")
+    print(
+        f"[steerlib] {step} FAILED in a torchrun worker (its error is printed above); "
+        "run the same command again: finished units are kept.",
+        file=sys.stderr,
+    )
+    return EXIT_STEP_FAILED
+
+
+def _execute(
+    notebook: Path, executed: Path, paths: RunPaths, given: dict[str, Any], *, progress: bool
+) -> int:
+    """Execute ``notebook`` with papermill into ``executed``; 0, or the failure's exit code.
+
+    The notebook is executed into a partial copy that replaces the executed one only when
+    papermill ends, so an executed copy is always whole (or a finished failure).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from steerlib.experiment.kernels import kernel_options
+
+    step = notebook.stem
     # Step 05's own bars stay in its notebook: the console shows the sweep's units instead.
     sweep = step == "05_sweep"
-    # The notebook is executed into a partial copy that replaces the executed one only when
-    # papermill ends, so an executed copy is always whole (or a finished failure).
     partial = executed.with_name(f".partial-{executed.name}")
     try:
         with SweepWatcher(paths, disable=not (progress and sweep)):
@@ -281,13 +311,6 @@ def _run_notebook(
         )
         return EXIT_STEP_FAILED
     os.replace(partial, executed)
-    if paths.step_state(step) != "done":
-        seconds = round(time.perf_counter() - started, 1)
-        identity = step_identity(step, values) if step in STEP_NAMES else {}
-        paths.set_status(step, "done", seconds=seconds, params=identity)
-    if step in STEP_PRODUCTS:
-        paths.record_complete(step)
-    print(f"[steerlib] {step}: done in {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -314,92 +337,6 @@ def _print_summary(paths: RunPaths) -> None:
     print(f"[steerlib] figures: {paths.figures()}{shown}")
     print(f"[steerlib] {static_export_status(paths.name)}")
     print(f"[steerlib] tables:  {paths.summary_table} (all settings), {paths.summary}")
-
-
-def copy_finished_steps(
-    source: RunPaths,
-    dest: RunPaths,
-    *,
-    through: str = "04_vectors",
-    values: dict[str, Any] | None = None,
-) -> list[str]:
-    """Start run ``dest`` from the finished steps of ``source`` up to ``through``.
-
-    Everything is checked before anything is copied: ``source``'s records and the checksums of
-    the products to copy, and (with ``values``, the new run's parameters) that the steps to
-    copy were made with the same values of the parameters they depend on. The steps' products
-    (with their JSON sidecars) are then copied, each atomically, the parameters recorded as
-    ``dest``'s, and each copied step recorded ``done`` with ``copied_from`` and ``source``'s
-    identity and checksums, last. A copy that was interrupted is resumed by the same command
-    (the steps already recorded are kept; the others are copied again); a run that already
-    holds the copied steps is left as it is.
-
-    Returns:
-        The steps copied now (empty when ``dest`` already had them all).
-
-    Raises:
-        ConfigError: ``dest`` has steps of its own, ``source`` has no finished step to copy,
-            or its steps were made with other values than ``values``.
-        DamagedRunError: A product of ``source`` to copy is damaged or differs from its
-            checksum.
-    """
-    import shutil
-
-    from steerlib._io import atomic_write
-    from steerlib.errors import ConfigError
-
-    status = source.read_status()
-    wanted = STEP_NAMES[: STEP_NAMES.index(through) + 1]
-    copied = [name for name in wanted if status.get(name, {}).get("state") == "done"]
-    copied = [name for i, name in enumerate(copied) if name == wanted[i]]
-    if not copied:
-        raise ConfigError(f"run {source.name!r} has no finished step to copy (from 01_data on).")
-    held = dest.read_status() if dest.root.is_dir() else {}
-    own = [name for name, record in held.items() if record.get("copied_from") != source.name]
-    if own and set(own) & set(copied):
-        raise ConfigError(
-            f"run {dest.name!r} already has steps of its own ({', '.join(sorted(own))}); "
-            "--from-run only starts a new run (choose another run_name)."
-        )
-    check_run_files(source)
-    problems = source.product_problems(tuple(copied))
-    if problems:
-        raise DamagedRunError("\n".join(problems))
-    if values is not None:
-        changes = check_changes(source, {**values, "run_name": source.name}, force=True)
-        clash = [name for name in changes.reruns if name in copied]
-        if clash:
-            listed = ", ".join(
-                f"{k} {short_repr(old, 40)} -> {short_repr(new, 40)}"
-                for k, (old, new) in changes.changed.items()
-            )
-            raise ConfigError(
-                f"run {source.name!r} made {clash[0]} with other values ({listed}); --from-run "
-                "copies only steps made with the new run's values: drop those --set values or "
-                "run without --from-run."
-            )
-    todo = [name for name in copied if held.get(name, {}).get("state") != "done"]
-    if not todo:
-        return []
-    dest.root.mkdir(parents=True, exist_ok=True)
-
-    def copy(path: Path) -> None:
-        atomic_write(dest.root / path.name, lambda tmp: shutil.copyfile(path, tmp))
-
-    for name in todo:
-        for product in STEP_PRODUCTS[name](source):
-            for path in (product, product.with_suffix(".json")):
-                if path.is_file() and path != source.params:
-                    copy(path)
-    if source.probe.is_file():
-        for path in (source.probe, source.probe.with_suffix(".json")):
-            if path.is_file():
-                copy(path)
-    dest.write_params({**source.stored_params(), "run_name": dest.name}, **provenance())
-    for name in todo:
-        record = {k: v for k, v in status[name].items() if k not in ("state", "updated")}
-        dest.set_status(name, "done", **{**record, "copied_from": source.name})
-    return todo
 
 
 def main(argv: list[str] | None = None) -> int:

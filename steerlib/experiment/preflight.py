@@ -7,8 +7,9 @@ unknown or unloadable scorer or perplexity model, ``compare_with`` runs that do 
 undecodable prompt files, subsets larger than the data, layers out of range, prompts that
 with ``max_new_tokens`` overflow the model's context, and a KV cache larger than the memory.
 
-:func:`check_run_files` reads an existing run's records and products (headers only) and names
-any damaged file and what to delete.
+:func:`check_run_files` (:mod:`steerlib.experiment.run_checks`, importable from here) reads an
+existing run's records and products (headers only) and names any damaged file and what to
+delete.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from steerlib.errors import DamagedRunError, PreflightError, SteerlibError
+from steerlib.errors import PreflightError, SteerlibError
 from steerlib.experiment.config import RunParams, short_repr, split_arguments
-from steerlib.experiment.runs import STEP_PRODUCTS, RunPaths, runs_root
+from steerlib.experiment.run_checks import check_run_files
+from steerlib.experiment.runs import RunPaths, runs_root
 
 __all__ = ["check_run_files", "kv_cache_bytes", "preflight"]
 
@@ -451,82 +453,3 @@ def preflight(params: RunParams, *, runs_dir: str | None = None) -> None:
         problems.extend(_length_problems(params, rows, tokenizer, shape))
     if problems:
         raise PreflightError(list(problems))
-
-
-def _header_problem(path: Path) -> str | None:
-    """Why ``path`` (a parquet, safetensors or JSON product) cannot be read, or None."""
-    import json
-
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.read_metadata(path)
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                handle.metadata()
-        elif path.suffix == ".json":
-            json.loads(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # each reader raises its own error types
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
-    return None
-
-
-def _unit_problems(paths: RunPaths) -> list[str]:
-    """One line per saved sweep unit (grid or search) that is damaged or fails its checksum."""
-    from steerlib.experiment.sweep import read_unit
-
-    problems = []
-    required = not paths.made_before_checksums()  # a pre-checksum run's units have none
-    for part in sorted(paths.sweep_parts.rglob("*.parquet")):
-        try:
-            read_unit(part, required=required)
-        except DamagedRunError as exc:
-            problems.append(f"run {paths.name!r}: {exc}".rstrip("."))
-    return problems
-
-
-def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
-    """Refuse to start on a run whose records or products are damaged; say what to delete.
-
-    ``params.json`` and ``status.json`` must parse, and the lock must be a file. The products
-    of the steps marked done must have readable headers and match the checksums recorded when
-    their step was recorded whole, and every saved sweep unit (grid and search) must match the
-    checksum written inside it; with ``force`` they are all recomputed, so only the records
-    are checked.
-
-    Raises:
-        DamagedRunError: One line per damaged file, naming it and the way out.
-    """
-    if not paths.root.is_dir():
-        return
-    problems = []
-    if paths.lock.is_dir():
-        problems.append(
-            f"run {paths.name!r}: its lock {paths.lock} is a folder, not a lock file; remove it "
-            f"(rmdir {paths.lock}) if no steerlib process is running, and run the same command "
-            "again"
-        )
-    for read in (paths.read_params, paths.read_status):
-        try:
-            read()
-        except DamagedRunError as exc:
-            problems.append(str(exc))
-    if not force and not problems:
-        status = paths.read_status()
-        for step, products in STEP_PRODUCTS.items():
-            if status.get(step, {}).get("state") != "done":
-                continue
-            for product in products(paths):
-                reason = product.is_file() and _header_problem(product)
-                if reason:
-                    problems.append(
-                        f"run {paths.name!r}: {product} is damaged ({reason}); delete it and run "
-                        "the same command again (that step and the ones after it run again)"
-                    )
-        problems += paths.product_problems()
-        problems += _unit_problems(paths)
-    if problems:
-        raise DamagedRunError("\n".join(problems))

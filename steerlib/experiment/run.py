@@ -1,21 +1,13 @@
 """A run: its validated parameters, its records, and the model and scorer, loaded once.
 
-A run's identity, the parameters its products were made with, is fixed when each step is
-made. :meth:`Run.open` takes the parameters stored in ``params.json`` as the base; a value
-given as ``None`` keeps the stored one (so a notebook opened with only ``run_name`` reproduces
-the run). A value that differs from the stored one is:
-
-* refused (:class:`~steerlib.errors.ConfigError`, one line naming each change) when a step
-  that reads it is done, unless ``force`` — then that step and the ones after it are stale and
-  are recomputed;
-* an extension when the step declares it (:attr:`~steerlib.experiment.table.Step.extends`:
-  the sweep's layers, random control and alpha search): the sweep resumes and generates only
-  the units it lacks;
-* a rerun of the analysis when only step 06 reads it (or the other steps that read it do so
-  behind a switch that is off: the sweep reads ``max_perplexity_increase`` only with
-  ``alpha_search``);
-* free when no finished step reads it, or it is a runtime setting
-  (:data:`~steerlib.experiment.table.RUNTIME`).
+A run is opened once per process. The chain runner opens it with the whole parameter set it
+validated (:meth:`Run.begin`), records it in ``params.json`` and starts the notebooks with
+only the run's name; each notebook opens the run from that record (:meth:`Run.for_step`),
+changing nothing unless its ``overrides`` say so. :meth:`Run.open` takes the parameters
+stored in ``params.json`` as the base; a value given as ``None`` keeps the stored one (so a
+notebook opened with only ``run_name`` reproduces the run). A value that differs from the
+one a finished step was made with is refused, extends the sweep, reruns the analysis, or is
+free, under the rules of :mod:`steerlib.experiment.changes`.
 """
 
 from __future__ import annotations
@@ -31,16 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from steerlib.errors import ConfigError, DataError
+from steerlib.experiment.changes import (
+    Changes,
+    apply_changes,
+    check_changes,
+    extends_somewhere,
+    invalidate_after,
+    step_identity,
+)
 from steerlib.experiment.config import RunParams, short_repr
 from steerlib.experiment.runs import PROJECT_ROOT, RunPaths, run_lock
 from steerlib.experiment.table import (
+    NOTEBOOK_ONLY,
     OLD_VALUES,
-    RUNTIME,
     STEP_NAMES,
-    STEPS,
-    after,
     producer,
     step,
+    steps_reading,
 )
 
 __all__ = [
@@ -83,126 +82,6 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def step_identity(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters step ``name``'s products depend on, with their values in ``values``.
-
-    Runtime settings (:data:`~steerlib.experiment.table.RUNTIME`) are left out; so are
-    parameters the step reads only behind a switch that is off.
-    """
-    s = step(name)
-    return {
-        k: values[k]
-        for k in sorted(s.reads)
-        if k in values and k not in RUNTIME and s.depends_on(k, values)
-    }
-
-
-def _made(record: dict[str, Any]) -> bool:
-    """Whether a step's record says it holds work made with the stored parameters."""
-    state = record.get("state")
-    return state in ("done", "partial") or (state == "stale" and record.get("resume", False))
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What a change of parameters does to a run (see :func:`check_changes`).
-
-    Attributes:
-        changed: Parameter name to ``(stored, new)``, for every value that differs.
-        refused: The changed parameters that finished steps were made with.
-        resumes: Steps that keep their work and extend it.
-        reruns: Steps that run again from scratch (the earliest; the later ones follow).
-    """
-
-    changed: dict[str, tuple[Any, Any]]
-    refused: tuple[str, ...] = ()
-    resumes: tuple[str, ...] = ()
-    reruns: tuple[str, ...] = ()
-
-
-def check_changes(paths: RunPaths, values: dict[str, Any], *, force: bool = False) -> Changes:
-    """Compare ``values`` with the parameters stored in ``paths``; refuse what would mix.
-
-    Args:
-        paths: The run.
-        values: New values of some or all parameters (JSON values, as
-            :meth:`RunParams.notebook_parameters` gives them).
-        force: Accept every change: the steps made with the old values are recomputed.
-
-    Returns:
-        The changes and what they do.
-
-    Raises:
-        ConfigError: One line naming each refused parameter with its stored and new value.
-    """
-    stored = paths.stored_params()
-    status = paths.read_status()
-    changed: dict[str, tuple[Any, Any]] = {
-        k: (stored[k], v) for k, v in values.items() if k in stored and stored[k] != v
-    }
-    # A step reads some parameters only behind a switch; both old and new values count.
-    after_change = {**stored, **values}
-    refused: list[str] = []
-    resumes: set[str] = set()
-    reruns: set[str] = set()
-    for s in STEPS:
-        record = status.get(s.name, {})
-        if not _made(record):
-            continue
-        # The identity the step recorded beside its products wins over params.json, which
-        # may have been deleted or rewritten since.
-        identity = record.get("params") or {}
-        made_with = {**stored, **identity}
-        # A parameter added since the step was made counts with the value that reproduces
-        # what the step did then (OLD_VALUES), where that work depended on it.
-        before = {k: v for k, v in OLD_VALUES.items() if k not in made_with}
-        made_with = {**before, **made_with}
-        for name in sorted(s.reads & values.keys()):
-            if name in RUNTIME or name not in made_with or made_with[name] == values[name]:
-                continue
-            if name in before and not s.depends_on(name, made_with):
-                continue  # e.g. a search parameter of a sweep made without the search
-            if not (s.depends_on(name, made_with) or s.depends_on(name, after_change)):
-                continue
-            changed.setdefault(name, (made_with[name], values[name]))
-            if name in s.extends:
-                resumes.add(s.name)
-            elif s.reruns or force:
-                reruns.add(s.name)
-            elif name not in refused:
-                refused.append(name)
-    if refused and not force:
-        listed = ", ".join(
-            f"{k} {short_repr(changed[k][0], 60)} -> {short_repr(changed[k][1], 60)}"
-            for k in refused
-        )
-        raise ConfigError(
-            f"run {paths.name!r} was made with other values ({listed}); pass force=True "
-            "(`python -m steerlib run --force`) to recompute it with the new ones, or use a new "
-            "run_name."
-        )
-    order = STEP_NAMES.index
-    return Changes(
-        changed,
-        tuple(refused),
-        tuple(sorted(resumes, key=order)),
-        tuple(sorted(reruns, key=order)),
-    )
-
-
-def invalidate_after(paths: RunPaths, step: str, reason: str) -> None:
-    """Mark the finished (or partly finished) steps after ``step`` stale: they run again.
-
-    A stale sweep does not resume from its saved units (they came from the old inputs); the
-    one exception, recorded with ``resume=True``, is set by :meth:`Run.open` when only the
-    parameters the sweep declares as extensions changed.
-    """
-    status = paths.read_status()
-    for later in after(step):
-        if status.get(later.name, {}).get("state") in ("done", "partial"):
-            paths.set_status(later.name, "stale", reason=reason, resume=False)
-
-
 def ensure_writable(folder: Path) -> None:
     """Create ``folder`` and check that it can be written.
 
@@ -221,34 +100,27 @@ def ensure_writable(folder: Path) -> None:
         ) from None
 
 
-def _extends(parameter: str) -> bool:
-    """Whether a change of ``parameter`` extends a step (keeps its work) somewhere."""
-    return any(parameter in s.extends for s in STEPS)
+def _check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides that notebook ``name`` cannot change: its step does not read them.
 
-
-def _apply(paths: RunPaths, changes: Changes) -> list[str]:
-    """Mark the steps a change affects stale; return one note per change."""
-    reason = "; ".join(
-        f"parameter {k!r} changed from {short_repr(old)} to {short_repr(new)}"
-        for k, (old, new) in changes.changed.items()
-    )
-    notes = []
-    for name in changes.reruns[:1]:
-        paths.set_status(name, "stale", reason=reason, resume=False)
-        invalidate_after(paths, name, reason)
-        notes.append(f"{reason}; steps {name} and after run again.")
-    for name in changes.resumes:
-        if changes.reruns and STEP_NAMES.index(changes.reruns[0]) <= STEP_NAMES.index(name):
-            continue
-        paths.set_status(name, "stale", reason=reason, resume=True)
-        invalidate_after(paths, name, reason)
-        notes.append(
-            f"{reason}; the sweep (05) resumes and generates only the units it lacks, and the "
-            "analysis (06) runs again."
+    Raises:
+        ConfigError: One line naming each, with the notebooks that read it.
+    """
+    reads = step(name).reads
+    problems = []
+    for key in sorted(set(overrides) - reads, key=str):
+        readers = [s.name for s in steps_reading(str(key))]
+        where = (
+            f"set it in notebooks/{readers[0]}.ipynb or with `python -m steerlib run --set "
+            f"{key}=...`"
+            if readers
+            else "no step reads it (see steerlib.experiment.config.RunParams)"
         )
-    if changes.changed and not notes:
-        notes.append(f"{reason}; no finished step depends on it.")
-    return notes
+        problems.append(
+            f"overrides names {short_repr(key)}, which step {name} does not read: {where}"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
 
 
 @dataclass
@@ -305,12 +177,12 @@ class Run:
         # A sweep extension added since the run was made (OLD_VALUES) is checked even when not
         # given, so its new default extends the finished run (as the chain runner, which
         # passes every value, does).
-        legacy = {k for k in OLD_VALUES if stored and k not in stored and _extends(k)}
+        legacy = {k for k in OLD_VALUES if stored and k not in stored and extends_somewhere(k)}
         changes = check_changes(paths, {k: values[k] for k in {*given, *legacy}}, force=force)
         run = cls(resolved, paths)
         if not stored or changes.changed:
             ensure_writable(paths.root)
-            run.notes = _apply(paths, changes)
+            run.notes = apply_changes(paths, changes)
             for note in run.notes:
                 print(note)
             run.write_params()
@@ -321,28 +193,68 @@ class Run:
         return run
 
     @classmethod
+    def begin(cls, params: RunParams, *, runs_dir: str | None = None, force: bool = False) -> Run:
+        """Open run ``params.run_name`` with the whole set ``params``: the chain runner's opening.
+
+        ``params`` is validated already (the command line, a config file); it is not validated
+        again. Unlike :meth:`open`, every value counts as given (``None`` included, e.g.
+        ``device: auto``): the changes are those of :func:`check_changes` on the whole set, and
+        ``params.json`` records exactly ``params`` (written once, and only when it differs), so
+        the notebooks the runner starts read the run as it was opened (:meth:`for_step`).
+
+        Raises:
+            ConfigError: A parameter differs from the one a finished step was made with
+                (without ``force``), one line naming each.
+        """
+        paths = RunPaths.for_run(params.run_name, runs_dir or None)
+        values = params.notebook_parameters()
+        changes = check_changes(paths, values, force=force)
+        run = cls(params, paths)
+        stored = paths.stored_params()
+        ensure_writable(paths.root)
+        run.notes = apply_changes(paths, changes)
+        for note in run.notes:
+            print(note)
+        if stored != values:
+            run.write_params()
+        return run
+
+    @classmethod
     def for_step(cls, name: str, namespace: Mapping[str, Any]) -> Run:
         """Open the run that a notebook's parameters cell names, for step ``name``.
 
-        Reads ``run_name``, ``runs_dir``, ``force`` and the step's parameters
-        (:attr:`~steerlib.experiment.table.Step.reads`) from ``namespace`` (the notebook's
-        ``globals()``); a parameter left at ``None`` keeps the run's stored value.
+        Reads ``run_name``, ``runs_dir``, ``force`` and ``overrides`` from ``namespace`` (the
+        notebook's ``globals()``, :data:`~steerlib.experiment.table.NOTEBOOK_ONLY`). The run's
+        parameters are those recorded in its ``params.json`` (what the chain runner opened);
+        ``overrides`` changes some of them, under the rules of :meth:`open`, and may name only
+        parameters step ``name`` reads (:attr:`~steerlib.experiment.table.Step.reads`). A
+        parameter the step reads that a caller set as a variable of its own (papermill's ``-p
+        NAME VALUE``) counts as an override too.
 
         Raises:
-            ConfigError: The namespace lacks one of the step's parameters.
+            ConfigError: The namespace lacks a name of the parameters cell, ``overrides`` is not
+                a mapping, or it names a parameter the step does not read.
         """
-        wanted = step(name).reads
-        missing = sorted(n for n in wanted | {"run_name"} if n not in namespace)
+        missing = sorted(n for n in NOTEBOOK_ONLY if n not in namespace)
         if missing:
             raise ConfigError(
                 f"the parameters cell of notebooks/{name}.ipynb lacks {', '.join(missing)}: "
                 "restore it from the repository."
             )
+        reads = step(name).reads
+        overrides = namespace["overrides"] or {}
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(
+                f"overrides in notebooks/{name}.ipynb is {short_repr(overrides)}: give a "
+                "mapping of parameters to change, e.g. {'seed': 1}, or None."
+            )
+        _check_overrides(name, overrides)
+        given = {n: namespace[n] for n in sorted(reads) if namespace.get(n) is not None}
         return cls.open(
             namespace["run_name"],
             runs_dir=namespace.get("runs_dir") or None,
             force=bool(namespace.get("force", False)),
-            **{n: namespace[n] for n in wanted},
+            **{**given, **overrides},
         )
 
     def write_params(self, **extra: Any) -> None:
@@ -362,7 +274,10 @@ class Run:
             _LOADED[key] = load_model(
                 p.model, device=p.device, dtype=p.dtype, trust_remote_code=p.trust_remote_code
             )
-            self.write_params(model_revision=model_revision(_LOADED[key][0]))
+            revision = model_revision(_LOADED[key][0])
+            recorded = self.paths.read_params()
+            if "model_revision" not in recorded or recorded["model_revision"] != revision:
+                self.write_params(model_revision=revision)
         return _LOADED[key]
 
     def judge(self) -> tuple[Any, Any]:

@@ -8,7 +8,9 @@ Every rule about steps derives from :data:`STEPS`:
 * a changed parameter is refused, resumes the sweep or reruns the analysis according to the
   steps that read it (:attr:`Step.reads`, :attr:`Step.extends`, :attr:`Step.reruns`);
 * ``python -m steerlib status`` and the chain runner list the steps and their products;
-* each notebook's parameters cell declares exactly :func:`notebook_parameters` (a test checks).
+* a notebook changes only the parameters its step reads (its ``overrides``, checked by
+  :meth:`steerlib.experiment.run.Run.for_step`); its parameters cell declares exactly
+  :func:`notebook_parameters` (a test checks).
 
 The table holds names only (functions as ``"module:name"``), so that importing it is cheap and
 every other module can import it.
@@ -111,8 +113,10 @@ scorer, no step back of the alpha search, no search of the random controls (a sw
 switching it on extends the finished sweep), and no KL limit in the search (which no current
 value reproduces, so an old searched sweep is refused with ``max_kl_benign``).
 """
-NOTEBOOK_ONLY = ("run_name", "runs_dir", "force")
-"""Names every notebook declares besides its step's parameters."""
+NOTEBOOK_ONLY = ("run_name", "runs_dir", "force", "overrides")
+"""The names every notebook's parameters cell declares, and no other: the run, its folder,
+whether to recompute the step, and ``overrides`` (``{parameter: value}``, only parameters the
+step reads; ``None``: the run as recorded in ``params.json``, which the chain runner wrote)."""
 
 _SPLIT = {"n_prompts", "n_pairs", "seed", "benign_max_toxicity", "pair_toxic_min"}
 _DECODING = {"samples_per_prompt", "max_new_tokens", "temperature", "top_p", "prompt_format"}
@@ -234,5 +238,10 @@ def steps_reading(parameter: str, values: Mapping[str, Any] | None = None) -> tu
 
 
 def notebook_parameters(name: str) -> frozenset[str]:
-    """Every name the parameters cell of step ``name``'s notebook declares."""
-    return step(name).reads | frozenset(NOTEBOOK_ONLY)
+    """Every name the parameters cell of step ``name``'s notebook declares.
+
+    The same for every step (:data:`NOTEBOOK_ONLY`): a step's own parameters are read from the
+    run (``params.json``) and changed through ``overrides``, never declared one by one.
+    """
+    step(name)  # raises for an unknown step
+    return frozenset(NOTEBOOK_ONLY)

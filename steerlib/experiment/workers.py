@@ -283,18 +283,10 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
     with ``control_search`` the random control alone at its own searched edge).
     """
     from steerlib.experiment.sweep import (
-        direction_only,
-        edge_key,
-        family_keys,
-        generate_family,
         grid_family,
         prepare_units,
         run_sweep,
         saved_units,
-        search_edge,
-        search_texts,
-        searched_directions,
-        searched_family,
         starts_afresh,
         sweep_inputs,
         sweep_plan,
@@ -328,12 +320,41 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         tokens_per_unit=min(s.tokens_per_unit for s in chosen),
         max_batch_rows=min(s.max_batch_rows for s in chosen),
     )
+    share = _Share(run, group, token, model, tokenizer, prompts, sizes, progress)
+    if plan.alphas:
+        share.generate([grid_family(run, plan, sweep) for sweep in sweeps])
+    edges: dict[tuple[str, int], Any] = {}
+    if p.alpha_search:
+        edges = share.search_edges(plan, sweeps)
+    group.barrier()
+    if group.rank == 0:
+        run_sweep(run, edges=edges)  # every unit is on disk: the tables, the trace and the KL
 
-    def generate(families: list[Any]) -> None:
+
+@dataclass(frozen=True)
+class _Share:
+    """One worker's part of step 05: the model it loaded and the sizes every worker agreed on."""
+
+    run: Run
+    group: Group
+    token: str
+    model: Any
+    tokenizer: Any
+    prompts: pd.DataFrame
+    sizes: Any
+    progress: bool
+
+    def generate(self, families: list[Any]) -> None:
         """This worker's share of the units of ``families`` not on disk yet."""
+        from steerlib.experiment.families import family_keys, generate_family
+
+        run, group = self.run, self.group
         # A key two families share (the control's own edge at the variant's alpha) counts once.
         keys, seen = [], set()
-        listed = [family_keys(run, tokenizer, prompts, family, sizes) for family in families]
+        listed = [
+            family_keys(run, self.tokenizer, self.prompts, family, self.sizes)
+            for family in families
+        ]
         for index, family in enumerate(families):
             for key in listed[index]:
                 if (family.folder, key) not in seen:
@@ -343,27 +364,38 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
             [(i, key) for i, key in keys if not (families[i].folder / f"{key}.parquet").is_file()]
         )
         mine = set(group.share(todo))
-        writer = _UnitWriter(run, group, token)
+        writer = _UnitWriter(run, group, self.token)
         for index, family in enumerate(families):
             ours = {key for i, key in mine if i == index}
             if ours:
                 generate_family(
                     run,
-                    model,
-                    tokenizer,
-                    prompts,
+                    self.model,
+                    self.tokenizer,
+                    self.prompts,
                     family,
-                    sizes,
+                    self.sizes,
                     done=set(listed[index]) - ours,
                     write=writer,
-                    progress=progress and group.rank == 0,
+                    progress=self.progress and group.rank == 0,
                 )
 
-    if plan.alphas:
-        generate([grid_family(run, plan, sweep) for sweep in sweeps])
-    edges: dict[tuple[str, int], Any] = {}
-    if p.alpha_search:
-        kl_texts = search_texts(prompts, p.seed)  # the search half of the held-out texts
+    def search_edges(self, plan: Any, sweeps: list[Any]) -> dict[tuple[str, int], Any]:
+        """Share out the alpha searches, then generate the units at the searched alphas.
+
+        Returns:
+            Every search's edge, by :func:`~steerlib.experiment.alpha_search.edge_key`.
+        """
+        from steerlib.experiment.alpha_search import (
+            edge_key,
+            search_edge,
+            search_texts,
+            searched_directions,
+        )
+        from steerlib.experiment.families import direction_only, searched_family
+
+        run, group = self.run, self.group
+        kl_texts = search_texts(self.prompts, run.params.seed)  # the held-out search half
         # Each variant's CAA edge, and its random control's own edge (control_search).
         searches = [
             (sweep, layer, direction)
@@ -373,7 +405,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         ]
         found = {
             edge_key(sweep.name, layer, direction): search_edge(
-                run, model, tokenizer, kl_texts, sweep, layer, direction
+                run, self.model, self.tokenizer, kl_texts, sweep, layer, direction
             )
             for sweep, layer, direction in group.share(searches)
         }
@@ -387,10 +419,8 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
             )
             for sweep, layer, direction in searches
         ]
-        generate([family for family in families if family is not None])
-    group.barrier()
-    if group.rank == 0:
-        run_sweep(run, edges=edges)  # every unit is on disk: the tables, the trace and the KL
+        self.generate([family for family in families if family is not None])
+        return edges
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Models (floor 1): loading the embedded and hub models, random models of real shapes, layers.
 
-* :mod:`~steerlib.models.loading` — ``load_model``/``load_tokenizer``, the embedded GGUF models
-  and their safetensors cache, devices and dtypes, a model's shape;
+* :mod:`~steerlib.models.loading` — ``load_model``/``load_tokenizer``, devices and dtypes;
+* :mod:`~steerlib.models.embedded` — the embedded GGUF models and their safetensors cache;
+* :mod:`~steerlib.models.shape` — a model's shape from its config alone;
 * :mod:`~steerlib.models.random_init` — ``random:`` models (seeded weights, real configs);
 * :mod:`~steerlib.models.layers` — decoder layers, their count and layer specs (depth fractions).
 

