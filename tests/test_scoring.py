@@ -217,6 +217,24 @@ def test_unknown_scorer_lists_known_names() -> None:
     assert "unbiased-toxic-roberta" in SCORERS and "profanity-check" in SCORERS
 
 
+def test_a_scorer_that_is_no_classifier_is_checked_by_its_own_entry(monkeypatch) -> None:
+    """Adding a scorer: its SCORERS entry and its set-up check; preflight asks the check
+    instead of reading a Hugging Face config for it (issue 24: it hard-coded two names)."""
+    from steerlib.evaluate import scoring
+    from steerlib.experiment.preflight import _scorer_problems
+
+    monkeypatch.setitem(scoring.SCORERS, "word-list", lambda device: _FixedScorer({}))
+    monkeypatch.setitem(scoring.SCORER_CHECKS, "word-list", lambda: None)
+    assert _scorer_problems("word-list") == []
+    monkeypatch.setitem(scoring.SCORER_CHECKS, "word-list", lambda: "needs its list; get it")
+    assert _scorer_problems("word-list") == [
+        "parameter 'scorer': 'word-list': needs its list; get it"
+    ]
+    # Without a check of its own a registered name is read as a classifier, and fails offline.
+    monkeypatch.delitem(scoring.SCORER_CHECKS, "word-list")
+    assert "cannot be read" in " ".join(_scorer_problems("word-list"))
+
+
 class _FixedScorer:
     name = "fixed"
 

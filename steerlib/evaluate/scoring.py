@@ -16,6 +16,7 @@ is the score a scorer gives text it has no evidence about.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -232,6 +233,32 @@ SCORERS: dict[str, Callable[[str | torch.device | None], Scorer]] = {
     "minilm-toxicity": lambda device: _minilm(device),
 }
 """Known scorer names and their factories (taking the device)."""
+
+
+def _profanity_check_problem() -> str | None:
+    if importlib.util.find_spec("profanity_check") is None:
+        return "needs the alt-profanity-check package; pip install alt-profanity-check"
+    return None
+
+
+def _minilm_problem() -> str | None:
+    from steerlib.evaluate.embedding_scorer import HEAD_DIR, MINILM_SCORER, minilm_problem
+
+    problem = minilm_problem()
+    if problem is None and not (HEAD_DIR / f"{MINILM_SCORER}.safetensors").is_file():
+        problem = "its head is missing; rebuild it with `python -m steerlib train-scorer`"
+    return problem
+
+
+SCORER_CHECKS: dict[str, Callable[[], str | None]] = {
+    "profanity-check": _profanity_check_problem,
+    "minilm-toxicity": _minilm_problem,
+}
+"""Set-up checks of the known scorers that are not Hugging Face classifiers: each returns what
+is missing (one line, with the fix) or ``None``; preflight runs it before a run starts. A
+scorer of :data:`SCORERS` without an entry here is checked as a classifier (its config must
+be readable and have a ``toxicity`` label). Adding a scorer is one :data:`SCORERS` entry, its
+check here when it is not a classifier, and its test."""
 
 
 def load_scorer(name: str, device: str | torch.device | None = None) -> Scorer:

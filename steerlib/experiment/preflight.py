@@ -14,7 +14,6 @@ delete.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -116,8 +115,11 @@ def _combination_problems(params: RunParams, num_layers: int | None) -> list[str
             f"least toxic completions, which needs at least 2 samples per prompt, not "
             f"{params.samples_per_prompt}; raise samples_per_prompt or use another pair_source"
         )
+    from steerlib.steer.operators import OPERATORS
+
     span = getattr(params, "multilayer_span", 1)
-    if num_layers is not None and "multilayer" in (params.variants or []) and span > num_layers:
+    spans = any(OPERATORS[name].multilayer for name in params.variants or [] if name in OPERATORS)
+    if num_layers is not None and spans and span > num_layers:
         problems.append(
             f"parameter 'multilayer_span': {span} is more layers than the model's {num_layers}; "
             f"give at most {num_layers}"
@@ -168,23 +170,12 @@ def _scorer_problems(scorer: str) -> list[str]:
     """The scorer is known and its classifier's config (and label) can be read."""
     from transformers import AutoConfig
 
-    from steerlib.evaluate.scoring import SCORERS, UNBIASED_TOXIC_ROBERTA
+    from steerlib.evaluate.scoring import SCORER_CHECKS, SCORERS, UNBIASED_TOXIC_ROBERTA
     from steerlib.models.loading import model_folder_problems
 
-    if scorer == "profanity-check":
-        if importlib.util.find_spec("profanity_check") is None:
-            return [
-                "parameter 'scorer': 'profanity-check' needs the alt-profanity-check package; "
-                "pip install alt-profanity-check"
-            ]
-        return []
-    if scorer == "minilm-toxicity":
-        from steerlib.evaluate.embedding_scorer import HEAD_DIR, minilm_problem
-
-        problem = minilm_problem()
-        if problem is None and not (HEAD_DIR / f"{scorer}.safetensors").is_file():
-            problem = "its head is missing; rebuild it with `python -m steerlib train-scorer`"
-        return [] if problem is None else [f"parameter 'scorer': 'minilm-toxicity': {problem}"]
+    if scorer in SCORER_CHECKS:
+        problem = SCORER_CHECKS[scorer]()
+        return [] if problem is None else [f"parameter 'scorer': {scorer!r}: {problem}"]
     source = UNBIASED_TOXIC_ROBERTA if scorer == "unbiased-toxic-roberta" else scorer
     folder = Path(scorer).is_dir()
     hub_like = source.count("/") == 1 and not source.startswith((".", "/", "~"))
