@@ -24,6 +24,7 @@ from steerlib.experiment.timings import (
     read_timings,
     record_wall_seconds,
     recording,
+    timed_notebook,
     timing_lines,
 )
 
@@ -83,11 +84,29 @@ def test_a_failed_step_keeps_its_phases_and_the_runner_forgets_old_ones(tmp_path
     paths = RunPaths.for_run("failed", tmp_path)
     with pytest.raises(RuntimeError), recording(paths, "05_sweep"), phase("grid generation"):
         raise RuntimeError("out of memory")
-    assert list(read_timings(paths)["05_sweep"]["phases"]) == ["grid generation"]
-    record_wall_seconds(paths, "05_sweep", None)  # the runner starts the step again
-    assert read_timings(paths)["05_sweep"] == {}
-    record_wall_seconds(paths, "05_sweep", 12.345)
-    assert read_timings(paths)["05_sweep"] == {"wall_seconds": 12.35}
+    first = read_timings(paths)["05_sweep"]
+    assert list(first["phases"]) == ["grid generation"]
+    record_wall_seconds(paths, "05_sweep", 12.345, since=first["started"])
+    assert read_timings(paths)["05_sweep"] == {**first, "wall_seconds": 12.35}
+    # Started again later, the step recorded no phases (torchrun workers made its units):
+    record_wall_seconds(paths, "05_sweep", 3.0, since=time.time())
+    assert read_timings(paths)["05_sweep"] == {"wall_seconds": 3.0}
+
+
+def test_the_runner_times_a_notebook_that_ran_and_not_one_it_skipped(tmp_path):
+    from steerlib._io import atomic_write_text
+
+    paths = RunPaths.for_run("timed", tmp_path)
+    executed = paths.notebooks / "01_data.ipynb"
+    atomic_write_text(executed, "{}")
+    ran: set[str] = set()
+    with timed_notebook(paths, "01_data", executed, ran):  # skipped: its copy stays
+        pass
+    assert ran == set() and "01_data" not in read_timings(paths)
+    with timed_notebook(paths, "01_data", executed, ran):  # ran: a new copy is put in place
+        time.sleep(0.05)
+        atomic_write_text(executed, "{}")
+    assert ran == {"01_data"} and read_timings(paths)["01_data"]["wall_seconds"] >= 0.05
 
 
 def test_the_table_adds_up_and_says_what_was_skipped():
@@ -147,13 +166,14 @@ def test_step_05_records_each_of_its_phases(swept):
 
 
 def test_the_runner_prints_every_step_and_every_phase(swept, capsys):
-    from steerlib.experiment.chain import NOTEBOOKS, _print_timings
+    from steerlib.experiment.chain import NOTEBOOKS
+    from steerlib.experiment.timings import print_timings
 
     paths, seconds = swept
     for step, value in seconds.items():
         record_wall_seconds(paths, step, value)
-    steps = {notebook.stem for notebook in NOTEBOOKS}
-    _print_timings(paths, NOTEBOOKS, ran=steps - {"06_analysis"})
+    steps = [notebook.stem for notebook in NOTEBOOKS]
+    print_timings(paths, steps, ran=set(steps) - {"06_analysis"})
     out = capsys.readouterr().out
     lines = out.splitlines()
     shown = {line.split()[0]: line.split()[1] for line in lines if line.split()[0] in steps}

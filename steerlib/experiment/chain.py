@@ -14,6 +14,9 @@ step a changed parameter affects and the ones after it (every step when nothing 
 With ``--workers N`` the generation of the sweep (05) is shared by N torchrun workers
 (:mod:`steerlib.experiment.workers`) before its notebook runs: the workers write every unit and
 the step's products, and the notebook then finds the step done and only shows it.
+
+At the end the runner prints a timing table: each step's seconds and step 05's phases
+(:mod:`steerlib.experiment.timings`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from steerlib.experiment.runs import (
 )
 from steerlib.experiment.sweep import stamp_old_units
 from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
-from steerlib.experiment.timings import read_timings, record_wall_seconds, timing_lines
+from steerlib.experiment.timings import print_timings, timed_notebook
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 
 __all__ = [
@@ -136,21 +139,22 @@ def run_chain(
             # the runner's parameters are the whole set, so they are recorded as given.
             paths.write_params(values, **provenance())
         paths.notebooks.mkdir(parents=True, exist_ok=True)
-        ran: set[str] = set()
+        ran: set[str] = set()  # the steps whose notebook ran (the others were done earlier)
         for i, notebook in enumerate(notebooks):
             launch = (workers, token) if workers else None
             forced = forced_from is not None and _order(notebook.stem) >= _order(forced_from)
-            code = _run_notebook(
-                notebook, paths, values, force=forced, progress=progress, launch=launch, ran=ran
-            )
+            with timed_notebook(paths, notebook.stem, paths.notebooks / notebook.name, ran):
+                code = _run_notebook(
+                    notebook, paths, values, force=forced, progress=progress, launch=launch
+                )
             if code:
-                _print_timings(paths, notebooks[: i + 1], ran)
+                print_timings(paths, [n.stem for n in notebooks[: i + 1]], ran | {notebook.stem})
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
         if analysis_copy.is_file() and _report_is_stale(paths, analysis_copy):
             report.render_report(analysis_copy, paths.report)
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
-    _print_timings(paths, notebooks, ran)
+    print_timings(paths, [notebook.stem for notebook in notebooks], ran)
     _print_summary(paths)
     return 0
 
@@ -214,13 +218,11 @@ def _run_notebook(
     force: bool,
     progress: bool,
     launch: tuple[int, str] | None = None,
-    ran: set[str] | None = None,
 ) -> int:
     """Execute one notebook of the chain unless it is done; 0, or the failure's exit code.
 
     With ``launch`` (workers, token), a step that workers can share is first run by torchrun
-    workers; its notebook then finds the step done (and is not forced again). A step that runs
-    is added to ``ran``, and its wall time recorded in ``timings.json``.
+    workers; its notebook then finds the step done (and is not forced again).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -235,10 +237,6 @@ def _run_notebook(
     if not force and executed.is_file() and step in STEP_PRODUCTS and paths.is_complete(step):
         print(f"[steerlib] {step}: done earlier, skipped")
         return 0
-    if ran is not None:
-        ran.add(step)
-    begun = time.perf_counter()
-    record_wall_seconds(paths, step, None)
     shared = next((name for name, chained in WORKER_STEPS.items() if chained == step), None)
     if launch is not None and shared is not None:
         workers, token = launch
@@ -283,7 +281,6 @@ def _run_notebook(
             )
     except PapermillExecutionError as exc:
         os.replace(partial, executed)  # the failure, in place, where the message says
-        record_wall_seconds(paths, step, time.perf_counter() - begun)
         paths.set_status(step, "failed", error=f"{exc.ename}: {exc.evalue}")
         print(
             f"[steerlib] {step} FAILED: {exc.ename}: {exc.evalue}\n"
@@ -292,7 +289,6 @@ def _run_notebook(
         )
         return EXIT_STEP_FAILED
     os.replace(partial, executed)
-    record_wall_seconds(paths, step, time.perf_counter() - begun)
     if paths.step_state(step) != "done":
         seconds = round(time.perf_counter() - started, 1)
         identity = step_identity(step, values) if step in STEP_NAMES else {}
@@ -301,15 +297,6 @@ def _run_notebook(
         paths.record_complete(step)
     print(f"[steerlib] {step}: done in {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _print_timings(paths: RunPaths, notebooks: tuple[Path, ...], ran: set[str]) -> None:
-    """The timing table of this command: each step's seconds, step 05's phases under it."""
-    steps = [notebook.stem for notebook in notebooks]
-    skipped = frozenset(step for step in steps if step not in ran)
-    print("[steerlib] timings (wall clock; a phase leaves out the phases inside it):")
-    for line in timing_lines(read_timings(paths), steps, skipped=skipped):
-        print(f"  {line}")
 
 
 def _print_summary(paths: RunPaths) -> None:

@@ -1,12 +1,12 @@
 """Where a run's time goes: each step's seconds and the phases inside step 05.
 
 Step 05 runs inside a notebook kernel, so it records its own phases: :func:`recording` around
-the step makes :func:`phase` (one ``with`` per phase: setup, grid generation, toxicity
-scoring, judge perplexity, alpha search, search passes, searched units, KL pass, assembly)
-time it with one ``perf_counter`` at each boundary (nothing inside the loops, no device
-sync). A phase's seconds leave out the phases inside it (scoring inside grid generation counts
-as scoring), so the phases and the step's rest add up to the step. Outside :func:`recording`
-(another step, a torchrun worker) :func:`phase` does nothing.
+the step makes :func:`phase` (one ``with`` per phase: setup, grid generation, toxicity scoring,
+judge perplexity, alpha search, search passes, searched units, KL pass, assembly) time it with
+one ``perf_counter`` at each boundary (at most a few per sweep unit, never per token or batch;
+no device sync). A phase's seconds leave out the phases inside it (scoring inside grid
+generation counts as scoring), so the phases and the step's rest add up to the step. Outside
+:func:`recording` (another step, a torchrun worker) :func:`phase` does nothing.
 
 Two small files of the run directory, each written atomically (:mod:`steerlib._io`):
 
@@ -15,10 +15,10 @@ Two small files of the run directory, each written atomically (:mod:`steerlib._i
   runner's console bar (:class:`~steerlib.experiment.progress.SweepWatcher`) and
   ``python -m steerlib status`` read it; it goes when the step ends.
 * ``timings.json`` (format :data:`TIMINGS_FORMAT`) — ``{"format", "steps": {step: {
-  "wall_seconds", "recorded_seconds", "phases": {name: {"seconds", "count"}}}}}``:
-  ``wall_seconds`` by the chain runner (kernel start included, :func:`record_wall_seconds`),
-  the rest by the step. :func:`timing_lines` makes the table ``run`` prints and ``status``
-  shows.
+  "wall_seconds", "started", "recorded_seconds", "phases": {name: {"seconds", "count"}}}}}``:
+  ``wall_seconds`` by the chain runner (kernel start included, :func:`timed_notebook`), the rest
+  by the step (``started``: when, as ``time.time()``). :func:`timing_lines` makes the table
+  ``run`` prints and ``status`` shows.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ __all__ = [
     "Progress",
     "advance",
     "phase",
+    "print_timings",
     "read_progress",
     "read_timings",
     "record_wall_seconds",
     "recording",
+    "timed_notebook",
     "timing_lines",
 ]
 
@@ -149,7 +151,14 @@ class _Recorder:
             name: {"seconds": round(r["seconds"], 2), "count": int(r["count"])}
             for name, r in self.phases.items()
         }
-        _update_step(self.root, self.step, recorded_seconds=round(seconds, 2), phases=phases)
+        _update_step(
+            self.root,
+            self.step,
+            replace=True,
+            started=self.wall,
+            recorded_seconds=round(seconds, 2),
+            phases=phases,
+        )
         (self.root / PROGRESS_FILE).unlink(missing_ok=True)
 
 
@@ -228,17 +237,50 @@ def read_timings(paths: Any) -> dict[str, dict[str, Any]]:
     return steps if isinstance(steps, dict) else {}
 
 
-def record_wall_seconds(paths: Any, step: str, seconds: float | None) -> None:
+def record_wall_seconds(
+    paths: Any, step: str, seconds: float, *, since: float | None = None
+) -> None:
     """Record how long the chain runner waited for ``step`` (its kernel included).
 
-    ``None`` (the runner starts the step) forgets the step's record of an earlier attempt, so
-    a step that records no phases this time (its units made by torchrun workers) shows none.
+    Args:
+        paths: The run.
+        step: The step.
+        seconds: Its wall time.
+        since: When the runner started it (``time.time()``): phases the step recorded before
+            (an earlier attempt's, when this one recorded none) are dropped.
     """
     root = Path(paths.root)
-    if seconds is None:
-        _update_step(root, step, replace=True)
-    else:
-        _update_step(root, step, wall_seconds=round(seconds, 2))
+    steps = _read_json(root / TIMINGS_FILE).get("steps", {})
+    record = steps.get(step, {}) if isinstance(steps, dict) else {}
+    if since is not None and float(record.get("started", 0.0)) < since:
+        record = {}
+    _update_step(root, step, replace=True, **{**record, "wall_seconds": round(seconds, 2)})
+
+
+@contextmanager
+def timed_notebook(paths: Any, step: str, executed: Path, ran: set[str]) -> Iterator[None]:
+    """Time the chain runner's execution of ``step``'s notebook (skipped or not) inside.
+
+    The notebook ran when its executed copy ``executed`` was replaced (the runner puts a new
+    copy in place, failed or not; a skipped step leaves it as it was): then ``step`` is added
+    to ``ran`` and its wall time recorded (:func:`record_wall_seconds`).
+    """
+    before = _file_identity(executed)
+    begun, wall = time.perf_counter(), time.time()
+    try:
+        yield
+    finally:
+        if _file_identity(executed) != before:
+            ran.add(step)
+            record_wall_seconds(paths, step, time.perf_counter() - begun, since=wall)
+
+
+def print_timings(paths: Any, steps: list[str], ran: set[str]) -> None:
+    """Print the run's timing table for ``steps``; those not in ``ran`` show as skipped."""
+    skipped = frozenset(step for step in steps if step not in ran)
+    print("[steerlib] timings (wall clock; a phase leaves out the phases inside it):")
+    for line in timing_lines(read_timings(paths), steps, skipped=skipped):
+        print(f"  {line}")
 
 
 def timing_lines(
@@ -289,6 +331,15 @@ def _seconds(record: Mapping[str, Any]) -> float | None:
         if record.get(key) is not None:
             return float(record[key])
     return None
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """``path``'s inode and modification time (a replaced file has others); None: absent."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _update_step(root: Path, step: str, *, replace: bool = False, **values: Any) -> None:
