@@ -218,6 +218,43 @@ def test_the_watcher_shows_each_stage_with_its_count(tmp_path):
     assert "[steerlib] KL pass" in drawn
 
 
+def test_the_watcher_counts_the_grid_units_between_its_stages(tmp_path):
+    import pandas as pd
+
+    from steerlib._io import atomic_write_parquet
+    from steerlib.experiment.progress import SweepWatcher
+    from steerlib.experiment.sweep import sweep_plan
+    from steerlib.experiment.timings import GRID_PHASE
+
+    run = Run.open("grid", runs_dir=str(tmp_path), layers=[3], alphas=[0.0, 1.0])
+    paths = run.paths
+    prompts = pd.DataFrame(
+        {"prompt_id": ["a", "b"], "prompt": ["one", "two"], "role": ["challenging", "benign"]}
+    )
+    prompts.to_parquet(paths.prompts)
+    paths.vectors.with_suffix(".json").write_text('{"num_layers": 8}')
+    units = sweep_plan(run.params, 8).units(prompts, run.params)
+    assert len(units) == 2  # caa and random, one bucket
+    out = io.StringIO()
+    with SweepWatcher(paths, interval=0.05, file=out) as watcher:
+        with recording(paths, "05_sweep"):
+            with phase("setup"):
+                time.sleep(0.3)
+            with phase(GRID_PHASE):
+                for unit in units:
+                    time.sleep(0.2)
+                    atomic_write_parquet(
+                        paths.sweep_parts / f"{unit.key}.parquet", pd.DataFrame({"x": [1]})
+                    )
+                time.sleep(0.2)
+            with phase("assembly"):
+                time.sleep(0.3)
+    drawn = out.getvalue()
+    assert watcher.stages == ["setup", "assembly"]
+    assert (watcher.done, watcher.total) == (len(units), len(units))
+    assert "sweep: 100%" in drawn and f"{len(units)}/{len(units)}" in drawn
+
+
 def test_the_watcher_ignores_a_progress_file_of_an_earlier_attempt(tmp_path):
     from steerlib.experiment.progress import SweepWatcher
 

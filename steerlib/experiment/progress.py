@@ -192,11 +192,15 @@ class _GridBar:
             self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
 
     def close(self) -> None:
-        """Close the bar (the grid is over, counted a last time); later looks do nothing."""
+        """Close the bar (the grid is over, counted a last time); later looks do nothing.
+
+        A bar not opened yet stays closable later: the stage before the grid (setup) does not
+        close it.
+        """
         if not self.closed and self.bar is not None:
             self._count()
             self.bar.close()
-        self.closed = True
+            self.closed = True
 
 
 class _StageBar:
