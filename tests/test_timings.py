@@ -237,6 +237,7 @@ def test_the_watcher_counts_the_grid_units_between_its_stages(tmp_path):
     assert len(units) == 2  # caa and random, one bucket
     out = io.StringIO()
     with SweepWatcher(paths, interval=0.05, file=out) as watcher:
+        time.sleep(0.3)  # the kernel starts: no stage yet, the units' bar shows
         with recording(paths, "05_sweep"):
             with phase("setup"):
                 time.sleep(0.3)
@@ -251,6 +252,9 @@ def test_the_watcher_counts_the_grid_units_between_its_stages(tmp_path):
                 time.sleep(0.3)
     drawn = out.getvalue()
     assert watcher.stages == ["setup", "assembly"]
+    # Each bar is closed before the next opens: setup's, the units', then assembly's.
+    assert drawn.rindex("[steerlib] setup") < drawn.index("sweep: 100%")
+    assert drawn.rindex("sweep:") < drawn.index("[steerlib] assembly")
     assert (watcher.done, watcher.total) == (len(units), len(units))
     assert "sweep: 100%" in drawn and f"{len(units)}/{len(units)}" in drawn
 

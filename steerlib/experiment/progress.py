@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from steerlib.errors import SteerlibError
 from steerlib.experiment.runs import RunPaths
 from steerlib.experiment.timings import GRID_PHASE, Progress, read_progress
 
@@ -80,22 +81,23 @@ class SweepWatcher:
 
     def _units(self) -> tuple[dict[str, int], Any] | None:
         """Unit key -> new tokens it generates, or None while the run cannot say yet."""
-        import pandas as pd
-
-        from steerlib.experiment.config import RunParams
-        from steerlib.experiment.sweep import sweep_plan
-
         paths = self.paths
         provenance = paths.vectors.with_suffix(".json")
         if not (paths.params.is_file() and paths.prompts.is_file() and provenance.is_file()):
             return None
         try:
+            import pandas as pd
+
+            from steerlib.experiment.config import RunParams
+            from steerlib.experiment.plan import sweep_plan
+
             params = RunParams.validate_mapping(paths.stored_params())
             prompts = pd.read_parquet(paths.prompts)
             layers = json.loads(provenance.read_text(encoding="utf-8"))["num_layers"]
             plan = sweep_plan(params, int(layers))
             units = plan.units(prompts, params)
-        except Exception:  # a file being written, or a damaged one: the step itself reports it
+        except Exception:  # a file being written, a damaged one (the step reports it), or an
+            # import that failed in this thread while another imports: the next look tries again
             return None
         per_prompt = params.samples_per_prompt * len(plan.alphas) * params.max_new_tokens
         return {unit.key: len(unit.prompt_ids) * per_prompt for unit in units}, params
@@ -109,17 +111,27 @@ class SweepWatcher:
     def _watch(self) -> None:
         grid = _GridBar(self)
         stage: _StageBar | None = None
+        grid_seen = False
         while True:
             stopping = self._stop.wait(self.interval)
             now = read_progress(self.paths)
             if now is not None and now.started < self._since:
                 now = None  # left by an earlier attempt
             if now is None or now.stage == GRID_PHASE:
+                grid_seen = grid_seen or now is not None
+                if stage is not None and now is not None:  # the stage before the grid is over
+                    stage.close(finished=True)
+                    stage = None
                 grid.look()
             else:
-                grid.close()
+                # A stage after the grid closes its bar; one before it (setup, reported once
+                # the kernel has started) only puts the bar aside until the grid begins.
+                if grid_seen:
+                    grid.close()
+                else:
+                    grid.put_aside()
                 if stage is not None and stage.name != now.stage:
-                    stage.close()
+                    stage.close(finished=True)
                     stage = None
                 if stage is None:
                     stage = _StageBar(now, self.file or sys.stderr)
@@ -129,7 +141,14 @@ class SweepWatcher:
                 break
         grid.close()
         if stage is not None:
-            stage.close()
+            stage.close(finished=self._step_done())
+
+    def _step_done(self) -> bool:
+        """Whether step 05 recorded itself done (its last stage then ended whole)."""
+        try:
+            return self.paths.step_state("05_sweep") == "done"
+        except SteerlibError:  # a damaged status.json: the runner reports it
+            return False
 
 
 class _GridBar:
@@ -192,15 +211,18 @@ class _GridBar:
             self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
 
     def close(self) -> None:
-        """Close the bar (the grid is over, counted a last time); later looks do nothing.
-
-        A bar not opened yet stays closable later: the stage before the grid (setup) does not
-        close it.
-        """
+        """Close the bar (the grid is over, counted a last time); later looks do nothing."""
         if not self.closed and self.bar is not None:
             self._count()
             self.bar.close()
-            self.closed = True
+        self.closed = True
+
+    def put_aside(self) -> None:
+        """Erase the bar if it is open; the next look opens it again (a stage runs first)."""
+        if not self.closed and self.bar is not None:
+            self.bar.leave = False
+            self.bar.close()
+            self.bar = None
 
 
 class _StageBar:
@@ -210,16 +232,17 @@ class _StageBar:
         from tqdm.auto import tqdm
 
         self.name = now.stage
-        counted = now.total is not None
+        counted = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
         self.bar = tqdm(
             total=now.total,
             initial=now.done,
             desc=f"[steerlib] {now.stage}",
-            unit=" done",
             file=file,
             dynamic_ncols=True,
             mininterval=1.0,
-            bar_format=None if counted else "{desc} [{elapsed}]{postfix}",
+            bar_format="{desc}: "
+            + (counted if now.total is not None else "[{elapsed}]")
+            + "{postfix}",
         )
 
     def show(self, now: Progress) -> None:
@@ -230,5 +253,9 @@ class _StageBar:
         text = ": ".join(part for part in (inside, now.detail) if part)
         self.bar.set_postfix_str(text, refresh=True)
 
-    def close(self) -> None:
+    def close(self, *, finished: bool = False) -> None:
+        """Close the bar; ``finished``: the stage ended (its count is whole)."""
+        if finished and self.bar.total is not None and self.bar.n < self.bar.total:
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.set_postfix_str("", refresh=False)
         self.bar.close()
