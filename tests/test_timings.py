@@ -281,3 +281,17 @@ def test_the_watcher_ignores_a_progress_file_of_an_earlier_attempt(tmp_path):
     with SweepWatcher(paths, interval=0.05, file=io.StringIO()) as watcher:
         time.sleep(0.3)
     assert watcher.stages == []
+
+
+def test_status_says_which_phase_a_running_step_is_in(tmp_path):
+    from steerlib.apps import status
+
+    run = Run.open("running", runs_dir=str(tmp_path), layers=[3])
+    paths = run.paths
+    with recording(paths, "05_sweep"), phase("alpha search", total=2):
+        with phase("search passes", detail="layer 3, caa"):
+            paths.set_status("05_sweep", "running")  # by this process: alive
+            text = status.report("running", str(tmp_path))
+            assert "now             alpha search 0/2 (search passes: layer 3, caa)" in text
+            paths.set_status("05_sweep", "running", pid=2**22 + 12345)  # a process gone
+            assert "now " not in status.report("running", str(tmp_path))

@@ -189,8 +189,8 @@ def _timing_report(paths: RunPaths, recorded: dict[str, dict]) -> list[str]:
     live = [name for name, record in recorded.items() if record.get("state") in LIVE_STATES]
     if live:
         now = read_progress(paths)
-        if now is None or now.step not in live:
-            return []
+        if now is None or now.step not in live or _gone(paths, recorded[now.step]):
+            return []  # nothing recorded, or left by a process that is gone
         count = f" {now.done}/{now.total}" if now.total is not None else ""
         inside = ": ".join(
             x for x in (now.phase if now.phase != now.stage else "", now.detail) if x
@@ -211,6 +211,11 @@ def _timing_report(paths: RunPaths, recorded: dict[str, dict]) -> list[str]:
     }
     lines = ["  timings (seconds of each step's last run; a phase leaves out those inside it)"]
     return lines + [f"    {line}" for line in timing_lines(merged, steps)]
+
+
+def _gone(paths: RunPaths, record: dict[str, object]) -> bool:
+    """Whether the process behind a live step record is gone (:func:`liveness` says stale)."""
+    return liveness(paths, record).startswith("stale")
 
 
 def main(argv: list[str] | None = None) -> int:
