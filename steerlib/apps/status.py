@@ -34,6 +34,7 @@ from steerlib.experiment.preflight import check_run_files
 from steerlib.experiment.runs import LIVE_STATES, RunPaths, lock_holder, process_state, runs_root
 from steerlib.experiment.sweep import sweep_plan
 from steerlib.experiment.table import STEPS
+from steerlib.experiment.timings import read_progress, read_timings, timing_lines
 from steerlib.generate.partition import SweepUnit
 
 __all__ = ["SweepProgress", "liveness", "main", "sweep_progress"]
@@ -179,7 +180,42 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
             line += f" (ends near {progress.eta:%H:%M} UTC if it is running)"
         lines.append(line)
         lines.append(f"  complete layers {progress.complete_layers or 'none yet'}")
+    lines += _timing_report(paths, recorded)
     return "\n".join(lines)
+
+
+def _timing_report(paths: RunPaths, recorded: dict[str, dict]) -> list[str]:
+    """The phase step 05 is in while it runs; the timing table once no step runs."""
+    live = [name for name, record in recorded.items() if record.get("state") in LIVE_STATES]
+    if live:
+        now = read_progress(paths)
+        if now is None or now.step not in live or _gone(paths, recorded[now.step]):
+            return []  # nothing recorded, or left by a process that is gone
+        count = f" {now.done}/{now.total}" if now.total is not None else ""
+        inside = ": ".join(
+            x for x in (now.phase if now.phase != now.stage else "", now.detail) if x
+        )
+        since = datetime.fromtimestamp(now.stage_started, UTC)
+        return [
+            f"  now             {now.stage}{count}"
+            + (f" ({inside})" if inside else "")
+            + f", since {since:%H:%M:%S} UTC"
+        ]
+    timings = read_timings(paths)
+    if not timings:
+        return []
+    steps = [step.name for step in STEPS]
+    merged = {
+        name: {"seconds": recorded.get(name, {}).get("seconds"), **timings.get(name, {})}
+        for name in steps
+    }
+    lines = ["  timings (seconds of each step's last run; a phase leaves out those inside it)"]
+    return lines + [f"    {line}" for line in timing_lines(merged, steps)]
+
+
+def _gone(paths: RunPaths, record: dict[str, object]) -> bool:
+    """Whether the process behind a live step record is gone (:func:`liveness` says stale)."""
+    return liveness(paths, record).startswith("stale")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from steerlib.experiment.plan import SweepPlan, with_variant
 from steerlib.experiment.run import Run
 from steerlib.experiment.runs import RunPaths
 from steerlib.experiment.steps import eval_prompts
+from steerlib.experiment.timings import advance, phase
 from steerlib.experiment.unit_files import read_unit
 
 __all__ = [
@@ -193,9 +194,10 @@ def searched_alphas(
                 atomic_write_parquet(path, table)
                 saved[path.stem] = table
 
-            generate_family(
-                run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
-            )
+            with phase("searched units", detail=f"layer {layer}, alpha {alpha:g}, {direction}"):
+                generate_family(
+                    run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
+                )
             rows = {k: with_variant(t).assign(variant=sweep.name) for k, t in saved.items()}
             tables.update(rows)
             return pd.concat(rows.values(), ignore_index=True)
@@ -207,7 +209,8 @@ def searched_alphas(
         for layer in plan.layers:
             found = edges.get(edge_key(sweep.name, layer, direction))
             if found is None:
-                found = search_edge(run, model, tokenizer, kl_texts, sweep, layer, direction)
+                with phase("search passes", detail=f"layer {layer}, {direction}"):
+                    found = search_edge(run, model, tokenizer, kl_texts, sweep, layer, direction)
             rows = generate_at(layer, found.alpha)
             chosen, steps = found.alpha, []
             if check is not None and rows is not None:
@@ -226,6 +229,7 @@ def searched_alphas(
             traces.append(found.trace.assign(**labels, stage="search"))
             if steps:
                 traces.append(pd.DataFrame(steps).assign(**labels))
+            advance()
     _write_trace(paths, sweep.name, pd.concat(traces, ignore_index=True))
     return pd.concat(tables.values(), ignore_index=True) if tables else pd.DataFrame()
 

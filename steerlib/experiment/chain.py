@@ -14,6 +14,9 @@ step a changed parameter affects and the ones after it (every step when nothing 
 With ``--workers N`` the generation of the sweep (05) is shared by N torchrun workers
 (:mod:`steerlib.experiment.workers`) before its notebook runs: the workers write every unit and
 the step's products, and the notebook then finds the step done and only shows it.
+
+At the end the runner prints a timing table: each step's seconds and step 05's phases
+(:mod:`steerlib.experiment.timings`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from steerlib.experiment.runs import (
 )
 from steerlib.experiment.sweep import stamp_old_units
 from steerlib.experiment.table import RUNTIME, STEP_NAMES, STEPS
+from steerlib.experiment.timings import print_timings, timed_notebook
 from steerlib.experiment.workers import WORKER_STEPS, launch_workers
 
 __all__ = [
@@ -131,18 +135,22 @@ def run_chain(
         # The run is opened once, here, with the whole set: the notebooks read it back.
         Run.begin(params, runs_dir=str(root), force=force)
         paths.notebooks.mkdir(parents=True, exist_ok=True)
-        for notebook in notebooks:
+        ran: set[str] = set()  # the steps whose notebook ran (the others were done earlier)
+        for i, notebook in enumerate(notebooks):
             launch = (workers, token) if workers else None
             forced = forced_from is not None and _order(notebook.stem) >= _order(forced_from)
-            code = _run_notebook(
-                notebook, paths, values, force=forced, progress=progress, launch=launch
-            )
+            with timed_notebook(paths, notebook.stem, paths.notebooks / notebook.name, ran):
+                code = _run_notebook(
+                    notebook, paths, values, force=forced, progress=progress, launch=launch
+                )
             if code:
+                print_timings(paths, [n.stem for n in notebooks[: i + 1]], ran | {notebook.stem})
                 return code
         analysis_copy = paths.notebooks / "06_analysis.ipynb"
         if analysis_copy.is_file() and _report_is_stale(paths, analysis_copy):
             report.render_report(analysis_copy, paths.report)
     print(f"[steerlib] run {params.run_name!r} finished in {time.perf_counter() - started:.0f} s")
+    print_timings(paths, [notebook.stem for notebook in notebooks], ran)
     _print_summary(paths)
     return 0
 

@@ -20,6 +20,7 @@ import pandas as pd
 from steerlib.experiment.plan import SweepPlan, variant_prefix
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import eval_prompts, score
+from steerlib.experiment.timings import phase
 from steerlib.generate.generation import DecodingSettings
 
 __all__ = [
@@ -179,7 +180,8 @@ def generate_family(
     from steerlib.generate.engine import run_sweep as engine_sweep
 
     def on_unit(unit: Any, table: pd.DataFrame) -> None:
-        scored = score(run, table).assign(variant=family.sweep.name)
+        with phase("toxicity scoring"):
+            scored = score(run, table).assign(variant=family.sweep.name)
         write(family.folder / f"{unit.key}.parquet", scored)
 
     engine_sweep(

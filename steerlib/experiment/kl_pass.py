@@ -8,6 +8,7 @@ from steerlib.experiment.alpha_search import held_out_prefixes
 from steerlib.experiment.families import VariantSweep
 from steerlib.experiment.plan import SweepPlan, with_variant
 from steerlib.experiment.run import Run
+from steerlib.experiment.timings import advance
 
 __all__ = ["KL_RESAMPLES", "kl_table"]
 
@@ -63,4 +64,5 @@ def kl_table(
         )
         for layer, alpha in extra
     ]
+    advance()
     return pd.concat(tables, ignore_index=True).assign(variant=sweep.name)

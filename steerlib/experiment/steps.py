@@ -51,23 +51,25 @@ def score(run: Run, table: pd.DataFrame) -> pd.DataFrame:
     With a ``second_scorer`` the completions are scored by it too, in ``toxicity_second``.
     """
     from steerlib.evaluate.fluency import continuation_perplexity, judge_prompt_format
+    from steerlib.experiment.timings import phase
 
     table = table.copy()
     table["toxicity"] = run.scorer().score(table["completion"].tolist())
     second = run.second_scorer()
     if second is not None:  # one more batched pass; its column carries the suffix
         table[f"toxicity{SECOND_SUFFIX}"] = second.score(table["completion"].tolist())
-    judge, judge_tokenizer = run.judge()
-    table["perplexity"] = continuation_perplexity(
-        judge,
-        judge_tokenizer,
-        table["prompt"].tolist(),
-        table["completion"].tolist(),
-        prompt_format=judge_prompt_format(
-            run.params.prompt_format, run.params.model, run.params.perplexity_model
-        ),
-        batch_size=run.params.batch_size,
-    )
+    with phase("judge perplexity"):
+        judge, judge_tokenizer = run.judge()
+        table["perplexity"] = continuation_perplexity(
+            judge,
+            judge_tokenizer,
+            table["prompt"].tolist(),
+            table["completion"].tolist(),
+            prompt_format=judge_prompt_format(
+                run.params.prompt_format, run.params.model, run.params.perplexity_model
+            ),
+            batch_size=run.params.batch_size,
+        )
     return table
 
 

@@ -47,6 +47,7 @@ from steerlib.experiment.kl_pass import KL_RESAMPLES, kl_table
 from steerlib.experiment.plan import SweepPlan, sweep_plan, variant_prefix, with_variant
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS
+from steerlib.experiment.timings import GRID_PHASE, phase, recording
 from steerlib.experiment.unit_files import (
     check_unit_settings,
     generation_settings,
@@ -124,14 +125,15 @@ def run_sweep(
         return pd.read_parquet(paths.sweep)
     fresh = starts_afresh(run, force=force)
     prompts, baseline, vectors = sweep_inputs(run)
-    with run.step("05_sweep"):
-        model, tokenizer = run.model()
-        vectors["caa"].check_compatible(model)
-        plan = sweep_plan(p, num_layers(model))
-        sweeps = variant_sweeps(run, plan, vectors)
-        prepare_units(run, fresh=fresh)
-        saved = saved_units(paths.sweep_parts, plan.alphas)
-        sizes = unit_sizes(run, model, tokenizer, prompts)
+    with run.step("05_sweep"), recording(paths, "05_sweep"):
+        with phase("setup"):
+            model, tokenizer = run.model()
+            vectors["caa"].check_compatible(model)
+            plan = sweep_plan(p, num_layers(model))
+            sweeps = variant_sweeps(run, plan, vectors)
+            prepare_units(run, fresh=fresh)
+            saved = saved_units(paths.sweep_parts, plan.alphas)
+            sizes = unit_sizes(run, model, tokenizer, prompts)
         counts = {"rows": sum(len(table) for table in saved.values())}
 
         def write(path: Path, table: pd.DataFrame) -> None:
@@ -140,43 +142,48 @@ def run_sweep(
             counts["rows"] += len(table)
             paths.set_status("05_sweep", "partial", rows=counts["rows"], units_done=path.stem)
 
-        for sweep in sweeps if plan.alphas else []:
-            family = grid_family(run, plan, sweep)
-            # ``set(saved)`` is a copy: ``write`` adds to ``saved`` as units finish.
-            generate_family(
-                run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
-            )
+        with phase(GRID_PHASE):
+            for sweep in sweeps if plan.alphas else []:
+                family = grid_family(run, plan, sweep)
+                # ``set(saved)`` is a copy: ``write`` adds to ``saved`` as units finish.
+                generate_family(
+                    run, model, tokenizer, prompts, family, sizes, done=set(saved), write=write
+                )
         held_out = held_out_halves(prompts[prompts["role"] == "kl_benign"], p.seed)
-        searched = (
-            pd.concat(
-                [
-                    searched_alphas(
-                        run,
-                        model,
-                        tokenizer,
-                        prompts,
-                        sweep,
-                        plan,
-                        search_texts(prompts, p.seed),
-                        sizes,
-                        edges or {},
-                        baseline=baseline,
-                        grid=grid_rows(saved),
-                    )
-                    for sweep in sweeps
-                ],
+        searches = len(plan.layers) * sum(len(searched_directions(run, s)) for s in sweeps)
+        with phase("alpha search", total=searches if p.alpha_search else None):
+            searched = (
+                pd.concat(
+                    [
+                        searched_alphas(
+                            run,
+                            model,
+                            tokenizer,
+                            prompts,
+                            sweep,
+                            plan,
+                            search_texts(prompts, p.seed),
+                            sizes,
+                            edges or {},
+                            baseline=baseline,
+                            grid=grid_rows(saved),
+                        )
+                        for sweep in sweeps
+                    ],
+                    ignore_index=True,
+                )
+                if p.alpha_search
+                else pd.DataFrame()
+            )
+        with phase("assembly"):
+            table = _sweep_table(saved, searched, baseline, plan, p.alphas)
+            atomic_write_parquet(paths.sweep, table)
+        with phase("KL pass", total=len(sweeps)):
+            kl = pd.concat(
+                [kl_table(run, held_out, plan, searched, sweep) for sweep in sweeps],
                 ignore_index=True,
             )
-            if p.alpha_search
-            else pd.DataFrame()
-        )
-        table = _sweep_table(saved, searched, baseline, plan, p.alphas)
-        atomic_write_parquet(paths.sweep, table)
-        kl = pd.concat(
-            [kl_table(run, held_out, plan, searched, sweep) for sweep in sweeps],
-            ignore_index=True,
-        )
-        atomic_write_parquet(paths.kl, kl)
+            atomic_write_parquet(paths.kl, kl)
     return table
 
 
