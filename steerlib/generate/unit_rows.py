@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from steerlib.errors import ConfigError
 from steerlib.generate.partition import SweepUnit, check_prompts
 from steerlib.generate.settings import COMPLETION_COLUMNS, DecodingSettings
+from steerlib.generate.steered import UNSTEERED_DIRECTION
 from steerlib.generate.tokens import encode_prompts
 
 __all__ = ["chunk_records", "encoded_unit", "unit_table"]
@@ -79,6 +80,7 @@ def chunk_records(
                         "layer": int(unit.layer),
                         "alpha": float(alpha),
                         "direction": direction,
+                        "steered": direction != UNSTEERED_DIRECTION,
                         "sample": sample,
                         "completion": texts[row],
                         "n_new_tokens": counts[row],
