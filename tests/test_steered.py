@@ -7,7 +7,7 @@ import pytest
 
 from steerlib.evaluate import metrics
 from steerlib.evaluate.admissibility import admissibility, unsteered_rows
-from steerlib.generate.partition import SweepUnit
+from steerlib.generate.partition import WorkUnit
 from steerlib.generate.steered import STEERED_COLUMN, is_unsteered
 from steerlib.generate.unit_rows import chunk_records
 
@@ -74,7 +74,7 @@ def test_admissibility_reads_an_old_summary_like_a_new_one() -> None:
 @pytest.mark.parametrize(("direction", "steered"), [("caa", True), ("none", False)])
 def test_engine_records_carry_the_flag(direction: str, steered: bool) -> None:
     layer = 2 if steered else -1
-    unit = SweepUnit(key="u", direction=direction, layer=layer, bucket=0, prompt_ids=("p1",))
+    unit = WorkUnit(key="u", direction=direction, layer=layer, bucket=0, prompt_ids=("p1",))
     table = pd.DataFrame({"prompt_id": ["p1"], "prompt": ["hi"]})
     records = chunk_records(table, [0], unit, [0.0], 1, direction, (["x"], [1]), None)
     assert [r[STEERED_COLUMN] for r in records] == [steered]
