@@ -78,3 +78,25 @@ def test_engine_records_carry_the_flag(direction: str, steered: bool) -> None:
     table = pd.DataFrame({"prompt_id": ["p1"], "prompt": ["hi"]})
     records = chunk_records(table, [0], unit, [0.0], 1, direction, (["x"], [1]), None)
     assert [r[STEERED_COLUMN] for r in records] == [steered]
+
+
+def test_step_05_marks_the_baselines_alpha_0_rows_of_a_steered_layer_steered() -> None:
+    from steerlib.experiment import sweep
+    from steerlib.experiment.plan import SweepPlan
+
+    baseline = _sweep(with_flag=True)
+    baseline = baseline[baseline["layer"] == -1].drop(columns=["toxicity", "perplexity"])
+    unit = baseline.assign(layer=3, alpha=2.0, direction="caa", steered=True)
+    plan = SweepPlan(layers=[3], directions=["caa"], alphas=[2.0])
+    table = sweep._sweep_table({"caa-L3-b000": unit}, pd.DataFrame(), baseline, plan, [0.0, 2.0])
+    assert set(table["alpha"]) == {0.0, 2.0} and set(table["layer"]) == {3}
+    assert table[STEERED_COLUMN].all() and not is_unsteered(table).any()
+    # An old baseline without the column: its alpha-0 rows of layer 3 read as steered as before.
+    old = sweep._sweep_table(
+        {"caa-L3-b000": unit.drop(columns=STEERED_COLUMN)},
+        pd.DataFrame(),
+        baseline.drop(columns=STEERED_COLUMN),
+        plan,
+        [0.0, 2.0],
+    )
+    assert not is_unsteered(old).any()

@@ -58,6 +58,7 @@ from steerlib.experiment.unit_files import (
     starts_afresh,
     unit_sizes,
 )
+from steerlib.generate.steered import STEERED_COLUMN
 
 _grid_rows = grid_rows  # the old private names, which tests import from here
 
@@ -208,8 +209,10 @@ def _sweep_table(
         parts.append(with_variant(searched))
     if 0 in alphas:
         unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
+        # Alpha 0 of a steered setting (steered=True), though generated without steering.
+        setting = {"alpha": 0.0, STEERED_COLUMN: True}
         parts += [
-            unsteered.assign(layer=int(layer), direction=direction, alpha=0.0, variant=variant)
+            unsteered.assign(layer=int(layer), direction=direction, variant=variant, **setting)
             for variant in plan.variants
             for direction in plan.directions_of(variant)
             for layer in plan.layers

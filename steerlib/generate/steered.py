@@ -15,7 +15,8 @@ import pandas as pd
 __all__ = ["STEERED_COLUMN", "UNSTEERED_DIRECTION", "UNSTEERED_LAYER", "is_unsteered"]
 
 STEERED_COLUMN = "steered"
-"""Boolean column: True on rows generated under a steering value (any alpha, 0 included)."""
+"""Boolean column: True on the rows of a steered setting (a layer and direction), alpha 0
+included; step 05 fills alpha 0 with the baseline's completions and marks them steered too."""
 
 UNSTEERED_LAYER = -1
 """The ``layer`` value of unsteered rows (kept for old runs and readers of the column)."""
