@@ -29,3 +29,16 @@ def test_old_step_name_warns_and_calls_sweep_step(monkeypatch: Any, old: Any) ->
     with pytest.warns(DeprecationWarning, match="sweep_step"):
         assert old("run", force=True) == "table"
     assert calls == [(("run",), {"force": True, "edges": None})]
+
+
+@pytest.mark.parametrize("module", ["steerlib.generate.partition", "steerlib.generate.engine"])
+def test_sweep_unit_is_the_former_name_of_work_unit(module: str) -> None:
+    import importlib
+
+    from steerlib.generate.partition import WorkUnit
+
+    with pytest.warns(DeprecationWarning, match="WorkUnit"):
+        former = importlib.import_module(module).SweepUnit
+    assert former is WorkUnit
+    with pytest.raises(AttributeError):
+        importlib.import_module(module).NoSuchUnit  # noqa: B018
