@@ -8,7 +8,7 @@ the chain runner). The steps, in the order they run::
     02_baseline     run_baseline          -> baseline.parquet
     03_activations  capture_activations   -> activations_{toxic,nontoxic}.safetensors
     04_vectors      build_vectors         -> vectors.safetensors, vectors_random.safetensors
-    05_sweep        run_sweep             -> sweep_parts/*.parquet, sweep.parquet, kl_benign.parquet
+    05_sweep        sweep_step            -> sweep_parts/*.parquet, sweep.parquet, kl_benign.parquet
     06_analysis     analyze               -> summary.json, summary.parquet, figures/
                     verdict               -> the result in three lines (report.html, console)
 """
@@ -30,7 +30,8 @@ from steerlib.experiment.steps import (
     prepare_data,
     run_baseline,
 )
-from steerlib.experiment.sweep import alpha_search_table, run_sweep, sweep_plan
+from steerlib.experiment.sweep import alpha_search_table, sweep_plan, sweep_step
+from steerlib.experiment.sweep import run_sweep as run_sweep  # deprecated: sweep_step
 from steerlib.experiment.table import STEP_NAMES as STEPS
 
 __all__ = [
@@ -55,8 +56,8 @@ __all__ = [
     "report_error",
     "run_baseline",
     "run_chain",
-    "run_sweep",
     "side_by_side",
     "sweep_plan",
+    "sweep_step",
     "verdict",
 ]

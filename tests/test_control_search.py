@@ -61,7 +61,7 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
         prepare_data,
         run_baseline,
     )
-    from steerlib.experiment.sweep import run_sweep
+    from steerlib.experiment.sweep import sweep_step
 
     model = tmp_path / "tiny-llama"
     llama.save_pretrained(model)
@@ -70,7 +70,7 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
     run = Run.open("old", runs_dir=runs, model=str(model), control_search=False, **TINY)
     for step in (prepare_data, run_baseline, capture_activations, build_vectors):
         step(run)
-    run_sweep(run)
+    sweep_step(run)
     for step in ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep"):
         run.paths.record_complete(step)  # as the chain runner records a finished notebook
     assert run.paths.is_complete("05_sweep")
@@ -87,7 +87,7 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
     record = again.paths.read_status()["05_sweep"]
     assert record["state"] == "stale" and record["resume"] is True
     assert not again.paths.is_complete("05_sweep") and again.paths.is_complete("04_vectors")
-    run_sweep(again)
+    sweep_step(again)
     after = _units(again.paths)
     # Every unit on disk is kept as it was; the new ones are the controls' own edges alone.
     assert {k: after[k] for k in before} == before

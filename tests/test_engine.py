@@ -11,7 +11,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from steerlib.errors import ConfigError
 from steerlib.generate.engine import (
     PreallocatedLayer,
-    SweepUnit,
+    WorkUnit,
     decode_batch,
     generate_unit,
     model_cache,
@@ -363,7 +363,7 @@ def test_resume_reproduces_an_uninterrupted_run(llama, tokenizer):
     seen: dict[str, pd.DataFrame] = {}
     calls: list[str] = []
 
-    def record(unit: SweepUnit, table: pd.DataFrame) -> None:
+    def record(unit: WorkUnit, table: pd.DataFrame) -> None:
         calls.append(unit.key)
         seen[unit.key] = table
 
@@ -388,7 +388,7 @@ def test_resume_reproduces_an_uninterrupted_run(llama, tokenizer):
 
 
 def test_hooks_removed_when_on_unit_raises(llama, tokenizer):
-    def boom(unit: SweepUnit, table: pd.DataFrame) -> None:
+    def boom(unit: WorkUnit, table: pd.DataFrame) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
@@ -407,12 +407,12 @@ def test_hooks_removed_when_on_unit_raises(llama, tokenizer):
 
 
 def test_bad_arguments_raise(llama, tokenizer):
-    unit = SweepUnit("caa-L1-b000", "caa", 1, 0, ("nope",))
+    unit = WorkUnit("caa-L1-b000", "caa", 1, 0, ("nope",))
     with pytest.raises(ConfigError, match="lacks"):
         generate_unit(
             llama, tokenizer, unit, PROMPTS, vector=_vector(), alphas=[1.0], max_new_tokens=2
         )
-    good = SweepUnit("caa-L1-b000", "caa", 1, 0, ("p1",))
+    good = WorkUnit("caa-L1-b000", "caa", 1, 0, ("p1",))
     with pytest.raises(ConfigError, match="need a steering vector"):
         generate_unit(llama, tokenizer, good, PROMPTS, vector=None, alphas=[1.0])
     with pytest.raises(ConfigError, match="empty"):

@@ -129,10 +129,10 @@ def _rows(paths: RunPaths) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def one_process(prepared) -> pd.DataFrame:
-    from steerlib.experiment.sweep import run_sweep
+    from steerlib.experiment.sweep import sweep_step
 
     paths = _copy(prepared, "one")
-    run_sweep(Run.open("one", runs_dir=str(prepared)))
+    sweep_step(Run.open("one", runs_dir=str(prepared)))
     return _rows(paths)
 
 

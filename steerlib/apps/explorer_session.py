@@ -36,7 +36,7 @@ from steerlib.evaluate.scoring import Scorer
 from steerlib.experiment.config import RunParams
 from steerlib.generate.engine import generate_unit
 from steerlib.generate.generation import DecodingSettings, PromptFormat
-from steerlib.generate.partition import SweepUnit
+from steerlib.generate.partition import WorkUnit
 from steerlib.models.layers import num_layers
 from steerlib.steer.hooks import Positions, Units, active_hook_count
 from steerlib.steer.probe import ToxicityProbe
@@ -311,7 +311,7 @@ class ExplorerSession:
             table = generate_unit(
                 self.model,
                 self.tokenizer,
-                SweepUnit(f"explorer-{variant}-L{layer}", "caa", layer, 0, ("explorer",)),
+                WorkUnit(f"explorer-{variant}-L{layer}", "caa", layer, 0, ("explorer",)),
                 pd.DataFrame({"prompt_id": ["explorer"], "prompt": [prompt]}),
                 alphas=[0.0, alpha] if alpha != 0.0 else [0.0],
                 steering=steering,

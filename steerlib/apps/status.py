@@ -35,7 +35,7 @@ from steerlib.experiment.runs import LIVE_STATES, RunPaths, lock_holder, process
 from steerlib.experiment.sweep import sweep_plan
 from steerlib.experiment.table import STEPS
 from steerlib.experiment.timings import read_progress, read_timings, timing_lines
-from steerlib.generate.partition import SweepUnit
+from steerlib.generate.partition import WorkUnit
 
 __all__ = ["SweepProgress", "liveness", "main", "sweep_progress"]
 
@@ -67,7 +67,7 @@ class SweepProgress:
         return self.total - self.done
 
 
-def _units(paths: RunPaths, params: RunParams) -> list[SweepUnit]:
+def _units(paths: RunPaths, params: RunParams) -> list[WorkUnit]:
     """The units the run's sweep asks for: the sweep step's own plan (:func:`sweep_plan`)."""
     prompts = pd.read_parquet(paths.prompts)
     provenance = json.loads(paths.vectors.with_suffix(".json").read_text(encoding="utf-8"))

@@ -37,6 +37,7 @@ import pandas as pd
 from steerlib.errors import ConfigError
 from steerlib.evaluate.contract import ALPHA_DECIMALS, GROUP_COLUMNS, require_columns
 from steerlib.evaluate.gates import RELATIVE_PARAMETER, all_gates, budget_parameters, gate
+from steerlib.generate.steered import is_unsteered
 
 __all__ = [
     "BUDGETED",
@@ -109,8 +110,11 @@ def _lookup(table: pd.DataFrame, keys: list[str], column: str) -> dict[tuple[Any
 
 
 def unsteered_rows(rows: pd.DataFrame) -> pd.Series:
-    """Whether each row is the unsteered model (direction ``none`` or layer -1)."""
-    return (rows["direction"] == "none") | (rows["layer"] == -1)
+    """Whether each row is the unsteered model (see :func:`steerlib.generate.steered.is_unsteered`).
+
+    Reads the ``steered`` column, or ``direction == "none"`` / ``layer == -1`` in old tables.
+    """
+    return is_unsteered(rows)
 
 
 def admissibility(

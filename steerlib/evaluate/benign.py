@@ -86,7 +86,7 @@ def benign_kl(
             ``variant`` and ``probe`` then unused; its row's layer is its middle layer).
         layers: Steered layers (with a mapping of vectors).
         alphas: Coefficients.
-        units: ``"raw"`` or ``"norm"``.
+        units: Alpha units, ``"raw"`` or ``"norm"``.
         batch_size: Texts per forward pass (each is repeated once per alpha).
         max_length: Longest tokenized text.
         progress: Show a tqdm progress bar.

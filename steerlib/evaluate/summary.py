@@ -34,6 +34,7 @@ from steerlib.evaluate.toxicity import (
     toxicity_column,
     toxicity_probability,
 )
+from steerlib.generate.steered import STEERED_COLUMN, is_unsteered
 
 __all__ = ["summarize"]
 
@@ -79,6 +80,8 @@ def summarize(
         left out); DExperts ``distinct_1/2/3`` and ``distinct_2_ngrams`` (unique over all
         bigrams); ``floor_share``; ``kl_benign`` and ``human_perplexity``.
         ``samples_per_prompt`` is the smallest number of samples of any prompt in the group.
+        ``steered`` is False on the unsteered rows (read from the sweep's ``steered`` column,
+        or from ``layer == -1`` / ``direction == "none"`` in tables of old runs).
         Sorted by split (``all`` first), subset, direction, layer, alpha.
 
     Raises:
@@ -102,6 +105,7 @@ def summarize(
         for (subset, layer, alpha, direction), group in grouped:
             head = {"subset": subset, "layer": int(layer), "alpha": float(alpha)}
             head.update(direction=direction, split=split)
+            head[STEERED_COLUMN] = not bool(is_unsteered(group).iloc[0])
             rows.append({**head, **_cell_metrics(group, threshold, floor, options)})
     summary = pd.DataFrame(rows)
     for column, values in _kl_columns(summary, kl).items():

@@ -111,7 +111,7 @@ def searched_directions(run: Run, sweep: VariantSweep) -> list[str]:
 
 
 def edge_key(variant: str, layer: int, direction: str = "caa") -> tuple[Any, ...]:
-    """The key of an alpha search in ``edges`` (:func:`run_sweep`).
+    """The key of an alpha search in ``edges`` (:func:`~steerlib.experiment.sweep.sweep_step`).
 
     ``(variant, layer)`` for the CAA vector, ``(variant, layer, direction)`` for another one.
     """

@@ -171,7 +171,11 @@ class RunParams(BaseModel):
         default_factory=lambda: [-1.0, 0.0, 0.5, 1.5],
         description="Steering coefficients, each once; 0 (the unsteered reference) included.",
     )
-    units: Literal["raw", "norm"] = Field("raw", description="Alpha units.")
+    units: Literal["raw", "norm"] = Field(
+        "raw",
+        description="Alpha units: raw (alpha times the vector) or norm (alpha times the layer's "
+        "mean residual norm along the vector's direction); not the sweep's work units.",
+    )
     alpha_search: StrictBool = Field(
         True,
         description=(

@@ -4,7 +4,7 @@ A :class:`VariantSweep` is one steering variant's part of the sweep: its vectors
 steering it is generated with, built once by :func:`variant_sweeps`. A :class:`UnitFamily`
 is what one engine call makes for it: the grid (:func:`grid_family`) or one layer's searched
 alpha (:func:`searched_family`). :func:`generate_family` is the one code path that generates
-and scores them, in one process (:func:`steerlib.experiment.sweep.run_sweep`) and in the
+and scores them, in one process (:func:`steerlib.experiment.sweep.sweep_step`) and in the
 torchrun workers that share the units out (:mod:`steerlib.experiment.workers`).
 """
 

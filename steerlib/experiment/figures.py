@@ -24,6 +24,7 @@ import pandas as pd
 
 from steerlib.errors import DataError, SteerlibError, exit_code, report_error
 from steerlib.experiment.runs import PROJECT_ROOT, RunPaths, run_lock
+from steerlib.generate.steered import is_unsteered
 
 __all__ = [
     "FIGURE_SIZE",
@@ -66,7 +67,7 @@ def figure_layer(summary: pd.DataFrame, recommended: dict[str, Any] | None) -> i
     rows = summary[
         (summary["subset"] == "challenging")
         & (summary["direction"] == "caa")
-        & (summary["layer"] >= 0)
+        & ~is_unsteered(summary)
     ]
     layers = sorted(int(x) for x in rows["layer"].unique())
     if recommended and recommended.get("alpha") and recommended.get("layer") in layers:
@@ -85,9 +86,9 @@ def _pareto(summary: pd.DataFrame, recommended: dict[str, Any]) -> Any:
     from steerlib.figures import plotting
 
     half = recommended.get("selected_on", "all")
-    rows = summary[(summary["split"] == half) & (summary["layer"] >= 0)]
+    rows = summary[(summary["split"] == half) & ~is_unsteered(summary)]
     if rows.empty:
-        rows = summary[(summary["split"] == "all") & (summary["layer"] >= 0)]
+        rows = summary[(summary["split"] == "all") & ~is_unsteered(summary)]
     measure = str(summary["fluency_measure"].iloc[0])
     x = f"benign_{measure}"
     rows = controls.tradeoff_rows(rows, cost=measure)
@@ -188,7 +189,7 @@ def draw_figures(
     measure = str(record.get("fluency_measure") or summary["fluency_measure"].iloc[0])
 
     overall = summary[summary["split"] == "all"] if "split" in summary.columns else summary
-    steered = overall[overall["layer"] >= 0]
+    steered = overall[~is_unsteered(overall)]
     layer = figure_layer(overall, recommended)
     at_layer = steered[
         (steered["layer"] == layer)

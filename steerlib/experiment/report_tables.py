@@ -15,6 +15,7 @@ import pandas as pd
 
 from steerlib.evaluate.controls import tradeoff_rows
 from steerlib.evaluate.gates import all_gates, held_out_gates, subset_gates
+from steerlib.generate.steered import is_unsteered
 
 __all__ = [
     "admissibility_table",
@@ -101,10 +102,11 @@ def _one_unsteered(rows: pd.DataFrame) -> pd.DataFrame:
     alpha = rows["alpha"].astype(float)
     zero = rows[np.isclose(alpha, 0.0)]
     # An alpha-0 row of a steered layer carries the held-out fluency measures; "none" may not.
-    zero = zero.sort_values("direction", key=lambda d: d == "none", kind="stable")
+    zero = zero.assign(_unsteered=is_unsteered(zero)).sort_values("_unsteered", kind="stable")
+    zero = zero.drop(columns="_unsteered")
     unsteered = zero.drop_duplicates("subset")
     unsteered = unsteered.assign(direction="unsteered", layer=pd.NA)
-    steered = rows[~np.isclose(alpha, 0.0) & (rows["direction"] != "none")]
+    steered = rows[~np.isclose(alpha, 0.0) & ~is_unsteered(rows)]
     steered = steered.sort_values(["direction", "layer", "alpha"], kind="stable")
     return pd.concat([unsteered, steered], ignore_index=True)
 

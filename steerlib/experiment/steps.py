@@ -36,11 +36,16 @@ __all__ = [
 ]
 
 EVAL_SUBSETS = ("challenging", "benign")
-"""The prompt roles the sweep and the analysis evaluate."""
+"""The prompt roles the sweep and the analysis evaluate (step 01's ``role`` column; in the tables
+of completions the same values are the ``subset`` column, see docs/layout.md)."""
 
 
 def eval_prompts(prompts: pd.DataFrame, roles: tuple[str, ...] = EVAL_SUBSETS) -> pd.DataFrame:
-    """The prompts of ``roles``, with the role as the ``subset`` column."""
+    """The prompts of ``roles``, with the role as the ``subset`` column.
+
+    ``role`` (prompts table) says what a prompt is for in the run; ``subset`` (completions,
+    sweep and summary tables) is the role of a row's prompt.
+    """
     rows = prompts[prompts["role"].isin(roles)]
     return rows.rename(columns={"role": "subset"})[["prompt_id", "prompt", "subset"]]
 

@@ -1,6 +1,6 @@
 """Step 05: the steering sweep, written unit by unit.
 
-:func:`run_sweep` runs the step in one process: every variant's grid units
+:func:`sweep_step` runs the step in one process: every variant's grid units
 (:mod:`~steerlib.experiment.families`), then the alpha searches
 (:mod:`~steerlib.experiment.alpha_search`), the sweep table, and the KL pass
 (:mod:`~steerlib.experiment.kl_pass`). What the sweep covers is
@@ -11,6 +11,7 @@ share out the same units. Every name of those modules that callers use stays imp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from steerlib.experiment.unit_files import (
     starts_afresh,
     unit_sizes,
 )
+from steerlib.generate.steered import STEERED_COLUMN
 
 _grid_rows = grid_rows  # the old private names, which tests import from here
 
@@ -89,6 +91,7 @@ __all__ = [
     "starts_afresh",
     "sweep_inputs",
     "sweep_plan",
+    "sweep_step",
     "unit_sizes",
     "variant_prefix",
     "variant_sweeps",
@@ -96,10 +99,13 @@ __all__ = [
 ]
 
 
-def run_sweep(
+def sweep_step(
     run: Run, *, force: bool = False, edges: Mapping[tuple[str, int], Any] | None = None
 ) -> pd.DataFrame:
     """Step 05: every (variant, layer, alpha, direction) on both subsets, written unit by unit.
+
+    The step drives the sweep engine (:func:`steerlib.generate.engine.run_sweep`, public as
+    ``steerlib.run_sweep``); it was itself called ``run_sweep`` before (a deprecated alias).
 
     Each unit of the sweep engine is scored and written to ``sweep_parts/<key>.parquet``
     atomically as soon as it is generated; a re-run skips the units already on disk, and the
@@ -210,8 +216,10 @@ def _sweep_table(
         parts.append(with_variant(searched))
     if 0 in alphas:
         unsteered = baseline[baseline["subset"].isin(EVAL_SUBSETS)]
+        # Alpha 0 of a steered setting (steered=True), though generated without steering.
+        setting = {"alpha": 0.0, STEERED_COLUMN: True}
         parts += [
-            unsteered.assign(layer=int(layer), direction=direction, alpha=0.0, variant=variant)
+            unsteered.assign(layer=int(layer), direction=direction, variant=variant, **setting)
             for variant in plan.variants
             for direction in plan.directions_of(variant)
             for layer in plan.layers
@@ -220,3 +228,21 @@ def _sweep_table(
     return table.sort_values(
         ["variant", "subset", "direction", "layer", "alpha", "prompt_id", "sample"], kind="stable"
     ).reset_index(drop=True)
+
+
+def run_sweep(
+    run: Run, *, force: bool = False, edges: Mapping[tuple[str, int], Any] | None = None
+) -> pd.DataFrame:
+    """Deprecated name of :func:`sweep_step` (step 05); kept for one release.
+
+    ``steerlib.run_sweep`` is the sweep engine (:func:`steerlib.generate.engine.run_sweep`),
+    a different function; the step was renamed so that the two names say different things.
+    """
+    warnings.warn(
+        "steerlib.experiment.sweep.run_sweep (step 05) is renamed sweep_step: call "
+        "steerlib.pipeline.sweep_step(run) or steerlib.experiment.sweep.sweep_step(run); the old "
+        "name goes in the next release (steerlib.run_sweep, the sweep engine, is unchanged).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return sweep_step(run, force=force, edges=edges)

@@ -161,7 +161,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "05_sweep",
-        "steerlib.experiment.sweep:run_sweep",
+        "steerlib.experiment.sweep:sweep_step",
         inputs=("prompts", "baseline", "vectors", "control_vectors"),
         outputs=("sweep", "kl"),
         reads=frozenset(

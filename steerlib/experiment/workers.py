@@ -6,7 +6,7 @@ machine). Each worker joins the process group (gloo on the CPU, nccl on CUDA; ra
 and ``LOCAL_RANK`` come from torchrun's environment), opens the run from its directory, loads the
 model on its own device (``cuda:LOCAL_RANK``, or the CPU where there is no GPU), and generates,
 scores and writes its share of the units exactly as one process does. After a barrier, rank 0
-assembles the step's products (:func:`steerlib.experiment.sweep.run_sweep`, which finds every
+assembles the step's products (:func:`steerlib.experiment.sweep.sweep_step`, which finds every
 unit on disk and only adds the tables, the alpha search's trace and the benign KL).
 
 Sharing: the units are those of one process (:mod:`steerlib.experiment.sweep` makes them
@@ -285,11 +285,11 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
     from steerlib.experiment.sweep import (
         grid_family,
         prepare_units,
-        run_sweep,
         saved_units,
         starts_afresh,
         sweep_inputs,
         sweep_plan,
+        sweep_step,
         unit_sizes,
         variant_sweeps,
     )
@@ -328,7 +328,7 @@ def _sweep(run: Run, group: Group, *, token: str, force: bool, progress: bool) -
         edges = share.search_edges(plan, sweeps)
     group.barrier()
     if group.rank == 0:
-        run_sweep(run, edges=edges)  # every unit is on disk: the tables, the trace and the KL
+        sweep_step(run, edges=edges)  # every unit is on disk: the tables, the trace and the KL
 
 
 @dataclass(frozen=True)

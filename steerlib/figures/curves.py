@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from steerlib.errors import ConfigError
 from steerlib.figures import style
+from steerlib.generate.steered import is_unsteered
 
 __all__ = ["compare_runs_figure", "layer_profile", "toxicity_distribution", "toxicity_vs_alpha"]
 
@@ -75,7 +76,7 @@ def toxicity_vs_alpha(
             f"toxicity_vs_alpha got metric={metric!r}, which is not a summary column; "
             "use e.g. 'mean_toxicity', 'expected_max_toxicity' or 'toxicity_probability'."
         )
-    steered = summary[summary["direction"] != "none"]
+    steered = summary[~is_unsteered(summary)]
     layer = _curve_layer(steered, layer)
     rows = steered[steered["layer"] == layer]
     fluency = _fluency_metric(rows, fluency)
@@ -175,7 +176,7 @@ def _metric_lines(
                 ),
                 **top,
             )
-        base = summary[(summary["direction"] == "none") & (summary["subset"] == subset)]
+        base = summary[is_unsteered(summary) & (summary["subset"] == subset)]
         if len(base):
             shown += base[metric].tolist()
             fig.add_trace(
@@ -262,9 +263,7 @@ def layer_profile(
     style.require_columns(summary, ["subset", "layer", "alpha", "direction"], "summary")
     if metric not in summary.columns:
         raise ConfigError(f"layer_profile got metric={metric!r}, which is not a summary column.")
-    rows = summary[
-        (summary["subset"] == subset) & (summary["direction"] != "none") & (summary["layer"] >= 0)
-    ]
+    rows = summary[(summary["subset"] == subset) & ~is_unsteered(summary)]
     if rows.empty:
         raise ConfigError(f"The summary has no steered rows with subset={subset!r}.")
     fig = go.Figure()

@@ -18,13 +18,14 @@ prompt, and each call holds only one alpha's rows. This engine runs its own deco
   makes no host sync and is captured in a CUDA graph (:mod:`steerlib.generate.loops`); batch and
   unit sizes come from the free device memory (:mod:`steerlib.generate.sizing`).
 
-The work is split into :class:`~steerlib.generate.partition.SweepUnit` s (one direction, one layer,
-one length bucket of prompts, all alphas and samples), the unit of resume and of streaming to disk:
-:func:`run_sweep` skips units already done and hands each finished unit's table to a callback. A
-unit's random seed derives from the run seed and the unit key, so a resumed CPU run reproduces the
-rows of an uninterrupted one. Greedy decoding equals per-alpha ``generate`` token for token in
-float32; in bfloat16 or float16 the rounding depends on the batch's shape, so near-ties of the
-argmax can flip (``python -m steerlib bench`` reports the agreement).
+The work is split into work units, :class:`~steerlib.generate.partition.WorkUnit` s (one
+direction, one layer, one length bucket of prompts, all alphas and samples), the unit of resume
+and of streaming to disk: :func:`run_sweep` skips units already done and hands each finished
+unit's table to a callback. A unit's random seed derives from the run seed and the unit key, so a
+resumed CPU run reproduces the rows of an uninterrupted one. Greedy decoding equals per-alpha
+``generate`` token for token in float32; in bfloat16 or float16 the rounding depends on the
+batch's shape, so near-ties of the argmax can flip (``python -m steerlib bench`` reports the
+agreement).
 
 The batch itself is :func:`steerlib.generate.decode.decode_batch` (prefill and cache expansion)
 and its loops :mod:`steerlib.generate.loops`; this module cuts a sweep into units and a unit into
@@ -48,7 +49,8 @@ from steerlib.generate.decode import DecodeOptions, decode_batch
 from steerlib.generate.kvcache import PreallocatedLayer, preallocate_cache
 from steerlib.generate.partition import (
     DEFAULT_TOKENS_PER_UNIT,
-    SweepUnit,
+    WorkUnit,
+    _former_unit_name,
     sweep_units,
 )
 from steerlib.generate.sampling import sample_next
@@ -79,7 +81,7 @@ __all__ = [
     "DEFAULT_TOKENS_PER_UNIT",
     "DecodeOptions",
     "PreallocatedLayer",
-    "SweepUnit",
+    "WorkUnit",
     "decode_batch",
     "generate_unit",
     "model_cache",
@@ -142,7 +144,7 @@ def _check_unit(
 def generate_unit(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    unit: SweepUnit,
+    unit: WorkUnit,
     prompts: pd.DataFrame,
     *,
     alphas: Sequence[float],
@@ -301,7 +303,7 @@ def _sweep_units(
     tokens_per_unit: int | None,
     max_batch_rows: int | None,
     key_prefix: str,
-) -> tuple[list[SweepUnit], int]:
+) -> tuple[list[WorkUnit], int]:
     """Every unit of a sweep, and the batch rows (both sized for the device where not given)."""
     if tokens_per_unit is None or max_batch_rows is None:
         sizes = sweep_sizes(
@@ -342,7 +344,7 @@ def run_sweep(
     variant: Variant | None = None,
     probe: ToxicityProbe | None = None,
     done: Container[str] = (),
-    on_unit: Callable[[SweepUnit, pd.DataFrame], None] | None = None,
+    on_unit: Callable[[WorkUnit, pd.DataFrame], None] | None = None,
     progress: bool = True,
     tokens_per_unit: int | None = None,
     max_batch_rows: int | None = None,
@@ -454,3 +456,10 @@ def run_sweep(
         columns = COMPLETION_COLUMNS + [c for c in prompts.columns if c not in COMPLETION_COLUMNS]
         return pd.DataFrame(columns=columns)
     return pd.concat(tables, ignore_index=True)
+
+
+def __getattr__(name: str) -> Any:
+    """``SweepUnit``, the former name of :class:`WorkUnit`, with a deprecation warning."""
+    if name == "SweepUnit":
+        return _former_unit_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

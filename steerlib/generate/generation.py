@@ -188,6 +188,7 @@ def generate_completions(
                     **{k: v for k, v in row.items() if k != "index"},
                     "layer": -1 if label is None else int(label),
                     "direction": direction,
+                    "steered": steering is not None,
                     "completion": text,
                     "n_new_tokens": count,
                 }

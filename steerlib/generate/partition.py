@@ -1,16 +1,20 @@
 """The sweep's work units: one direction, one layer, one length bucket of prompts.
 
-A unit holds all alphas and samples of its prompts; it is the unit of resume and of writing
-to disk (:func:`steerlib.generate.engine.run_sweep`). The partition depends only on its arguments,
-so a
-resumed run names its units as the first run did.
+A :class:`WorkUnit` holds all alphas and samples of its prompts; it is the unit of resume and
+of writing to disk (:func:`steerlib.generate.engine.run_sweep`, one ``sweep_parts/<key>.parquet``
+a unit). The partition depends only on its arguments, so a resumed run names its units as the
+first run did. (A work unit is not the run parameter ``units``: that is the *alpha units*,
+``raw`` or ``norm``, of :class:`steerlib.steer.hooks.Units`.) ``WorkUnit`` is the class's
+former name, kept for one release with a deprecation warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,15 +23,15 @@ from transformers import PreTrainedTokenizerBase
 from steerlib.errors import ConfigError
 from steerlib.generate.generation import PromptFormat, encode_prompts
 
-__all__ = ["DEFAULT_TOKENS_PER_UNIT", "SweepUnit", "check_prompts", "sweep_units"]
+__all__ = ["DEFAULT_TOKENS_PER_UNIT", "WorkUnit", "check_prompts", "sweep_units"]
 
 DEFAULT_TOKENS_PER_UNIT = 16384
 """Generated tokens (rows x new tokens) per unit: a few tens of seconds of CPU work."""
 
 
 @dataclass(frozen=True)
-class SweepUnit:
-    """One direction, one layer and one length bucket of prompts; all alphas and samples.
+class WorkUnit:
+    """A unit of work: one direction, one layer, one length bucket of prompts; all alphas, samples.
 
     Attributes:
         key: Stable name, e.g. ``"caa-L18-b003"`` (resume and file names use it).
@@ -79,7 +83,7 @@ def sweep_units(
     tokenizer: PreTrainedTokenizerBase | None = None,
     prompt_format: PromptFormat = "raw",
     key_prefix: str = "",
-) -> list[SweepUnit]:
+) -> list[WorkUnit]:
     """Partition a sweep into units: directions x layers x length buckets of prompts.
 
     The partition depends only on the arguments (never on what is already done), so the keys
@@ -124,10 +128,29 @@ def sweep_units(
     n_buckets = math.ceil(len(order) / prompts_per_unit)
     buckets = [tuple(ids[i] for i in part) for part in np.array_split(order, n_buckets)]
     return [
-        SweepUnit(
+        WorkUnit(
             f"{key_prefix}{direction}-L{int(layer)}-b{b:03d}", str(direction), int(layer), b, bucket
         )
         for layer in layers
         for direction in directions
         for b, bucket in enumerate(buckets)
     ]
+
+
+def _former_unit_name() -> type[WorkUnit]:
+    """:class:`WorkUnit` under its former name ``SweepUnit``, with a deprecation warning."""
+    warnings.warn(
+        "SweepUnit is renamed WorkUnit (a unit of work of the sweep engine, not the alpha "
+        "units of the 'units' parameter): import steerlib.generate.partition.WorkUnit; the old "
+        "name goes in the next release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return WorkUnit
+
+
+def __getattr__(name: str) -> Any:
+    """``SweepUnit``, the former name of :class:`WorkUnit`, with a deprecation warning."""
+    if name == "SweepUnit":
+        return _former_unit_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

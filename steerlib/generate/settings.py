@@ -93,12 +93,15 @@ COMPLETION_COLUMNS = [
     "layer",
     "alpha",
     "direction",
+    "steered",
     "sample",
     "completion",
     "n_new_tokens",
 ]
 
-"""Columns of a completions table, in order (other prompt columns follow)."""
+"""Columns of a completions table, in order (other prompt columns follow). ``steered`` is
+False on unsteered rows (see :func:`steerlib.generate.steered.is_unsteered`; tables of old
+runs lack it)."""
 
 
 def derive_seed(seed: int, *keys: Any) -> int:

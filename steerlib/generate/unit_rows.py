@@ -1,6 +1,6 @@
 """A unit's rows: its prompts in, its table of completions out (for the sweep engine).
 
-:func:`encoded_unit` picks a :class:`~steerlib.generate.partition.SweepUnit`'s prompts from the
+:func:`encoded_unit` picks a :class:`~steerlib.generate.partition.WorkUnit`'s prompts from the
 prompts table and encodes them; :func:`chunk_records` turns one decoded batch into records and
 :func:`unit_table` orders them as the engine returns them.
 """
@@ -15,14 +15,15 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from steerlib.errors import ConfigError
-from steerlib.generate.partition import SweepUnit, check_prompts
+from steerlib.generate.partition import WorkUnit, check_prompts
 from steerlib.generate.settings import COMPLETION_COLUMNS, DecodingSettings
+from steerlib.generate.steered import UNSTEERED_DIRECTION
 from steerlib.generate.tokens import encode_prompts
 
 __all__ = ["chunk_records", "encoded_unit", "unit_table"]
 
 
-def _unit_prompts(unit: SweepUnit, prompts: pd.DataFrame) -> pd.DataFrame:
+def _unit_prompts(unit: WorkUnit, prompts: pd.DataFrame) -> pd.DataFrame:
     by_id = prompts.assign(prompt_id=prompts["prompt_id"].astype(str)).set_index(
         "prompt_id", drop=False
     )
@@ -37,7 +38,7 @@ def _unit_prompts(unit: SweepUnit, prompts: pd.DataFrame) -> pd.DataFrame:
 
 def encoded_unit(
     tokenizer: PreTrainedTokenizerBase,
-    unit: SweepUnit,
+    unit: WorkUnit,
     prompts: pd.DataFrame,
     settings: DecodingSettings,
 ) -> tuple[pd.DataFrame, list[list[int]]]:
@@ -50,7 +51,7 @@ def encoded_unit(
 def chunk_records(
     table: pd.DataFrame,
     chunk: Sequence[int],
-    unit: SweepUnit,
+    unit: WorkUnit,
     alphas: Sequence[float],
     samples: int,
     direction: str,
@@ -79,6 +80,7 @@ def chunk_records(
                         "layer": int(unit.layer),
                         "alpha": float(alpha),
                         "direction": direction,
+                        "steered": direction != UNSTEERED_DIRECTION,
                         "sample": sample,
                         "completion": texts[row],
                         "n_new_tokens": counts[row],

@@ -81,8 +81,10 @@ __all__ = [
 ]
 
 Units: TypeAlias = Literal["raw", "norm"]
-"""``"raw"``: alpha multiplies the vector as computed. ``"norm"``: the subtracted vector has
-length ``alpha`` times the layer's mean residual-stream norm (recorded with the vector)."""
+"""The alpha units (the run parameter ``units``; not the sweep's work units,
+:class:`steerlib.generate.partition.WorkUnit`). ``"raw"``: alpha multiplies the vector as
+computed. ``"norm"``: the subtracted vector has length ``alpha`` times the layer's mean
+residual-stream norm (recorded with the vector)."""
 
 ForwardHookFn: TypeAlias = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], Any]
 """Signature of a forward hook registered with ``with_kwargs=True``."""
@@ -206,12 +208,13 @@ def _scaled_direction(vector: VectorLike, layer: int, units: Units) -> torch.Ten
     if units == "raw":
         return direction
     if units != "norm":
-        raise ConfigError(f"units must be 'raw' or 'norm', not {units!r}.")
+        raise ConfigError(f"units (the alpha units) must be 'raw' or 'norm', not {units!r}.")
     mean_norms = getattr(vector, "mean_norms", None)
     if not mean_norms or layer not in mean_norms:
         raise ConfigError(
-            "units='norm' needs the layer's mean residual norm, which this vector does not "
-            "record: build it with steerlib.steer.vectors.compute_caa, or use units='raw'."
+            "units='norm' (alphas in units of the layer's mean residual norm) needs that norm, "
+            "which this vector does not record: build it with "
+            "steerlib.steer.vectors.compute_caa, or use units='raw'."
         )
     norm = float(direction.norm())
     if norm == 0.0 or not math.isfinite(norm):
@@ -248,8 +251,8 @@ def steering(
         layers: Layers to steer; default: every layer the vector holds.
         positions: ``"all"`` or ``"generated"`` (only tokens after the prompt; the first forward
             pass inside the block is taken to be the prompt; works with and without KV cache).
-        units: ``"raw"`` or ``"norm"`` (see :data:`Units`); ``"ablate"`` and ``"clamp"`` use
-            only the vector's direction.
+        units: Alpha units, ``"raw"`` or ``"norm"`` (see :data:`Units`); ``"ablate"`` and
+            ``"clamp"`` use only the vector's direction.
         mode: How the vector is applied (see the module docstring).
         gate: The probe of ``mode="gated"``: one :class:`Gate`, or one per layer.
         clamp_offsets: ``c`` per layer for ``mode="clamp"``; default: the vector's
