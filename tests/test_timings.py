@@ -135,7 +135,7 @@ def swept(tmp_path_factory, tokenizer, llama) -> tuple[RunPaths, dict[str, float
         prepare_data,
         run_baseline,
     )
-    from steerlib.experiment.sweep import run_sweep
+    from steerlib.experiment.sweep import sweep_step
 
     root = tmp_path_factory.mktemp("timings")
     model = root / "tiny-llama"
@@ -143,7 +143,7 @@ def swept(tmp_path_factory, tokenizer, llama) -> tuple[RunPaths, dict[str, float
     tokenizer.save_pretrained(model)
     run = Run.open("timed", runs_dir=str(root / "runs"), model=str(model), **TINY)
     seconds = {}
-    steps = [prepare_data, run_baseline, capture_activations, build_vectors, run_sweep]
+    steps = [prepare_data, run_baseline, capture_activations, build_vectors, sweep_step]
     for name, step in zip(
         ["01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep"], steps, strict=True
     ):
