@@ -18,8 +18,9 @@ block reports them, and the verdict and the tables label them
 
 A gate whose budget is relative (``budget="relative"``) reuses ``max_perplexity_increase``; one
 with a budget of its own (``budget="absolute"``) also needs its parameter in
-:class:`steerlib.experiment.config.RunParams` and in notebook 06's parameters cell (the analysis
-step's reads in :mod:`steerlib.experiment.table` take every gate's parameter from here).
+:class:`steerlib.experiment.config.RunParams` (the analysis step's reads in
+:mod:`steerlib.experiment.table` take every gate's parameter from here; notebook 06 reads it
+from the run).
 ``tests/test_gates.py`` declares one more gate this way and follows it to the verdict.
 """
 
