@@ -449,6 +449,8 @@ def test_opening_the_sweep_notebook_with_only_the_run_name_keeps_the_run(tmp_pat
     """Issue 14's reproduction: a notebook's defaults used to overwrite the stored parameters."""
     import pandas as pd
 
+    from steerlib._io import atomic_write_parquet
+
     runs = tmp_path / "runs"
     run = Run.open(
         "phi",
@@ -470,8 +472,8 @@ def test_opening_the_sweep_notebook_with_only_the_run_name_keeps_the_run(tmp_pat
         for s in ("challenging", "benign")
         for a in (0.0, 1.0)
     ]
-    pd.DataFrame(rows).to_parquet(run.paths.sweep)
-    pd.DataFrame({"layer": [12], "alpha": [1.0], "kl": [0.1]}).to_parquet(run.paths.kl)
+    atomic_write_parquet(run.paths.sweep, pd.DataFrame(rows))
+    atomic_write_parquet(run.paths.kl, pd.DataFrame({"layer": [12], "alpha": [1.0], "kl": [0.1]}))
     for step in STEPS[:5]:
         run.paths.set_status(step, "done")
     before = run.paths.params.read_bytes()
@@ -600,13 +602,15 @@ def test_the_runner_opens_the_run_once_and_records_the_whole_set(tmp_path):
 
 def test_the_chain_gives_each_notebook_only_the_run_to_open(tmp_path, monkeypatch, tiny_model):
     """The runner opens the run once; a notebook gets its name, folder and force, no values."""
+    import nbformat
+
     from steerlib.experiment.chain import run_chain
 
     given = []
 
     def spy(notebook, output, parameters, **kwargs):
         given.append(parameters)
-        Path(output).write_text("{}")
+        nbformat.write(nbformat.v4.new_notebook(), output)  # what papermill would leave
 
     monkeypatch.setattr(papermill, "execute_notebook", spy)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
