@@ -138,3 +138,84 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
             )
     # A second open with nothing changed leaves the run be.
     assert not Run.open("old", runs_dir=runs, model=str(model), **TINY).notes
+
+
+def _own_edge_record(tmp_path: Path, random_at_edge: float, chosen: float) -> dict:
+    """Step 06 on a synthetic run whose control's own search chose ``chosen`` (layer 3)."""
+    from test_operating_point import fake_run
+
+    from steerlib import pipeline
+    from steerlib.experiment.sweep import _write_trace
+
+    cells = {
+        ("caa", 0.0): {"tox": 0.6},
+        ("caa", 1.0): {"tox": 0.4, "human": 20.5},
+        ("random", 0.0): {"tox": 0.6},
+        ("random", 1.0): {"tox": 0.58, "human": 20.2},
+        ("random", 2.0): {"tox": random_at_edge, "human": 21.5},
+    }
+    run = fake_run(tmp_path, cells, n_resamples=200, alphas=[0.0, 1.0])
+    trace = pd.DataFrame(
+        {
+            "alpha": [2.0, 2.0],
+            "human_perplexity": [21.5, 21.5],
+            "kl_benign": [0.02, 0.02],
+            "layer": [3, 3],
+            "chosen": [1.0, chosen],
+            "budget": [22.0, 22.0],
+            "variant": ["caa", "caa"],
+            "direction": ["caa", "random"],
+            "stage": ["search", "search"],
+        }
+    )
+    _write_trace(run.paths, "caa", trace)
+    pipeline.analyze(run, save_figures=False)
+    return json.loads(run.paths.summary.read_text())
+
+
+def test_the_verdict_compares_with_the_controls_own_searched_edge(tmp_path):
+    """The control line reads the variant's own control at its own edge, not only same alpha."""
+    from steerlib import pipeline
+
+    # The random direction at its own edge (alpha 2) is less toxic than the vector at its point.
+    record = _own_edge_record(tmp_path / "beaten", random_at_edge=0.3, chosen=2.0)
+    point = record["recommended"]
+    assert point["control"]["beats_control"] is True  # at equal alpha the vector wins
+    assert point["control_own_edge_alpha"] == 2.0
+    assert point["control_own_edge"]["delta_mean_toxicity"] > 0
+    control = pipeline.verdict(record)[2]
+    assert control.startswith("Not shown to be specific to the vector")
+    assert "at its own budget edge (alpha 2, found by the same search" in control
+    assert "not below 0" in control
+
+    # A control that stays as toxic at its own edge: the vector beats both comparisons.
+    record = _own_edge_record(tmp_path / "beats", random_at_edge=0.59, chosen=2.0)
+    control = pipeline.verdict(record)[2]
+    assert control.startswith("Specific to the vector, not to any perturbation")
+    own = record["recommended"]["control_own_edge"]
+    assert own["delta_mean_toxicity_ci_high"] < 0
+    assert f"it is {own['delta_mean_toxicity']:.2g} (95% CI" in control
+    assert "not below 0" not in control
+
+    # The control's own search found nothing within budget: said, not compared.
+    record = _own_edge_record(tmp_path / "none", random_at_edge=0.3, chosen=0.0)
+    point = record["recommended"]
+    assert point["control_own_edge"] is None and point["control_own_edge_alpha"] == 0.0
+    control = pipeline.verdict(record)[2]
+    assert "found no steered alpha within it (its edge is alpha 0)" in control
+    assert control.startswith("Specific to the vector")
+
+
+def test_the_verdict_names_whose_control_a_variant_was_compared_with(tmp_path):
+    from steerlib import pipeline
+
+    record = _own_edge_record(tmp_path, random_at_edge=0.59, chosen=2.0)
+    point = record["recommended"]
+    assert "under the same" not in pipeline.verdict(record)[2]  # plain CAA: its own control
+    point.update(variant="clamp", control_of="clamp")
+    assert "of the same norm under the same clamp hook at the same alpha" in (
+        pipeline.verdict(record)[2]
+    )
+    point["control_of"] = "caa"  # a run made before per-variant controls
+    control = pipeline.verdict(record)[2]
+    assert "plain CAA's random rows: this run made none under the clamp hook" in control

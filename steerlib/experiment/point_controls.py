@@ -68,9 +68,10 @@ def confirmed_controls(
     toxic random setting of the layer no costlier on the rule's measure, or at the control's
     own budget edge, which the same search found within the same budget) and, where the run
     searched the control (``own_edges``: layer to the control's own edge), at its own edge
-    (``control_own_edge``). On the confirmation half this is one comparison fixed before
-    looking at those prompts, so its ``p_value`` needs no multiplicity adjustment (``q_value``
-    equals it).
+    (``control_own_edge``, with that edge as ``control_own_edge_alpha``: 0 when the control's
+    search found no steered alpha within budget, None when it did not search this layer). On
+    the confirmation half this is one comparison fixed before looking at those prompts, so its
+    ``p_value`` needs no multiplicity adjustment (``q_value`` equals it).
     """
     from steerlib.evaluate import controls
 
@@ -84,6 +85,8 @@ def confirmed_controls(
     edge = (own_edges or {}).get(layer)
     if own_edges:
         out["control_own_edge"] = None
+        # the edge the control's own search found (0: none within budget; None: not searched)
+        out["control_own_edge_alpha"] = None if edge is None else float(edge)
     if not (rows["direction"] == "random").any():
         return out
     same = rows[at_alpha]
@@ -112,6 +115,6 @@ def confirmed_controls(
                 found["fluency_measure"] = measure
             out["control_own_edge"] = found
     for value in out.values():
-        if value is not None:
+        if isinstance(value, dict):
             value["split"] = half
     return out

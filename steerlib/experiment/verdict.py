@@ -237,6 +237,12 @@ def _cost_line(point: Mapping[str, Any]) -> str:
 
 
 def _control_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The random-control line: the variant's own control at equal alpha and at its own edge.
+
+    "Specific to the vector" needs the equal-alpha comparison to hold (interval below 0,
+    p < 0.05) and, where the control's own search found a steered edge, the comparison there
+    too (interval below 0): the same budget gave the random direction its own alpha.
+    """
     control = point.get("control")
     if not control:
         if params.get("random_control") is False:
@@ -249,11 +255,14 @@ def _control_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     low = control.get("delta_mean_toxicity_ci_low")
     high = control.get("delta_mean_toxicity_ci_high")
     numbers = (
-        f"a random direction of the same norm at the same alpha leaves expected maximum "
-        f"toxicity at {_num(control.get('expected_max_toxicity_random'))}; per prompt, mean "
-        f"toxicity with the vector minus with the random direction is {_num(delta, 2)} (95% CI "
-        f"{_num(low, 2)} to {_num(high, 2)}, {_p(control.get('p_value'))})"
+        f"a random direction of the same norm {_whose_control(point)}at the same alpha leaves "
+        f"expected maximum toxicity at {_num(control.get('expected_max_toxicity_random'))}; per "
+        f"prompt, mean toxicity with the vector minus with the random direction is "
+        f"{_num(delta, 2)} (95% CI {_num(low, 2)} to {_num(high, 2)}, "
+        f"{_p(control.get('p_value'))})"
     )
+    own_clause, own_holds = _own_edge_clause(point)
+    numbers += own_clause
     matched = point.get("control_matched_fluency") or {}
     if matched.get("delta_mean_toxicity") is not None:
         numbers += (
@@ -261,9 +270,53 @@ def _control_line(point: Mapping[str, Any], params: Mapping[str, Any]) -> str:
             f"{_num(matched.get('control_alpha'))}) it is {_num(matched['delta_mean_toxicity'], 2)}"
         )
     p_value = control.get("p_value")
-    if control.get("beats_control") and (p_value is None or float(p_value) < 0.05):
+    at_alpha = control.get("beats_control") and (p_value is None or float(p_value) < 0.05)
+    if at_alpha and own_holds is not False:
         return f"Specific to the vector, not to any perturbation: {numbers}."
     return f"Not shown to be specific to the vector: {numbers}."
+
+
+def _whose_control(point: Mapping[str, Any]) -> str:
+    """Under which hook the control ran (with a trailing space), "" for plain CAA's own."""
+    variant, control_of = point.get("variant", "caa"), point.get("control_of")
+    if control_of not in (None, variant):
+        return (
+            f"(plain CAA's random rows: this run made none under the {variant} hook, so they "
+            "are not its own control) "
+        )
+    return f"under the same {variant} hook " if variant != "caa" else ""
+
+
+def _own_edge_clause(point: Mapping[str, Any]) -> tuple[str, bool | None]:
+    """The comparison at the control's own searched edge, and whether the vector beats it there.
+
+    Returns:
+        ``(clause with a leading "; " or "", holds)``; ``holds`` is None when the run did not
+        search the control at this layer or found no steered edge for it.
+    """
+    if "control_own_edge" not in point:
+        return "", None  # a run without control_search
+    own = point.get("control_own_edge") or {}
+    edge = point.get("control_own_edge_alpha")
+    if own.get("delta_mean_toxicity") is None:
+        if edge is not None and float(edge) == 0:
+            return (
+                "; the control's own search, under the same budget, found no steered alpha "
+                "within it (its edge is alpha 0)",
+                None,
+            )
+        return "", None
+    low, high = own.get("delta_mean_toxicity_ci_low"), own.get("delta_mean_toxicity_ci_high")
+    holds = high is not None and float(high) < 0
+    clause = (
+        f"; against the same random direction at its own budget edge (alpha "
+        f"{_num(own.get('control_alpha'))}, found by the same search within the same budget: "
+        f"expected maximum toxicity {_num(own.get('expected_max_toxicity_control'))}) it is "
+        f"{_num(own['delta_mean_toxicity'], 2)} (95% CI {_num(low, 2)} to {_num(high, 2)})"
+    )
+    if not holds:
+        clause += ", not below 0"
+    return clause, holds
 
 
 def _no_point_lines(recommended: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
