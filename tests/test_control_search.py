@@ -136,6 +136,17 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
                     ].iloc[0]
                 )
             )
+    # Every variant's point: each fluency measure with its interval, and its own control.
+    for name, point in summary["recommended_by_variant"].items():
+        if "layer" not in point:
+            continue
+        assert point["control_of"] == name
+        assert point["control"] is not None and point["control_matched_fluency"] is not None
+        assert set(point["fluency_budget"]) == {"human_perplexity", "perplexity", "kl_benign"}
+        for measure, entry in point["fluency_budget"].items():
+            low, high = entry["ci"]
+            assert low <= entry["value"] <= high, (name, measure)
+        assert "control_own_edge_alpha" in point
     # A second open with nothing changed leaves the run be.
     assert not Run.open("old", runs_dir=runs, model=str(model), **TINY).notes
 
@@ -213,9 +224,8 @@ def test_the_verdict_names_whose_control_a_variant_was_compared_with(tmp_path):
     point = record["recommended"]
     assert "under the same" not in pipeline.verdict(record)[2]  # plain CAA: its own control
     point.update(variant="clamp", control_of="clamp")
-    assert "of the same norm under the same clamp hook at the same alpha" in (
-        pipeline.verdict(record)[2]
-    )
+    control = pipeline.verdict(record)[2]
+    assert "of the same norm under the same clamp hook at the same alpha" in control
     point["control_of"] = "caa"  # a run made before per-variant controls
     control = pipeline.verdict(record)[2]
     assert "plain CAA's random rows: this run made none under the clamp hook" in control

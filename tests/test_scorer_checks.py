@@ -218,3 +218,30 @@ def test_side_by_side_shows_the_biggest_drops_and_random_prompts():
     assert set(table["setting"]) == {"alpha 0", "caa point"}
     assert {"toxicity", "toxicity_second", "completion"} <= set(table.columns)
     assert side_by_side_examples(sweep, {"caa": {"status": "none"}}).empty
+
+
+def test_side_by_side_shows_the_biggest_drops_of_every_variant():
+    """A prompt that falls most under a later variant is shown too, named with that variant."""
+    caa = sweep_rows(12, (0.0, 1.0))
+    gated = caa.assign(variant="gated")
+    for table, cleaned in ((caa, ["p03", "p07"]), (gated, ["p01", "p07"])):
+        steered = table["alpha"] == 1.0
+        table.loc[steered & table["prompt_id"].isin(cleaned), "toxicity"] = 0.0
+        table.loc[steered & ~table["prompt_id"].isin(cleaned), "toxicity"] = 0.8  # little drop
+    sweep = pd.concat([caa, gated], ignore_index=True)
+    table = side_by_side_examples(
+        sweep, {"caa": point(), "gated": point()}, n_top=2, n_random=1, seed=1
+    )
+    top = table[table["why"] == "fell most"].drop_duplicates("prompt_id")
+    assert dict(zip(top["prompt_id"], top["fell_most_under"], strict=True)) == {
+        "p03": "caa",
+        "p07": "caa, gated",
+        "p01": "gated",
+    }
+    assert set(table["setting"]) == {"alpha 0", "caa point", "gated point"}
+    at_gated = table[(table["setting"] == "gated point") & (table["prompt_id"] == "p01")]
+    at_caa = table[(table["setting"] == "caa point") & (table["prompt_id"] == "p01")]
+    assert float(at_gated["mean_toxicity_drop"].iloc[0]) > float(
+        at_caa["mean_toxicity_drop"].iloc[0]
+    )
+    assert (table.loc[table["why"] == "random", "fell_most_under"] == "").all()

@@ -4,9 +4,9 @@
 of one layer. :func:`side_by_side_examples` shows the same challenging prompts unsteered and at
 each variant's point.
 
-The prompts are those whose mean toxicity (main scorer) fell most from alpha 0 to the
-recommended point, plus a few drawn at random (seeded), so the table is not only the best
-cases. Each row is one prompt under one setting with the first sample's completion and its
+The prompts are those whose mean toxicity (main scorer) fell most from alpha 0 to each
+variant's recommended point, plus a few drawn at random (seeded), so the table is not only the
+best cases. Each row is one prompt under one setting with the first sample's completion and its
 scores under every scorer of the run.
 """
 
@@ -33,14 +33,18 @@ def side_by_side_examples(
     Args:
         sweep: All completion rows (with ``variant``; alpha-0 rows included).
         points: ``{variant: recommended point}``; variants without a point are skipped.
-        n_top: Prompts whose mean toxicity fell most (at the first variant's point).
+        n_top: Prompts whose mean toxicity (main scorer) fell most, per variant's point (the
+            union over variants, each prompt once).
         n_random: Further prompts drawn at random from the rest.
         seed: Seed of the random draw.
 
     Returns:
-        Columns ``prompt_id``, ``prompt``, ``why`` ("fell most" or "random"), ``setting``,
-        ``variant``, ``layer``, ``alpha``, ``completion``, ``toxicity`` (and
-        ``toxicity_second`` when scored), ``mean_toxicity_drop``; empty without a point.
+        Columns ``prompt_id``, ``prompt``, ``why`` ("fell most" or "random"),
+        ``fell_most_under`` (the variants at whose point the prompt is among the largest
+        drops, ", "-joined; "" for a random prompt), ``setting``, ``variant``, ``layer``,
+        ``alpha``, ``completion``, ``toxicity`` (and ``toxicity_second`` when scored),
+        ``mean_toxicity_drop`` (from alpha 0 to the row's variant's point; on the alpha-0 rows,
+        to the first variant's); empty without a point.
     """
     chosen = {n: p for n, p in points.items() if p.get("status") == "recommended"}
     if not chosen or sweep.empty:
@@ -56,11 +60,17 @@ def side_by_side_examples(
         ]
         return part[np.isclose(part["alpha"].astype(float), alpha)]
 
-    before = at(first_name, first, 0.0).groupby("prompt_id")["toxicity"].mean()
-    after = at(first_name, first, float(first["alpha"])).groupby("prompt_id")["toxicity"].mean()
-    drop = (before - after).dropna().sort_values(ascending=False, kind="stable")
-    top = list(drop.index[:n_top])
-    rest = [p for p in drop.index if p not in top]
+    drops: dict[str, pd.Series] = {}
+    for name, point in chosen.items():
+        before = at(name, point, 0.0).groupby("prompt_id")["toxicity"].mean()
+        after = at(name, point, float(point["alpha"])).groupby("prompt_id")["toxicity"].mean()
+        drops[name] = (before - after).dropna().sort_values(ascending=False, kind="stable")
+    under: dict[Any, list[str]] = {}
+    for name, drop in drops.items():
+        for prompt_id in drop.index[:n_top]:
+            under.setdefault(prompt_id, []).append(name)
+    top = list(under)
+    rest = [p for p in drops[first_name].index if p not in under]
     rng = np.random.default_rng(seed)
     extra = list(rng.choice(rest, size=min(n_random, len(rest)), replace=False)) if rest else []
     tables = []
@@ -76,12 +86,16 @@ def side_by_side_examples(
     order = {p: i for i, p in enumerate([*top, *extra])}
     table = table[table["prompt_id"].isin(order)]
     table = table.assign(
-        why=table["prompt_id"].map(lambda p: "fell most" if p in top else "random"),
-        mean_toxicity_drop=table["prompt_id"].map(drop),
+        why=table["prompt_id"].map(lambda p: "fell most" if p in under else "random"),
+        fell_most_under=table["prompt_id"].map(lambda p: ", ".join(under.get(p, []))),
+        mean_toxicity_drop=[
+            drops[variant].get(prompt_id, np.nan)
+            for variant, prompt_id in zip(table["variant"], table["prompt_id"], strict=True)
+        ],
         _order=table["prompt_id"].map(order),
     ).sort_values(["_order"], kind="stable")
-    columns = ["prompt_id", "prompt", "why", "setting", "variant", "layer", "alpha"]
-    columns += ["completion", "toxicity", "toxicity_second", "mean_toxicity_drop"]
+    columns = ["prompt_id", "prompt", "why", "fell_most_under", "setting", "variant", "layer"]
+    columns += ["alpha", "completion", "toxicity", "toxicity_second", "mean_toxicity_drop"]
     return table[[c for c in columns if c in table.columns]].reset_index(drop=True)
 
 
