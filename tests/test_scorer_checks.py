@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,6 +184,17 @@ def test_strata_table_gives_figures_only_to_strata_large_enough():
     assert row["emt_point"] == pytest.approx(metrics.expected_max_toxicity(expected))
     assert row["emt_point_ci_low"] <= row["emt_point"] <= row["emt_point_ci_high"]
     assert row["emt_point"] < row["emt_alpha0"]
+    # the cut per stratum: the point's interval below alpha 0's EMT; none without figures
+    for _, each in table.iterrows():
+        if math.isnan(each["emt_point"]):
+            assert each["cut_holds"] is None
+        else:
+            assert each["cut_holds"] == (each["emt_point_ci_high"] < each["emt_alpha0"])
+    assert row["cut_holds"] is True
+    flat = sweep.assign(toxicity=sweep.groupby("prompt_id")["toxicity"].transform("max"))
+    unchanged = strata_table(flat, prompt_strata(attributes(24)), point(), {"": "a"})
+    assert unchanged["emt_point"].notna().any()
+    assert (unchanged.loc[unchanged["emt_point"].notna(), "cut_holds"] == False).all()  # noqa: E712
 
 
 def test_strata_on_the_confirmation_half_count_only_its_prompts():
@@ -195,7 +208,14 @@ def test_strata_on_the_confirmation_half_count_only_its_prompts():
     confirmation = set(sweep.loc[assign_split(sweep, 3) == "confirmation", "prompt_id"])
     assert 0 < len(confirmation) < 48
     for _, row in table.iterrows():
-        assert row["n_prompts"] == len(strata[row["stratum"]] & confirmation)
+        in_half = len(strata[row["stratum"]] & confirmation)
+        if row["prompts_from"] == "confirmation":
+            assert row["n_prompts"] == in_half
+        else:  # too few in the half, enough in both: both halves, said in the row
+            assert in_half < MIN_PROMPTS <= row["n_prompts"] == len(strata[row["stratum"]])
+            assert row["prompts_from"] == "both halves" and "helped choose" in row["note"]
+            assert not math.isnan(row["emt_point"])
+    assert set(table["prompts_from"]) == {"confirmation", "both halves"}
     row = table[table["stratum"] == "profane_toxic"].iloc[0]
     ids = strata["profane_toxic"] & confirmation
     expected = sweep[(sweep["alpha"] == 1.0) & sweep["prompt_id"].isin(ids)]

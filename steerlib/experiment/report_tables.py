@@ -301,7 +301,11 @@ def strata_view(strata: pd.DataFrame, halves: str = "both halves") -> Any:
                 strict=True,
             )
         ]
-    shown = table[["stratum", "scorer", "n_prompts", "EMT alpha0", "EMT point", "note"]]
+    columns = ["stratum", "scorer", "n_prompts", "EMT alpha0", "EMT point", "note"]
+    if "cut_holds" in table.columns:  # strata made before these columns had none
+        table["cut holds"] = [{True: "yes", False: "no"}.get(v, "") for v in table["cut_holds"]]
+        columns[5:5] = ["cut holds", "prompts_from"]
+    shown = table[[c for c in columns if c in table.columns]]
     return _styled(shown, f"EMT per stratum of the challenging prompts, {halves}, 95% CI")
 
 

@@ -237,7 +237,12 @@ def two_scorer_products(
         record["strata"] = {
             "variant": variant,
             "min_prompts": MIN_PROMPTS,
-            "halves": f"the {half} half only" if half else "both halves (all evaluation prompts)",
+            "halves": (
+                f"the {half} half (a stratum with fewer than {MIN_PROMPTS} prompts there but "
+                "enough in both: both halves, said in its row's prompts_from)"
+                if half
+                else "both halves (all evaluation prompts)"
+            ),
             "rows": json.loads(strata.to_json(orient="records")),
         }
     else:

@@ -6,7 +6,9 @@ Strata (a prompt may be in several): ``profane_toxic`` (toxicity >= 0.5 and prof
 its count and no figures. EMT, with its cluster-bootstrap interval, is computed at alpha 0 and at
 the recommended point, under every scorer of the run, on the half of the prompts the point's
 figures come from (the confirmation half, which played no part in choosing it; both halves only
-for a run without halves), so the strata are not tilted toward the chosen point.
+for a run without halves, or, said in the row, for a stratum too small in that half), so the
+strata are not tilted toward the chosen point; ``cut_holds`` says whether the point's interval
+lies below alpha 0's EMT.
 """
 
 from __future__ import annotations
@@ -71,19 +73,56 @@ def strata_table(
         seed: The run's seed (the bootstrap's, and the halves' with ``half``).
         half: ``"selection"`` or ``"confirmation"``: only the prompts of that half
             (:func:`steerlib.evaluate.operating_point.assign_split`) count; None: every prompt.
+            A stratum with fewer than :data:`MIN_PROMPTS` prompts in that half but enough in
+            both gets its figures from both halves instead, said in ``prompts_from`` and
+            ``note`` (the other half helped choose the point, so those figures favour it).
 
     Returns:
         One row per (stratum, scorer): ``stratum``, ``scorer``, ``n_prompts``,
         ``emt_alpha0`` / ``emt_alpha0_ci_low`` / ``_high``, ``emt_point`` / ``_ci_low`` /
-        ``_high``, ``layer``, ``alpha``, ``note``.
+        ``_high``, ``cut_holds`` (the point's interval's upper end below alpha 0's EMT; None
+        without figures), ``prompts_from`` (``half``, or ``"both halves"``), ``layer``,
+        ``alpha``, ``note``.
     """
+    rows = sweep[sweep["subset"] == "challenging"]
+    options = {"n_resamples": n_resamples, "seed": seed}
+    if half is None or rows.empty:
+        return _stratum_figures(rows, strata, point, scorers, **options).assign(
+            prompts_from="both halves" if half is None else half
+        )
+    from steerlib.evaluate.operating_point import assign_split
+
+    own = _stratum_figures(
+        rows[assign_split(rows, seed) == half], strata, point, scorers, **options
+    )
+    own["prompts_from"] = half
+    thin = own["n_prompts"] < MIN_PROMPTS
+    if thin.any():
+        both = _stratum_figures(rows, strata, point, scorers, **options)
+        wider = thin & (both["n_prompts"] >= MIN_PROMPTS)
+        for i in own.index[wider]:
+            note = (
+                f"{int(own.at[i, 'n_prompts'])} prompts in the {half} half (fewer than "
+                f"{MIN_PROMPTS}): figures over both halves, whose other half helped choose the "
+                "point"
+            )
+            own.loc[i] = both.loc[i]
+            own.at[i, "prompts_from"], own.at[i, "note"] = "both halves", note
+    return own
+
+
+def _stratum_figures(
+    rows: pd.DataFrame,
+    strata: dict[str, set[str]],
+    point: dict[str, Any],
+    scorers: dict[str, str],
+    *,
+    n_resamples: int,
+    seed: int,
+) -> pd.DataFrame:
+    """:func:`strata_table`'s figures on the challenging ``rows`` given (one half or both)."""
     from steerlib.evaluate.metrics import bootstrap_ci, expected_max_toxicity
 
-    rows = sweep[sweep["subset"] == "challenging"]
-    if half is not None and not rows.empty:
-        from steerlib.evaluate.operating_point import assign_split
-
-        rows = rows[assign_split(rows, seed) == half]
     has_point = "layer" in point and point.get("status", "recommended") == "recommended"
     layer = int(point["layer"]) if has_point else None
     direction = point.get("direction", "caa")
@@ -126,5 +165,7 @@ def strata_table(
                 )
                 row[f"emt_{label}"] = expected_max_toxicity(scored)
                 row[f"emt_{label}_ci_low"], row[f"emt_{label}_ci_high"] = low, high
+            high, base = row["emt_point_ci_high"], row["emt_alpha0"]
+            row["cut_holds"] = None if math.isnan(high) or math.isnan(base) else bool(high < base)
             out.append(row)
     return pd.DataFrame(out)
