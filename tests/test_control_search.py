@@ -229,3 +229,13 @@ def test_the_verdict_names_whose_control_a_variant_was_compared_with(tmp_path):
     point["control_of"] = "caa"  # a run made before per-variant controls
     control = pipeline.verdict(record)[2]
     assert "plain CAA's random rows: this run made none under the clamp hook" in control
+
+
+def test_a_one_scorer_verdict_names_its_scorer_and_the_second_opinion(tmp_path):
+    from steerlib import pipeline
+
+    record = _own_edge_record(tmp_path, random_at_edge=0.59, chosen=2.0)
+    assert record["scorer"] and not record["params"].get("second_scorer")
+    effect = pipeline.verdict(record)[0]
+    assert f"Measured by {record['scorer']} alone: this run has no second scorer" in effect
+    assert "second_scorer=minilm-toxicity" in effect

@@ -80,7 +80,8 @@ def verdict(summary: Mapping[str, Any]) -> list[str]:
     fewest = _fewest_prompts(summary, recommended)
     thin = fewest is not None and fewest < MIN_PROMPTS_PER_HALF
     return [
-        _effect_line(recommended, fewest=fewest) + ("" if thin else _scorers_clause(recommended)),
+        _effect_line(recommended, fewest=fewest)
+        + ("" if thin else _scorers_clause(recommended, summary)),
         _budget_line(recommended, params)
         if recommended.get("fluency_budget")
         else _cost_line(recommended),
@@ -145,12 +146,24 @@ def _effect_line(point: Mapping[str, Any], *, fewest: int | None = None) -> str:
     return f"Yes, steering cuts toxicity here: {where} lowers {numbers}."
 
 
-def _scorers_clause(point: Mapping[str, Any]) -> str:
-    """The sentence on both scorers (with a leading space) when the run had two, else empty."""
+def _scorers_clause(point: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The sentence on the scorers, with a leading space.
+
+    With two scorers: whether the cut holds under both (:func:`cut_holds_sentence`). With one
+    (a run without ``second_scorer``): which scorer alone measured it and how to add a second;
+    empty when the record names no scorer.
+    """
     check = point.get("cut_holds") or {}
-    if len(check.get("scorers") or {}) < 2:
+    if len(check.get("scorers") or {}) >= 2:
+        return " " + str(check.get("sentence", ""))
+    params = dict(summary.get("params") or {})
+    scorer = summary.get("scorer") or params.get("scorer")
+    if not scorer or params.get("second_scorer"):
         return ""
-    return " " + str(check.get("sentence", ""))
+    return (
+        f" Measured by {scorer} alone: this run has no second scorer "
+        "(`--set second_scorer=minilm-toxicity` adds a non-lexical one)."
+    )
 
 
 def _half(point: Mapping[str, Any]) -> str:
