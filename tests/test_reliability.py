@@ -495,3 +495,18 @@ def test_force_redoes_only_the_first_changed_step_and_after(base, chain_env):
     for step in ("04_vectors", "05_sweep", "06_analysis"):
         assert f"{step}: running" in result.stdout
     assert json.loads(base.vectors.with_suffix(".json").read_text())["sink_projected"] is False
+
+
+@pytest.mark.slow
+def test_a_product_deleted_as_the_damage_line_advises_is_made_again(base, chain_env):
+    sweep = base.sweep.read_bytes()
+    base.sweep.write_bytes(sweep[: len(sweep) // 2])
+    refused = _chain(chain_env, "base", "--set", "project_sink=false")
+    assert refused.returncode == EXIT_DAMAGED_RUN
+    assert "delete it and run the same command again" in _one_line(refused.stderr)
+    base.sweep.unlink()  # what the line says
+    result = _chain(chain_env, "base", "--set", "project_sink=false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "04_vectors: done earlier, skipped" in result.stdout
+    assert "05_sweep: running" in result.stdout and "06_analysis: running" in result.stdout
+    assert base.is_complete("05_sweep") and not base.product_problems()
