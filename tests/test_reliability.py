@@ -76,6 +76,21 @@ def test_late_failures_are_caught_before_any_work(capsys, runs, tiny_model, sets
     assert not runs.exists()
 
 
+def test_kl_texts_0_with_the_alpha_search_is_one_line_with_the_right_fix(capsys, runs, tiny_model):
+    code, err = _run(capsys, *_tiny(tiny_model), "kl_texts=0", "alpha_search=true")
+    assert code == EXIT_BAD_INPUT
+    message = _one_line(err)
+    assert len(message.splitlines()) == 1, message
+    assert "lower n_prompts" not in message and "at least 2" in message
+
+
+def test_from_run_of_a_run_that_does_not_exist_is_one_line(capsys, runs, tiny_model):
+    argv = ["--run-name", "new", "--from-run", "nosuch", "--set", f"model={tiny_model}"]
+    assert pipeline.main([*argv, "--set", "layers=[1]"]) == EXIT_BAD_INPUT
+    assert "there is no run" in _one_line(capsys.readouterr().err)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 def test_a_model_path_that_does_not_exist_is_a_missing_folder(capsys, runs, tmp_path):
     code, err = _run(capsys, f"model={tmp_path / 'no' / 'such-model'}")
     assert code == EXIT_BAD_INPUT
@@ -149,6 +164,55 @@ def test_status_and_figures_report_a_product_changed_after_its_step(capsys, runs
     assert "summary.json" in _one_line(capsys.readouterr().err)
     assert figures.main(["r"]) == EXIT_DAMAGED_RUN
     assert "summary.json" in _one_line(capsys.readouterr().err)
+
+
+def test_a_damaged_product_is_one_line_in_every_command(capsys, runs, tiny_model, llama):
+    paths = _exported_run(tiny_model, llama, units="raw")
+    paths.record_complete("06_analysis")  # with its checksums, as the runner records it
+    text = paths.summary.read_text()
+    paths.summary.write_text(text[: len(text) // 2])  # unreadable AND off its checksum
+    for command in (status.main, figures.main, export.main):
+        assert command(["r"]) == EXIT_DAMAGED_RUN
+        message = _one_line(capsys.readouterr().err)
+        assert len(message.splitlines()) == 1 and "summary.json is damaged" in message
+
+
+def test_a_product_deleted_as_advised_reruns_its_step(capsys, runs, tiny_model):
+    paths = _finished_analysis(tiny_model, {"recommended": {}})
+    paths.summary.write_text("{")
+    with pytest.raises(DamagedRunError, match="delete it and run the same command again"):
+        check_run_files(paths)
+    paths.summary.unlink()  # what the line says
+    check_run_files(paths, rerun_missing=True)  # the runner: step 06 runs again, not refused
+    assert not paths.is_complete("06_analysis")
+    assert status.main(["r"]) == EXIT_DAMAGED_RUN  # status still says it is gone
+    message = _one_line(capsys.readouterr().err)
+    assert "summary.json is missing; run the same command again" in message
+
+
+def test_status_shows_a_step_killed_inside_its_notebook_as_unfinished(capsys, runs, tiny_model):
+    paths = _finished_analysis(tiny_model, {"recommended": {}})
+    record = {k: v for k, v in paths.read_status()["06_analysis"].items() if k != "updated"}
+    record.pop("complete"), record.pop("state")
+    paths.set_status("06_analysis", "done", **record)  # what the notebook itself records
+    assert status.main(["r"]) == 0
+    assert "06_analysis     done" in capsys.readouterr().out  # a notebook run by hand
+    paths.notebooks.mkdir(parents=True, exist_ok=True)
+    (paths.notebooks / ".partial-06_analysis.ipynb").write_text("{}")  # the runner was killed
+    assert status.main(["r"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "06_analysis" in x)
+    assert "unfinished" in line and "rerun the same command" in line
+
+
+def test_status_of_a_run_without_params_json_says_how_to_record_it(capsys, runs, tiny_model):
+    paths = _finished_analysis(tiny_model, {"recommended": {}})
+    paths.params.unlink()  # deleted as the damaged-file line advises
+    assert status.main([]) == EXIT_DAMAGED_RUN  # listed, not skipped
+    captured = capsys.readouterr()
+    assert "06_analysis     done" in captured.out
+    message = _one_line(captured.err)
+    assert "has no params.json" in message and "its own --set values" in message
+    assert status.main(["r"]) == EXIT_DAMAGED_RUN
 
 
 # -- runs made before checksums (review 1) -------------------------------------------------
@@ -431,3 +495,18 @@ def test_force_redoes_only_the_first_changed_step_and_after(base, chain_env):
     for step in ("04_vectors", "05_sweep", "06_analysis"):
         assert f"{step}: running" in result.stdout
     assert json.loads(base.vectors.with_suffix(".json").read_text())["sink_projected"] is False
+
+
+@pytest.mark.slow
+def test_a_product_deleted_as_the_damage_line_advises_is_made_again(base, chain_env):
+    sweep = base.sweep.read_bytes()
+    base.sweep.write_bytes(sweep[: len(sweep) // 2])
+    refused = _chain(chain_env, "base", "--set", "project_sink=false")
+    assert refused.returncode == EXIT_DAMAGED_RUN
+    assert "delete it and run the same command again" in _one_line(refused.stderr)
+    base.sweep.unlink()  # what the line says
+    result = _chain(chain_env, "base", "--set", "project_sink=false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "04_vectors: done earlier, skipped" in result.stdout
+    assert "05_sweep: running" in result.stdout and "06_analysis: running" in result.stdout
+    assert base.is_complete("05_sweep") and not base.product_problems()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from steerlib.apps.control_vectors import (
     to_gguf,
     to_repeng,
 )
-from steerlib.errors import ConfigError, DataError, SteerlibError, exit_code
+from steerlib.errors import ConfigError, DataError, SteerlibError, exit_code, report_error
 from steerlib.steer.vectors import SteeringVector
 
 __all__ = [
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         write = to_repeng if flavour is REPENG else to_gguf
         written = write(chosen, out, scale=args.scale)
     except SteerlibError as exc:
-        print(f"steerlib: {exc}", file=sys.stderr)
+        report_error(exc)  # one "steerlib:" line per problem
         return exit_code(exc)
     # The file holds -scale * v (in the run's units), so strength alpha / scale reproduces
     # steering(model, v, alpha, units=<the run's>) at the recommended layer.

@@ -39,6 +39,8 @@ from steerlib.generate.partition import WorkUnit
 
 __all__ = ["SweepProgress", "liveness", "main", "sweep_progress"]
 
+_RECORDS = ("params.json", "status.json")
+"""Files that make a folder of the runs folder a run (one of them is enough)."""
 _RECENT = 10
 """Intervals between unit writes that the time estimate looks at (the latest ones)."""
 
@@ -154,14 +156,8 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
             f"({'; '.join(str(exc).splitlines())}); "
             "rerun it with corrected parameters and --force, or delete it."
         ) from None
-    lines = [f"{run_name} ({paths.root})"]
+    lines = [f"{run_name} ({paths.root})", *_step_lines(paths)]
     recorded = paths.read_status()
-    for step in STEPS:  # the declared steps, in order, whether they ran or not
-        record = recorded.get(step.name, {"state": "not run"})
-        detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
-        if record.get("state") in LIVE_STATES:
-            detail = ", ".join(x for x in (detail, liveness(paths, record)) if x)
-        lines.append(f"  {step.name:<15} {record.get('state', '?'):<8} {detail}".rstrip())
     if paths.prompts.is_file() and paths.vectors.with_suffix(".json").is_file():
         try:
             progress = sweep_progress(paths, params)
@@ -182,6 +178,48 @@ def report(run_name: str, runs_dir: str | None = None) -> str:
         lines.append(f"  complete layers {progress.complete_layers or 'none yet'}")
     lines += _timing_report(paths, recorded)
     return "\n".join(lines)
+
+
+def _step_lines(paths: RunPaths) -> list[str]:
+    """One line per declared step, in order: its state, seconds and liveness.
+
+    A step its notebook recorded ``done`` while the chain runner executed it, and that the
+    runner has not recorded whole (its partial executed copy is still there: the run was
+    killed before the notebook ended), is shown as ``unfinished``: the runner runs it again.
+    A step run by hand in Jupyter is never recorded whole and is shown as ``done``.
+    """
+    recorded = paths.read_status()
+    lines = []
+    for step in STEPS:  # the declared steps, in order, whether they ran or not
+        record = recorded.get(step.name, {"state": "not run"})
+        state = str(record.get("state", "?"))
+        detail = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("seconds", "reason"))
+        partial = paths.notebooks / f".partial-{step.name}.ipynb"
+        if state == "done" and record.get("complete") is not True and partial.is_file():
+            state = "unfinished"
+            detail = liveness(paths, {})
+            if detail.startswith("stale"):
+                detail = "its notebook did not end; rerun the same command to run it again"
+        elif state in LIVE_STATES:
+            detail = ", ".join(x for x in (detail, liveness(paths, record)) if x)
+        lines.append(f"  {step.name:<15} {state:<8} {detail}".rstrip())
+    return lines
+
+
+def _without_params(paths: RunPaths) -> str:
+    """The steps of a run folder that has no ``params.json``; raises the way out after them.
+
+    Raises:
+        DamagedRunError: Always: the run's parameters are gone (deleted, or a ``--from-run``
+            interrupted before it recorded them); the runner records them again.
+    """
+    if paths.status.is_file():
+        print("\n".join([f"{paths.name} ({paths.root})", *_step_lines(paths)]), flush=True)
+    raise DamagedRunError(
+        f"run {paths.name!r} has no {paths.params.name} (deleted, or a --from-run that was "
+        "interrupted): run the command that made the run again, with its own --set values (other "
+        "values are refused); it records the parameters again and keeps the finished steps."
+    )
 
 
 def _timing_report(paths: RunPaths, recorded: dict[str, dict]) -> list[str]:
@@ -227,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=None, help="folder of runs (default data/runs)")
     args = parser.parse_args(argv)
     root = Path(args.runs_dir) if args.runs_dir else runs_root()
-    names = args.runs or sorted(p.name for p in root.glob("*") if (p / "params.json").is_file())
+    names = args.runs or sorted(
+        p.name for p in root.glob("*") if any((p / n).is_file() for n in _RECORDS)
+    )
     if not names:
         print(f"no runs under {root}")
         return 0
@@ -237,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             # A run that cannot be read gets its own line; the others are still reported.
             try:
                 paths = RunPaths.for_run(name, args.runs_dir)
+                if not paths.params.is_file() and paths.root.is_dir() and any(paths.root.iterdir()):
+                    _without_params(paths)
                 if not paths.params.is_file():
                     print(
                         f"steerlib: no run {name!r} at {paths.root}; the runs there are listed "

@@ -118,7 +118,7 @@ def run_chain(
     root = absolute(runs_dir) if runs_dir else runs_root()
     paths = RunPaths.for_run(params.run_name, root)
     values = params.notebook_parameters()
-    check_run_files(paths, force=force)
+    check_run_files(paths, force=force, rerun_missing=True)  # a deleted product: its step reruns
     forced_from = _forced_from(check_changes(paths, values, force=force), force=force)
     preflight(params, runs_dir=str(root))
     ensure_writable(paths.root)

@@ -45,6 +45,11 @@ def copy_finished_steps(
         DamagedRunError: A product of ``source`` to copy is damaged or differs from its
             checksum.
     """
+    if not source.root.is_dir():
+        raise ConfigError(
+            f"--from-run {source.name!r}: there is no run {source.root}; the runs there are "
+            f"listed by `python -m steerlib status --runs-dir {source.root.parent}`."
+        )
     status = source.read_status()
     wanted = STEP_NAMES[: STEP_NAMES.index(through) + 1]
     copied = [name for name in wanted if status.get(name, {}).get("state") == "done"]

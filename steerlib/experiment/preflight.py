@@ -313,8 +313,13 @@ def _draw(tables: dict[str, pd.DataFrame], params: RunParams, tokenizer: Any) ->
 
 
 def _held_out_problems(params: RunParams, held_out: int) -> list[str]:
-    """The alpha search needs a held-out benign text in each half (search and report)."""
-    if not params.alpha_search or held_out >= 2:
+    """The alpha search needs a held-out benign text in each half (search and report).
+
+    A ``kl_texts`` below 2 is named by :func:`_combination_problems` (one line, the right
+    fix); this line is for the draws leaving fewer texts than ``kl_texts`` asks.
+    """
+    asked_too_few = params.kl_texts != "all" and params.kl_texts < 2
+    if not params.alpha_search or held_out >= 2 or asked_too_few:
         return []
     return [
         f"parameter 'kl_texts': the draws leave {held_out} held-out benign text(s) "

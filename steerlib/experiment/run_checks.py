@@ -49,14 +49,15 @@ def _unit_problems(paths: RunPaths) -> list[str]:
     return problems
 
 
-def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
+def check_run_files(paths: RunPaths, *, force: bool = False, rerun_missing: bool = False) -> None:
     """Refuse to start on a run whose records or products are damaged; say what to delete.
 
     ``params.json`` and ``status.json`` must parse, and the lock must be a file. The products
     of the steps marked done must have readable headers and match the checksums recorded when
     their step was recorded whole, and every saved sweep unit (grid and search) must match the
     checksum written inside it; with ``force`` they are all recomputed, so only the records
-    are checked.
+    are checked. With ``rerun_missing`` (the chain runner) a product that is gone is no
+    problem: its step runs again.
 
     Raises:
         DamagedRunError: One line per damaged file, naming it and the way out.
@@ -77,17 +78,19 @@ def check_run_files(paths: RunPaths, *, force: bool = False) -> None:
             problems.append(str(exc))
     if not force and not problems:
         status = paths.read_status()
+        unreadable: set[Path] = set()
         for step, products in STEP_PRODUCTS.items():
             if status.get(step, {}).get("state") != "done":
                 continue
             for product in products(paths):
                 reason = product.is_file() and _header_problem(product)
                 if reason:
+                    unreadable.add(product)
                     problems.append(
                         f"run {paths.name!r}: {product} is damaged ({reason}); delete it and run "
-                        "the same command again (that step and the ones after it run again)"
+                        f"the same command again (step {step} and the ones after it run again)"
                     )
-        problems += paths.product_problems()
+        problems += paths.product_problems(skip=frozenset(unreadable), missing=not rerun_missing)
         problems += _unit_problems(paths)
     if problems:
         raise DamagedRunError("\n".join(problems))

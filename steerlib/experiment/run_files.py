@@ -289,11 +289,21 @@ class RunPaths:
             "complete" in r for r in records
         )
 
-    def product_problems(self, steps: tuple[str, ...] | None = None) -> list[str]:
+    def product_problems(
+        self,
+        steps: tuple[str, ...] | None = None,
+        *,
+        skip: frozenset[Path] = frozenset(),
+        missing: bool = True,
+    ) -> list[str]:
         """One line per product of a finished step that differs from its recorded checksum.
 
         Args:
             steps: The steps to check (default: all).
+            skip: Products already reported (e.g. unreadable), so one file gets one line.
+            missing: Whether a product that is gone is a problem too (for ``status``,
+                ``figures``, ``export`` and a copy); the chain runner passes False, since it
+                reruns a step whose product is gone (what the damage lines advise).
 
         Returns:
             Lines naming the file, the step and the way out; empty when all are whole.
@@ -308,17 +318,20 @@ class RunPaths:
                 continue
             for product in STEP_PRODUCTS[step](self):
                 wanted = checksums.get(product.name)
-                if wanted is None:
+                if wanted is None or product in skip:
                     continue
                 if not product.is_file():
-                    why = "is missing"
+                    if not missing:
+                        continue
+                    why, fix = "is missing", "run the same command again"
                 elif file_sha256(product) != wanted:
                     why = "differs from the file step " + step + " wrote (truncated or edited)"
+                    fix = "delete it and run the same command again"
                 else:
                     continue
                 problems.append(
-                    f"run {self.name!r}: {product} {why}; delete it and run the same command "
-                    f"again (step {step} and the ones after it run again)"
+                    f"run {self.name!r}: {product} {why}; {fix} (step {step} and the ones after "
+                    "it run again)"
                 )
         return problems
 
