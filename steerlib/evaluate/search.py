@@ -13,12 +13,15 @@ few forward passes over the texts.
 per search (a round's bracket ends were measured by the round before; alpha 0 is the unsteered
 pass, :mod:`steerlib.evaluate.benign_pass`, made once per list of texts and shared through
 ``bases``). A round's result is only its largest point within budget and the over-budget
-point just above it, so a *lazy* search (the default on a CPU, where a pass costs in proportion
-to its rows) measures the new points from the top down, one pass each, and stops at the first
-point within budget (while doubling the first bracket: once a point within and one over are
-both found). The edge is the one measuring every point would find; the trace then lacks the
-points below each round's best, which decide nothing. On a GPU, where 9 alphas in one batched
-pass cost about one, every new point of a round is measured in one pass (``lazy=False``).
+point just above it, so a *lazy* search (``lazy=True``) measures the new points from the top
+down, one pass each, and stops at the first point within budget (while doubling the first
+bracket: once a point within and one over are both found). The edge is the one measuring every
+point would find; the trace then lacks the points below each round's best, which decide
+nothing. It is not the default: on the 2-core CPU of the default run (issue 25, held-out texts
+of 15-22 tokens) a pass of one alpha cost about half the CPU time of a pass of nine, and a
+round measures 4-7 points top-down, so the lazy search took more CPU than the batched one
+(same edge). The default measures every new point of a round in one batched pass, which on a
+GPU costs about as much as one.
 
 A variant whose alpha is a fraction (``ablate``, ``clamp``: at most 1, full removal) is
 searched on ``[0, 1]`` only: the first bracket ends at 1 and is never widened, and an edge at 1
@@ -95,7 +98,7 @@ def search_alpha(
     probe: ToxicityProbe | None = None,
     prefixes: Sequence[str | None] | None = None,
     max_kl: float | None = None,
-    lazy: bool | None = None,
+    lazy: bool = False,
     bases: MutableMapping[Any, BasePass] | None = None,
 ) -> AlphaSearch:
     """The largest positive alpha at ``layer`` whose benign human perplexity is within budget.
@@ -125,8 +128,8 @@ def search_alpha(
         max_kl: KL budget (nats per token) on the same texts; an alpha is within budget only
             when its ``kl_benign`` is at most this too (None: perplexity only).
         lazy: Measure a round's points from the top down, one pass each, only as far as the
-            edge needs (:func:`find_edge`); ``False``: all its new points in one batched pass.
-            None: lazy on a CPU, batched on a GPU. Same edge either way.
+            edge needs (:func:`find_edge`); ``False`` (the default): all its new points in one
+            batched pass. Same edge either way (the module docstring says why batched).
         bases: Unsteered passes already made, by texts and judged positions (alpha 0 steers
             nothing, so one serves every direction, variant and layer): the search takes
             its texts' pass from there, or makes it and adds it. None: made for this search.
@@ -166,8 +169,6 @@ def search_alpha(
         measured.update(zip(alphas, zip(kl.tolist(), ppl.tolist(), strict=True), strict=True))
         return [over_budget(*measured[alpha]) for alpha in alphas]
 
-    if lazy is None:
-        lazy = next(model.parameters()).device.type == "cpu"
     alpha = find_edge(
         cost,
         {0.0: over_budget(*measured[0.0])},
@@ -194,7 +195,7 @@ def find_edge(
     points: int = 9,
     rounds: int = 2,
     max_doublings: int = 4,
-    lazy: bool = True,
+    lazy: bool = False,
 ) -> float:
     """The bracketing search over a cost (at most 1: within budget), measuring what it needs.
 

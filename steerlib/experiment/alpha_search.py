@@ -168,8 +168,7 @@ def searched_alphas(
     can compare each variant with its control at equal alpha and at the control's own budget
     edge. ``bases``: the unsteered passes of the search texts, shared by every search of the
     step (:func:`search_edge`). The trace's ``direction`` column says which vector each row
-    searched; its ``search`` rows are the alphas each search measured (a lazy search leaves
-    out the points below each round's best: ``steerlib.evaluate.search.find_edge``).
+    searched; its ``search`` rows are the alphas each search measured, each once.
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
