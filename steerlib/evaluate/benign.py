@@ -7,7 +7,9 @@ those human-written texts. Each pass takes one :class:`~steerlib.steer.steering.
 (:func:`steered_log_probs`), bound from the variant at each layer. Steering is applied at every
 position here, except for a variant that steers generated positions only: given each text's
 prompt part (``prefixes``), it is judged teacher-forced, the continuation steered and the prompt
-not (:func:`continuation_starts`).
+not (:func:`continuation_starts`). The batches, the unsteered pass and the judging are
+:mod:`steerlib.evaluate.benign_pass`'s (one unsteered pass per batch of texts, whatever the
+settings; alpha 0 needs no steered pass).
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.errors import ConfigError
+from steerlib.evaluate.benign_pass import (
+    TextBatch,
+    base_log_probs,
+    continuation_starts,
+    judge,
+    steered_log_probs,
+    text_batches,
+    unsteered_nll,
+)
 from steerlib.evaluate.metrics import run_bootstrap
-from steerlib.generate.tokens import left_pad, pad_token_id
 from steerlib.models.layers import num_layers
 from steerlib.steer.hooks import Units
 from steerlib.steer.steering import Steering
@@ -35,7 +45,13 @@ if TYPE_CHECKING:
     from steerlib.steer.probe import ToxicityProbe
     from steerlib.steer.variants import Variant
 
-__all__ = ["KL_COLUMNS", "benign_kl", "continuation_starts", "steered_log_probs"]
+__all__ = [
+    "KL_COLUMNS",
+    "benign_kl",
+    "bind_steering",
+    "continuation_starts",
+    "steered_log_probs",
+]
 
 KL_COLUMNS = [
     "direction",
@@ -46,6 +62,9 @@ KL_COLUMNS = [
     "n_tokens",
     "n_texts",
 ]
+
+_Job = tuple[str, int, Steering]
+"""``(direction, layer, steering)``: one steered setting of a :func:`benign_kl` call."""
 
 
 @torch.inference_mode()
@@ -67,6 +86,8 @@ def benign_kl(
     halves: Sequence[str] | None = None,
     n_resamples: int = 0,
     seed: int = 0,
+    extra: Sequence[tuple[int, float]] = (),
+    on_pass: Callable[[int], Any] | None = None,
 ) -> pd.DataFrame:
     """Mean per-token KL(unsteered || steered) and the steered perplexity on benign text.
 
@@ -74,7 +95,10 @@ def benign_kl(
     human-written benign texts for every setting (the fluency cost judged on text the model
     did not write, as AurA reports it on Wikipedia): ``exp`` of the mean negative
     log-likelihood of each next token. At alpha 0 it is the unsteered model's perplexity.
-    All alphas of one (direction, layer) run in one batch per group of texts (per-row alphas).
+    All nonzero alphas of one (direction, layer) run in one batch per group of texts (per-row
+    alphas); alpha 0 needs no steered pass (KL 0, the unsteered perplexity: it steers nothing,
+    :mod:`steerlib.evaluate.benign_pass`). One unsteered pass per group of texts serves every
+    setting, ``extra`` ones included.
 
     Args:
         model: The model.
@@ -110,9 +134,16 @@ def benign_kl(
             statistic being the pooled per-token value (``exp`` of the pooled NLL for the
             perplexity).
         seed: Seed of the bootstrap.
+        extra: ``(layer, alpha)`` settings judged besides ``layers`` x ``alphas`` (each layer's
+            searched alpha, say), for every direction of ``vectors``, each in a steered pass of
+            its own. Their rows follow the grid's, one block per setting in the order given:
+            the table separate calls (one per setting) would give, with one unsteered pass.
+        on_pass: Called with 1 after each forward pass (unsteered, or one steered setting of
+            a batch of texts): ``ceil(len(texts) / batch_size) * (1 + settings)`` calls in all.
 
     Raises:
-        ConfigError: ``prefixes`` or ``halves`` of another length than ``texts``.
+        ConfigError: ``prefixes`` or ``halves`` of another length than ``texts``; ``extra``
+            with a bound Steering.
 
     Returns:
         One row per (direction, layer, alpha) with :data:`KL_COLUMNS`; with ``halves``, one per
@@ -124,33 +155,42 @@ def benign_kl(
         raise ConfigError(f"halves has {len(halves)} names for {len(texts)} texts; give one each.")
     if not texts:
         return pd.DataFrame(columns=KL_COLUMNS)
-    device = next(model.parameters()).device
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    pad_id = pad_token_id(tokenizer)
-    jobs = (
-        [(vectors.direction, vectors.centre, vectors)]
-        if isinstance(vectors, Steering)
-        else _kl_jobs(model, vectors, layers, units, variant, probe)
+    if isinstance(vectors, Steering):
+        if extra:
+            raise ConfigError("benign_kl takes extra settings with a mapping of vectors only.")
+        parts = [([(vectors.direction, vectors.centre, vectors)], list(alphas))]
+    else:
+        parts = [(_kl_jobs(model, vectors, layers, units, variant, probe), list(alphas))] + [
+            (_kl_jobs(model, vectors, [layer], units, variant, probe), [alpha])
+            for layer, alpha in extra
+        ]
+    teacher_forced = any(b.positions == "generated" for jobs, _ in parts for _, _, b in jobs)
+    batches = text_batches(
+        tokenizer,
+        texts,
+        device=next(model.parameters()).device,
+        prefixes=prefixes,
+        teacher_forced=teacher_forced,
+        batch_size=batch_size,
+        max_length=max_length,
     )
-    teacher_forced = any(bound.positions == "generated" for _, _, bound in jobs)
-    first = (
-        continuation_starts(tokenizer, encoded, prefixes, max_length) if teacher_forced else None
-    )
-    sums = _KLSums.empty(len(encoded), [(d, layer, a) for d, layer, _ in jobs for a in alphas])
-    starts = list(range(0, len(encoded), batch_size))
-    bar = tqdm(total=len(starts) * (len(jobs) + 1), desc="benign KL", disable=not progress)
-    for start in starts:
-        ids, mask = left_pad(encoded[start : start + batch_size], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        # Left padding shifts each row's continuation by its padding.
-        row_first = (
-            None
-            if first is None
-            else torch.tensor(first[start : start + batch_size]) + (mask == 0).sum(-1).cpu()
-        )
-        _kl_batch(model, ids, mask, row_first, jobs, alphas, sums, start, bar.update)
+    sums = [
+        _KLSums.empty(len(texts), [(d, layer, a) for d, layer, _ in jobs for a in part_alphas])
+        for jobs, part_alphas in parts
+    ]
+    steered = sum(len(jobs) for jobs, _ in parts)
+    bar = tqdm(total=len(batches) * (steered + 1), desc="benign KL", disable=not progress)
+
+    def tick(n: int = 1) -> None:
+        bar.update(n)
+        if on_pass is not None:
+            on_pass(n)
+
+    for batch in batches:
+        _kl_batch(model, batch, parts, sums, tick)
     bar.close()
-    return _kl_table(sums, halves, n_resamples=n_resamples, seed=seed)
+    tables = [_kl_table(s, halves, n_resamples=n_resamples, seed=seed) for s in sums]
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
 def _kl_jobs(
@@ -160,20 +200,27 @@ def _kl_jobs(
     units: Units,
     variant: Variant | None,
     probe: ToxicityProbe | None,
-) -> list[tuple[str, int, Steering]]:
+) -> list[_Job]:
     """``(direction, layer, steering)`` of every pass: the variant bound at each layer."""
-    jobs = []
-    for direction, vector in vectors.items():
-        for layer in layers:
-            bound = (
-                Steering.plain(vector, layer, units=units)
-                if variant is None
-                else variant.bind(
-                    vector, layer, num_layers=num_layers(model), units=units, probe=probe
-                )
-            )
-            jobs.append((direction, layer, bound))
-    return jobs
+    return [
+        (direction, layer, bind_steering(model, vector, layer, units, variant, probe))
+        for direction, vector in vectors.items()
+        for layer in layers
+    ]
+
+
+def bind_steering(
+    model: PreTrainedModel,
+    vector: SteeringVector,
+    layer: int,
+    units: Units = "raw",
+    variant: Variant | None = None,
+    probe: ToxicityProbe | None = None,
+) -> Steering:
+    """``vector`` at ``layer`` under ``variant`` (plain CAA when None), as benign_kl binds it."""
+    if variant is None:
+        return Steering.plain(vector, layer, units=units)
+    return variant.bind(vector, layer, num_layers=num_layers(model), units=units, probe=probe)
 
 
 @dataclass
@@ -203,64 +250,26 @@ class _KLSums:
         )
 
 
-def steered_log_probs(
-    model: PreTrainedModel,
-    steering: Steering,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    alphas: Sequence[float],
-    first: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``(alpha, batch, seq, vocab)`` next-token log-probabilities of a batch under ``steering``.
-
-    Every alpha is one copy of the batch in one forward pass (per-row alphas). Every position
-    is steered, or, with ``first`` (teacher forcing), each row's positions from ``first[row]``
-    on (the prompt part before it left as it is).
-    """
-    n_alpha = len(alphas)
-    rep_ids, rep_mask = ids.repeat(n_alpha, 1), mask.repeat(n_alpha, 1)
-    row_alphas = torch.tensor(alphas, dtype=torch.float32).repeat_interleave(ids.shape[0])
-    with steering.with_(positions="all").hooks(model, row_alphas) as handle:
-        handle.set_steer_from(first)
-        logits = model(input_ids=rep_ids, attention_mask=rep_mask).logits.float()
-    return torch.log_softmax(logits, -1).view(n_alpha, *ids.shape, -1)
-
-
 def _kl_batch(
     model: PreTrainedModel,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    row_first: torch.Tensor | None,
-    jobs: list[tuple[str, int, Steering]],
-    alphas: Sequence[float],
-    sums: _KLSums,
-    start: int,
-    tick: Callable[[], Any],
+    batch: TextBatch,
+    parts: list[tuple[list[_Job], list[float]]],
+    sums: list[_KLSums],
+    tick: Any,
 ) -> None:
-    """Add one batch of texts (rows ``start`` on) to ``sums``, for every job and alpha."""
-    base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    """Add one batch of texts to ``sums`` (one per part), for every job and alpha of each part."""
+    base = base_log_probs(model, batch)
     tick()
-    real = mask.bool()
-    if row_first is not None:  # judged where it steers: the continuation's positions
-        positions = torch.arange(ids.shape[1])[None, :]
-        real &= (positions >= row_first[:, None]).to(real.device)
-    here = slice(start, start + ids.shape[0])
-    sums.tokens[here] = real.sum(-1).cpu().numpy()
-    # Position t predicts token t + 1; both must be real tokens (and t a steered one).
-    scored = real[:, :-1] & mask.bool()[:, 1:]
-    sums.predicted[here] = scored.sum(-1).cpu().numpy()
-    targets = ids[:, 1:].unsqueeze(-1)
-    n_alpha = len(alphas)
-    for direction, layer, bound in jobs:
-        steered = steered_log_probs(model, bound, ids, mask, alphas, row_first)
-        kl = (base.exp() * (base - steered)).sum(-1)  # (alpha, batch, seq)
-        token_logp = steered[:, :, :-1].gather(-1, targets.expand(n_alpha, -1, -1, -1))
-        per_kl = (kl * real).sum(-1).cpu().numpy()  # (alpha, batch)
-        per_nll = -(token_logp.squeeze(-1) * scored).sum(-1).cpu().numpy()
-        for k, alpha in enumerate(alphas):
-            sums.kl[(direction, layer, alpha)][here] = per_kl[k]
-            sums.nll[(direction, layer, alpha)][here] = per_nll[k]
-        tick()
+    base_nll = unsteered_nll(batch, base)
+    for part_sums, (jobs, alphas) in zip(sums, parts, strict=True):
+        part_sums.tokens[batch.rows] = batch.real.sum(-1).cpu().numpy()
+        part_sums.predicted[batch.rows] = batch.scored.sum(-1).cpu().numpy()
+        for direction, layer, bound in jobs:
+            kl, nll = judge(model, batch, base, bound, alphas, base_nll)
+            for k, alpha in enumerate(alphas):
+                part_sums.kl[(direction, layer, alpha)][batch.rows] = kl[k]
+                part_sums.nll[(direction, layer, alpha)][batch.rows] = nll[k]
+            tick()
 
 
 def _kl_table(
@@ -326,44 +335,3 @@ def _pooled(
             low, high = run_bootstrap((values, counts), statistic, vectorized=True, **options)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     return out
-
-
-def continuation_starts(
-    tokenizer: PreTrainedTokenizerBase,
-    encoded: Sequence[Sequence[int]],
-    prefixes: Sequence[str | None] | None,
-    max_length: int = 256,
-) -> list[int]:
-    """Index of each encoded text's first continuation token (after its prompt part).
-
-    The prompt part is the longest run of leading tokens the text shares with its prefix
-    encoded alone (a token merged across the seam counts as continuation). A text with no
-    token after its prefix, or with no prefix given (``None``), is split at half its tokens,
-    so every text has a steered part to judge. The index is at least 1: the first token (BOS or the
-    attention sink) is never the continuation.
-
-    Args:
-        tokenizer: The tokenizer that encoded the texts.
-        encoded: Token ids of each text (as the texts were encoded, special tokens included).
-        prefixes: The prompt part of each text, or ``None``.
-        max_length: The texts' truncation length.
-
-    Raises:
-        ConfigError: ``prefixes`` of another length than ``encoded``.
-    """
-    if prefixes is not None and len(prefixes) != len(encoded):
-        raise ConfigError(
-            f"got {len(prefixes)} prefixes for {len(encoded)} texts: give each held-out text's "
-            "prompt part, in the texts' order (or None to split each text at half its tokens)."
-        )
-    starts = []
-    for row, ids in enumerate(encoded):
-        shared = 0
-        if prefixes is not None and prefixes[row]:
-            head = tokenizer(prefixes[row], truncation=True, max_length=max_length)["input_ids"]
-            while shared < min(len(head), len(ids)) and head[shared] == ids[shared]:
-                shared += 1
-        if not 1 <= shared < len(ids):
-            shared = len(ids) // 2
-        starts.append(max(1, shared))
-    return starts

@@ -72,6 +72,7 @@ def search_edge(
     sweep: VariantSweep,
     layer: int,
     direction: str = "caa",
+    bases: dict[Any, Any] | None = None,
 ) -> Any:
     """The budget edge of ``layer`` for ``sweep``'s variant (the run's rule, on ``direction``).
 
@@ -79,7 +80,8 @@ def search_edge(
     ``[0, 1]``, ``caa_generated`` teacher-forced (:func:`held_out_prefixes`). The random
     direction (``direction="random"``, :func:`searched_directions`) is searched exactly as
     the CAA vector: same hook (gated probe, its own clamp level, multilayer span), budget
-    (KL included), texts and cap.
+    (KL included), texts and cap. ``bases`` holds the unsteered passes of the texts, shared
+    by every search of the step (the baseline of each; see ``search_alpha``).
     """
     from steerlib.evaluate.search import search_alpha
 
@@ -95,6 +97,7 @@ def search_edge(
         units=p.units,
         prefixes=held_out_prefixes(run, kl_texts, sweep),
         max_kl=kl_budget(p.max_perplexity_increase, p.max_kl_benign),
+        bases=bases,
         **sweep.steer,
     )
 
@@ -138,6 +141,7 @@ def searched_alphas(
     edges: Mapping[tuple[Any, ...], Any],
     baseline: pd.DataFrame | None = None,
     grid: Callable[[str, int, float], pd.DataFrame | None] | None = None,
+    bases: dict[Any, Any] | None = None,
 ) -> pd.DataFrame:
     """Search each layer's budget edge for ``sweep``'s variant, then generate it at that alpha.
 
@@ -162,7 +166,9 @@ def searched_alphas(
     variant's random direction is searched the same way (same hook, budget, texts, cap and
     step back, judged on its own rows) and generated alone at its own edge, so the analysis
     can compare each variant with its control at equal alpha and at the control's own budget
-    edge. The trace's ``direction`` column says which vector each row searched.
+    edge. ``bases``: the unsteered passes of the search texts, shared by every search of the
+    step (:func:`search_edge`). The trace's ``direction`` column says which vector each row
+    searched; its ``search`` rows are the alphas each search measured, each once.
 
     Returns:
         The scored rows at the searched alphas (none for a layer whose edge is alpha 0 or
@@ -210,7 +216,9 @@ def searched_alphas(
             found = edges.get(edge_key(sweep.name, layer, direction))
             if found is None:
                 with phase("search passes", detail=f"layer {layer}, {direction}"):
-                    found = search_edge(run, model, tokenizer, kl_texts, sweep, layer, direction)
+                    found = search_edge(
+                        run, model, tokenizer, kl_texts, sweep, layer, direction, bases
+                    )
             rows = generate_at(layer, found.alpha)
             chosen, steps = found.alpha, []
             if check is not None and rows is not None:

@@ -44,7 +44,7 @@ from steerlib.experiment.families import (
     sweep_inputs,
     variant_sweeps,
 )
-from steerlib.experiment.kl_pass import KL_RESAMPLES, kl_table
+from steerlib.experiment.kl_pass import KL_RESAMPLES, kl_passes, kl_table
 from steerlib.experiment.plan import SweepPlan, sweep_plan, variant_prefix, with_variant
 from steerlib.experiment.run import Run
 from steerlib.experiment.steps import EVAL_SUBSETS
@@ -157,6 +157,7 @@ def sweep_step(
                 )
         held_out = held_out_halves(prompts[prompts["role"] == "kl_benign"], p.seed)
         searches = len(plan.layers) * sum(len(searched_directions(run, s)) for s in sweeps)
+        bases: dict[Any, Any] = {}  # the search texts' unsteered passes, for every search
         with phase("alpha search", total=searches if p.alpha_search else None):
             searched = (
                 pd.concat(
@@ -173,6 +174,7 @@ def sweep_step(
                             edges or {},
                             baseline=baseline,
                             grid=grid_rows(saved),
+                            bases=bases,
                         )
                         for sweep in sweeps
                     ],
@@ -181,10 +183,12 @@ def sweep_step(
                 if p.alpha_search
                 else pd.DataFrame()
             )
+        bases.clear()
         with phase("assembly"):
             table = _sweep_table(saved, searched, baseline, plan, p.alphas)
             atomic_write_parquet(paths.sweep, table)
-        with phase("KL pass", total=len(sweeps)):
+        passes = sum(kl_passes(held_out, plan, searched, sweep) for sweep in sweeps)
+        with phase("KL pass", total=passes):
             kl = pd.concat(
                 [kl_table(run, held_out, plan, searched, sweep) for sweep in sweeps],
                 ignore_index=True,
