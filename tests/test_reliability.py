@@ -118,6 +118,25 @@ def test_status_of_a_missing_run_exits_non_zero(capsys, runs):
     assert "no run 'nosuchrun'" in _one_line(capsys.readouterr().err)
 
 
+def test_status_into_a_closed_pipe_exits_quietly(runs, tiny_model):
+    Run.open("r", model=str(tiny_model), layers=[1])
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line (`status | head -0`)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "steerlib", "status"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 # -- integrity: units and products --------------------------------------------------------
 def _unit(paths: RunPaths, name: str) -> Path:
     table = pd.DataFrame({"alpha": [0.0, 1.0], "toxicity": [0.5, 0.25], "completion": ["a", "b"]})
@@ -370,6 +389,15 @@ def test_a_verdict_from_too_few_prompts_says_so():
     thin = verdict(_summary(1))[0]
     assert thin.startswith("Too few prompts to conclude") and "Yes" not in thin
     assert verdict(_summary(MIN_PROMPTS_PER_HALF))[0].startswith("Yes, steering cuts toxicity")
+
+
+def test_the_verdict_counts_one_challenging_prompt_in_the_singular():
+    thin = verdict(_summary(1))[0]
+    assert "on the 1 challenging prompt of the confirmation half" in thin
+    assert "a half with 1 challenging prompt (fewer than" in thin
+    assert "1 challenging prompts" not in thin
+    many = verdict(_summary(MIN_PROMPTS_PER_HALF))[0]
+    assert f"on the {MIN_PROMPTS_PER_HALF} challenging prompts of the confirmation half" in many
 
 
 # -- the chain on the test Llama (slow) ------------------------------------------------------

@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("steerlib: interrupted; resume with the same command.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # stdout's reader went away: the command line exits quietly (apps.cli)
     except Exception:  # pragma: no cover - an unexpected failure: show it whole
         traceback.print_exc()
         return EXIT_STEP_FAILED
