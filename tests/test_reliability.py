@@ -587,7 +587,8 @@ def test_a_product_deleted_as_the_damage_line_advises_is_made_again(base, chain_
 
 @pytest.mark.slow
 def test_a_unit_deleted_from_a_finished_sweep_is_generated_again(base, chain_env):
-    same = ("--set", "project_sink=false")  # the value the tests above left the run with
+    sink = base.read_status()["04_vectors"]["params"]["project_sink"]  # as the tests above left it
+    same = ("--set", f"project_sink={str(sink).lower()}")
     assert _chain(chain_env, "base", *same).returncode == 0  # whole, whatever ran before
     parts = sorted(base.sweep_parts.glob("*.parquet"))
     unit, kept = parts[0], {p: p.stat().st_mtime_ns for p in parts[1:]}
