@@ -34,7 +34,7 @@ from steerlib.experiment.preflight import check_run_files
 from steerlib.experiment.report import MIN_PROMPTS_PER_HALF, verdict
 from steerlib.experiment.run import Run, check_changes
 from steerlib.experiment.runs import RunPaths
-from steerlib.experiment.sweep import read_unit
+from steerlib.experiment.sweep import read_unit, starts_afresh
 from steerlib.models.layers import get_decoder_layers
 from steerlib.steer.hooks import steering
 from steerlib.steer.vectors import SteeringVector, model_provenance
@@ -118,6 +118,25 @@ def test_status_of_a_missing_run_exits_non_zero(capsys, runs):
     assert "no run 'nosuchrun'" in _one_line(capsys.readouterr().err)
 
 
+def test_status_into_a_closed_pipe_exits_quietly(runs, tiny_model):
+    Run.open("r", model=str(tiny_model), layers=[1])
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line (`status | head -0`)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "steerlib", "status"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 # -- integrity: units and products --------------------------------------------------------
 def _unit(paths: RunPaths, name: str) -> Path:
     table = pd.DataFrame({"alpha": [0.0, 1.0], "toxicity": [0.5, 0.25], "completion": ["a", "b"]})
@@ -188,6 +207,51 @@ def test_a_product_deleted_as_advised_reruns_its_step(capsys, runs, tiny_model):
     assert status.main(["r"]) == EXIT_DAMAGED_RUN  # status still says it is gone
     message = _one_line(capsys.readouterr().err)
     assert "summary.json is missing; run the same command again" in message
+
+
+def _finished_sweep(tiny_model: Path) -> tuple[RunPaths, list[Path]]:
+    """A run whose step 05 is recorded whole by the runner, with a grid and a search unit."""
+    run = Run.open("r", model=str(tiny_model), layers=[1])
+    paths = run.paths
+    with run.step("05_sweep"):
+        units = [_unit(paths, "caa-L1-b0.parquet"), _unit(paths, "search/caa-s-L1-b0.parquet")]
+        atomic_write_parquet(paths.sweep, pd.DataFrame({"layer": [1]}))
+        atomic_write_parquet(paths.kl, pd.DataFrame({"layer": [1]}))
+    paths.record_complete("05_sweep")
+    with run.step("06_analysis"):
+        atomic_write_json(paths.summary, {"recommended": {}})
+        atomic_write_parquet(paths.summary_table, pd.DataFrame({"layer": [1]}))
+    paths.record_complete("06_analysis")
+    return paths, units
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["grid", "search"])
+def test_a_unit_deleted_as_advised_resumes_the_sweep(capsys, runs, tiny_model, which):
+    paths, units = _finished_sweep(tiny_model)
+    assert paths.read_status()["05_sweep"]["units"] == [
+        "caa-L1-b0.parquet",
+        "search/caa-s-L1-b0.parquet",
+    ]
+    check_run_files(paths)
+    units[which].write_bytes(units[which].read_bytes()[:40])
+    with pytest.raises(DamagedRunError, match="only that unit is generated again"):
+        check_run_files(paths)
+    units[which].unlink()  # what the line says
+    assert status.main(["r"]) == EXIT_DAMAGED_RUN  # status names the missing unit
+    message = _one_line(capsys.readouterr().err)
+    assert f"{units[which].name} is missing; run the same command again" in message
+    assert "05_sweep generates it again" in message
+    check_run_files(paths, rerun_missing=True)  # the runner: not refused
+    identity = paths.read_status()["05_sweep"]["params"]
+    params = RunParams.validate_mapping({"run_name": "r", "model": str(tiny_model), "layers": [1]})
+    assert run_chain(params, runs_dir=str(runs), notebooks=(), progress=False) == 0
+    assert "the sweep (05) resumes and generates only those" in capsys.readouterr().out
+    record = paths.read_status()["05_sweep"]
+    assert record["state"] == "stale" and record["resume"] is True  # resumed, not afresh
+    assert record["params"] == identity and units[which].name in record["reason"]
+    assert not starts_afresh(Run.open("r"))  # the other unit is kept
+    assert not paths.is_complete("05_sweep") and not paths.is_complete("06_analysis")
+    assert units[1 - which].is_file()
 
 
 def test_status_shows_a_step_killed_inside_its_notebook_as_unfinished(capsys, runs, tiny_model):
@@ -372,6 +436,15 @@ def test_a_verdict_from_too_few_prompts_says_so():
     assert verdict(_summary(MIN_PROMPTS_PER_HALF))[0].startswith("Yes, steering cuts toxicity")
 
 
+def test_the_verdict_counts_one_challenging_prompt_in_the_singular():
+    thin = verdict(_summary(1))[0]
+    assert "on the 1 challenging prompt of the confirmation half" in thin
+    assert "a half with 1 challenging prompt (fewer than" in thin
+    assert "1 challenging prompts" not in thin
+    many = verdict(_summary(MIN_PROMPTS_PER_HALF))[0]
+    assert f"on the {MIN_PROMPTS_PER_HALF} challenging prompts of the confirmation half" in many
+
+
 # -- the chain on the test Llama (slow) ------------------------------------------------------
 TINY = [
     "n_prompts=3",
@@ -510,3 +583,28 @@ def test_a_product_deleted_as_the_damage_line_advises_is_made_again(base, chain_
     assert "04_vectors: done earlier, skipped" in result.stdout
     assert "05_sweep: running" in result.stdout and "06_analysis: running" in result.stdout
     assert base.is_complete("05_sweep") and not base.product_problems()
+
+
+@pytest.mark.slow
+def test_a_unit_deleted_from_a_finished_sweep_is_generated_again(base, chain_env):
+    sink = base.read_status()["04_vectors"]["params"]["project_sink"]  # as the tests above left it
+    same = ("--set", f"project_sink={str(sink).lower()}")
+    assert _chain(chain_env, "base", *same).returncode == 0  # whole, whatever ran before
+    parts = sorted(base.sweep_parts.glob("*.parquet"))
+    unit, kept = parts[0], {p: p.stat().st_mtime_ns for p in parts[1:]}
+    before = read_unit(unit)
+    unit.unlink()  # as the damage line of a unit advises
+    result = _chain(chain_env, "base", *same)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "04_vectors: done earlier, skipped" in result.stdout
+    assert "05_sweep: running" in result.stdout and "06_analysis: running" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the other units are kept
+    again = read_unit(unit)
+    columns = ["prompt_id", "sample", "alpha", "completion"]
+    pd.testing.assert_frame_equal(again[columns], before[columns])  # seeds from the unit key
+    assert base.is_complete("05_sweep") and base.is_complete("06_analysis")
+    assert not base.product_problems() and not base.missing_units()
+    lines = status.report("base", chain_env["STEERLIB_RUNS_DIR"]).splitlines()
+    units = next(line for line in lines if "sweep units" in line).split()[2]
+    done, total = units.rstrip(",").split("/")
+    assert done == total

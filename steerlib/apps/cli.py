@@ -8,6 +8,7 @@ Each sub-command forwards its remaining arguments to the ``main(argv)`` of its m
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -66,4 +67,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    try:
+        code = int(module.main(rest) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _reader_gone() -> int:
+    """Exit quietly when the reader of stdout went away (``python -m steerlib status | head -1``).
+
+    As Python's documentation advises (signal module, "Note on SIGPIPE"): the rest of the
+    output goes to ``os.devnull``, so that flushing stdout at exit raises nothing more.
+
+    Returns:
+        1, the exit status the documentation gives.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1

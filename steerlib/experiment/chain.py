@@ -42,6 +42,7 @@ from steerlib.errors import (
     report_error,
 )
 from steerlib.experiment import report
+from steerlib.experiment.changes import invalidate_after
 from steerlib.experiment.config import RunParams
 from steerlib.experiment.config_files import load_params, parse_overrides
 from steerlib.experiment.copy_steps import copy_finished_steps
@@ -54,6 +55,7 @@ from steerlib.experiment.run import (
     ensure_writable,
     step_identity,
 )
+from steerlib.experiment.run_files import SWEEP_STEP
 from steerlib.experiment.runs import (
     PROJECT_ROOT,
     STEP_PRODUCTS,
@@ -132,6 +134,7 @@ def run_chain(
                 f"[steerlib] run {paths.name!r} was made before sweep units carried checksums: "
                 f"{stamped} of its units checked readable and stamped with one"
             )
+        _resume_missing_units(paths)
         # The run is opened once, here, with the whole set: the notebooks read it back.
         Run.begin(params, runs_dir=str(root), force=force)
         paths.notebooks.mkdir(parents=True, exist_ok=True)
@@ -195,6 +198,27 @@ def _forced_from(changes: Changes, *, force: bool) -> str | None:
         return affected[0]
     meaningful = [name for name in changes.changed if name not in RUNTIME]
     return None if meaningful else STEP_NAMES[0]
+
+
+def _resume_missing_units(paths: RunPaths) -> None:
+    """Resume a finished sweep whose units were deleted (as a damage line advises).
+
+    Step 05 is marked stale with ``resume=True`` (its identity kept): it runs again, generates
+    the missing units, keeps the others, and rewrites its products; the analysis (06) follows.
+    """
+    missing = paths.missing_units()
+    if not missing:
+        return
+    names = ", ".join(unit.relative_to(paths.sweep_parts).as_posix() for unit in missing)
+    reason = f"sweep units missing ({names})"
+    record = paths.read_status()[SWEEP_STEP]
+    identity = {"params": record["params"]} if isinstance(record.get("params"), dict) else {}
+    paths.set_status(SWEEP_STEP, "stale", reason=reason, resume=True, **identity)
+    invalidate_after(paths, SWEEP_STEP, reason)
+    print(
+        f"[steerlib] run {paths.name!r}: {reason}; the sweep (05) resumes and generates only "
+        "those, and the analysis (06) runs again."
+    )
 
 
 def _report_is_stale(paths: RunPaths, executed: Path) -> bool:
@@ -416,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("steerlib: interrupted; resume with the same command.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # stdout's reader went away: the command line exits quietly (apps.cli)
     except Exception:  # pragma: no cover - an unexpected failure: show it whole
         traceback.print_exc()
         return EXIT_STEP_FAILED

@@ -56,8 +56,9 @@ def check_run_files(paths: RunPaths, *, force: bool = False, rerun_missing: bool
     of the steps marked done must have readable headers and match the checksums recorded when
     their step was recorded whole, and every saved sweep unit (grid and search) must match the
     checksum written inside it; with ``force`` they are all recomputed, so only the records
-    are checked. With ``rerun_missing`` (the chain runner) a product that is gone is no
-    problem: its step runs again.
+    are checked. With ``rerun_missing`` (the chain runner) a product or a listed sweep unit
+    that is gone is no problem: its step runs again (the sweep resumes, keeping its other
+    units).
 
     Raises:
         DamagedRunError: One line per damaged file, naming it and the way out.

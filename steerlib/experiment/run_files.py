@@ -28,6 +28,7 @@ __all__ = [
     "PROJECT_ROOT",
     "STATUS_FORMAT",
     "STEP_PRODUCTS",
+    "SWEEP_STEP",
     "RunPaths",
     "StepState",
     "absolute",
@@ -41,6 +42,10 @@ PARAMS_FORMAT = 2
 """Version of ``params.json``; files without ``format`` are older and still load."""
 STATUS_FORMAT = 2
 """Version of ``status.json``; files without ``format`` (a bare mapping of steps) still load."""
+
+SWEEP_STEP = "05_sweep"
+"""The step whose units live in ``sweep_parts/`` (listed in its record by
+:meth:`RunPaths.record_complete`)."""
 
 StepState = Literal["running", "done", "failed", "partial", "stale"]
 LIVE_STATES = frozenset({"running", "partial"})
@@ -264,7 +269,31 @@ class RunPaths:
             for product in STEP_PRODUCTS[step](self)
             if product.is_file()
         }
+        if step == SWEEP_STEP:  # its units too, so that a deleted one is generated again
+            record["units"] = self.unit_names()
         self.set_status(step, "done", **{**record, "complete": True, "checksums": checksums})
+
+    def unit_names(self) -> list[str]:
+        """The sweep's saved units (grid and search), as paths under ``sweep_parts/``."""
+        if not self.sweep_parts.is_dir():
+            return []
+        units = self.sweep_parts.rglob("*.parquet")
+        return sorted(p.relative_to(self.sweep_parts).as_posix() for p in units)
+
+    def missing_units(self) -> list[Path]:
+        """The units step 05 was recorded whole with (:meth:`record_complete`) that are gone.
+
+        Deleted as a damage line advises (or by hand): the chain runner resumes step 05, which
+        generates them again and keeps the others. Empty for a run recorded before units were
+        listed.
+        """
+        record = self.read_status().get(SWEEP_STEP, {})
+        names = record.get("units") if record.get("state") == "done" else None
+        if not isinstance(names, list):
+            return []
+        return [
+            self.sweep_parts / name for name in names if not (self.sweep_parts / name).is_file()
+        ]
 
     def is_complete(self, step: str) -> bool:
         """Whether ``step`` is recorded whole (:meth:`record_complete`) and its products exist."""
@@ -333,6 +362,13 @@ class RunPaths:
                     f"run {self.name!r}: {product} {why}; {fix} (step {step} and the ones after "
                     "it run again)"
                 )
+        if missing and (steps is None or SWEEP_STEP in steps):
+            problems += [
+                f"run {self.name!r}: sweep unit {unit} is missing; run the same command again "
+                f"(step {SWEEP_STEP} generates it again, keeping its other units, and the ones "
+                "after it run again)"
+                for unit in self.missing_units()
+            ]
         return problems
 
     def recorded_identity(self) -> dict[str, dict[str, Any]]:

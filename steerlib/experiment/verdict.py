@@ -132,8 +132,8 @@ def _effect_line(point: Mapping[str, Any], *, fewest: int | None = None) -> str:
     numbers += f") {_half(point)}"
     if fewest is not None and fewest < MIN_PROMPTS_PER_HALF:
         return (
-            f"Too few prompts to conclude: at {where}, {numbers}; a half with {fewest} "
-            f"challenging prompts (fewer than {MIN_PROMPTS_PER_HALF}) cannot support a yes or "
+            f"Too few prompts to conclude: at {where}, {numbers}; a half with "
+            f"{_challenging(fewest)} (fewer than {MIN_PROMPTS_PER_HALF}) cannot support a yes or "
             "no: raise n_prompts."
         )
     if float(emt) >= float(base):
@@ -169,12 +169,17 @@ def _scorers_clause(point: Mapping[str, Any], summary: Mapping[str, Any]) -> str
 def _half(point: Mapping[str, Any]) -> str:
     """On which prompts the figures of ``point`` were measured."""
     n = point.get("n_prompts")
-    prompts = f"{n} challenging prompts" if n is not None else "challenging prompts"
+    prompts = _challenging(n) if n is not None else "challenging prompts"
     if point.get("figures_from", "all") == "all":
         return f"on all {prompts} (no held-out half: these figures favour the chosen setting)"
     return (
         f"on the {prompts} of the {point['figures_from']} half, which played no part in choosing it"
     )
+
+
+def _challenging(n: Any) -> str:
+    """``"1 challenging prompt"``, ``"5 challenging prompts"``: the count agrees in number."""
+    return f"{n} challenging prompt{'' if n == 1 else 's'}"
 
 
 def judge_name(params: Mapping[str, Any]) -> str:
