@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from steerlib._io import atomic_write_json
 from steerlib.errors import ConfigError
 from steerlib.experiment import table
 from steerlib.experiment.config import RunParams
@@ -315,16 +316,22 @@ def test_the_fluency_budget_reaches_the_sweep_only_through_its_alpha_search(tmp_
 def test_records_of_older_formats_still_load(tmp_path):
     paths = RunPaths.for_run("old", tmp_path)
     paths.root.mkdir()
+    # The older formats are made from what today's writers write, less what those formats lack,
+    # so their field names cannot drift from the current ones.
+    paths.write_params({"n_prompts": 4}, git_commit="abc")
+    paths.set_status("01_data", "done")
+    params, status = json.loads(paths.params.read_text()), json.loads(paths.status.read_text())
+    assert params.pop("format") == 2 and status.pop("format") == 2
     # Format 1 (nested, no "format") and a bare mapping of steps: what runs before issue 14 hold.
-    paths.params.write_text(json.dumps({"params": {"n_prompts": 4}, "git_commit": "abc"}))
-    paths.status.write_text(json.dumps({"01_data": {"state": "done"}}))
+    atomic_write_json(paths.params, params)
+    atomic_write_json(paths.status, status["steps"])
     assert paths.stored_params() == {"n_prompts": 4}
     assert paths.step_state("01_data") == "done"
     paths.set_status("02_baseline", "done")
     assert json.loads(paths.status.read_text())["format"] == 2
     assert paths.step_state("01_data") == "done"
-    # A flat mapping of parameters (hand-written by older tests and tools).
-    paths.params.write_text(json.dumps({"n_prompts": 3, "created_by": "a tool"}))
+    # A flat mapping of parameters (written by older tests and tools), with a foreign key.
+    atomic_write_json(paths.params, {"n_prompts": 3, "created_by": "a tool"})
     assert paths.stored_params() == {"n_prompts": 3}
     assert Run.open("old", runs_dir=str(tmp_path)).params.n_prompts == 3
 
