@@ -151,6 +151,15 @@ def llama(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="session")
+def texts(llama: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """The tiny Llama's own greedy text: likely under it, so steering raises its perplexity."""
+    batch = tokenizer(["the dog", "we cook", "hello"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = llama.generate(**batch, max_new_tokens=12, do_sample=False)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="session")
 def phi3(tokenizer: PreTrainedTokenizerFast) -> Phi3ForCausalLM:
     return make_phi3(tokenizer)
 

@@ -153,33 +153,11 @@ def test_a_run_made_without_the_control_search_is_extended_by_it(tmp_path, token
 
 def _own_edge_record(tmp_path: Path, random_at_edge: float, chosen: float) -> dict:
     """Step 06 on a synthetic run whose control's own search chose ``chosen`` (layer 3)."""
-    from test_operating_point import fake_run
+    from test_operating_point import own_edge_run
 
     from steerlib import pipeline
-    from steerlib.experiment.sweep import _write_trace
 
-    cells = {
-        ("caa", 0.0): {"tox": 0.6},
-        ("caa", 1.0): {"tox": 0.4, "human": 20.5},
-        ("random", 0.0): {"tox": 0.6},
-        ("random", 1.0): {"tox": 0.58, "human": 20.2},
-        ("random", 2.0): {"tox": random_at_edge, "human": 21.5},
-    }
-    run = fake_run(tmp_path, cells, n_resamples=200, alphas=[0.0, 1.0])
-    trace = pd.DataFrame(
-        {
-            "alpha": [2.0, 2.0],
-            "human_perplexity": [21.5, 21.5],
-            "kl_benign": [0.02, 0.02],
-            "layer": [3, 3],
-            "chosen": [1.0, chosen],
-            "budget": [22.0, 22.0],
-            "variant": ["caa", "caa"],
-            "direction": ["caa", "random"],
-            "stage": ["search", "search"],
-        }
-    )
-    _write_trace(run.paths, "caa", trace)
+    run = own_edge_run(tmp_path, random_at_edge, chosen)
     pipeline.analyze(run, save_figures=False)
     return json.loads(run.paths.summary.read_text())
 

@@ -345,6 +345,39 @@ def fake_run(tmp_path: Any, cells: dict[tuple[str, float], dict[str, Any]], **pa
     return run
 
 
+def own_edge_run(tmp_path: Any, random_at_edge: float = 0.3, chosen: float = 2.0) -> Any:
+    """A synthetic run (layer 3) whose random control's own search chose ``chosen``.
+
+    CAA's point is alpha 1 (perplexity 20.5); the random direction's edge at alpha 2 costs
+    21.5, within the budget 22, with EMT ``random_at_edge`` there. Step 06 not yet run.
+    """
+    from steerlib.experiment.sweep import _write_trace
+
+    cells = {
+        ("caa", 0.0): {"tox": 0.6},
+        ("caa", 1.0): {"tox": 0.4, "human": 20.5},
+        ("random", 0.0): {"tox": 0.6},
+        ("random", 1.0): {"tox": 0.58, "human": 20.2},
+        ("random", 2.0): {"tox": random_at_edge, "human": 21.5},
+    }
+    run = fake_run(tmp_path, cells, n_resamples=200, alphas=[0.0, 1.0])
+    trace = pd.DataFrame(
+        {
+            "alpha": [2.0, 2.0],
+            "human_perplexity": [21.5, 21.5],
+            "kl_benign": [0.02, 0.02],
+            "layer": [3, 3],
+            "chosen": [1.0, chosen],
+            "budget": [22.0, 22.0],
+            "variant": ["caa", "caa"],
+            "direction": ["caa", "random"],
+            "stage": ["search", "search"],
+        }
+    )
+    _write_trace(run.paths, "caa", trace)
+    return run
+
+
 @pytest.mark.parametrize("budget", [0.10, 0.0])
 def test_analyze_writes_the_confirmed_point_and_the_scorer_validity(
     tmp_path: Any, capsys: pytest.CaptureFixture[str], budget: float

@@ -19,15 +19,6 @@ def vector():
     return SteeringVector({1: torch.randn(32, generator=generator) * 3})
 
 
-@pytest.fixture
-def texts(llama, tokenizer):
-    """The tiny model's own greedy text: likely under it, so steering raises its perplexity."""
-    batch = tokenizer(["the dog", "we cook", "hello"], return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = llama.generate(**batch, max_new_tokens=12, do_sample=False)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
 def _perplexity(model, tokenizer, texts, vector, alphas):
     table = benign_kl(model, tokenizer, texts, {"caa": vector}, layers=[1], alphas=list(alphas))
     return table.set_index("alpha")["human_perplexity"]

@@ -205,14 +205,6 @@ def test_every_operator_is_the_identity_at_alpha_0():
         )
 
 
-@pytest.fixture
-def texts(llama, tokenizer):
-    batch = tokenizer(["the dog", "we cook", "hello"], return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = llama.generate(**batch, max_new_tokens=12, do_sample=False)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
 def test_tiny_model_search_measures_fewer_alphas_for_the_same_edge(llama, tokenizer, texts):
     from steerlib.evaluate import benign_pass
 

@@ -544,34 +544,12 @@ def test_each_control_is_also_reported_at_its_own_searched_edge(tmp_path):
     control even where it costs more than the variant's point (it is within the budget)."""
     import json
 
-    import pandas as pd
-    from test_operating_point import fake_run
+    from test_operating_point import own_edge_run
 
     from steerlib import pipeline
-    from steerlib.experiment.sweep import _write_trace, control_edges
+    from steerlib.experiment.sweep import control_edges
 
-    cells = {
-        ("caa", 0.0): {"tox": 0.6},
-        ("caa", 1.0): {"tox": 0.4, "human": 20.5},
-        ("random", 0.0): {"tox": 0.6},
-        ("random", 1.0): {"tox": 0.58, "human": 20.2},
-        ("random", 2.0): {"tox": 0.3, "human": 21.5},  # its own edge: costlier, in budget
-    }
-    run = fake_run(tmp_path, cells, n_resamples=200, alphas=[0.0, 1.0])
-    trace = pd.DataFrame(
-        {
-            "alpha": [2.0, 2.0],
-            "human_perplexity": [21.5, 21.5],
-            "kl_benign": [0.02, 0.02],
-            "layer": [3, 3],
-            "chosen": [1.0, 2.0],
-            "budget": [22.0, 22.0],
-            "variant": ["caa", "caa"],
-            "direction": ["caa", "random"],
-            "stage": ["search", "search"],
-        }
-    )
-    _write_trace(run.paths, "caa", trace)
+    run = own_edge_run(tmp_path)  # the control's own edge: costlier, in budget, EMT 0.3
     assert control_edges(run.paths) == {("caa", 3): 2.0}
     pipeline.analyze(run, save_figures=False)
     record = json.loads(run.paths.summary.read_text())
