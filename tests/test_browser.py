@@ -310,6 +310,13 @@ def test_alpha_slider_changes_the_steered_completion(lab: Lab, tmp_path: Path):
                     "() => document.querySelector('.steerlib-alpha .widget-readout')"
                     ".textContent.trim() === '1.00'"
                 )
+                # The browser sends the slider's last value on its own; the kernel's echo in
+                # the status bar says it arrived (a press before it would steer at 0.90).
+                page.wait_for_function(
+                    "() => document.querySelector('.steerlib-status')"
+                    ".textContent.includes('alpha = 1.00')",
+                    timeout=30_000,
+                )
 
                 generate.first.click()
                 steered_1 = _wait_changed(page, ".steerlib-steered-text", steered_0)

@@ -74,6 +74,8 @@ def test_button_generates_unsteered_and_steered_side_by_side(llama, tokenizer, v
     assert first["steered"].strip()
 
     explorer.slider.value = 3.0
+    # the kernel echoes the values the next press will use
+    assert explorer.status.value == f"Set: caa, alpha = 3.00, layer {LAYER}. Press Generate."
     explorer.button.click()
     steered = dict(explorer.last)
     assert steered["alpha"] == 3.0

@@ -251,6 +251,8 @@ class AlphaExplorer(ExplorerSession):
         self.recommended_button.on_click(lambda _button: self.go_to_recommended())
         self.status = controls.status_bar(self.hint)
         self.output = controls.output(placeholder())
+        for control in (self.slider, self.layer_menu, self.variant_menu):
+            control.observe(self._on_setting, names="value")
         self._box = controls.layout(
             [self.prompt_box, self.slider, self.layer_menu, self.variant_menu],
             [self.button, self.recommended_button, self.status],
@@ -383,6 +385,19 @@ class AlphaExplorer(ExplorerSession):
             f"At the run's recommended point: layer {self.recommended_layer}, alpha "
             f"{self.recommended_alpha:.2f} ({self.recommended_variant}). Press Generate."
         )
+
+    def _on_setting(self, _change: dict[str, Any] | None = None) -> None:
+        """Echo the kernel's alpha, layer and variant in the status bar after a change.
+
+        The browser sends the slider's last value in its own message, which can reach the
+        kernel after a quick press of Generate; the echo shows which values the next press
+        will use. A press in progress keeps its own status line.
+        """
+        if not self._busy:
+            self.status.value = (
+                f"Set: {self.variant}, alpha = {self.alpha:.2f}, layer {self.layer}. "
+                "Press Generate."
+            )
 
     def _start_warm_up(self) -> None:
         """Disable Generate, say "Warming up…", and warm the model up in a daemon thread."""
