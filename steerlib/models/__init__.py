@@ -4,7 +4,8 @@
 * :mod:`~steerlib.models.embedded` — the embedded GGUF models and their safetensors cache;
 * :mod:`~steerlib.models.shape` — a model's shape from its config alone;
 * :mod:`~steerlib.models.random_init` — ``random:`` models (seeded weights, real configs);
-* :mod:`~steerlib.models.layers` — decoder layers, their count and layer specs (depth fractions).
+* :mod:`~steerlib.models.layers` — decoder layers, their count and layer specs (depth fractions);
+* :mod:`~steerlib.models.partial` — a forward pass from one layer on, the layers below replayed.
 
 Until the layered layout ``steerlib.models`` was one module; its names still resolve here for
 one release, with a deprecation warning (they live in :mod:`steerlib.models.loading`).

@@ -1,0 +1,144 @@
+"""A forward pass from one decoder layer on, the layers below it replayed from a kept residual.
+
+Steering at layer ``k`` changes nothing below it: in a teacher-forced pass the residual stream
+entering layer ``k`` is the unsteered one, for every alpha. :func:`layer_output` keeps that
+residual (one pass through layers ``0 .. k-1`` only, no vocabulary projection), and
+:func:`replayed_below` runs the model with those layers replaced by stand-ins, the last of which
+returns the kept residual: the model's own code still embeds the tokens, builds the masks and
+the rotary tables, then computes only layers ``k ..`` and the head. Layers keep their places in
+the list, so per-layer settings (Gemma 3's sliding and global layers) stay attached to the right
+ones; the stand-ins are put back in a ``finally``.
+
+The stand-ins skip work; they change no number a layer ``>= k`` sees, except through the batch
+shape: layers below ``k`` ran on the unrepeated batch (once per text), not on one copy per
+alpha. ``tests/test_partial.py`` checks the logits against the full pass on tiny Llama, Phi-3
+and Gemma 3 models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlib.errors import ConfigError
+from steerlib.models.layers import get_decoder_layers
+
+__all__ = ["KeptResidual", "layer_output", "replayed_below"]
+
+
+class KeptResidual:
+    """The residual stream leaving decoder layer ``layer - 1``: what layer ``layer`` receives.
+
+    Attributes:
+        layer: The first layer run from it.
+        hidden: ``(batch, seq, hidden)`` residual, in the model's dtype and on its device.
+        as_tuple: The model's layers return a tuple (older ``transformers``), not a tensor.
+    """
+
+    def __init__(self, layer: int, hidden: torch.Tensor, as_tuple: bool) -> None:
+        self.layer = layer
+        self.hidden = hidden
+        self.as_tuple = as_tuple
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kept tensor takes."""
+        return self.hidden.numel() * self.hidden.element_size()
+
+
+class _StandIn(nn.Module):
+    """Takes a decoder layer's place: passes its input on, or returns the kept residual."""
+
+    def __init__(self, output: torch.Tensor | None, as_tuple: bool) -> None:
+        super().__init__()
+        self.output = output
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("hidden_states") if hidden_states is None else hidden_states
+        if self.output is not None:
+            out = self.output
+        return (out,) if self.as_tuple else out
+
+
+@contextmanager
+def _replaced(layers: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Iterator[None]:
+    """Put ``stand_ins`` in ``layers`` at their indices; the real layers back in ``finally``."""
+    originals = {index: layers[index] for index in stand_ins}
+    try:
+        for index, module in stand_ins.items():
+            layers[index] = module
+        yield
+    finally:
+        for index, module in originals.items():
+            layers[index] = module
+
+
+@torch.inference_mode()
+def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
+    """The residual entering decoder layer ``layer`` (``>= 1``) for ``inputs``, unsteered.
+
+    Only layers ``0 .. layer-1`` run: the ones above pass their input on, and the head is asked
+    for the last position only.
+
+    Args:
+        model: A causal LM (its decoder layers as :func:`get_decoder_layers` finds them).
+        layer: The first layer the residual feeds.
+        **inputs: The forward pass's inputs (``input_ids``, ``attention_mask``...).
+
+    Raises:
+        ConfigError: ``layer`` is not in ``1 .. n_layers - 1``.
+    """
+    layers = get_decoder_layers(model)
+    if not 1 <= layer < len(layers):
+        raise ConfigError(
+            f"a kept residual feeds layers 1..{len(layers) - 1}, not {layer}: layer 0 takes the "
+            "embeddings (run the whole pass instead)."
+        )
+    kept: list[Any] = []
+
+    def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+        kept.append(output)
+
+    handle = layers[layer - 1].register_forward_hook(keep)
+    above = {index: _StandIn(None, False) for index in range(layer, len(layers))}
+    try:
+        with _replaced(layers, above):
+            # Without the head's full projection where the model allows it.
+            try:
+                model(**inputs, logits_to_keep=1)
+            except TypeError:
+                model(**inputs)
+    finally:
+        handle.remove()
+    output = kept[-1]
+    as_tuple = isinstance(output, tuple)
+    hidden = output[0] if as_tuple else output
+    return KeptResidual(layer, hidden.detach(), as_tuple)
+
+
+@contextmanager
+def replayed_below(model: nn.Module, kept: KeptResidual, copies: int = 1) -> Iterator[None]:
+    """Inside the block, a forward pass computes layers ``kept.layer ..`` only.
+
+    Layers below are stand-ins; the last returns ``kept.hidden`` repeated ``copies`` times along
+    the batch (``hidden.repeat(copies, 1, 1)``, the layout of ``input_ids.repeat(copies, 1)``),
+    so the pass's inputs must be that many copies of the batch ``kept`` was made from.
+
+    Args:
+        model: The model ``kept`` came from.
+        kept: The residual (:func:`layer_output`).
+        copies: Copies of the batch in the pass.
+    """
+    layers = get_decoder_layers(model)
+    hidden = kept.hidden if copies == 1 else kept.hidden.repeat(copies, 1, 1)
+    below: dict[int, nn.Module] = {
+        index: _StandIn(None, kept.as_tuple) for index in range(kept.layer - 1)
+    }
+    below[kept.layer - 1] = _StandIn(hidden, kept.as_tuple)
+    with _replaced(layers, below):
+        yield
