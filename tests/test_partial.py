@@ -123,3 +123,17 @@ def test_judge_keeps_one_residual_and_matches_the_whole_pass(operator, llama, to
     assert abs(kl[1:] - expected).max() < 1e-4
     assert (kl[1:] > 0).all()
     assert nll.shape == (len(alphas), len(TEXTS))
+
+
+def test_a_residual_over_the_cap_is_used_but_not_kept(llama, tokenizer, monkeypatch):
+    from steerlib.evaluate import benign_pass
+
+    batch = _batch(llama, tokenizer)
+    steering = Steering.plain(_vector(llama), 2)
+    monkeypatch.setattr(benign_pass, "RESIDUAL_KEEP_BYTES", 0)
+    kept = kept_residual(llama, batch, steering)
+    assert kept is not None and kept.layer == 2 and not batch.residuals
+    monkeypatch.setattr(benign_pass, "RESIDUAL_KEEP_BYTES", kept.nbytes)
+    again = kept_residual(llama, batch, steering)
+    assert again is not None and torch.equal(again.hidden, kept.hidden)
+    assert batch.residuals == {2: again}
