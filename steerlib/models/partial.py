@@ -78,7 +78,7 @@ def _replaced(layers: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Iterato
             layers[index] = module
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
     """The residual entering decoder layer ``layer`` (``>= 1``) for ``inputs``, unsteered.
 
