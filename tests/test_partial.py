@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlib.errors import ConfigError
+from steerlib.errors import ConfigError, ModelError
 from steerlib.evaluate.benign_pass import (
     judge,
     kept_residual,
@@ -45,9 +45,34 @@ def _vector(model, seed=1):
     return torch.randn(hidden, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", ["llama", "phi3", "gemma3", "gpt2"])
+def _tuple_model(name: str, tokenizer):
+    """A tiny model whose decoder layers return tuples (Bloom, Falcon)."""
+    from transformers import BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM
+
+    torch.manual_seed(0)
+    common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    if name == "bloom":
+        config = BloomConfig(hidden_size=32, n_layer=3, n_head=4, initializer_range=0.2, **common)
+        return BloomForCausalLM(config).eval()
+    config = FalconConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        new_decoder_architecture=False,
+        initializer_range=0.2,
+        **common,
+    )
+    return FalconForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3", "gemma3", "gpt2", "bloom", "falcon"])
 def test_replayed_pass_equals_the_whole_pass(name, request, tokenizer):
-    model = request.getfixturevalue(name)
+    if name in ("bloom", "falcon"):
+        model = _tuple_model(name, tokenizer)
+        layer = get_decoder_layers(model)[0]
+        assert layer.__class__.__name__.startswith(("Bloom", "Falcon"))
+    else:
+        model = request.getfixturevalue(name)
     n_layers = len(get_decoder_layers(model))
     for teacher_forced in (False, True):
         batch = _batch(model, tokenizer, teacher_forced)
@@ -137,3 +162,22 @@ def test_a_residual_over_the_cap_is_used_but_not_kept(llama, tokenizer, monkeypa
     again = kept_residual(llama, batch, steering)
     assert again is not None and torch.equal(again.hidden, kept.hidden)
     assert batch.residuals == {2: again}
+
+
+def test_a_residual_from_another_model_or_batch_is_not_used(llama, tokenizer):
+    from conftest import make_llama
+
+    batch = _batch(llama, tokenizer)
+    steering = Steering.plain(_vector(llama), 2)
+    kept = kept_residual(llama, batch, steering)
+    assert kept is not None and kept.made_by(llama)
+    other = make_llama(tokenizer, seed=1)
+    assert not kept.made_by(other)
+    remade = kept_residual(other, batch, steering)
+    assert remade is not None and remade.made_by(other)
+    assert not torch.equal(remade.hidden, kept.hidden)
+    # the batch now holds the other model's residual; a pass of another batch refuses it
+    short = _batch(llama, tokenizer)
+    short_ids, short_mask = short.ids[:2], short.mask[:2]
+    with pytest.raises(ModelError, match="replay a residual only with copies"):
+        steered_log_probs(other, steering, short_ids, short_mask, ALPHAS, None, remade)

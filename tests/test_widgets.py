@@ -276,6 +276,10 @@ def test_without_a_recommendation_it_opens_at_alpha_0_with_a_hint(
     assert explorer.status.value.startswith("No recommended point (no admissible")
     assert "\n" not in explorer.status.value and "alpha 0" in explorer.status.value
     assert "(recommended)" not in str(explorer.layer_menu.options)
+    hint = explorer.status.value
+    explorer.slider.value = 0.5  # the echo of the new value keeps the opening hint
+    assert explorer.status.value.startswith("Set: caa, alpha = 0.50, layer 1. Press Generate.")
+    assert explorer.status.value.endswith(hint)
     # No summary at all (step 06 has not run): the same start, its own reason.
     run.paths.summary.unlink()
     fresh = _from_run(run, llama, tokenizer)

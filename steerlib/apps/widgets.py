@@ -391,13 +391,16 @@ class AlphaExplorer(ExplorerSession):
 
         The browser sends the slider's last value in its own message, which can reach the
         kernel after a quick press of Generate; the echo shows which values the next press
-        will use. A press in progress keeps its own status line.
+        will use. A press in progress keeps its own status line; the explorer's opening hint
+        (no recommended point, variants not offered) stays after the echo.
         """
-        if not self._busy:
-            self.status.value = (
-                f"Set: {self.variant}, alpha = {self.alpha:.2f}, layer {self.layer}. "
-                "Press Generate."
-            )
+        if self._busy:
+            return
+        then = "Press Generate." if self.ready else "Generate is ready after the warm-up."
+        hint = "" if self.hint == "Press Generate." else f" {self.hint}"
+        self.status.value = (
+            f"Set: {self.variant}, alpha = {self.alpha:.2f}, layer {self.layer}. {then}{hint}"
+        )
 
     def _start_warm_up(self) -> None:
         """Disable Generate, say "Warming up…", and warm the model up in a daemon thread."""

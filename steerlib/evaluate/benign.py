@@ -270,6 +270,7 @@ def _kl_batch(
                 part_sums.kl[(direction, layer, alpha)][batch.rows] = kl[k]
                 part_sums.nll[(direction, layer, alpha)][batch.rows] = nll[k]
             tick()
+    batch.residuals.clear()  # the batch is done: its kept residuals are not needed again
 
 
 def _kl_table(

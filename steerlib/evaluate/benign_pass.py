@@ -266,13 +266,14 @@ def kept_residual(
 
     Steering changes nothing below its first layer, so that residual is the same for every
     alpha: it is computed once (layers below only) and kept on the batch while its residuals
-    stay under :data:`RESIDUAL_KEEP_BYTES`.
+    stay under :data:`RESIDUAL_KEEP_BYTES`. One kept by another model (or by this one in another
+    dtype or on another device) is made again.
     """
     start = min(steering.layers)
     if start < 1:
         return None
     kept = batch.residuals.get(start)
-    if kept is None:
+    if kept is None or not kept.made_by(model):
         kept = layer_output(model, start, input_ids=batch.ids, attention_mask=batch.mask)
         held = sum(r.nbytes for r in batch.residuals.values())
         if held + kept.nbytes <= RESIDUAL_KEEP_BYTES:

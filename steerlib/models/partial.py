@@ -2,7 +2,7 @@
 
 Steering at layer ``k`` changes nothing below it: in a teacher-forced pass the residual stream
 entering layer ``k`` is the unsteered one, for every alpha. :func:`layer_output` keeps that
-residual (one pass through layers ``0 .. k-1`` only, no vocabulary projection), and
+residual (one pass through layers ``0 .. k-1`` only, ended there), and
 :func:`replayed_below` runs the model with those layers replaced by stand-ins, the last of which
 returns the kept residual: the model's own code still embeds the tokens, builds the masks and
 the rotary tables, then computes only layers ``k ..`` and the head. Layers keep their places in
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlib.errors import ConfigError
+from steerlib.errors import ConfigError, ModelError
 from steerlib.models.layers import get_decoder_layers
 
 __all__ = ["KeptResidual", "layer_output", "replayed_below"]
@@ -36,13 +36,26 @@ class KeptResidual:
     Attributes:
         layer: The first layer run from it.
         hidden: ``(batch, seq, hidden)`` residual, in the model's dtype and on its device.
-        as_tuple: The model's layers return a tuple (older ``transformers``), not a tensor.
+        as_tuple: The model's layers return a tuple (Falcon, Bloom, GPT-Neo), not a tensor.
+        source: ``id`` of the model that made it (:meth:`made_by`).
     """
 
-    def __init__(self, layer: int, hidden: torch.Tensor, as_tuple: bool) -> None:
+    def __init__(
+        self, layer: int, hidden: torch.Tensor, as_tuple: bool, source: int | None = None
+    ) -> None:
         self.layer = layer
         self.hidden = hidden
         self.as_tuple = as_tuple
+        self.source = source
+
+    def made_by(self, model: nn.Module) -> bool:
+        """Whether it was made by ``model`` as it is now (same object, dtype and device)."""
+        weight = next(model.parameters())
+        return (
+            self.source == id(model)
+            and self.hidden.dtype == weight.dtype
+            and self.hidden.device == weight.device
+        )
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +74,12 @@ class _StandIn(nn.Module):
     def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         out = kwargs.get("hidden_states") if hidden_states is None else hidden_states
         if self.output is not None:
+            if out is not None and tuple(out.shape[:2]) != tuple(self.output.shape[:2]):
+                raise ModelError(
+                    f"the kept residual is for a batch of shape {tuple(self.output.shape[:2])}, "
+                    f"but the pass has {tuple(out.shape[:2])}: replay a residual only with "
+                    "copies of the batch it was made from."
+                )
             out = self.output
         return (out,) if self.as_tuple else out
 
@@ -78,17 +97,23 @@ def _replaced(layers: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Iterato
             layers[index] = module
 
 
+class _Reached(Exception):
+    """Raised by :func:`layer_output`'s hook to end the pass once the residual is kept."""
+
+
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
     """The residual entering decoder layer ``layer`` (``>= 1``) for ``inputs``, unsteered.
 
-    Only layers ``0 .. layer-1`` run: the ones above pass their input on, and the head is asked
-    for the last position only.
+    Only layers ``0 .. layer-1`` run: a hook on layer ``layer - 1`` keeps its output and ends
+    the pass there (the layers above and the head never run; the model holds no state from a
+    pass without a cache).
 
     Args:
         model: A causal LM (its decoder layers as :func:`get_decoder_layers` finds them).
         layer: The first layer the residual feeds.
-        **inputs: The forward pass's inputs (``input_ids``, ``attention_mask``...).
+        **inputs: The forward pass's inputs (``input_ids``, ``attention_mask``...), without a
+            KV cache.
 
     Raises:
         ConfigError: ``layer`` is not in ``1 .. n_layers - 1``.
@@ -103,22 +128,24 @@ def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
 
     def keep(_module: nn.Module, _args: Any, output: Any) -> None:
         kept.append(output)
+        raise _Reached
 
     handle = layers[layer - 1].register_forward_hook(keep)
-    above = {index: _StandIn(None, False) for index in range(layer, len(layers))}
     try:
-        with _replaced(layers, above):
-            # Without the head's full projection where the model allows it.
-            try:
-                model(**inputs, logits_to_keep=1)
-            except TypeError:
-                model(**inputs)
+        model(**inputs)
+    except _Reached:
+        pass
     finally:
         handle.remove()
+    if not kept:
+        raise ConfigError(
+            f"the forward pass never reached decoder layer {layer - 1}: the model does not run "
+            "the layers get_decoder_layers finds."
+        )
     output = kept[-1]
     as_tuple = isinstance(output, tuple)
     hidden = output[0] if as_tuple else output
-    return KeptResidual(layer, hidden.detach(), as_tuple)
+    return KeptResidual(layer, hidden.detach(), as_tuple, id(model))
 
 
 @contextmanager
