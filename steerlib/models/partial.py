@@ -11,14 +11,15 @@ ones; the stand-ins are put back in a ``finally``.
 
 The stand-ins skip work; they change no number a layer ``>= k`` sees, except through the batch
 shape: layers below ``k`` ran on the unrepeated batch (once per text), not on one copy per
-alpha. ``tests/test_partial.py`` checks the logits against the full pass on tiny Llama, Phi-3
-and Gemma 3 models.
+alpha. ``tests/test_partial.py`` checks the logits against the full pass on tiny Llama, Phi-3,
+Gemma 3, GPT-2, Bloom and Falcon models (the last two return tuples from their layers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from steerlib.models.layers import get_decoder_layers
 __all__ = ["KeptResidual", "layer_output", "replayed_below"]
 
 
+@dataclass(frozen=True, eq=False)
 class KeptResidual:
     """The residual stream leaving decoder layer ``layer - 1``: what layer ``layer`` receives.
 
@@ -40,13 +42,10 @@ class KeptResidual:
         source: ``id`` of the model that made it (:meth:`made_by`).
     """
 
-    def __init__(
-        self, layer: int, hidden: torch.Tensor, as_tuple: bool, source: int | None = None
-    ) -> None:
-        self.layer = layer
-        self.hidden = hidden
-        self.as_tuple = as_tuple
-        self.source = source
+    layer: int
+    hidden: torch.Tensor
+    as_tuple: bool
+    source: int | None = None
 
     def made_by(self, model: nn.Module) -> bool:
         """Whether it was made by ``model`` as it is now (same object, dtype and device)."""
@@ -117,6 +116,8 @@ def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
 
     Raises:
         ConfigError: ``layer`` is not in ``1 .. n_layers - 1``.
+        ModelError: The pass never reached layer ``layer - 1`` (the model does not run the
+            layers :func:`get_decoder_layers` finds).
     """
     layers = get_decoder_layers(model)
     if not 1 <= layer < len(layers):
@@ -138,7 +139,7 @@ def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
     finally:
         handle.remove()
     if not kept:
-        raise ConfigError(
+        raise ModelError(
             f"the forward pass never reached decoder layer {layer - 1}: the model does not run "
             "the layers get_decoder_layers finds."
         )
