@@ -7,6 +7,7 @@ import torch
 
 from steerlib.errors import ConfigError, ModelError
 from steerlib.evaluate.benign_pass import (
+    base_log_probs,
     judge,
     kept_residual,
     steered_log_probs,
@@ -14,7 +15,7 @@ from steerlib.evaluate.benign_pass import (
     unsteered_nll,
 )
 from steerlib.models.layers import get_decoder_layers
-from steerlib.models.partial import layer_output, replayed_below
+from steerlib.models.partial import keeping, layer_output, replayed_below
 from steerlib.steer.gate import Gate
 from steerlib.steer.operators import OPERATORS
 from steerlib.steer.steering import Steering
@@ -88,6 +89,54 @@ def test_replayed_pass_equals_the_whole_pass(name, request, tokenizer):
             assert gap < 1e-5, (name, start, teacher_forced, gap)
             # the steering is not lost: the alphas still differ from one another
             assert (part[0] - part[2])[real[0]].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3", "gemma3", "gpt2", "bloom", "falcon"])
+def test_residual_kept_during_the_unsteered_pass_equals_its_own_pass(name, request, tokenizer):
+    if name in ("bloom", "falcon"):
+        model = _tuple_model(name, tokenizer)
+    else:
+        model = request.getfixturevalue(name)
+    n_layers = len(get_decoder_layers(model))
+    hooks_before = [len(layer._forward_hooks) for layer in get_decoder_layers(model)]
+    batch = _batch(model, tokenizer)
+    starts = list(range(1, n_layers))
+    with torch.inference_mode():
+        with keeping(model, starts) as kept:
+            logits = model(input_ids=batch.ids, attention_mask=batch.mask).logits
+        alone = model(input_ids=batch.ids, attention_mask=batch.mask).logits
+    assert torch.equal(logits, alone)  # keeping changes nothing in the pass
+    assert sorted(kept) == starts
+    for start in starts:
+        own = layer_output(model, start, input_ids=batch.ids, attention_mask=batch.mask)
+        assert torch.equal(kept[start].hidden, own.hidden), (name, start)
+        assert kept[start].as_tuple == own.as_tuple and kept[start].made_by(model)
+    # keeping's hooks are gone (the session's model may carry others' hooks)
+    assert [len(layer._forward_hooks) for layer in get_decoder_layers(model)] == hooks_before
+
+
+def test_judge_after_the_unsteered_pass_runs_no_layer_below_again(llama, tokenizer):
+    batch = _batch(llama, tokenizer)
+    layers = get_decoder_layers(llama)
+    steering = Steering.plain(_vector(llama), 2)
+    calls = [0] * len(layers)
+    handles = [
+        layer.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+        for k, layer in enumerate(layers)
+    ]
+    try:
+        with torch.inference_mode():
+            base = base_log_probs(llama, batch, keep_for=[steering])
+            assert calls == [1, 1, 1, 1] and list(batch.residuals) == [2]
+            kl, _ = judge(llama, batch, base, steering, ALPHAS, unsteered_nll(batch, base))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [1, 1, 2, 2]  # the steered pass: layers 2 and 3 only, nothing below again
+    with torch.inference_mode():
+        whole = steered_log_probs(llama, steering, batch.ids, batch.mask, ALPHAS, None)
+    expected = ((base.exp() * (base - whole)).sum(-1) * batch.real).sum(-1).numpy()
+    assert abs(kl - expected).max() < 1e-4
 
 
 def test_layers_below_do_not_run_and_come_back(llama, tokenizer):

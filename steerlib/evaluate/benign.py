@@ -258,7 +258,7 @@ def _kl_batch(
     tick: Any,
 ) -> None:
     """Add one batch of texts to ``sums`` (one per part), for every job and alpha of each part."""
-    base = base_log_probs(model, batch)
+    base = base_log_probs(model, batch, keep_for=[b for jobs, _ in parts for _, _, b in jobs])
     tick()
     base_nll = unsteered_nll(batch, base)
     for part_sums, (jobs, alphas) in zip(sums, parts, strict=True):

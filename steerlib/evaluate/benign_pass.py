@@ -25,7 +25,7 @@ default run this cut the search and KL passes' CPU time by the share of the laye
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -35,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steerlib.errors import ConfigError
 from steerlib.generate.tokens import left_pad, pad_token_id
-from steerlib.models.partial import KeptResidual, layer_output, replayed_below
+from steerlib.models.partial import KeptResidual, keeping, layer_output, replayed_below
 from steerlib.steer.steering import Steering
 
 __all__ = [
@@ -86,6 +86,13 @@ class TextBatch:
     def rows(self) -> slice:
         """Its texts' indices."""
         return slice(self.start, self.start + self.ids.shape[0])
+
+    def keep(self, residuals: Iterable[KeptResidual]) -> None:
+        """Keep ``residuals`` by layer while all kept stay under :data:`RESIDUAL_KEEP_BYTES`."""
+        for kept in residuals:
+            held = sum(r.nbytes for layer, r in self.residuals.items() if layer != kept.layer)
+            if held + kept.nbytes <= RESIDUAL_KEEP_BYTES:
+                self.residuals[kept.layer] = kept
 
 
 @dataclass
@@ -168,11 +175,20 @@ def text_batches(
     return batches
 
 
-def base_log_probs(model: PreTrainedModel, batch: TextBatch) -> torch.Tensor:
-    """``(batch, seq, vocab)`` unsteered next-token log-probabilities (the kept ones if any)."""
+def base_log_probs(
+    model: PreTrainedModel, batch: TextBatch, keep_for: Iterable[Steering] = ()
+) -> torch.Tensor:
+    """``(batch, seq, vocab)`` unsteered next-token log-probabilities (the kept ones if any).
+
+    A pass made here also keeps, on ``batch``, the residual entering the first layer of each of
+    ``keep_for`` (:func:`kept_residual` then finds it instead of running the layers below again).
+    """
     if batch.base is not None:
         return batch.base
-    logits = model(input_ids=batch.ids, attention_mask=batch.mask).logits
+    starts = {min(steering.layers) for steering in keep_for} - {0}
+    with keeping(model, starts) as kept:
+        logits = model(input_ids=batch.ids, attention_mask=batch.mask).logits
+    batch.keep(kept.values())
     return torch.log_softmax(logits.float(), -1)
 
 
@@ -275,9 +291,7 @@ def kept_residual(
     kept = batch.residuals.get(start)
     if kept is None or not kept.made_by(model):
         kept = layer_output(model, start, input_ids=batch.ids, attention_mask=batch.mask)
-        held = sum(r.nbytes for r in batch.residuals.values())
-        if held + kept.nbytes <= RESIDUAL_KEEP_BYTES:
-            batch.residuals[start] = kept
+        batch.keep([kept])
     return kept
 
 
@@ -347,7 +361,7 @@ def measure(
     n_texts = len(base.texts)
     kl, nll = np.zeros((len(alphas), n_texts)), np.zeros((len(alphas), n_texts))
     for batch in base.batches:
-        logp = base_log_probs(model, batch)
+        logp = base_log_probs(model, batch, keep_for=[steering])
         here = batch.rows
         kl[:, here], nll[:, here] = judge(model, batch, logp, steering, alphas, base.nll[here])
     pooled_kl = np.array([float(row.sum() / max(base.tokens.sum(), 1)) for row in kl])

@@ -1,13 +1,14 @@
 """A forward pass from one decoder layer on, the layers below it replayed from a kept residual.
 
 Steering at layer ``k`` changes nothing below it: in a teacher-forced pass the residual stream
-entering layer ``k`` is the unsteered one, for every alpha. :func:`layer_output` keeps that
-residual (one pass through layers ``0 .. k-1`` only, ended there), and
-:func:`replayed_below` runs the model with those layers replaced by stand-ins, the last of which
-returns the kept residual: the model's own code still embeds the tokens, builds the masks and
-the rotary tables, then computes only layers ``k ..`` and the head. Layers keep their places in
-the list, so per-layer settings (Gemma 3's sliding and global layers) stay attached to the right
-ones; the stand-ins are put back in a ``finally``.
+entering layer ``k`` is the unsteered one, for every alpha. :func:`keeping` keeps that residual
+during an unsteered pass that runs anyway, :func:`layer_output` with a pass of its own through
+layers ``0 .. k-1`` only (ended there), and :func:`replayed_below` runs the model with those
+layers replaced by stand-ins, the last of which returns the kept residual: the model's own code
+still embeds the tokens, builds the masks and the rotary tables, then computes only layers
+``k ..`` and the head. Layers keep their places in the list, so per-layer settings (Gemma 3's
+sliding and global layers) stay attached to the right ones; the stand-ins are put back in a
+``finally``.
 
 The stand-ins skip work; they change no number a layer ``>= k`` sees, except through the batch
 shape: layers below ``k`` ran on the unrepeated batch (once per text), not on one copy per
@@ -17,7 +18,7 @@ Gemma 3, GPT-2, Bloom and Falcon models (the last two return tuples from their l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from torch import nn
 from steerlib.errors import ConfigError, ModelError
 from steerlib.models.layers import get_decoder_layers
 
-__all__ = ["KeptResidual", "layer_output", "replayed_below"]
+__all__ = ["KeptResidual", "keeping", "layer_output", "replayed_below"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,13 +101,56 @@ class _Reached(Exception):
     """Raised by :func:`layer_output`'s hook to end the pass once the residual is kept."""
 
 
+@contextmanager
+def keeping(
+    model: nn.Module, layers: Iterable[int], *, stop: bool = False
+) -> Iterator[dict[int, KeptResidual]]:
+    """While a pass runs inside the block, keep the residual entering each of ``layers``.
+
+    A forward hook on layer ``k - 1`` keeps its output for each ``k`` (``>= 1``); the hooks are
+    removed in a ``finally``. The dict yielded fills as the pass runs. Without ``stop`` each is a
+    copy (a layer above may not write into it in place); with ``stop`` the pass is ended
+    (:class:`_Reached`) once the highest layer's residual is kept.
+
+    Raises:
+        ConfigError: A layer is not in ``1 .. n_layers - 1``.
+    """
+    decoder = get_decoder_layers(model)
+    wanted = sorted(set(layers))
+    for layer in wanted:
+        if not 1 <= layer < len(decoder):
+            raise ConfigError(
+                f"a kept residual feeds layers 1..{len(decoder) - 1}, not {layer}: layer 0 "
+                "takes the embeddings (run the whole pass instead)."
+            )
+    kept: dict[int, KeptResidual] = {}
+
+    def hook(layer: int) -> Any:
+        def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+            as_tuple = isinstance(output, tuple)
+            hidden = output[0] if as_tuple else output
+            hidden = hidden.detach() if stop else hidden.detach().clone()
+            kept[layer] = KeptResidual(layer, hidden, as_tuple, id(model))
+            if stop and layer == wanted[-1]:
+                raise _Reached
+
+        return keep
+
+    handles = [decoder[layer - 1].register_forward_hook(hook(layer)) for layer in wanted]
+    try:
+        yield kept
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
     """The residual entering decoder layer ``layer`` (``>= 1``) for ``inputs``, unsteered.
 
-    Only layers ``0 .. layer-1`` run: a hook on layer ``layer - 1`` keeps its output and ends
-    the pass there (the layers above and the head never run; the model holds no state from a
-    pass without a cache).
+    Only layers ``0 .. layer-1`` run: :func:`keeping` ends the pass once the residual is kept
+    (the layers above and the head never run; the model holds no state from a pass without a
+    cache). A pass that runs anyway keeps it with :func:`keeping` alone.
 
     Args:
         model: A causal LM (its decoder layers as :func:`get_decoder_layers` finds them).
@@ -119,34 +163,17 @@ def layer_output(model: nn.Module, layer: int, **inputs: Any) -> KeptResidual:
         ModelError: The pass never reached layer ``layer - 1`` (the model does not run the
             layers :func:`get_decoder_layers` finds).
     """
-    layers = get_decoder_layers(model)
-    if not 1 <= layer < len(layers):
-        raise ConfigError(
-            f"a kept residual feeds layers 1..{len(layers) - 1}, not {layer}: layer 0 takes the "
-            "embeddings (run the whole pass instead)."
-        )
-    kept: list[Any] = []
-
-    def keep(_module: nn.Module, _args: Any, output: Any) -> None:
-        kept.append(output)
-        raise _Reached
-
-    handle = layers[layer - 1].register_forward_hook(keep)
-    try:
-        model(**inputs)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not kept:
+    with keeping(model, [layer], stop=True) as kept:
+        try:
+            model(**inputs)
+        except _Reached:
+            pass
+    if layer not in kept:
         raise ModelError(
             f"the forward pass never reached decoder layer {layer - 1}: the model does not run "
             "the layers get_decoder_layers finds."
         )
-    output = kept[-1]
-    as_tuple = isinstance(output, tuple)
-    hidden = output[0] if as_tuple else output
-    return KeptResidual(layer, hidden.detach(), as_tuple, id(model))
+    return kept[layer]
 
 
 @contextmanager
