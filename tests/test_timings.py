@@ -160,7 +160,11 @@ def test_step_05_records_each_of_its_phases(swept):
     assert all(r["seconds"] >= 0 for r in record["phases"].values())
     # Scoring runs once per unit; the phases and the rest make up the step.
     assert record["phases"]["toxicity scoring"]["count"] >= 2
-    assert sum(r["seconds"] for r in record["phases"].values()) <= record["recorded_seconds"]
+    # each figure is rounded to 0.01 s on its own: the sum may pass the step by their rounding
+    rounding = 0.005 * (len(record["phases"]) + 1)
+    assert sum(r["seconds"] for r in record["phases"].values()) <= (
+        record["recorded_seconds"] + rounding
+    )
     assert record["recorded_seconds"] <= seconds["05_sweep"]
     assert not (paths.root / PROGRESS_FILE).exists()
 

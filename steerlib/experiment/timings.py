@@ -315,7 +315,8 @@ def timing_lines(
             label = f"  {name}" + (f" (x{count})" if count > 1 else "")
             lines.append(_row(label, float(phase_record.get("seconds", 0.0)), total))
         if phases:
-            rest = seconds - sum(float(r.get("seconds", 0.0)) for r in phases.values())
+            # Each figure is rounded to 0.01 s, so the phases may sum a little past the step.
+            rest = max(0.0, seconds - sum(float(r.get("seconds", 0.0)) for r in phases.values()))
             lines.append(_row("  rest of the step", rest, total))
     lines.append(_row("total", total, 0.0))
     return lines
